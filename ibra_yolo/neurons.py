@@ -1,0 +1,414 @@
+"""Integer spiking neurons: IBRA-LIF, IB-LIF and I-LIF as one parameterised multi-step LIF (pure torch).
+
+All three neurons share the dynamics of SPEC §2.1 and differ only in their quantiser
+``Q(U) = clip(round(N * U), 0, M) / N``:
+
+==========  =====================  ====  ============  ========
+neuron      M (``max_code``)       N     range D=M/N   encoding
+==========  =====================  ====  ============  ========
+IBRA-LIF    round(N * D)           N     D             binary
+IB-LIF      2**bits - 1            1     2**bits - 1   binary
+I-LIF       D (an integer)         1     D             unary
+==========  =====================  ====  ============  ========
+
+During training a neuron emits the real value ``code / N``; at inference the same integer code can be sent as
+``{0, 1}`` spikes over virtual timesteps (binary bit planes or unary thermometer planes), see ``to_planes``.
+The module keeps no state between calls: the membrane is a local variable of ``forward``.
+"""
+
+from __future__ import annotations
+
+import math
+from typing import Callable
+
+import torch
+from torch import nn
+
+__all__ = (
+    "IntegerLIF",
+    "Activation",
+    "IBRALIF",
+    "IBLIF",
+    "ILIF",
+    "NEURON_KINDS",
+    "make_neuron",
+    "is_spiking_neuron",
+    "quantize_codes",
+    "lif_multistep",
+    "to_planes",
+    "from_planes",
+    "plane",
+    "plane_weights",
+    "num_planes",
+)
+
+ENCODINGS = ("binary", "unary")
+
+
+# ----------------------------------------------------------------------------------------------------------------------
+# Functional core
+# ----------------------------------------------------------------------------------------------------------------------
+def quantize_codes(u: torch.Tensor, scale: float, max_code: int) -> torch.Tensor:
+    """Return the integer codes ``clip(round(scale * u), 0, max_code)`` as a float32 tensor of whole numbers.
+
+    The product is formed in float32 whatever the input dtype (an fp16 ``100 * u`` would round codes above 256
+    wrongly), and ``torch.round`` rounds half to even.
+    """
+    return torch.clamp(torch.round(u.float() * scale), 0, max_code)
+
+
+def _codes_to_values(codes: torch.Tensor, scale: float, dtype: torch.dtype) -> torch.Tensor:
+    """Map float32 codes to the real output ``code / scale`` in ``dtype``."""
+    out = codes if scale == 1 else codes / scale
+    return out.to(dtype)
+
+
+class _QuantizeSTE(torch.autograd.Function):
+    """Quantiser with a straight-through gradient: 1 where ``0 <= scale*u <= max_code``, else 0.
+
+    Saves a 1-byte mask instead of the float input, which halves (fp16) or quarters (fp32) what the neuron keeps for
+    the backward pass.
+    """
+
+    @staticmethod
+    def forward(ctx, u: torch.Tensor, scale: float, max_code: int) -> torch.Tensor:
+        scaled = u.float() * scale
+        ctx.save_for_backward((scaled >= 0) & (scaled <= max_code))
+        return _codes_to_values(torch.clamp(torch.round(scaled), 0, max_code), scale, u.dtype)
+
+    @staticmethod
+    def backward(ctx, grad: torch.Tensor):
+        (inside,) = ctx.saved_tensors
+        return grad * inside.to(grad.dtype), None, None
+
+
+def lif_multistep(
+    x: torch.Tensor, fire: Callable[[torch.Tensor], torch.Tensor], beta: float
+) -> torch.Tensor:
+    """Run the multi-step LIF dynamics over the leading time dimension of ``x``.
+
+    ``U[t] = H[t-1] + X[t]``, ``S[t] = fire(U[t])``, ``H[t] = beta * (U[t] - S[t].detach())`` with ``H[0] = 0``.
+
+    Args:
+        x (torch.Tensor): Input currents ``[T, B, ...]``.
+        fire (Callable): The quantiser ``U -> S``.
+        beta (float): Membrane decay in ``[0, 1]``.
+
+    Returns:
+        (torch.Tensor): Outputs ``S`` with the shape of ``x``.
+    """
+    if x.shape[0] == 1:
+        return fire(x)
+    h, out = None, []
+    for xt in x.unbind(0):
+        u = xt if h is None else h + xt
+        s = fire(u)
+        h = beta * (u - s.detach())
+        out.append(s)
+    return torch.stack(out)
+
+
+def num_planes(max_code: int, encoding: str) -> int:
+    """Number of virtual timesteps needed to send codes ``0..max_code``: ``bit_length`` (binary) or ``max_code``."""
+    return int(max_code).bit_length() if encoding == "binary" else int(max_code)
+
+
+def plane(codes: torch.Tensor, j: int, encoding: str, dtype: torch.dtype | None = None) -> torch.Tensor:
+    """Return virtual timestep ``j`` of ``codes`` as a ``{0, 1}`` tensor.
+
+    Binary: bit ``j`` of the code (weight ``2**j``). Unary (thermometer): 1 where ``code > j`` (weight 1).
+    """
+    c = codes.to(torch.int32)
+    b = (c >> j) & 1 if encoding == "binary" else (c > j)
+    if dtype is None:
+        dtype = codes.dtype if codes.is_floating_point() else torch.float32
+    return b.to(dtype)
+
+
+def plane_weights(max_code: int, encoding: str, scale: float = 1.0) -> list[float]:
+    """Weights ``w_j`` with ``code / scale == sum_j w_j * plane_j``: ``2**j / scale`` (binary) or ``1 / scale``."""
+    p = num_planes(max_code, encoding)
+    return [(2**j if encoding == "binary" else 1) / scale for j in range(p)]
+
+
+def to_planes(codes: torch.Tensor, max_code: int, encoding: str) -> torch.Tensor:
+    """Encode integer codes as ``[P, *codes.shape]`` ``{0, 1}`` planes (all planes at once; see ``plane``)."""
+    return torch.stack([plane(codes, j, encoding) for j in range(num_planes(max_code, encoding))])
+
+
+def from_planes(planes: torch.Tensor, encoding: str) -> torch.Tensor:
+    """Decode ``[P, ...]`` planes back to codes: ``sum_j 2**j b_j`` (binary) or ``sum_j b_j`` (unary)."""
+    if encoding == "binary":
+        w = torch.tensor([2**j for j in range(planes.shape[0])], dtype=planes.dtype, device=planes.device)
+        return torch.tensordot(w, planes, dims=1)
+    return planes.sum(0)
+
+
+# ----------------------------------------------------------------------------------------------------------------------
+# Modules
+# ----------------------------------------------------------------------------------------------------------------------
+def _check(name: str, value, ok: bool, allowed: str) -> None:
+    """Raise a ValueError naming the parameter, its value and the allowed range."""
+    if not ok:
+        raise ValueError(f"{name}={value!r} is invalid: {name} must be {allowed}")
+
+
+def _is_number(v) -> bool:
+    return isinstance(v, (int, float)) and not isinstance(v, bool) and math.isfinite(v)
+
+
+class IntegerLIF(nn.Module):
+    """Multi-step integer LIF neuron, the one implementation behind IBRA-LIF, IB-LIF and I-LIF.
+
+    Input and output are ``[T, B, ...]``; the output is the real value ``code / scale``.
+
+    Args:
+        max_code (int): Largest integer code ``M`` (codes are ``0..M``).
+        scale (float): Levels per unit ``N`` (range alignment factor); the representable range is ``[0, M / N]``.
+        encoding (str): ``"binary"`` (bit planes) or ``"unary"`` (thermometer planes) for spike-driven inference.
+        T (int): Number of timesteps the input carries in its leading dimension.
+        beta (float): Membrane decay in ``[0, 1]``.
+
+    Examples:
+        >>> n = IntegerLIF(max_code=511, scale=100.0)
+        >>> n(torch.tensor([[0.0049, 0.0051, 5.104, 5.106, 1e6, -3.0]]))
+        tensor([[0.0000, 0.0100, 5.1000, 5.1100, 5.1100, 0.0000]])
+    """
+
+    def __init__(self, max_code: int, scale: float = 1.0, encoding: str = "binary", T: int = 1, beta: float = 0.25):
+        super().__init__()
+        _check("scale (N)", scale, _is_number(scale) and scale > 0, "a finite number > 0")
+        _check("max_code (M)", max_code, isinstance(max_code, int) and max_code >= 1, "an integer >= 1")
+        _check("T", T, isinstance(T, int) and not isinstance(T, bool) and T >= 1, "an integer >= 1")
+        _check("beta", beta, _is_number(beta) and 0 <= beta <= 1, "a number in [0, 1]")
+        _check("encoding", encoding, encoding in ENCODINGS, f"one of {ENCODINGS}")
+        self.max_code = int(max_code)
+        self.scale = float(scale)
+        self.encoding = encoding
+        self.T = int(T)
+        self.beta = float(beta)
+
+    @property
+    def bits(self) -> int:
+        """Bits ``K`` needed for a code: ``bit_length(M)``."""
+        return self.max_code.bit_length()
+
+    @property
+    def D(self) -> float:
+        """Representable real range ``M / N``; the straight-through gradient is 1 on ``[0, D]``."""
+        return self.max_code / self.scale
+
+    @property
+    def num_planes(self) -> int:
+        """Virtual timesteps per timestep at inference: ``K`` (binary) or ``M`` (unary)."""
+        return num_planes(self.max_code, self.encoding)
+
+    def plane_weights(self) -> list[float]:
+        """Weights ``w_j`` such that ``output = sum_j w_j * plane_j``."""
+        return plane_weights(self.max_code, self.encoding, self.scale)
+
+    def _check_input(self, x: torch.Tensor) -> None:
+        if x.dim() < 1 or x.shape[0] != self.T:
+            raise ValueError(
+                f"{type(self).__name__} expects input [T={self.T}, B, ...] but got shape {tuple(x.shape)}; "
+                f"the leading dimension must be the {self.T} timestep(s)"
+            )
+
+    def _fire(self, u: torch.Tensor) -> torch.Tensor:
+        if self.training and torch.is_grad_enabled() and u.requires_grad:
+            return _QuantizeSTE.apply(u, self.scale, self.max_code)
+        return _codes_to_values(quantize_codes(u, self.scale, self.max_code), self.scale, u.dtype)
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        """Return the neuron outputs ``S = code / N`` for input currents ``x`` of shape ``[T, B, ...]``."""
+        self._check_input(x)
+        return lif_multistep(x, self._fire, self.beta)
+
+    @torch.no_grad()
+    def codes(self, x: torch.Tensor) -> torch.Tensor:
+        """Return the integer codes (``int32``, ``[T, B, ...]``) the neuron emits for input currents ``x``."""
+        self._check_input(x)
+        codes = []
+
+        def fire(u):
+            c = quantize_codes(u, self.scale, self.max_code)
+            codes.append(c)
+            return _codes_to_values(c, self.scale, u.dtype)
+
+        lif_multistep(x, fire, self.beta)
+        return torch.stack(codes).reshape(x.shape).to(torch.int32)
+
+    def to_planes(self, codes: torch.Tensor) -> torch.Tensor:
+        """Encode codes as ``[P, ...]`` ``{0, 1}`` planes (``P = num_planes``)."""
+        return to_planes(codes, self.max_code, self.encoding)
+
+    def from_planes(self, planes: torch.Tensor) -> torch.Tensor:
+        """Decode ``[P, ...]`` planes back to integer codes."""
+        return from_planes(planes, self.encoding)
+
+    def spikes_per_code(self, codes: torch.Tensor) -> torch.Tensor:
+        """Spikes needed to send each code: popcount (binary) or the code itself (unary)."""
+        c = codes.to(torch.int32)
+        if self.encoding == "unary":
+            return c
+        count = torch.zeros_like(c)
+        for j in range(self.bits):
+            count += (c >> j) & 1
+        return count
+
+    def config(self) -> dict:
+        """The YAML ``neuron:`` mapping that rebuilds this neuron (``T`` is a model-level key)."""
+        return {"kind": type(self).__name__, **self._public_args(), "beta": self.beta}
+
+    def _public_args(self) -> dict:
+        return {"max_code": self.max_code, "scale": self.scale, "encoding": self.encoding}
+
+    def extra_repr(self) -> str:
+        args = ", ".join(f"{k}={v}" for k, v in self._public_args().items())
+        return f"{args}, M={self.max_code}, K={self.bits}, {self.encoding}, T={self.T}, beta={self.beta}"
+
+
+class IBRALIF(IntegerLIF):
+    """IBRA-LIF: integer binary LIF with range alignment (arXiv 2506.05679, reconstructed; see README).
+
+    ``S = clip(round(N * U), 0, M) / N`` with ``M = round(N * D)``; codes are sent as ``K = bit_length(M)`` bit planes.
+
+    Args:
+        D (float): Real-valued range ``> 0``.
+        N (float): Levels per unit ``> 0`` (the range-alignment factor).
+        T (int): Timesteps.
+        beta (float): Membrane decay in ``[0, 1]``.
+
+    Examples:
+        >>> n = IBRALIF()  # D=5.11, N=100 -> M=511, K=9
+        >>> n.max_code, n.bits, n.encoding
+        (511, 9, 'binary')
+    """
+
+    def __init__(self, D: float = 5.11, N: float = 100, T: int = 1, beta: float = 0.25):
+        _check("D", D, _is_number(D) and D > 0, "a finite number > 0")
+        _check("N", N, _is_number(N) and N > 0, "a finite number > 0")
+        m = round(N * D)
+        _check("D", D, m >= 1, f"large enough that round(N*D) >= 1 (N={N} gives {m})")
+        super().__init__(max_code=int(m), scale=float(N), encoding="binary", T=T, beta=beta)
+        self.range = float(D)
+
+    def _public_args(self) -> dict:
+        return {"D": self.range, "N": self.scale}
+
+
+class IBLIF(IntegerLIF):
+    """IB-LIF: integer binary LIF without range alignment, ``S = clip(round(U), 0, 2**bits - 1)``.
+
+    The ablation of IBRA-LIF: with ``bits=9`` it has the same 512 codes but inputs of unit scale only reach the
+    lowest ones.
+
+    Args:
+        bits (int): Bit planes ``K >= 1``.
+        T (int): Timesteps.
+        beta (float): Membrane decay in ``[0, 1]``.
+    """
+
+    def __init__(self, bits: int = 9, T: int = 1, beta: float = 0.25):
+        _check("bits", bits, isinstance(bits, int) and not isinstance(bits, bool) and bits >= 1, "an integer >= 1")
+        super().__init__(max_code=2**bits - 1, scale=1.0, encoding="binary", T=T, beta=beta)
+
+    def _public_args(self) -> dict:
+        return {"bits": self.bits}
+
+
+class ILIF(IntegerLIF):
+    """I-LIF of SpikeYOLO: ``S = round(clip(U, 0, D))`` with integer ``D``, sent as ``D`` unary virtual timesteps.
+
+    Args:
+        D (int): Largest spike count, an integer ``>= 1``.
+        T (int): Timesteps.
+        beta (float): Membrane decay in ``[0, 1]``.
+    """
+
+    def __init__(self, D: int = 4, T: int = 1, beta: float = 0.25):
+        is_int = _is_number(D) and float(D).is_integer()
+        _check("D", D, is_int and D >= 1, "an integer >= 1 for I-LIF (the number of unary virtual timesteps)")
+        super().__init__(max_code=int(D), scale=1.0, encoding="unary", T=T, beta=beta)
+
+    def _public_args(self) -> dict:
+        return {"D": self.max_code}
+
+
+class Activation(nn.Module):
+    """Real-valued activation of the ANN twin (same architecture, no spikes); never in-place, because block inputs
+    are reused by residual adds.
+
+    Args:
+        kind (str): ``"ReLU"``, ``"SiLU"`` or ``"Identity"``.
+    """
+
+    _FUNCS = {"ReLU": torch.relu, "SiLU": nn.functional.silu, "Identity": lambda x: x}
+
+    def __init__(self, kind: str = "ReLU", T: int = 1):
+        super().__init__()
+        _check("activation kind", kind, kind in self._FUNCS, f"one of {sorted(self._FUNCS)}")
+        self.kind = kind
+        self.T = T
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        return self._FUNCS[self.kind](x)
+
+    def config(self) -> dict:
+        return {"kind": self.kind}
+
+    def extra_repr(self) -> str:
+        return self.kind
+
+
+# ----------------------------------------------------------------------------------------------------------------------
+# Factory
+# ----------------------------------------------------------------------------------------------------------------------
+NEURON_KINDS: dict[str, type[nn.Module]] = {
+    "IBRALIF": IBRALIF,
+    "IBLIF": IBLIF,
+    "ILIF": ILIF,
+    "IntegerLIF": IntegerLIF,
+}
+ACTIVATION_KINDS = tuple(Activation._FUNCS)  # real-valued activations for the ANN twin
+
+
+def is_spiking_neuron(m: nn.Module) -> bool:
+    """Return True for integer spiking neurons (not the ANN twin's real-valued activations)."""
+    return isinstance(m, IntegerLIF)
+
+
+def make_neuron(spec: dict, T: int = 1) -> nn.Module:
+    """Build a neuron from a YAML ``neuron:`` mapping such as ``{kind: IBRALIF, D: 5.11, N: 100, beta: 0.25}``.
+
+    Args:
+        spec (dict): ``kind`` plus the neuron's keyword arguments.
+        T (int): Timesteps of the model.
+
+    Returns:
+        (nn.Module): A fresh neuron (or activation, for the ANN twin).
+
+    Raises:
+        ValueError: Unknown kind, unknown parameter or a parameter outside its range.
+    """
+    if not isinstance(spec, dict) or "kind" not in spec:
+        raise ValueError(f"neuron={spec!r} is invalid: expected a mapping with a 'kind' key, e.g. {{kind: IBRALIF}}")
+    kwargs = {k: v for k, v in spec.items() if k != "kind"}
+    kind = spec["kind"]
+    key = str(kind).lower().replace("-", "").replace("_", "")
+    activation = {k.lower(): k for k in ACTIVATION_KINDS}.get(key)
+    if activation:
+        if kwargs:
+            raise ValueError(f"neuron kind={kind!r} is a real-valued activation and takes no parameters, got {sorted(kwargs)}")
+        return Activation(activation, T=T)
+    cls = {k.lower(): v for k, v in NEURON_KINDS.items()}.get(key)
+    if cls is None:
+        kinds = ", ".join((*NEURON_KINDS, *ACTIVATION_KINDS))
+        raise ValueError(f"neuron kind={kind!r} is unknown: choose one of {kinds}")
+    import inspect
+
+    allowed = set(inspect.signature(cls.__init__).parameters) - {"self", "T"}
+    unknown = sorted(set(kwargs) - allowed)
+    if unknown:
+        raise ValueError(f"neuron parameter(s) {unknown} unknown for kind={kind!r}: allowed {sorted(allowed)}")
+    return cls(**kwargs, T=T)
