@@ -1,0 +1,156 @@
+"""The one place that touches Ultralytics internals: registration of the spiking model builder.
+
+``register()`` wraps two functions of ``ultralytics.nn.tasks`` (never edits or copies them):
+
+- ``yaml_model_load``: resolves our model names (``spike-yolo-ibra.yaml``, ``spike-yolo-ibra-n.yaml``: the suffix
+  picks the scale) from the working directory or the installed package, then defers to the stock loader for
+  everything else;
+- ``parse_model``: builds spiking YAMLs (a ``neuron:`` key) with ``ibra_yolo.nn.builder``; every other YAML goes to
+  the stock parser unchanged.
+
+It also allow-lists our classes for ``ULTRALYTICS_SAFE_LOAD=1`` checkpoint loading and shows our own input errors as
+one line instead of a traceback (set ``IBRA_YOLO_TRACEBACK=1`` for the full traceback). It runs automatically when
+``ultralytics.nn.tasks`` is first imported (see ``ibra_yolo._autoload``), or explicitly via ``ibra_yolo.register()``.
+"""
+
+from __future__ import annotations
+
+import functools
+import os
+import re
+import sys
+from pathlib import Path
+
+__all__ = ("register", "model_yaml_path", "cfg_dir", "available_models")
+
+_SCALE_SUFFIX = re.compile(r"^(?P<base>.+)-(?P<scale>[nsmlx])$")
+_registered = False
+
+
+def cfg_dir() -> Path:
+    """Folder of the shipped model YAMLs: ``ibra_yolo/cfg`` in an installed wheel, ``cfg/`` in a checkout."""
+    here = Path(__file__).resolve().parent
+    installed = here / "cfg"
+    return installed if installed.is_dir() else here.parent / "cfg"
+
+
+def available_models() -> list[str]:
+    """Model names usable as ``model=`` with the stock CLI: each shipped YAML and its ``-n/-s/-m/-l`` scales."""
+    from ultralytics.utils import YAML
+
+    out = []
+    for f in sorted(cfg_dir().glob("spike-yolo-*.yaml")):
+        out.append(f.name)
+        out += [f"{f.stem}-{s}.yaml" for s in (YAML.load(f).get("scales") or {})]
+    return out
+
+
+def _load_yaml(path: Path) -> dict:
+    from ultralytics.utils import YAML
+
+    return YAML.load(path)
+
+
+def model_yaml_path(name: str | Path) -> tuple[Path, str | None] | None:
+    """Resolve a spiking model name to ``(yaml file, scale picked by the name or None)``.
+
+    Looks, in order, for the path as given, then for the name in the shipped ``cfg`` folder; a missing
+    ``<base>-<scale>.yaml`` resolves to ``<base>.yaml`` with that scale. Returns None when the name is not a spiking
+    model YAML (the stock loader handles it).
+    """
+    p = Path(name)
+    if p.suffix.lower() not in {".yaml", ".yml"}:
+        return None
+    folders = [p.parent] if p.parent != Path(".") else [Path(".")]
+    folders.append(cfg_dir())
+    candidates = [(folder / p.name, None) for folder in folders]
+    m = _SCALE_SUFFIX.match(p.stem)
+    if m:
+        candidates += [(folder / f"{m['base']}{p.suffix}", m["scale"]) for folder in folders]
+    from ibra_yolo.nn.builder import is_spiking_yaml
+
+    for file, scale in candidates:
+        if file.is_file():
+            if not is_spiking_yaml(_load_yaml(file)):
+                return None
+            return file, scale
+    return None
+
+
+def _spiking_yaml_model_load(original, path):
+    """``yaml_model_load`` that knows our model names and scale suffixes."""
+    from ibra_yolo.errors import ModelConfigError
+
+    found = model_yaml_path(path)
+    if found is None:
+        return original(path)
+    file, scale = found
+    d = _load_yaml(file)
+    if scale:
+        if scale not in (d.get("scales") or {}):
+            raise ModelConfigError(f"{path}: scale '{scale}' is not one of {sorted(d.get('scales') or {})} in {file}")
+        d["scale"] = scale
+    d["yaml_file"] = str(path)
+    return d
+
+
+def _spiking_parse_model(original, d, ch, verbose=True):
+    """``parse_model`` that builds spiking YAMLs itself and leaves all others to the stock parser."""
+    from ibra_yolo.nn.builder import build_spiking_model, is_spiking_yaml
+
+    if is_spiking_yaml(d):
+        return build_spiking_model(d, ch, verbose=verbose)
+    return original(d, ch, verbose=verbose)
+
+
+def _wrap(original, replacement):
+    wrapper = functools.wraps(original)(functools.partial(replacement, original))
+    wrapper.__ibra_yolo_original__ = original
+    return wrapper
+
+
+def _plugin_classes() -> list[type]:
+    from ibra_yolo import neurons
+    from ibra_yolo.nn import blocks, head
+
+    classes = []
+    for mod in (neurons, blocks, head):
+        classes += [getattr(mod, n) for n in mod.__all__ if isinstance(getattr(mod, n), type)]
+    return classes
+
+
+def _excepthook(previous):
+    def hook(exc_type, exc, tb):
+        from ibra_yolo.errors import IbraYoloError
+
+        if issubclass(exc_type, IbraYoloError) and not os.environ.get("IBRA_YOLO_TRACEBACK"):
+            print(f"{exc_type.__name__}: {exc}", file=sys.stderr)
+            return
+        previous(exc_type, exc, tb)
+
+    hook.__ibra_yolo__ = True
+    return hook
+
+
+def register() -> None:
+    """Hook the spiking builder into Ultralytics (idempotent; safe to call after Ultralytics was imported)."""
+    global _registered
+    if _registered:
+        return
+    import torch
+    from ultralytics.nn import tasks
+
+    patches = {
+        "parse_model": _wrap(tasks.parse_model, _spiking_parse_model),
+        "yaml_model_load": _wrap(tasks.yaml_model_load, _spiking_yaml_model_load),
+    }
+    # modules that bound these names with `from ultralytics.nn.tasks import ...` before we ran
+    for modname in ("ultralytics.nn.tasks", "ultralytics.nn", "ultralytics.engine.model"):
+        module = sys.modules.get(modname)
+        for attr, wrapper in patches.items():
+            if module is not None and getattr(module, attr, None) is wrapper.__ibra_yolo_original__:
+                setattr(module, attr, wrapper)
+    torch.serialization.add_safe_globals(_plugin_classes())
+    if not getattr(sys.excepthook, "__ibra_yolo__", False):
+        sys.excepthook = _excepthook(sys.excepthook)
+    _registered = True
