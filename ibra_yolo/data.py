@@ -1,0 +1,171 @@
+"""The embedded demo dataset: coloured shapes on textured backgrounds, generated offline and deterministically.
+
+It is written in the YOLO layout (``images/{train,val}``, ``labels/{train,val}``, ``data.yaml``) plus a COCO
+annotation file for the validation split (``annotations/instances_val.json``), so the stock ``yolo`` commands and
+``tools/eval_coco.py`` run on it exactly as on COCO. Image file stems are numbers: they are the COCO image ids
+Ultralytics writes in ``predictions.json``; COCO category ids are the class index + 1.
+"""
+
+from __future__ import annotations
+
+import json
+import math
+import shutil
+from pathlib import Path
+
+import cv2
+import numpy as np
+
+__all__ = ("SHAPES", "make_shapes_dataset", "yolo_labels_to_coco")
+
+SHAPES = ("circle", "square", "triangle")
+_MANIFEST = "ibra_yolo_dataset.json"
+
+
+def _draw(img: np.ndarray, rng: np.random.Generator, cls: int, cx: float, cy: float, r: float) -> tuple:
+    """Draw one filled shape and return its exact box (x1, y1, x2, y2) in pixels."""
+    color = tuple(int(c) for c in rng.integers(40, 256, 3))
+    if SHAPES[cls] == "circle":
+        cv2.circle(img, (round(cx), round(cy)), round(r), color, -1, cv2.LINE_AA)
+        pts = np.array([[cx - r, cy - r], [cx + r, cy + r]])
+    elif SHAPES[cls] == "square":
+        a = rng.uniform(0, math.pi / 2)
+        pts = np.array([[cx + r * math.cos(a + k * math.pi / 2), cy + r * math.sin(a + k * math.pi / 2)] for k in range(4)])
+        cv2.fillPoly(img, [np.round(pts).astype(np.int32)], color, cv2.LINE_AA)
+    else:
+        a = rng.uniform(0, 2 * math.pi)
+        pts = np.array([[cx + r * math.cos(a + k * 2 * math.pi / 3), cy + r * math.sin(a + k * 2 * math.pi / 3)] for k in range(3)])
+        cv2.fillPoly(img, [np.round(pts).astype(np.int32)], color, cv2.LINE_AA)
+    h, w = img.shape[:2]
+    x1, y1 = np.clip(pts.min(0), 0, [w, h])
+    x2, y2 = np.clip(pts.max(0), 0, [w, h])
+    return float(x1), float(y1), float(x2), float(y2)
+
+
+def _image(rng: np.random.Generator, imgsz: int, max_objects: int) -> tuple[np.ndarray, list]:
+    """One image with 1..max_objects non-overlapping shapes; labels are (cls, x1, y1, x2, y2)."""
+    base = rng.integers(0, 120, 3).astype(np.float32)
+    noise = cv2.GaussianBlur(rng.normal(0, 25, (imgsz, imgsz, 3)).astype(np.float32), (0, 0), 3)
+    img = np.clip(base + noise, 0, 255).astype(np.uint8)
+    labels, placed = [], []
+    for _ in range(int(rng.integers(1, max_objects + 1))):
+        for _try in range(20):
+            r = rng.uniform(0.06, 0.2) * imgsz
+            cx, cy = rng.uniform(r, imgsz - r, 2)
+            if all(math.hypot(cx - px, cy - py) > r + pr + 2 for px, py, pr in placed):
+                break
+        else:
+            continue
+        cls = int(rng.integers(len(SHAPES)))
+        labels.append((cls, *_draw(img, rng, cls, cx, cy, r)))
+        placed.append((cx, cy, r))
+    return img, labels
+
+
+def yolo_labels_to_coco(images: list[Path], label_dir: Path, names: dict[int, str]) -> dict:
+    """Build a COCO detection dict from YOLO-format label files.
+
+    Image ids are the numeric file stems when all stems are numbers (what Ultralytics writes in predictions.json),
+    else the stems themselves; category ids are class index + 1; boxes are ``[x, y, w, h]`` in pixels.
+
+    Args:
+        images (list[Path]): Image files.
+        label_dir (Path): Folder of ``<stem>.txt`` label files (``cls xc yc w h`` normalised).
+        names (dict[int, str]): Class names by index.
+
+    Returns:
+        (dict): COCO ``images``, ``annotations`` and ``categories``.
+    """
+    numeric = all(p.stem.isnumeric() for p in images)
+    coco = {"images": [], "annotations": [], "categories": [{"id": i + 1, "name": n} for i, n in names.items()]}
+    for p in sorted(images):
+        img = cv2.imread(str(p))
+        if img is None:
+            raise FileNotFoundError(f"cannot read image {p}")
+        h, w = img.shape[:2]
+        image_id = int(p.stem) if numeric else p.stem
+        coco["images"].append({"id": image_id, "file_name": p.name, "width": w, "height": h})
+        label = label_dir / f"{p.stem}.txt"
+        rows = np.loadtxt(label, ndmin=2) if label.exists() and label.stat().st_size else np.zeros((0, 5))
+        for cls, xc, yc, bw, bh in rows[:, :5]:
+            box = [(xc - bw / 2) * w, (yc - bh / 2) * h, bw * w, bh * h]
+            coco["annotations"].append(
+                {
+                    "id": len(coco["annotations"]) + 1,
+                    "image_id": image_id,
+                    "category_id": int(cls) + 1,
+                    "bbox": [round(v, 3) for v in box],
+                    "area": round(box[2] * box[3], 3),
+                    "iscrowd": 0,
+                }
+            )
+    return coco
+
+
+def make_shapes_dataset(
+    root: str | Path,
+    n_train: int = 512,
+    n_val: int = 128,
+    imgsz: int = 160,
+    max_objects: int = 4,
+    seed: int = 0,
+    overwrite: bool = False,
+) -> Path:
+    """Write the demo dataset under ``root`` and return its ``data.yaml``.
+
+    Deterministic for a given set of arguments. An existing dataset made with the same arguments is reused; a
+    different one (or any other content in ``root``) is left untouched and reported unless ``overwrite=True``.
+
+    Args:
+        root (str | Path): Output folder.
+        n_train (int): Training images.
+        n_val (int): Validation images.
+        imgsz (int): Square image size in pixels.
+        max_objects (int): Most shapes per image.
+        seed (int): Random seed.
+        overwrite (bool): Replace ``root`` if it holds something else.
+
+    Returns:
+        (Path): The dataset YAML, usable as ``data=`` with the stock CLI.
+    """
+    root = Path(root).resolve()
+    params = {"n_train": n_train, "n_val": n_val, "imgsz": imgsz, "max_objects": max_objects, "seed": seed}
+    for k in ("n_train", "n_val", "imgsz", "max_objects"):
+        if not isinstance(params[k], int) or params[k] < 1:
+            raise ValueError(f"{k}={params[k]!r} is invalid: must be an integer >= 1")
+    if imgsz < 32:
+        raise ValueError(f"imgsz={imgsz} is invalid: must be >= 32")
+    manifest = root / _MANIFEST
+    if manifest.exists() and json.loads(manifest.read_text()) == params and (root / "data.yaml").exists():
+        return root / "data.yaml"
+    if root.exists() and any(root.iterdir()):
+        if not overwrite:
+            raise FileExistsError(
+                f"{root} is not empty and is not a demo dataset made with {params}; "
+                f"choose another folder or pass overwrite=True (--overwrite) to replace it"
+            )
+        shutil.rmtree(root)
+    rng = np.random.default_rng(seed)
+    names = dict(enumerate(SHAPES))
+    first_id = 1
+    for split, n in (("train", n_train), ("val", n_val)):
+        img_dir, lbl_dir = root / "images" / split, root / "labels" / split
+        img_dir.mkdir(parents=True, exist_ok=True)
+        lbl_dir.mkdir(parents=True, exist_ok=True)
+        for k in range(first_id, first_id + n):
+            img, labels = _image(rng, imgsz, max_objects)
+            cv2.imwrite(str(img_dir / f"{k:06d}.png"), img)
+            lines = [
+                f"{c} {(x1 + x2) / 2 / imgsz:.6f} {(y1 + y2) / 2 / imgsz:.6f} {(x2 - x1) / imgsz:.6f} {(y2 - y1) / imgsz:.6f}"
+                for c, x1, y1, x2, y2 in labels
+            ]
+            (lbl_dir / f"{k:06d}.txt").write_text("\n".join(lines) + ("\n" if lines else ""))
+        first_id += n  # ids unique across splits, like COCO
+    (root / "annotations").mkdir(exist_ok=True)
+    coco = yolo_labels_to_coco(sorted((root / "images" / "val").glob("*.png")), root / "labels" / "val", names)
+    (root / "annotations" / "instances_val.json").write_text(json.dumps(coco))
+    yaml_lines = [f"path: {root}", "train: images/train", "val: images/val", "names:"]
+    yaml_lines += [f"  {i}: {n}" for i, n in names.items()]
+    (root / "data.yaml").write_text("\n".join(yaml_lines) + "\n")
+    manifest.write_text(json.dumps(params))
+    return root / "data.yaml"
