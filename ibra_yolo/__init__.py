@@ -17,6 +17,12 @@ _EXPORTS = {
     "IBLIF": "ibra_yolo.neurons",
     "ILIF": "ibra_yolo.neurons",
     "make_neuron": "ibra_yolo.neurons",
+    # spike-driven inference on the same weights
+    "spike_driven": "ibra_yolo.spike_mode",
+    "set_spike_driven": "ibra_yolo.spike_mode",
+    "is_spike_driven": "ibra_yolo.spike_mode",
+    # demo data
+    "make_shapes_dataset": "ibra_yolo.data",
     # Ultralytics integration
     "register": "ibra_yolo.plugin",
     "model_yaml_path": "ibra_yolo.plugin",

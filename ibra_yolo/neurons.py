@@ -51,14 +51,19 @@ ENCODINGS = ("binary", "unary")
 def quantize_codes(u: torch.Tensor, scale: float, max_code: int) -> torch.Tensor:
     """Return the integer codes ``clip(round(scale * u), 0, max_code)`` as a float32 tensor of whole numbers.
 
-    The product is formed in float32 whatever the input dtype (an fp16 ``100 * u`` would round codes above 256
-    wrongly), and ``torch.round`` rounds half to even.
+    The product is formed in float32 (float64 for float64 input) whatever the input dtype (an fp16 ``100 * u`` would
+    round codes above 256 wrongly), and ``torch.round`` rounds half to even.
     """
-    return torch.clamp(torch.round(u.float() * scale), 0, max_code)
+    return torch.clamp(torch.round(_wide(u) * scale), 0, max_code)
+
+
+def _wide(u: torch.Tensor) -> torch.Tensor:
+    """``u`` in float32, or float64 if it already is (the quantiser never computes in fp16/bf16)."""
+    return u if u.dtype == torch.float64 else u.float()
 
 
 def _codes_to_values(codes: torch.Tensor, scale: float, dtype: torch.dtype) -> torch.Tensor:
-    """Map float32 codes to the real output ``code / scale`` in ``dtype``."""
+    """Map codes (float32/float64) to the real output ``code / scale`` in ``dtype``."""
     out = codes if scale == 1 else codes / scale
     return out.to(dtype)
 
@@ -72,7 +77,7 @@ class _QuantizeSTE(torch.autograd.Function):
 
     @staticmethod
     def forward(ctx, u: torch.Tensor, scale: float, max_code: int) -> torch.Tensor:
-        scaled = u.float() * scale
+        scaled = _wide(u) * scale
         ctx.save_for_backward((scaled >= 0) & (scaled <= max_code))
         return _codes_to_values(torch.clamp(torch.round(scaled), 0, max_code), scale, u.dtype)
 

@@ -109,14 +109,22 @@ def _wrap(original, replacement):
     return wrapper
 
 
-def _plugin_classes() -> list[type]:
+def allow_list_classes() -> None:
+    """Allow-list our module classes for ``torch.load(weights_only=True)`` (``ULTRALYTICS_SAFE_LOAD=1``)."""
+    import torch
+
     from ibra_yolo import neurons
     from ibra_yolo.nn import blocks, head
 
     classes = []
     for mod in (neurons, blocks, head):
         classes += [getattr(mod, n) for n in mod.__all__ if isinstance(getattr(mod, n), type)]
-    return classes
+    torch.serialization.add_safe_globals(classes)
+
+
+def _initializing(name: str) -> bool:
+    module = sys.modules.get(name)
+    return module is not None and getattr(getattr(module, "__spec__", None), "_initializing", False)
 
 
 def _excepthook(previous):
@@ -137,7 +145,6 @@ def register() -> None:
     global _registered
     if _registered:
         return
-    import torch
     from ultralytics.nn import tasks
 
     patches = {
@@ -150,7 +157,8 @@ def register() -> None:
         for attr, wrapper in patches.items():
             if module is not None and getattr(module, attr, None) is wrapper.__ibra_yolo_original__:
                 setattr(module, attr, wrapper)
-    torch.serialization.add_safe_globals(_plugin_classes())
+    if not _initializing("ibra_yolo.nn"):  # else ibra_yolo.nn allow-lists itself once it has finished importing
+        allow_list_classes()
     if not getattr(sys.excepthook, "__ibra_yolo__", False):
         sys.excepthook = _excepthook(sys.excepthook)
     _registered = True

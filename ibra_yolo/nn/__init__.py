@@ -39,3 +39,7 @@ __all__ = (
     "build_spiking_model",
     "is_spiking_yaml",
 )
+
+from ibra_yolo.plugin import allow_list_classes  # noqa: E402
+
+allow_list_classes()  # for ULTRALYTICS_SAFE_LOAD=1 checkpoint loading

@@ -178,7 +178,7 @@ class Synapse(nn.Module):
 class NeuronConv(nn.Module):
     """A neuron followed by the linear op it feeds, on ``[T, B, C, H, W]`` tensors.
 
-    Integer mode (default): ``op(neuron(x))``. Spike-driven mode (``spike_driven = True``, eval only): the neuron's
+    Integer mode (default): ``op(neuron(x))``. Spike-driven mode (``spike_driven = True``, in eval mode): the neuron's
     integer codes are sent as ``{0, 1}`` planes, one virtual timestep at a time; each plane goes through the op's
     first conv without bias (``Synapse``), the results are summed with weights ``2**j / N`` (binary) or ``1 / N``
     (unary), and the bias and remaining linear stages are applied once after the sum. ``neuron=None`` makes an
@@ -206,7 +206,7 @@ class NeuronConv(nn.Module):
         return conv_macs_per_pixel(self.op) if isinstance(self.op, nn.Conv2d) else self.op.macs_per_pixel()
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
-        if self.spike_driven and self.spiking:
+        if self.spike_driven and self.spiking and not self.training:
             y = self._forward_spikes(x)
         else:
             y = self.op((x if self.neuron is None else self.neuron(x)).flatten(0, 1))
@@ -219,8 +219,6 @@ class NeuronConv(nn.Module):
         return weight, bias, kwargs, self.op.post
 
     def _forward_spikes(self, x: torch.Tensor) -> torch.Tensor:
-        if self.training:
-            raise RuntimeError("spike-driven execution is for inference: call model.eval() first")
         n = self.neuron
         codes = n.codes(x).flatten(0, 1)
         weight, bias, kwargs, post = self._synaptic()

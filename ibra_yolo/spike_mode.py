@@ -1,0 +1,137 @@
+"""Spike-driven inference on the same weights: every neuron's integer code is sent as ``{0, 1}`` planes.
+
+In this mode each ``NeuronConv`` (a neuron and the conv it feeds) convolves one plane at a time without bias,
+accumulates with weights ``2**j / N`` (binary) or ``1 / N`` (unary) and adds bias/BN once after the sum, so every
+conv fed by a neuron receives only 0s and 1s. It applies in eval mode; in training mode the integer path runs (it
+computes the same values and defines the gradients).
+
+Examples:
+    >>> from ultralytics import YOLO
+    >>> from ibra_yolo import spike_driven
+    >>> model = YOLO("best.pt")
+    >>> spike_driven(model)            # switch on (returns the model)
+    >>> results = model("bus.jpg")
+    >>> spike_driven(model, False)     # back to integer mode
+    >>> with spike_driven(model):      # or only inside a block
+    ...     results = model("bus.jpg")
+"""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+from torch import nn
+
+from ibra_yolo.errors import IbraYoloError
+from ibra_yolo.nn.blocks import NeuronConv
+
+__all__ = ("spike_driven", "set_spike_driven", "is_spike_driven", "spike_driven_units", "convert_checkpoint")
+
+
+def _torch_model(model) -> nn.Module:
+    """The ``nn.Module`` inside a ``YOLO`` object or an ``AutoBackend`` (or the model itself)."""
+    for _ in range(3):  # YOLO -> DetectionModel; AutoBackend -> DetectionModel
+        if isinstance(model, nn.Module) and any(isinstance(m, NeuronConv) for m in model.modules()):
+            return model
+        model = getattr(model, "model", model)
+    if isinstance(model, nn.Module):
+        return model
+    raise IbraYoloError(f"expected a YOLO object or a torch model, got {type(model).__name__}")
+
+
+def spike_driven_units(model) -> list[NeuronConv]:
+    """The ``NeuronConv`` units of ``model`` whose input is an integer spiking neuron.
+
+    For a ``YOLO`` object this includes the copy of the model its cached predictor holds.
+    """
+    models = [_torch_model(model)]
+    predictor = model.__dict__.get("predictor")  # YOLO objects only (a torch model's getattr would raise)
+    if getattr(predictor, "model", None) is not None:
+        models.append(_torch_model(predictor.model))
+    units = {id(m): m for model in models for m in model.modules() if isinstance(m, NeuronConv) and m.spiking}
+    return list(units.values())
+
+
+def set_spike_driven(model, enabled: bool = True):
+    """Switch every spike-fed conv of ``model`` to spike-driven (``True``) or integer (``False``) execution.
+
+    Args:
+        model (YOLO | nn.Module): A spiking model (any neuron family, any T).
+        enabled (bool): The mode.
+
+    Returns:
+        The same ``model``.
+
+    Raises:
+        IbraYoloError: The model has no spiking neurons (e.g. the ANN twin or a stock YOLO model).
+    """
+    units = spike_driven_units(model)
+    if not units:
+        raise IbraYoloError(
+            "this model has no integer spiking neurons (an ANN twin or a stock model?): spike-driven mode needs "
+            "an IBRA-LIF, IB-LIF or I-LIF model"
+        )
+    for m in units:
+        m.spike_driven = bool(enabled)
+    return model
+
+
+def is_spike_driven(model) -> bool:
+    """True when every spike-fed conv of ``model`` runs spike-driven."""
+    units = spike_driven_units(model)
+    return bool(units) and all(m.spike_driven for m in units)
+
+
+class spike_driven:  # noqa: N801 - reads as a function call or a context manager
+    """Switch a model to spike-driven execution; as a context manager, restore the previous mode on exit.
+
+    Args:
+        model (YOLO | nn.Module): A spiking model.
+        enabled (bool): The mode to switch to.
+    """
+
+    def __init__(self, model, enabled: bool = True):
+        self.model = model
+        self.previous = {m: m.spike_driven for m in spike_driven_units(model)}
+        set_spike_driven(model, enabled)
+
+    def __enter__(self):
+        return self.model
+
+    def __exit__(self, *exc):
+        for m, mode in self.previous.items():
+            m.spike_driven = mode
+        return False
+
+
+def convert_checkpoint(src: str | Path, dst: str | Path, enabled: bool = True, overwrite: bool = False) -> Path:
+    """Write a copy of checkpoint ``src`` whose model runs spike-driven, e.g. for ``yolo predict model=<dst>``.
+
+    The weights are unchanged; only the execution mode is stored. ``src`` is never modified.
+
+    Args:
+        src (str | Path): Ultralytics checkpoint (``best.pt``).
+        dst (str | Path): Output checkpoint.
+        enabled (bool): Spike-driven (True) or integer (False).
+        overwrite (bool): Replace an existing ``dst``.
+
+    Returns:
+        (Path): ``dst``.
+    """
+    import torch
+
+    src, dst = Path(src), Path(dst)
+    if not src.is_file():
+        raise IbraYoloError(f"checkpoint {src} does not exist")
+    if dst.resolve() == src.resolve():
+        raise IbraYoloError(f"output {dst} is the input checkpoint: choose another file name")
+    if dst.exists() and not overwrite:
+        raise IbraYoloError(f"{dst} exists: choose another file name or pass overwrite=True (--overwrite)")
+    ckpt = torch.load(src, map_location="cpu", weights_only=False)
+    for key in ("model", "ema"):
+        if isinstance(ckpt.get(key), nn.Module):
+            set_spike_driven(ckpt[key], enabled)
+    tmp = dst.with_name(dst.name + ".tmp")
+    torch.save(ckpt, tmp)
+    tmp.replace(dst)  # atomic: a crash never leaves a half-written dst
+    return dst

@@ -1,0 +1,65 @@
+"""Shared test set-up: Ultralytics runs offline with a private settings folder; small helpers and fixtures."""
+
+import os
+import subprocess
+import sys
+import tempfile
+from pathlib import Path
+
+# Before anything imports Ultralytics: no downloads, no auto-installs, settings in a writable private folder.
+os.environ["YOLO_OFFLINE"] = "1"
+os.environ["YOLO_AUTOINSTALL"] = "0"
+os.environ.setdefault("YOLO_CONFIG_DIR", tempfile.mkdtemp(prefix="ibra_yolo_ycfg_"))
+os.environ.setdefault("YOLO_VERBOSE", "False")
+
+import pytest  # noqa: E402
+import torch  # noqa: E402
+
+ROOT = Path(__file__).resolve().parents[1]
+CFG = ROOT / "cfg"
+
+
+def randomize_(model: torch.nn.Module, seed: int = 0) -> torch.nn.Module:
+    """Give BN layers and the class biases non-trivial values, so that an untrained model fires and detects.
+
+    Fresh BN layers (mean 0, var 1, weight 1, bias 0) and Ultralytics' class prior (~1% objectness) would leave most
+    neurons silent and every score below any threshold; random statistics exercise every code path.
+    """
+    g = torch.Generator().manual_seed(seed)
+
+    def u(t, lo, hi):
+        t.copy_(torch.rand(t.shape, generator=g, dtype=t.dtype) * (hi - lo) + lo)
+
+    with torch.no_grad():
+        for m in model.modules():
+            if isinstance(m, torch.nn.BatchNorm2d):
+                u(m.running_mean, -0.5, 0.5)
+                u(m.running_var, 0.5, 2.0)
+                u(m.weight, 0.5, 1.5)
+                u(m.bias, -0.2, 0.5)
+        head = model.model[-1] if hasattr(model, "model") else None
+        for branch in getattr(head, "cv3", []):
+            u(branch.pred.op.bias, -6.0, -1.0)
+    return model
+
+
+def run(cmd, cwd=None, timeout=900, env=None, check=True):
+    """Run a command, return the CompletedProcess; on failure show its output."""
+    e = {**os.environ, **(env or {})}
+    p = subprocess.run(cmd, cwd=cwd, env=e, capture_output=True, text=True, timeout=timeout)
+    if check and p.returncode != 0:
+        raise AssertionError(f"{cmd} exited {p.returncode}\nSTDOUT:\n{p.stdout[-4000:]}\nSTDERR:\n{p.stderr[-6000:]}")
+    return p
+
+
+@pytest.fixture(scope="session")
+def shapes_data(tmp_path_factory) -> Path:
+    """A tiny demo dataset (48 train / 16 val images at 64 px)."""
+    from ibra_yolo.data import make_shapes_dataset
+
+    return make_shapes_dataset(tmp_path_factory.mktemp("shapes"), n_train=48, n_val=16, imgsz=64, seed=1)
+
+
+@pytest.fixture
+def python():
+    return sys.executable

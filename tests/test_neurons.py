@@ -1,0 +1,232 @@
+"""The integer neurons: quantiser tables, dynamics, gradients, autocast, planes, export and parameter checks."""
+
+import copy
+import io
+
+import numpy as np
+import pytest
+import torch
+
+from ibra_yolo.neurons import IBLIF, IBRALIF, ILIF, IntegerLIF, from_planes, make_neuron, plane_weights, to_planes
+
+
+def t1(values):
+    """A [T=1, N] float32 input."""
+    return torch.tensor([values], dtype=torch.float32)
+
+
+# ---------------------------------------------------------------------------------------------------- quantiser tables
+# IBRA-LIF (D=5.11, N=100, M=511): code = clip(round(100*U), 0, 511). 0.49 -> 0, 0.51 -> 1, 510.4 -> 510,
+# 510.6 -> 511, 1e8 -> clipped to 511, -300 -> 0; 0.125 -> 12.5 -> 12 and 0.135 -> 13.5 -> 14 (round half to even).
+IBRA_TABLE = [(0.0049, 0), (0.0051, 1), (5.104, 510), (5.106, 511), (1e6, 511), (-3.0, 0), (0.125, 12), (0.135, 14)]
+# IB-LIF (bits=3, M=7): code = clip(round(U), 0, 7): no range alignment, so U in [0, 1) only reaches codes 0 and 1.
+IBLIF_TABLE = [(0.49, 0), (0.51, 1), (2.5, 2), (3.5, 4), (6.4, 6), (6.6, 7), (9.0, 7), (-3.0, 0), (0.9, 1)]
+# I-LIF (D=4): code = round(clip(U, 0, 4)).
+ILIF_TABLE = [(0.49, 0), (0.51, 1), (2.5, 2), (3.49, 3), (3.51, 4), (4.6, 4), (1e6, 4), (-3.0, 0)]
+
+
+@pytest.mark.parametrize(
+    "neuron, table, scale",
+    [(IBRALIF(), IBRA_TABLE, 100.0), (IBLIF(bits=3), IBLIF_TABLE, 1.0), (ILIF(), ILIF_TABLE, 1.0)],
+    ids=["IBRA-LIF", "IB-LIF", "I-LIF"],
+)
+def test_codes_table(neuron, table, scale):
+    u, expected = t1([x for x, _ in table]), torch.tensor([[c for _, c in table]], dtype=torch.int32)
+    assert torch.equal(neuron.codes(u), expected)
+    assert torch.equal(neuron(u), expected.float() / scale)  # output is the real value code / N
+
+
+def test_neuron_attributes():
+    n = IBRALIF()
+    assert (n.max_code, n.bits, n.encoding, n.scale, n.num_planes) == (511, 9, "binary", 100.0, 9)
+    assert abs(n.D - 5.11) < 1e-12
+    b = IBLIF(bits=6)
+    assert (b.max_code, b.bits, b.encoding, b.scale, b.num_planes) == (63, 6, "binary", 1.0, 6)
+    i = ILIF(D=4)
+    assert (i.max_code, i.bits, i.encoding, i.scale, i.num_planes) == (4, 3, "unary", 1.0, 4)
+    # one implementation underneath
+    assert all(isinstance(m, IntegerLIF) for m in (n, b, i))
+    assert type(n).forward is type(b).forward is type(i).forward is IntegerLIF.forward
+
+
+# ---------------------------------------------------------------------------------------------------- dynamics
+def test_three_step_trace_ibra():
+    # U1 = 0.123 -> 12.3 -> code 12, S = 0.12, H1 = 0.25 * (0.123 - 0.12) = 0.00075
+    # U2 = 0.00075 + 0.456 = 0.45675 -> 45.675 -> 46, S = 0.46, H2 = 0.25 * (0.45675 - 0.46) = -0.0008125
+    # U3 = -0.0008125 + 5.2 = 5.1991875 -> 519.9 -> clipped to 511, S = 5.11
+    n = IBRALIF(T=3)
+    x = torch.tensor([[0.123], [0.456], [5.2]])
+    assert n.codes(x).flatten().tolist() == [12, 46, 511]
+    assert torch.allclose(n(x).flatten(), torch.tensor([0.12, 0.46, 5.11]))
+
+
+def test_three_step_trace_ilif():
+    # U1 = 1.6 -> 2, H1 = 0.25 * (1.6 - 2) = -0.1; U2 = -0.1 + 0.3 = 0.2 -> 0, H2 = 0.05; U3 = 5.05 -> clipped to 4
+    n = ILIF(D=4, T=3)
+    x = torch.tensor([[1.6], [0.3], [5.0]])
+    assert n(x).flatten().tolist() == [2.0, 0.0, 4.0]
+
+
+def test_leak_beta_matters():
+    # beta = 0 is a reset-to-zero neuron with no memory: each step is just Q(X[t]).
+    x = torch.tensor([[0.4], [0.4]])
+    assert ILIF(T=2, beta=0.0)(x).flatten().tolist() == [0.0, 0.0]
+    # beta = 1: H1 = 0.4, U2 = 0.8 -> 1
+    assert ILIF(T=2, beta=1.0)(x).flatten().tolist() == [0.0, 1.0]
+
+
+def test_no_state_between_calls_and_deepcopy():
+    n = IBRALIF(T=2)
+    x = torch.rand(2, 3, 4, requires_grad=True)
+    a = n.train()(x)
+    a.sum().backward()
+    assert not [k for k, v in vars(n).items() if isinstance(v, torch.Tensor)]
+    assert len(n.state_dict()) == 0
+    m = copy.deepcopy(n)  # works after a forward with gradients (EMA, checkpoints, export copy models)
+    assert torch.equal(m(x.detach()), n(x.detach()))
+    assert torch.equal(n(x.detach()), a.detach())  # a second call sees no leftover membrane
+
+
+def test_time_dimension_checked():
+    with pytest.raises(ValueError, match=r"T=2"):
+        IBRALIF(T=2)(torch.zeros(3, 4))
+
+
+# ---------------------------------------------------------------------------------------------------- gradients
+def test_gradient_window():
+    # STE: dS/dU = 1 inside the representable range [0, M/N] = [0, 5.11], else 0.
+    n = IBRALIF().train()
+    u = t1([-0.01, 0.0, 2.0, 5.109, 5.111, 100.0]).requires_grad_()
+    n(u).sum().backward()
+    assert u.grad.flatten().tolist() == [0.0, 1.0, 1.0, 1.0, 0.0, 0.0]
+    i = ILIF(D=4).train()
+    u = t1([-0.5, 0.2, 3.9, 4.1]).requires_grad_()
+    i(u).sum().backward()
+    assert u.grad.flatten().tolist() == [0.0, 1.0, 1.0, 0.0]
+
+
+def test_gradient_through_membrane():
+    # S2 depends on X1 through H1 = beta * (U1 - S1.detach()): dS2/dX1 = beta = 0.25, so dX1 = 1 + 0.25.
+    n = IBRALIF(T=2).train()
+    x = torch.tensor([[0.5], [0.5]], requires_grad=True)
+    n(x).sum().backward()
+    assert torch.allclose(x.grad.flatten(), torch.tensor([1.25, 1.0]))
+
+
+# ---------------------------------------------------------------------------------------------------- autocast
+@pytest.mark.parametrize("dtype", [torch.float16, torch.bfloat16])
+def test_autocast_codes_exact(dtype):
+    # Every representable low-precision value in [-0.2, 5.3]: the codes must equal round(100 * u) computed in
+    # float32 from that same value. Computing 100 * u in the low precision itself gets some of them wrong.
+    u = torch.arange(-0.2, 5.3, 1e-4).to(dtype).unique()
+    reference = torch.clamp(torch.round(u.float() * 100), 0, 511).to(torch.int32)
+    naive = torch.clamp(torch.round(u * 100), 0, 511).to(torch.int32)
+    assert (naive != reference).any(), "the low-precision product should be wrong somewhere (else the test is vacuous)"
+    n = IBRALIF()
+    with torch.autocast("cpu", dtype=dtype):
+        codes = n.codes(u[None])
+        out = n.train()(u[None].requires_grad_())
+    assert torch.equal(codes[0], reference)
+    assert out.dtype == dtype  # same dtype as the input, as autocast expects
+    assert torch.equal(out[0], (reference.float() / 100).to(dtype))
+
+
+def test_autocast_through_conv():
+    conv = torch.nn.Conv2d(3, 8, 3)
+    x = torch.randn(2, 3, 16, 16)
+    n = IBRALIF()
+    with torch.autocast("cpu", dtype=torch.bfloat16):
+        y = conv(x)
+        assert y.dtype == torch.bfloat16
+        codes = n.codes(y[None])
+    assert torch.equal(codes[0], torch.clamp(torch.round(y.float() * 100), 0, 511).to(torch.int32))
+
+
+# ---------------------------------------------------------------------------------------------------- planes
+@pytest.mark.parametrize("neuron", [IBRALIF(), IBLIF(bits=4), ILIF(D=4), ILIF(D=7)], ids=lambda n: repr(n))
+def test_planes_round_trip_all_codes(neuron):
+    codes = torch.arange(neuron.max_code + 1, dtype=torch.int32)
+    planes = neuron.to_planes(codes)
+    assert planes.shape == (neuron.num_planes, neuron.max_code + 1)
+    assert set(planes.unique().tolist()) <= {0.0, 1.0}
+    assert torch.equal(neuron.from_planes(planes).to(torch.int32), codes)
+    # weighted planes give the neuron's real output code / N
+    w = torch.tensor(neuron.plane_weights(), dtype=torch.float64)
+    assert torch.allclose(torch.tensordot(w, planes.double(), dims=1), codes.double() / neuron.scale, atol=1e-12)
+    # spikes per code: popcount (binary) or the code (unary)
+    expected = [bin(c).count("1") for c in range(neuron.max_code + 1)] if neuron.encoding == "binary" else codes.tolist()
+    assert neuron.spikes_per_code(codes).tolist() == expected
+
+
+def test_plane_helpers_by_hand():
+    # 5 = 0b101 -> binary planes [1, 0, 1]; unary (M=4) thermometer [1, 1, 1, 1] for 4, [1, 1, 0, 0] for 2
+    assert to_planes(torch.tensor([5]), 7, "binary").flatten().tolist() == [1, 0, 1]
+    assert to_planes(torch.tensor([4, 2]), 4, "unary").tolist() == [[1, 1], [1, 1], [1, 0], [1, 0]]
+    assert from_planes(torch.tensor([[1.0], [0.0], [1.0]]), "binary").tolist() == [5.0]
+    assert plane_weights(511, "binary", 100) == [2**j / 100 for j in range(9)]
+    assert plane_weights(4, "unary") == [1.0] * 4
+
+
+# ---------------------------------------------------------------------------------------------------- export
+EDGE_INPUT = torch.tensor([[[0.0049, 0.0051, 5.104, 5.106, 1e6, -3.0, 0.125, 0.135]]])
+
+
+@pytest.mark.parametrize("neuron", [IBRALIF(T=2), ILIF(T=2)], ids=["IBRA-LIF", "I-LIF"])
+def test_onnx_export_matches_torch(neuron):
+    import onnx
+    import onnxruntime as ort
+
+    neuron.eval()
+    x = torch.randn(2, 1, 64) * 3
+    f = io.BytesIO()
+    torch.onnx.export(neuron, (x,), f, input_names=["x"], output_names=["s"], opset_version=17, dynamo=False)
+    proto = onnx.load_from_string(f.getvalue())
+    ops = {node.op_type for node in proto.graph.node}
+    assert {"Round", "Clip"} <= ops and not any("Python" in op for op in ops), ops
+    session = ort.InferenceSession(f.getvalue(), providers=["CPUExecutionProvider"])
+    probe = torch.cat([torch.randn(2, 1, 56) * 3, EDGE_INPUT.expand(2, 1, 8)], -1)
+    (out,) = session.run(None, {"x": probe.numpy()})
+    np.testing.assert_array_equal(out, neuron(probe).numpy())  # same float32 ops: bit-identical
+
+
+def test_torchscript_trace():
+    n = IBRALIF(T=2).eval()
+    traced = torch.jit.trace(n, torch.randn(2, 3, 5))
+    x = torch.randn(2, 3, 5) * 4
+    assert torch.equal(traced(x), n(x))
+
+
+# ---------------------------------------------------------------------------------------------------- validation
+@pytest.mark.parametrize(
+    "make, name",
+    [
+        (lambda: IBRALIF(N=0), "N"),
+        (lambda: IBRALIF(N=-100), "N"),
+        (lambda: IBRALIF(D=0), "D"),
+        (lambda: IBRALIF(D=-1.0), "D"),
+        (lambda: IBRALIF(T=0), "T"),
+        (lambda: IBRALIF(beta=1.5), "beta"),
+        (lambda: ILIF(beta=-0.1), "beta"),
+        (lambda: ILIF(D=4.5), "D"),
+        (lambda: ILIF(D=0), "D"),
+        (lambda: IBLIF(bits=0), "bits"),
+        (lambda: IBLIF(bits=2.5), "bits"),
+    ],
+)
+def test_invalid_parameters(make, name):
+    with pytest.raises(ValueError, match=rf"^{name}=") as e:
+        make()
+    assert "must be" in str(e.value)  # names the allowed range
+
+
+def test_make_neuron():
+    n = make_neuron({"kind": "IBRALIF", "D": 5.11, "N": 100, "beta": 0.25}, T=2)
+    assert isinstance(n, IBRALIF) and n.T == 2 and n.max_code == 511
+    assert isinstance(make_neuron({"kind": "i-lif", "D": 4}), ILIF)  # case and dashes do not matter
+    with pytest.raises(ValueError, match="kind='LIF9' is unknown"):
+        make_neuron({"kind": "LIF9"})
+    with pytest.raises(ValueError, match=r"\['K'\] unknown"):
+        make_neuron({"kind": "IBLIF", "K": 4})
+    relu = make_neuron({"kind": "ReLU"})
+    x = torch.tensor([-1.0, 2.0])
+    assert relu(x).tolist() == [0.0, 2.0] and x.tolist() == [-1.0, 2.0]  # never in-place
