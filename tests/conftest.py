@@ -10,7 +10,6 @@ from pathlib import Path
 os.environ["YOLO_OFFLINE"] = "1"
 os.environ["YOLO_AUTOINSTALL"] = "0"
 os.environ.setdefault("YOLO_CONFIG_DIR", tempfile.mkdtemp(prefix="ibra_yolo_ycfg_"))
-os.environ.setdefault("YOLO_VERBOSE", "False")
 
 import pytest  # noqa: E402
 import torch  # noqa: E402
