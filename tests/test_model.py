@@ -232,3 +232,15 @@ def test_yamls_resolve_after_install():
     assert model_yaml_path("yolov8n.yaml") is None
     assert {"spike-yolo-ibra.yaml", "spike-yolo-ibra-n.yaml", "spike-yolo-ann-l.yaml"} <= set(available_models())
     assert sys.modules["ibra_yolo.plugin"]._registered
+
+
+def test_training_recipe_is_valid_ultralytics_cfg():
+    # SPEC §6 (SpikeYOLO's COCO recipe); get_cfg rejects unknown keys and wrong types.
+    from ultralytics.cfg import get_cfg
+
+    recipe = yaml.safe_load((CFG / "train-coco-recipe.yaml").read_text())
+    cfg = get_cfg(overrides=recipe)
+    assert (cfg.epochs, cfg.optimizer, cfg.lr0, cfg.lrf, cfg.momentum, cfg.weight_decay) == (
+        300, "SGD", 0.01, 0.004, 0.937, 0.0005)
+    assert (cfg.warmup_epochs, cfg.batch, cfg.imgsz, cfg.close_mosaic, cfg.amp, cfg.pretrained) == (
+        10, 40, 640, 10, True, False)
