@@ -198,7 +198,7 @@ def test_checkpoint_carries_neuron_settings(tmp_path, python):
         "print(len(n), n[0].bits, m.yaml['neuron']['kind'], m.yaml['scale'], m(torch.zeros(1, 3, 64, 64))[0].shape[1])"
     )
     for env in ({}, {"ULTRALYTICS_SAFE_LOAD": "1"}):
-        out = run([python, "-c", code, str(tmp_path / "m.pt")], env=env).stdout.split()
+        out = run([python, "-c", code, str(tmp_path / "m.pt")], env=env).stdout.strip().splitlines()[-1].split()
         assert out == [str(sum(isinstance(m, IBLIF) for m in y.model.modules())), "9", "IBLIF", "n", "84"]
 
 
