@@ -49,42 +49,45 @@ ENCODINGS = ("binary", "unary")
 # Functional core
 # ----------------------------------------------------------------------------------------------------------------------
 def quantize_codes(u: torch.Tensor, scale: float, max_code: int) -> torch.Tensor:
-    """Return the integer codes ``clip(round(scale * u), 0, max_code)`` as a float32 tensor of whole numbers.
+    """Return the integer codes ``clip(round(scale * u), 0, max_code)`` as a float tensor of whole numbers.
 
     The product is formed in float32 (float64 for float64 input) whatever the input dtype (an fp16 ``100 * u`` would
-    round codes above 256 wrongly), and ``torch.round`` rounds half to even.
+    round codes above 256 wrongly), and ``torch.round`` rounds half to even. Clipping before rounding gives the same
+    codes because the bounds are integers.
     """
-    return torch.clamp(torch.round(_wide(u) * scale), 0, max_code)
+    return _scaled(u, scale).clamp_(0, max_code).round_()
 
 
-def _wide(u: torch.Tensor) -> torch.Tensor:
-    """``u`` in float32, or float64 if it already is (the quantiser never computes in fp16/bf16)."""
-    return u if u.dtype == torch.float64 else u.float()
+def _scaled(u: torch.Tensor, scale: float) -> torch.Tensor:
+    """A new float32 (float64 for float64 input) tensor ``scale * u``: the quantiser never computes in fp16/bf16."""
+    wide = u if u.dtype in (torch.float32, torch.float64) else u.float()
+    return wide * scale if scale != 1 else wide.clone()
 
 
 def _codes_to_values(codes: torch.Tensor, scale: float, dtype: torch.dtype) -> torch.Tensor:
-    """Map codes (float32/float64) to the real output ``code / scale`` in ``dtype``."""
-    out = codes if scale == 1 else codes / scale
+    """Map codes (float32/float64, a tensor this function may overwrite) to the real output ``code / scale``."""
+    out = codes if scale == 1 else codes.div_(scale)
     return out.to(dtype)
 
 
 class _QuantizeSTE(torch.autograd.Function):
     """Quantiser with a straight-through gradient: 1 where ``0 <= scale*u <= max_code``, else 0.
 
-    Saves a 1-byte mask instead of the float input, which halves (fp16) or quarters (fp32) what the neuron keeps for
-    the backward pass.
+    Saves a 1-byte mask instead of the float input (a quarter of the memory in float32) and reuses one buffer for
+    the clip, round and division.
     """
 
     @staticmethod
     def forward(ctx, u: torch.Tensor, scale: float, max_code: int) -> torch.Tensor:
-        scaled = _wide(u) * scale
-        ctx.save_for_backward((scaled >= 0) & (scaled <= max_code))
-        return _codes_to_values(torch.clamp(torch.round(scaled), 0, max_code), scale, u.dtype)
+        scaled = _scaled(u, scale)
+        codes = scaled.clamp(0, max_code)
+        ctx.save_for_backward(codes == scaled)  # inside the representable range
+        return _codes_to_values(codes.round_(), scale, u.dtype)
 
     @staticmethod
     def backward(ctx, grad: torch.Tensor):
         (inside,) = ctx.saved_tensors
-        return grad * inside.to(grad.dtype), None, None
+        return grad * inside, None, None
 
 
 def lif_multistep(
@@ -208,6 +211,11 @@ class IntegerLIF(nn.Module):
         """Virtual timesteps per timestep at inference: ``K`` (binary) or ``M`` (unary)."""
         return num_planes(self.max_code, self.encoding)
 
+    def planes_used(self, codes: torch.Tensor) -> int:
+        """Virtual timesteps that carry spikes for these codes: ``bit_length(max code)`` (binary) or the max code."""
+        top = int(codes.max()) if codes.numel() else 0
+        return top.bit_length() if self.encoding == "binary" else top
+
     def plane_weights(self) -> list[float]:
         """Weights ``w_j`` such that ``output = sum_j w_j * plane_j``."""
         return plane_weights(self.max_code, self.encoding, self.scale)
@@ -237,11 +245,11 @@ class IntegerLIF(nn.Module):
 
         def fire(u):
             c = quantize_codes(u, self.scale, self.max_code)
-            codes.append(c)
+            codes.append(c.to(torch.int32))
             return _codes_to_values(c, self.scale, u.dtype)
 
         lif_multistep(x, fire, self.beta)
-        return torch.stack(codes).reshape(x.shape).to(torch.int32)
+        return torch.stack(codes).reshape(x.shape)
 
     def to_planes(self, codes: torch.Tensor) -> torch.Tensor:
         """Encode codes as ``[P, ...]`` ``{0, 1}`` planes (``P = num_planes``)."""

@@ -230,3 +230,11 @@ def test_make_neuron():
     relu = make_neuron({"kind": "ReLU"})
     x = torch.tensor([-1.0, 2.0])
     assert relu(x).tolist() == [0.0, 2.0] and x.tolist() == [-1.0, 2.0]  # never in-place
+
+
+def test_planes_used():
+    # Only planes up to the largest code carry spikes: 5 = 0b101 needs 3 bit planes; unary code 3 needs 3 steps.
+    assert IBRALIF().planes_used(torch.tensor([0, 3, 5])) == 3
+    assert IBRALIF().planes_used(torch.tensor([511])) == 9
+    assert ILIF(D=4).planes_used(torch.tensor([0, 3, 1])) == 3
+    assert ILIF(D=4).planes_used(torch.zeros(4, dtype=torch.int32)) == 0

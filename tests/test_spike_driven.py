@@ -79,7 +79,7 @@ def test_spike_driven_equals_integer_float64(family, T):
     y = make_model(family, T)
     model = y.model.eval().double()
     units = spike_driven_units(model)
-    planes = sum(u.neuron.num_planes for u in units)  # each call carries all T timesteps in its batch
+    planes = sum(u.neuron.num_planes for u in units)  # at most; empty planes above the largest code are skipped
     inputs = [letterboxed(n) for n in IMAGES] + [torch.rand(1, 3, 256, 320, dtype=torch.float64)]
     for x in inputs:
         with torch.no_grad():
@@ -88,7 +88,7 @@ def test_spike_driven_equals_integer_float64(family, T):
                 hooks = BinaryInputs(model)
                 b = model(x)[0]
                 hooks.remove()
-        assert hooks.calls == planes  # every spike-fed conv ran once per virtual timestep
+        assert len(units) <= hooks.calls <= planes  # each spike-fed conv ran once per non-empty virtual timestep
         assert (a - b).abs().max() <= 1e-9 * a.abs().max()
         da, db = (non_max_suppression(p.float(), conf_thres=0.25, max_det=300)[0] for p in (a, b))
         assert_same_detections(da, db, box_tol=1e-6, score_tol=1e-9)
@@ -129,16 +129,17 @@ def test_stock_predictor_runs_spike_driven():
         hooks = BinaryInputs(copy)
         results = y.predict(ASSETS / "bus.jpg", imgsz=320, conf=0.3, verbose=False)
         hooks.remove()
-    assert hooks.calls == sum(u.neuron.num_planes for u in spike_driven_units(copy)) and len(results[0].boxes) > 0
+    assert hooks.calls >= len(spike_driven_units(copy)) and len(results[0].boxes) > 0  # >= 1 plane per conv
     assert not is_spike_driven(y) and not is_spike_driven(copy)
 
 
 @pytest.mark.parametrize("family, T", [("ibra", 2), ("ilif", 2)])
 def test_exact_spike_counts(family, T):
     # Spikes observed in spike-driven mode (sum of every plane a Synapse receives) equal those computed from the
-    # integer codes: popcount for binary codes, the code itself for unary.
-    model = make_model(family, T).model.eval()
-    x = torch.rand(2, 3, 96, 96)
+    # integer codes: popcount for binary codes, the code itself for unary. In float64, so that both passes see the
+    # same codes in every layer (in float32 one rounding-edge flip would change the inputs of later layers).
+    model = make_model(family, T).model.eval().double()
+    x = torch.rand(2, 3, 96, 96, dtype=torch.float64)
     expected = 0
     hooks = []
     for m in model.modules():

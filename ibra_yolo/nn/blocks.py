@@ -179,7 +179,8 @@ class NeuronConv(nn.Module):
     """A neuron followed by the linear op it feeds, on ``[T, B, C, H, W]`` tensors.
 
     Integer mode (default): ``op(neuron(x))``. Spike-driven mode (``spike_driven = True``, in eval mode): the neuron's
-    integer codes are sent as ``{0, 1}`` planes, one virtual timestep at a time; each plane goes through the op's
+    integer codes are sent as ``{0, 1}`` planes, one virtual timestep at a time (planes above the largest code present
+    are empty and skipped); each plane goes through the op's
     first conv without bias (``Synapse``), the results are summed with weights ``2**j / N`` (binary) or ``1 / N``
     (unary), and the bias and remaining linear stages are applied once after the sum. ``neuron=None`` makes an
     encoding layer fed by real values (the only multiply-accumulate layer of a spiking model).
@@ -223,7 +224,8 @@ class NeuronConv(nn.Module):
         codes = n.codes(x).flatten(0, 1)
         weight, bias, kwargs, post = self._synaptic()
         acc = None
-        for j, w in enumerate(n.plane_weights()):
+        used = max(n.planes_used(codes), 1)  # planes above the largest code are empty: no spikes, no work
+        for j, w in enumerate(n.plane_weights()[:used]):
             y = self.synapse(plane(codes, j, n.encoding, dtype=weight.dtype), weight, **kwargs)
             acc = y.mul_(w) if acc is None else acc.add_(y, alpha=w)
         if bias is not None:

@@ -1,0 +1,223 @@
+"""Training-step and inference speed/memory of IBRA-LIF, I-LIF, IB-LIF and the ANN twin, measured side by side.
+
+Every repetition runs each variant once, in rotating order (interleaved), and tables report medians and ratios to the
+ANN twin measured in the same run. Memory: bytes autograd saves for the backward pass (exact, from saved-tensor
+hooks), and the peak allocated memory (CUDA) or the peak resident-set growth of a fresh process per variant (CPU).
+
+Usage:
+    python benchmarks/speed.py                      # CPU defaults: train 320 px batch 4, inference 640 px batch 1
+    python benchmarks/speed.py --device 0 --amp     # the same tables on a GPU with mixed precision
+    python benchmarks/speed.py --quick              # a smoke run (few repetitions, small images)
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import os
+import platform
+import statistics
+import subprocess
+import sys
+import time
+from contextlib import nullcontext
+from datetime import date
+
+os.environ.setdefault("YOLO_OFFLINE", "1")
+os.environ.setdefault("YOLO_AUTOINSTALL", "0")
+
+import torch  # noqa: E402
+
+VARIANTS = {"IBRA-LIF": "ibra", "I-LIF": "ilif", "IB-LIF": "iblif", "ANN twin": "ann"}
+
+
+def build(family: str, scale: str, device: torch.device):
+    from ultralytics.cfg import get_cfg
+    from ultralytics.nn.tasks import DetectionModel
+
+    torch.manual_seed(0)
+    model = DetectionModel(f"spike-yolo-{family}-{scale}.yaml", nc=80, verbose=False).to(device)
+    model.args = get_cfg()
+    return model
+
+
+def fake_batch(batch: int, imgsz: int, device: torch.device) -> dict:
+    g = torch.Generator().manual_seed(0)
+    n = 4 * batch  # four boxes per image
+    return {
+        "img": torch.rand(batch, 3, imgsz, imgsz, generator=g).to(device),
+        "batch_idx": torch.arange(batch).repeat_interleave(4).float().to(device),
+        "cls": torch.randint(0, 80, (n, 1), generator=g).float().to(device),
+        "bboxes": (torch.rand(n, 4, generator=g) * 0.5 + 0.25).to(device),
+    }
+
+
+def sync(device):
+    if device.type == "cuda":
+        torch.cuda.synchronize(device)
+
+
+class Trainer:
+    """One SGD step of the stock YOLO loss (forward + backward + optimizer)."""
+
+    def __init__(self, family, scale, batch, imgsz, device, amp):
+        self.model = build(family, scale, device).train()
+        self.opt = torch.optim.SGD(self.model.parameters(), lr=1e-3, momentum=0.9)
+        self.batch = fake_batch(batch, imgsz, device)
+        self.device, self.amp = device, amp
+        self.scaler = torch.amp.GradScaler(enabled=amp and device.type == "cuda")
+
+    def autocast(self):
+        return torch.autocast(self.device.type, dtype=torch.float16) if self.amp else nullcontext()
+
+    def step(self) -> float:
+        sync(self.device)
+        t = time.perf_counter()
+        with self.autocast():
+            loss, _ = self.model(self.batch)
+        self.opt.zero_grad(set_to_none=True)
+        self.scaler.scale(loss.sum()).backward()
+        self.scaler.step(self.opt)
+        self.scaler.update()
+        sync(self.device)
+        return time.perf_counter() - t
+
+    def saved_bytes(self) -> int:
+        """Bytes autograd keeps for backward in one forward (counted once per storage)."""
+        seen = {}
+
+        def pack(t):
+            seen[t.untyped_storage().data_ptr()] = t.untyped_storage().nbytes()
+            return t
+
+        with torch.autograd.graph.saved_tensors_hooks(pack, lambda t: t), self.autocast():
+            loss, _ = self.model(self.batch)
+        del loss
+        return sum(seen.values())
+
+
+class Predictor:
+    """One inference forward (eval, no grad), integer or spike-driven mode."""
+
+    def __init__(self, family, scale, imgsz, device, amp, spike_driven=False):
+        from ibra_yolo import set_spike_driven
+
+        self.model = build(family, scale, device).eval()
+        if spike_driven:
+            set_spike_driven(self.model)
+        self.x = torch.rand(1, 3, imgsz, imgsz, device=device)
+        self.device, self.amp = device, amp
+
+    @torch.no_grad()
+    def step(self) -> float:
+        sync(self.device)
+        t = time.perf_counter()
+        with torch.autocast(self.device.type, dtype=torch.float16) if self.amp else nullcontext():
+            self.model(self.x)
+        sync(self.device)
+        return time.perf_counter() - t
+
+
+def interleaved(runners: dict, reps: int, warmup: int) -> dict[str, float]:
+    """Median seconds per step of each runner, interleaving the runners in rotating order."""
+    names = list(runners)
+    for _ in range(warmup):
+        for n in names:
+            runners[n].step()
+    times = {n: [] for n in names}
+    for r in range(reps):
+        for n in names[r % len(names):] + names[: r % len(names)]:
+            times[n].append(runners[n].step())
+    return {n: statistics.median(v) for n, v in times.items()}
+
+
+def peak_rss_growth(family, scale, batch, imgsz) -> int:
+    """Peak resident-set growth (bytes) of a fresh process over 3 training steps (CPU only).
+
+    Measured from just after the model and optimizer are built, so it counts activations, gradients, optimizer
+    state and workspace: the same gradient/momentum bytes for every variant, plus what differs.
+    """
+    code = (
+        "import resource, sys; sys.path.insert(0, sys.argv[1]); import speed, torch;"
+        "t = speed.Trainer(sys.argv[2], sys.argv[3], int(sys.argv[4]), int(sys.argv[5]), torch.device('cpu'), False);"
+        "base = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss;"
+        "[t.step() for _ in range(3)];"
+        "print(resource.getrusage(resource.RUSAGE_SELF).ru_maxrss - base)"
+    )
+    out = subprocess.run(
+        [sys.executable, "-c", code, os.path.dirname(os.path.abspath(__file__)), family, scale, str(batch), str(imgsz)],
+        capture_output=True, text=True, check=True,
+    ).stdout.split()
+    return int(out[-1]) * 1024  # ru_maxrss is in KiB on Linux
+
+
+def table(headers, rows) -> str:
+    lines = ["| " + " | ".join(headers) + " |", "|" + "---|" * len(headers)]
+    lines += ["| " + " | ".join(str(c) for c in r) + " |" for r in rows]
+    return "\n".join(lines)
+
+
+def main(argv=None) -> int:
+    p = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    p.add_argument("--device", default="cpu", help="cpu, or a CUDA index such as 0")
+    p.add_argument("--scale", default="n", help="model scale (n, s, m, l)")
+    p.add_argument("--train-imgsz", type=int, default=320)
+    p.add_argument("--train-batch", type=int, default=4)
+    p.add_argument("--infer-imgsz", type=int, default=640)
+    p.add_argument("--reps", type=int, default=7, help="interleaved repetitions per variant")
+    p.add_argument("--warmup", type=int, default=2)
+    p.add_argument("--amp", action="store_true", help="float16 autocast (GPU)")
+    p.add_argument("--threads", type=int, default=0, help="torch CPU threads (0: torch's default)")
+    p.add_argument("--json", help="also write the numbers to this JSON file")
+    p.add_argument("--quick", action="store_true", help="smoke run: 2 repetitions at 128 px")
+    a = p.parse_args(argv)
+    if a.quick:
+        a.train_imgsz, a.infer_imgsz, a.reps, a.warmup = 128, 128, 2, 1
+    if a.threads:
+        torch.set_num_threads(a.threads)
+    device = torch.device("cpu" if a.device == "cpu" else f"cuda:{a.device}")
+    env = (f"{date.today()} · {platform.processor() or platform.machine()} · torch {torch.__version__} · "
+           f"{torch.cuda.get_device_name(device) if device.type == 'cuda' else f'{torch.get_num_threads()} CPU threads'}"
+           f" · scale {a.scale} · AMP {a.amp}")
+    results = {"env": env}
+
+    trainers = {v: Trainer(f, a.scale, a.train_batch, a.train_imgsz, device, a.amp) for v, f in VARIANTS.items()}
+    t_train = interleaved(trainers, a.reps, a.warmup)
+    saved = {v: t.saved_bytes() for v, t in trainers.items()}
+    if device.type == "cuda":
+        peak = {}
+        for v, t in trainers.items():
+            torch.cuda.reset_peak_memory_stats(device)
+            t.step()
+            peak[v] = torch.cuda.max_memory_allocated(device)
+    else:
+        del trainers
+        peak = {v: peak_rss_growth(f, a.scale, a.train_batch, a.train_imgsz) for v, f in VARIANTS.items()}
+    ann = "ANN twin"
+    rows = [
+        (v, f"{t_train[v] * 1e3:.0f}", f"{t_train[v] / t_train[ann]:.2f}", f"{saved[v] / 2**20:.0f}",
+         f"{saved[v] / saved[ann]:.2f}", f"{peak[v] / 2**20:.0f}", f"{peak[v] / peak[ann]:.2f}")
+        for v in VARIANTS
+    ]
+    peak_name = "peak alloc MiB" if device.type == "cuda" else "peak RSS growth MiB"
+    print(f"\n### Training step ({a.train_imgsz} px, batch {a.train_batch}) — {env}\n")
+    print(table(["variant", "ms/step", "× ANN", "saved-for-backward MiB", "× ANN", peak_name, "× ANN"], rows))
+    results["train"] = {v: {"s": t_train[v], "saved_bytes": saved[v], "peak_bytes": peak[v]} for v in VARIANTS}
+
+    predictors = {f"{v} integer": Predictor(f, a.scale, a.infer_imgsz, device, a.amp) for v, f in VARIANTS.items()}
+    for v in ("IBRA-LIF", "I-LIF"):
+        predictors[f"{v} spike-driven"] = Predictor(VARIANTS[v], a.scale, a.infer_imgsz, device, a.amp, True)
+    t_inf = interleaved(predictors, a.reps, a.warmup)
+    base = t_inf["ANN twin integer"]
+    rows = [(v, f"{t * 1e3:.0f}", f"{t / base:.2f}") for v, t in t_inf.items()]
+    print(f"\n### Inference ({a.infer_imgsz} px, batch 1) — {env}\n")
+    print(table(["variant / mode", "ms/image", "× ANN twin"], rows))
+    results["inference"] = t_inf
+    if a.json:
+        with open(a.json, "w") as f:
+            json.dump(results, f, indent=2)
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())
