@@ -21,6 +21,8 @@ _EXPORTS = {
     "spike_driven": "ibra_yolo.spike_mode",
     "set_spike_driven": "ibra_yolo.spike_mode",
     "is_spike_driven": "ibra_yolo.spike_mode",
+    # energy, spike statistics and range use
+    "measure": "ibra_yolo.energy",
     # demo data
     "make_shapes_dataset": "ibra_yolo.data",
     # Ultralytics integration

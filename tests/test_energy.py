@@ -1,0 +1,346 @@
+"""Energy report: hand-computed MAC/SOP/energy figures, exact spike counts in both modes, range use and the CLI."""
+
+import importlib.util
+import json
+import math
+
+import pytest
+import torch
+import yaml
+from conftest import CFG, ROOT, randomize_, run
+from torch import nn
+
+from ibra_yolo.energy import PRESETS, energy_constants, list_images, measure
+from ibra_yolo.errors import IbraYoloError
+from ibra_yolo.neurons import IBLIF, IBRALIF, ILIF, IntegerLIF
+from ibra_yolo.nn import (
+    SPPF,
+    AllConvBlock,
+    ConvBlock,
+    Downsample,
+    NeuronConv,
+    RepConv,
+    SepRep,
+    Synapse,
+    TimeRepeat,
+)
+
+E_MAC, E_AC = 4.6, 0.9  # the default preset, 45nm-fp32 (Horowitz 2014)
+CURRENTS = (-0.3, 1.0, 3.2, 7.6)  # first-layer outputs, one per channel; with M = 7, N = 1: codes 0, 1, 3, 7
+
+
+def tiny(second: nn.Module, neuron: nn.Module, T: int = 1, currents=CURRENTS) -> nn.Sequential:
+    """image -> MAC conv 3->4 (3x3, pad 1; zero weights, so its output is its bias) -> neuron -> ``second``."""
+    first = nn.Conv2d(3, 4, 3, 1, 1)
+    with torch.no_grad():
+        first.weight.zero_()
+        first.bias.copy_(torch.tensor(currents))
+    return nn.Sequential(TimeRepeat(T), NeuronConv(None, first), NeuronConv(neuron, second)).eval()
+
+
+def images(n: int = 2, size: int = 8) -> torch.Tensor:
+    return torch.rand(n, 3, size, size, generator=torch.Generator().manual_seed(0)) + 0.1  # no zero pixels
+
+
+def lif7(encoding: str = "binary", T: int = 1) -> IntegerLIF:
+    return IntegerLIF(max_code=7, scale=1.0, encoding=encoding, T=T)
+
+
+def build(family: str, T: int = 1) -> nn.Module:
+    from ultralytics.nn.tasks import DetectionModel
+
+    d = yaml.safe_load((CFG / f"spike-yolo-{family}.yaml").read_text())
+    d.update(scale="n", T=T, yaml_file=f"spike-yolo-{family}-n.yaml")
+    return DetectionModel(d, verbose=False).eval()
+
+
+@pytest.fixture(scope="module")
+def ibra_n():
+    return randomize_(build("ibra"), seed=0)
+
+
+# ----------------------------------------------------------------------------------------------------------------------
+# Hand-computed counts
+# ----------------------------------------------------------------------------------------------------------------------
+def test_conv_macs_sops_energy_by_hand():
+    # 2 images of 8x8, T = 1.
+    # Layer 0 (MAC, real image in): Conv 3->4, k3, s1, p1 -> 8x8 out: F = 3*4*9*64 = 6912 MACs;
+    #   E = 4.6*6912 = 31795.2 pJ.
+    # Layer 1 (AC): Conv 4->6, k3, s2, p1, groups 2 -> out (8+2-3)//2+1 = 4, 4x4: F = (4/2)*6*9*16 = 1728.
+    #   Its input codes per channel are 0, 1, 3, 7 -> popcounts 0, 1, 2, 3: s = 6/4 = 1.5 spikes per neuron;
+    #   SOP = 1728*1.5 = 2592; E = 0.9*2592 = 2332.8 pJ. Total 34128 pJ = 3.4128e-5 mJ.
+    #   ANN twin: 4.6*(6912+1728) = 39744 pJ; ANN/SNN = 39744/34128.
+    model = tiny(nn.Conv2d(4, 6, 3, 2, 1, groups=2, bias=False), lif7())
+    r = measure(model, images(), batch=1, progress=False)
+    first, conv = r.layers
+    assert (first.input, first.neuron, first.dense_macs, first.macs, first.sops) == ("MAC", "image", 6912, 6912, 0)
+    assert first.energy_pj == pytest.approx(E_MAC * 6912) == 31795.2
+    assert (conv.input, conv.dense_macs, conv.macs, conv.spikes_per_neuron) == ("AC", 1728, 0, 1.5)
+    assert conv.sops == 2592 and conv.energy_pj == pytest.approx(E_AC * 2592) == 2332.8
+    assert conv.spikes_total == 2 * 64 * 6  # 2 images x 8x8 input pixels x (0+1+2+3) spikes over the 4 channels
+    s = r.summary()
+    assert s["energy_mJ"] == pytest.approx(3.4128e-5) and s["ann_energy_mJ"] == pytest.approx(3.9744e-5)
+    assert s["ann_snn_ratio"] == pytest.approx(39744 / 34128)
+    # range use of the neuron: mean code (0+1+3+7)/4 = 2.75, one channel of four silent, one at M = 7
+    assert (conv.firing_rate, conv.zero_share, conv.clipped_share, conv.max_code_seen) == (2.75, 0.25, 0.25, 7)
+    assert conv.code_histogram == [128, 128, 0, 128, 0, 0, 0, 128]  # 2 images x 64 pixels per channel
+    # NeuroBench: sparsity 1/4; Effective_MACs = all image MACs (no zero pixel); Dense = 6912 + 1728;
+    # Footprint = (3*4*9 + 4 + 2*6*9) float32 parameters = 220 * 4 bytes.
+    nb = r.neurobench()
+    assert nb["ActivationSparsity"] == 0.25 and nb["Footprint"] == 880
+    assert nb["SynapticOperations"] == {"Effective_MACs": 6912, "Effective_ACs": 2592, "Dense": 8640}
+    assert r.meta["mode"] == "integer" and r.constants.name == "45nm-fp32"
+
+
+def test_timesteps_and_unary_by_hand():
+    # T = 2, beta 0.25: the constant currents give the same codes at both timesteps (7.6 -> 7, residue 0.15, then
+    # 7.75 -> 7; 3.2 -> 3, then 3.25 -> 3; -0.3 -> 0, then -0.375 -> 0), so s = 2 * 1.5 = 3.
+    # MAC layer runs once per timestep: 2 * 6912 = 13824 MACs; SOP = 1728 * 3 = 5184.
+    # E = 4.6*13824 + 0.9*5184 = 63590.4 + 4665.6 = 68256 pJ; the ANN twin (one pass) stays 39744 pJ.
+    r = measure(tiny(nn.Conv2d(4, 6, 3, 2, 1, groups=2, bias=False), lif7(T=2), T=2), images(), progress=False)
+    first, conv = r.layers
+    assert (first.macs, conv.spikes_per_neuron, conv.sops, r.meta["T"]) == (13824, 3.0, 5184, 2)
+    s = r.summary()
+    assert s["energy_mJ"] == pytest.approx(6.8256e-5) and s["ann_energy_mJ"] == pytest.approx(3.9744e-5)
+    assert r.neurobench()["SynapticOperations"]["Dense"] == 2 * 8640
+    # Unary (I-LIF style) sends the code itself: s = (0+1+3+7)/4 = 2.75; SOP = 1728*2.75 = 4752.
+    r = measure(tiny(nn.Conv2d(4, 6, 3, 2, 1, groups=2, bias=False), lif7("unary")), images(), progress=False)
+    assert (r.layers[1].spikes_per_neuron, r.layers[1].sops) == (2.75, 4752)
+
+
+def fold_by_probing(op: nn.Module, c1: int, k: int = 3) -> nn.Conv2d:
+    """The single k x k conv (padding k//2) an affine op equals, read off its response to impulses."""
+    with torch.no_grad():
+        probes = torch.zeros(c1 * k * k + 1, c1, k, k)  # the last probe is all zeros: gives the bias
+        for n in range(c1 * k * k):
+            probes[n].view(-1)[n] = 1.0
+        centre = op(probes)[:, :, k // 2, k // 2]
+        bias = centre[-1]
+        conv = nn.Conv2d(c1, centre.shape[1], k, padding=k // 2)
+        conv.weight.copy_((centre[:-1] - bias).T.reshape(-1, c1, k, k))
+        conv.bias.copy_(bias)
+    return conv
+
+
+@pytest.mark.parametrize("cls", [RepConv, SepRep])
+def test_reparameterisable_ops_count_as_their_folded_conv(cls):
+    # RepConv(4, 6) and SepRep(4, 6) equal one 3x3 conv 4->6 (checked numerically below, borders included), so on
+    # an 8x8 map they count 4*6*9*64 = 13824 MACs (not the 1x1 + depthwise + 1x1 they execute unfolded).
+    op = randomize_(cls(4, 6)).eval()
+    folded = fold_by_probing(op, 4)
+    x = torch.rand(2, 4, 8, 8)
+    with torch.no_grad():
+        assert torch.allclose(op(x), folded(x), atol=1e-5)
+    assert folded.weight.numel() * 8 * 8 == 13824
+    unit = NeuronConv(lif7(), op)
+    assert unit.macs_per_pixel() == 4 * 6 * 9
+    r = measure(tiny(op, lif7()), images(), progress=False)
+    assert r.layers[1].dense_macs == 13824 and r.layers[1].sops == 13824 * 1.5
+    assert "folded" in r.layers[1].geometry
+
+
+def test_presets_and_custom_constants():
+    assert (PRESETS["45nm-fp32"].e_mac, PRESETS["45nm-fp32"].e_ac) == (4.6, 0.9)
+    assert (PRESETS["45nm-int8"].e_mac, PRESETS["45nm-int8"].e_ac) == (0.3, 0.1)  # int8 mult 0.2 + int32 add 0.1
+    model = tiny(nn.Conv2d(4, 6, 3, 2, 1, groups=2, bias=False), lif7())
+    r = measure(model, images(), preset="45nm-int8", progress=False)
+    assert r.summary()["energy_mJ"] == pytest.approx((0.3 * 6912 + 0.1 * 2592) * 1e-9)
+    r = measure(model, images(), e_ac=0.5, progress=False)  # E_MAC stays 4.6 from the default preset
+    assert r.constants.name == "custom" and r.summary()["energy_mJ"] == pytest.approx((4.6 * 6912 + 0.5 * 2592) * 1e-9)
+    assert "counting_rules" in r.to_dict()["meta"] and "custom" in r.table()
+    with pytest.raises(IbraYoloError, match="unknown"):
+        energy_constants("7nm-magic")
+    with pytest.raises(IbraYoloError, match="positive"):
+        energy_constants(e_mac=-1.0)
+
+
+def test_range_use_ibra_uses_high_codes_iblif_does_not():
+    # Currents of unit scale 0.5, 1.7, 2.9, 4.2: IBRA-LIF (N = 100, M = 511) codes 50, 170, 290, 420 (half of them
+    # above M//2 = 255); IB-LIF (9 bits, N = 1) codes 0, 2, 3, 4 (round half to even) out of the same 0..511.
+    currents = (0.5, 1.7, 2.9, 4.2)
+    conv = nn.Conv2d(4, 4, 1, bias=False)
+    ibra = measure(tiny(conv, IBRALIF(), currents=currents), images(), progress=False).layers[1]
+    iblif = measure(tiny(conv, IBLIF(bits=9), currents=currents), images(), progress=False).layers[1]
+    assert (ibra.max_code_seen, ibra.high_share, ibra.firing_rate) == (420, 0.5, 232.5)
+    assert (iblif.max_code_seen, iblif.high_share, iblif.zero_share) == (4, 0.0, 0.25)
+    assert len(ibra.code_histogram) == 512 and ibra.code_histogram[290] == 128
+    # a range too large for a dense bincount (M = 2**17 - 1) keeps an exact sparse one
+    wide = measure(tiny(conv, IBLIF(bits=17), currents=currents), images(), progress=False)
+    assert wide.layers[1].code_histogram == {0: 128, 2: 128, 3: 128, 4: 128}
+    codes, counts, max_code = wide.code_histogram()
+    assert codes.tolist() == [0, 2, 3, 4] and counts.tolist() == [128] * 4 and max_code == 2**17 - 1
+
+
+# ----------------------------------------------------------------------------------------------------------------------
+# Whole models
+# ----------------------------------------------------------------------------------------------------------------------
+def independent_dense_macs(model: nn.Module, x: torch.Tensor) -> float:
+    """Dense MACs per image and timestep from the tensors the convs actually see (our definition, counted anew).
+
+    Definition: the sum over the convolutions of the folded model of Cin/groups * Cout * kh * kw * Hout * Wout; a
+    RepConv/SepRep is one k x k conv from its input channels to its output channels (k: its depthwise kernel) at
+    its output size; the detect head's DFL (a fixed 1x1 conv that decodes, not a learned layer) is excluded.
+    """
+    total, reps, hooks = 0, [m for m in model.modules() if isinstance(m, (RepConv, SepRep))], []
+    inside = {id(c) for r in reps for c in r.modules()}
+
+    def conv_hook(m, args, out):
+        nonlocal total
+        total += m.weight.numel() * out[0, 0].numel()  # Cout*Cin/g*kh*kw per output pixel, per image & timestep
+
+    def rep_hook(m, args, out):
+        nonlocal total
+        k = m.dw.kernel_size[0]
+        total += args[0].shape[1] * out.shape[1] * k * k * out[0, 0].numel()
+
+    for m in model.modules():
+        if isinstance(m, nn.Conv2d) and id(m) not in inside and "dfl" not in _name(model, m):
+            hooks.append(m.register_forward_hook(conv_hook))
+        elif isinstance(m, (RepConv, SepRep)):
+            hooks.append(m.register_forward_hook(rep_hook))
+    with torch.no_grad():
+        model(x[:1])  # one image, T = 1: every conv runs once on a batch of 1
+    for h in hooks:
+        h.remove()
+    return float(total)
+
+
+def _name(model: nn.Module, module: nn.Module) -> str:
+    return next(n for n, m in model.named_modules() if m is module)
+
+
+def test_model_dense_macs_first_layer_and_ann_twin(ibra_n):
+    x = torch.rand(2, 3, 64, 32)  # not square: Hout != Wout everywhere
+    r = measure(ibra_n, x, batch=2, progress=False)
+    assert r.summary()["dense_MACs"] == independent_dense_macs(ibra_n, x)
+    first, rest = r.layers[0], r.layers[1:]
+    assert (first.name, first.input, first.neuron) == ("model.1.conv", "MAC", "image")  # the only MAC layer
+    assert all(layer.input == "AC" and layer.neuron == "IBRALIF" for layer in rest) and len(rest) == 88
+    assert r.summary()["MACs"] == first.dense_macs and r.summary()["ann_snn_ratio"] > 1
+    ann = build("ann")
+    a = measure(ann, x, batch=2, progress=False)
+    s = a.summary()
+    assert all(layer.input == "MAC" for layer in a.layers) and s["SOPs"] == 0
+    assert s["dense_MACs"] == r.summary()["dense_MACs"]  # same architecture, same count
+    assert s["energy_mJ"] == pytest.approx(s["ann_energy_mJ"]) and s["ann_snn_ratio"] == pytest.approx(1.0)
+    assert 0 < s["ActivationSparsity"] < 1 and a.meta["mode"] == "ANN (real-valued)"
+    with pytest.raises(IbraYoloError, match="spike-driven"):
+        measure(ann, x, spike_driven=True, progress=False)
+
+
+def test_spikes_from_codes_equal_synapse_counts_same_run(ibra_n):
+    # Spike-driven mode: the report counts the 1s of every plane a Synapse receives; independently, hooks here
+    # count popcount(code) of every spike-fed conv's input in the same run. Exact equality, layer by layer.
+    expected, hooks = {}, []
+    names = {m: n for n, m in ibra_n.named_modules()}
+    for m in ibra_n.modules():
+        if isinstance(m, NeuronConv) and m.spiking:
+
+            def count(mod, args):
+                n = int(mod.neuron.spikes_per_code(mod.neuron.codes(args[0])).sum())
+                expected[names[mod]] = expected.get(names[mod], 0) + n
+
+            hooks.append(m.register_forward_pre_hook(count))
+    planes = []
+    for m in ibra_n.modules():
+        if isinstance(m, Synapse):
+            hooks.append(m.register_forward_pre_hook(lambda mod, a: planes.append(int(a[0].sum()))))
+    r = measure(ibra_n, torch.rand(1, 3, 64, 32), spike_driven=True, progress=False)
+    for h in hooks:
+        h.remove()
+    units = [u for u in ibra_n.modules() if isinstance(u, NeuronConv)]
+    assert r.meta["mode"] == "spike-driven" and not any(u.spike_driven for u in units)  # mode restored
+    got = {layer.name: layer.spikes_total for layer in r.layers if layer.input == "AC"}
+    assert got == expected and sum(got.values()) == sum(planes) > 0
+
+
+def mini(neuron, T: int) -> nn.Sequential:
+    """A small spiking backbone with every op kind: MAC Downsample, SepConv, 3x3 SConvs, RepConvs, SPPF."""
+    return nn.Sequential(
+        TimeRepeat(T),
+        Downsample(3, 8, 3, 2, 1, first=True),
+        AllConvBlock(8, r=2, neuron=neuron),
+        Downsample(8, 16, 3, 2, 1, neuron=neuron),
+        ConvBlock(16, r=2, neuron=neuron),
+        SPPF(16, 16, neuron=neuron),
+    )
+
+
+@pytest.mark.parametrize("neuron, T", [(lambda: ILIF(D=4, T=2), 2), (lambda: IBRALIF(T=1), 1)])
+def test_integer_and_spike_driven_reports_agree_exactly(neuron, T):
+    # Unary I-LIF with T = 2 and binary IBRA-LIF, in float64 (so that both runs see the same codes): integer-mode
+    # counts from the codes equal spike-driven counts of the planes, layer by layer, and so do SOPs and energies.
+    model = randomize_(mini(neuron, T), seed=1).double()
+    x = torch.rand(2, 3, 32, 32, dtype=torch.float64, generator=torch.Generator().manual_seed(2))
+    a = measure(model, x, batch=2, progress=False)
+    b = measure(model, x, batch=1, spike_driven=True, progress=False)
+    assert (a.meta["mode"], b.meta["mode"], a.meta["T"]) == ("integer", "spike-driven", T)
+    assert [layer.spikes_total for layer in a.layers] == [layer.spikes_total for layer in b.layers]
+    assert [layer.sops for layer in a.layers] == [layer.sops for layer in b.layers]
+    assert a.summary()["SOPs"] > 0 and a.summary()["energy_mJ"] == b.summary()["energy_mJ"]
+    assert {layer.op for layer in a.layers} == {"Conv2d", "SepRep", "RepConv"}
+
+
+def test_report_dict_is_json_and_no_model_errors():
+    r = measure(tiny(nn.Conv2d(4, 6, 1, bias=False), lif7()), images(), progress=False)
+    d = json.loads(json.dumps(r.to_dict()))
+    assert set(d) == {"meta", "summary", "neurobench", "layers"}
+    assert set(d["neurobench"]["SynapticOperations"]) == {"Effective_MACs", "Effective_ACs", "Dense"}
+    assert d["meta"]["energy_constants"]["name"] == "45nm-fp32" and math.isfinite(d["summary"]["ann_snn_ratio"])
+    with pytest.raises(IbraYoloError, match="no NeuronConv"):
+        measure(nn.Sequential(nn.Conv2d(3, 4, 3)), images(), progress=False)
+
+
+# ----------------------------------------------------------------------------------------------------------------------
+# Data and CLI
+# ----------------------------------------------------------------------------------------------------------------------
+def load_cli():
+    spec = importlib.util.spec_from_file_location("energy_cli", ROOT / "tools" / "energy.py")
+    cli = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(cli)
+    return cli
+
+
+def test_cli_writes_files_and_refuses_to_overwrite(shapes_data, tmp_path, python, capsys):
+    assert len(list_images(shapes_data)) == 16  # a data YAML means its val split
+    out = tmp_path / "out"
+    args = ["--weights", "spike-yolo-ibra-n.yaml", "--source", str(shapes_data), "--imgsz", "32", "--batch", "2"]
+    p = run([python, "tools/energy.py", *args, "--max-images", "2", "--out", str(out)], cwd=ROOT)
+    assert "ANN/SNN" in p.stdout and "45nm-fp32" in p.stdout
+    files = {f.name: f.stat().st_mtime_ns for f in out.iterdir()}
+    assert set(files) == {"energy.json", "energy_layers.csv", "energy.png"}
+    d = json.loads((out / "energy.json").read_text())
+    assert d["summary"]["images"] == 2 and len(d["layers"]) == 89
+    assert len((out / "energy_layers.csv").read_text().splitlines()) == 1 + 89
+    cli = load_cli()
+    assert cli.main([*args, "--max-images", "1", "--out", str(out)]) == 2  # exists: refused before measuring
+    err = capsys.readouterr().err
+    assert err.startswith("error: ") and "exist" in err and "--overwrite" in err and len(err.strip().splitlines()) == 1
+    assert {f.name: f.stat().st_mtime_ns for f in out.iterdir()} == files
+    assert cli.main([*args, "--max-images", "1", "--out", str(out), "--overwrite", "--preset", "45nm-int8"]) == 0
+    assert json.loads((out / "energy.json").read_text())["summary"]["preset"] == "45nm-int8"
+
+
+@pytest.mark.parametrize(
+    "argv, message",
+    [
+        (["--weights", "missing.pt", "--source", "DATA"], "missing.pt does not exist"),
+        (["--weights", "spike-yolo-ibra-n.yaml", "--source", "no/such/dir"], "does not exist"),
+        (["--weights", "nothing.yaml", "--source", "DATA"], "does not exist"),
+        (["--weights", "README.md", "--source", "DATA"], "must be a .pt checkpoint or a model .yaml"),
+        (["--weights", "x.pt", "--source", "DATA", "--imgsz", "100"], "multiple of 32"),
+        (["--weights", "x.pt", "--source", "DATA", "--preset", "7nm"], "invalid choice"),
+        (["--weights", "x.pt", "--source", "DATA", "--e-ac", "-1"], "positive"),
+        (["--source", "DATA"], "--weights"),
+    ],
+)
+def test_cli_errors_are_one_line(argv, message, shapes_data, capsys, tmp_path):
+    cli = load_cli()
+    argv = [str(shapes_data) if a == "DATA" else a for a in argv]
+    try:
+        status = cli.main([*argv, "--out", str(tmp_path / "o")])
+    except SystemExit as e:  # argument errors exit from the parser
+        status = e.code
+    err = capsys.readouterr().err
+    assert status == 2 and err.startswith("error: ") and message in err and len(err.strip().splitlines()) == 1
+    assert not (tmp_path / "o").exists()
