@@ -91,7 +91,7 @@ class _QuantizeSTE(torch.autograd.Function):
 
 
 def lif_multistep(
-    x: torch.Tensor, fire: Callable[[torch.Tensor], torch.Tensor], beta: float
+    x: torch.Tensor, fire: Callable[[torch.Tensor], torch.Tensor], beta: float, steps: int | None = None
 ) -> torch.Tensor:
     """Run the multi-step LIF dynamics over the leading time dimension of ``x``.
 
@@ -101,11 +101,12 @@ def lif_multistep(
         x (torch.Tensor): Input currents ``[T, B, ...]``.
         fire (Callable): The quantiser ``U -> S``.
         beta (float): Membrane decay in ``[0, 1]``.
+        steps (int, optional): ``T`` when known in advance (keeps traces free of shape-dependent branches).
 
     Returns:
         (torch.Tensor): Outputs ``S`` with the shape of ``x``.
     """
-    if x.shape[0] == 1:
+    if (x.shape[0] if steps is None else steps) == 1:
         return fire(x)
     h, out = None, []
     for xt in x.unbind(0):
@@ -221,6 +222,8 @@ class IntegerLIF(nn.Module):
         return plane_weights(self.max_code, self.encoding, self.scale)
 
     def _check_input(self, x: torch.Tensor) -> None:
+        if torch.jit.is_tracing():  # shapes are fixed in a trace; a Python check would only emit TracerWarnings
+            return
         if x.dim() < 1 or x.shape[0] != self.T:
             raise ValueError(
                 f"{type(self).__name__} expects input [T={self.T}, B, ...] but got shape {tuple(x.shape)}; "
@@ -235,7 +238,7 @@ class IntegerLIF(nn.Module):
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         """Return the neuron outputs ``S = code / N`` for input currents ``x`` of shape ``[T, B, ...]``."""
         self._check_input(x)
-        return lif_multistep(x, self._fire, self.beta)
+        return lif_multistep(x, self._fire, self.beta, self.T)
 
     @torch.no_grad()
     def codes(self, x: torch.Tensor) -> torch.Tensor:
@@ -248,7 +251,7 @@ class IntegerLIF(nn.Module):
             codes.append(c.to(torch.int32))
             return _codes_to_values(c, self.scale, u.dtype)
 
-        lif_multistep(x, fire, self.beta)
+        lif_multistep(x, fire, self.beta, self.T)
         return torch.stack(codes).reshape(x.shape)
 
     def to_planes(self, codes: torch.Tensor) -> torch.Tensor:
