@@ -8,6 +8,7 @@ Usage:
     python benchmarks/speed.py                      # CPU defaults: train 320 px batch 4, inference 640 px batch 1
     python benchmarks/speed.py --device 0 --amp     # the same tables on a GPU with mixed precision
     python benchmarks/speed.py --quick              # a smoke run (few repetitions, small images)
+    python benchmarks/speed.py --readme README.md   # and regenerate the README's Results tables
 """
 
 from __future__ import annotations
@@ -131,24 +132,39 @@ def interleaved(runners: dict, reps: int, warmup: int) -> dict[str, float]:
     return {n: statistics.median(v) for n, v in times.items()}
 
 
-def peak_rss_growth(family, scale, batch, imgsz) -> int:
-    """Peak resident-set growth (bytes) of a fresh process over 3 training steps (CPU only).
+def peak_rss_growth(kind: str, family: str, scale: str, batch: int, imgsz: int, spike: bool = False) -> int:
+    """Peak resident-set growth (bytes) of a fresh process over 3 steps (CPU only).
 
-    Measured from just after the model and optimizer are built, so it counts activations, gradients, optimizer
-    state and workspace: the same gradient/momentum bytes for every variant, plus what differs.
+    Measured from just after the model (and optimizer) are built: for training it counts activations, gradients,
+    optimizer state and workspace (gradient/momentum bytes are the same for every variant); for inference, the
+    activations and workspace of one forward.
     """
+    make = (f"speed.Trainer(sys.argv[2], sys.argv[3], {batch}, {imgsz}, torch.device('cpu'), False)" if kind == "train"
+            else f"speed.Predictor(sys.argv[2], sys.argv[3], {imgsz}, torch.device('cpu'), False, {spike})")
     code = (
         "import resource, sys; sys.path.insert(0, sys.argv[1]); import speed, torch;"
-        "t = speed.Trainer(sys.argv[2], sys.argv[3], int(sys.argv[4]), int(sys.argv[5]), torch.device('cpu'), False);"
-        "base = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss;"
+        f"t = {make}; base = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss;"
         "[t.step() for _ in range(3)];"
         "print(resource.getrusage(resource.RUSAGE_SELF).ru_maxrss - base)"
     )
     out = subprocess.run(
-        [sys.executable, "-c", code, os.path.dirname(os.path.abspath(__file__)), family, scale, str(batch), str(imgsz)],
+        [sys.executable, "-c", code, os.path.dirname(os.path.abspath(__file__)), family, scale],
         capture_output=True, text=True, check=True,
     ).stdout.split()
     return int(out[-1]) * 1024  # ru_maxrss is in KiB on Linux
+
+
+def write_readme_section(text: str, readme: str, name: str = "speed-benchmark") -> None:
+    """Replace the text between the ``<!-- name:start -->`` and ``<!-- name:end -->`` markers of the README."""
+    start, end = f"<!-- {name}:start -->", f"<!-- {name}:end -->"
+    with open(readme) as f:
+        content = f.read()
+    if start not in content or end not in content:
+        raise SystemExit(f"error: {readme} has no {start} ... {end} markers")
+    head, rest = content.split(start, 1)
+    tail = rest.split(end, 1)[1]
+    with open(readme, "w") as f:
+        f.write(f"{head}{start}\n{text.strip()}\n{end}{tail}")
 
 
 def table(headers, rows) -> str:
@@ -169,6 +185,7 @@ def main(argv=None) -> int:
     p.add_argument("--amp", action="store_true", help="float16 autocast (GPU)")
     p.add_argument("--threads", type=int, default=0, help="torch CPU threads (0: torch's default)")
     p.add_argument("--json", help="also write the numbers to this JSON file")
+    p.add_argument("--readme", help="also rewrite the speed section of this README (between its markers)")
     p.add_argument("--quick", action="store_true", help="smoke run: 2 repetitions at 128 px")
     a = p.parse_args(argv)
     if a.quick:
@@ -192,7 +209,7 @@ def main(argv=None) -> int:
             peak[v] = torch.cuda.max_memory_allocated(device)
     else:
         del trainers
-        peak = {v: peak_rss_growth(f, a.scale, a.train_batch, a.train_imgsz) for v, f in VARIANTS.items()}
+        peak = {v: peak_rss_growth("train", f, a.scale, a.train_batch, a.train_imgsz) for v, f in VARIANTS.items()}
     ann = "ANN twin"
     rows = [
         (v, f"{t_train[v] * 1e3:.0f}", f"{t_train[v] / t_train[ann]:.2f}", f"{saved[v] / 2**20:.0f}",
@@ -200,19 +217,34 @@ def main(argv=None) -> int:
         for v in VARIANTS
     ]
     peak_name = "peak alloc MiB" if device.type == "cuda" else "peak RSS growth MiB"
-    print(f"\n### Training step ({a.train_imgsz} px, batch {a.train_batch}) — {env}\n")
-    print(table(["variant", "ms/step", "× ANN", "saved-for-backward MiB", "× ANN", peak_name, "× ANN"], rows))
+    train_md = (f"\n### Training step ({a.train_imgsz} px, batch {a.train_batch}) — {env}\n\n"
+                + table(["variant", "ms/step", "× ANN", "saved-for-backward MiB", "× ANN", peak_name, "× ANN"], rows))
+    print(train_md)
     results["train"] = {v: {"s": t_train[v], "saved_bytes": saved[v], "peak_bytes": peak[v]} for v in VARIANTS}
 
     predictors = {f"{v} integer": Predictor(f, a.scale, a.infer_imgsz, device, a.amp) for v, f in VARIANTS.items()}
     for v in ("IBRA-LIF", "I-LIF"):
         predictors[f"{v} spike-driven"] = Predictor(VARIANTS[v], a.scale, a.infer_imgsz, device, a.amp, True)
     t_inf = interleaved(predictors, a.reps, a.warmup)
-    base = t_inf["ANN twin integer"]
-    rows = [(v, f"{t * 1e3:.0f}", f"{t / base:.2f}") for v, t in t_inf.items()]
-    print(f"\n### Inference ({a.infer_imgsz} px, batch 1) — {env}\n")
-    print(table(["variant / mode", "ms/image", "× ANN twin"], rows))
-    results["inference"] = t_inf
+    mem = {}
+    for name, pr in predictors.items():
+        if device.type == "cuda":
+            torch.cuda.reset_peak_memory_stats(device)
+            pr.step()
+            mem[name] = torch.cuda.max_memory_allocated(device)
+        else:
+            family, mode = VARIANTS[name.rsplit(" ", 1)[0]], name.rsplit(" ", 1)[1]
+            mem[name] = peak_rss_growth("infer", family, a.scale, 1, a.infer_imgsz, mode == "spike-driven")
+    base, mbase = t_inf["ANN twin integer"], mem["ANN twin integer"]
+    rows = [(v, f"{t * 1e3:.0f}", f"{t / base:.2f}", f"{mem[v] / 2**20:.0f}", f"{mem[v] / mbase:.2f}")
+            for v, t in t_inf.items()]
+    mem_name = "peak alloc MiB" if device.type == "cuda" else "peak RSS growth MiB"
+    infer_md = (f"\n### Inference ({a.infer_imgsz} px, batch 1) — {env}\n\n"
+                + table(["variant / mode", "ms/image", "× ANN twin", mem_name, "× ANN twin"], rows))
+    print(infer_md)
+    results["inference"] = {v: {"s": t_inf[v], "peak_bytes": mem[v]} for v in t_inf}
+    if a.readme:
+        write_readme_section(train_md + "\n" + infer_md, a.readme)
     if a.json:
         with open(a.json, "w") as f:
             json.dump(results, f, indent=2)
