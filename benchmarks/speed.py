@@ -2,7 +2,8 @@
 
 Every repetition runs each variant once, in rotating order (interleaved), and tables report medians and ratios to the
 ANN twin measured in the same run. Memory: bytes autograd saves for the backward pass (exact, from saved-tensor
-hooks), and the peak allocated memory (CUDA) or the peak resident-set growth of a fresh process per variant (CPU).
+hooks), and the peak allocated memory (CUDA) or the peak resident-set growth of a fresh process per variant (CPU,
+with glibc unmapping freed blocks so that the peak follows live tensors).
 
 Usage:
     python benchmarks/speed.py                      # CPU defaults: train 320 px batch 4, inference 640 px batch 1
@@ -137,21 +138,34 @@ def peak_rss_growth(kind: str, family: str, scale: str, batch: int, imgsz: int, 
 
     Measured from just after the model (and optimizer) are built: for training it counts activations, gradients,
     optimizer state and workspace (gradient/momentum bytes are the same for every variant); for inference, the
-    activations and workspace of one forward.
+    activations and workspace of one forward. glibc is told to map every block over 128 KiB separately and unmap it
+    when freed, so the peak resident set follows the peak of live tensors instead of the allocator's cache.
     """
     make = (f"speed.Trainer(sys.argv[2], sys.argv[3], {batch}, {imgsz}, torch.device('cpu'), False)" if kind == "train"
             else f"speed.Predictor(sys.argv[2], sys.argv[3], {imgsz}, torch.device('cpu'), False, {spike})")
     code = (
-        "import resource, sys; sys.path.insert(0, sys.argv[1]); import speed, torch;"
-        f"t = {make}; base = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss;"
+        "import sys; sys.path.insert(0, sys.argv[1]); import speed, torch;"
+        f"t = {make}; base = speed.rss_kib('VmRSS'); speed.reset_peak_rss();"
         "[t.step() for _ in range(3)];"
-        "print(resource.getrusage(resource.RUSAGE_SELF).ru_maxrss - base)"
+        "print(speed.rss_kib('VmHWM') - base)"
     )
     out = subprocess.run(
         [sys.executable, "-c", code, os.path.dirname(os.path.abspath(__file__)), family, scale],
-        capture_output=True, text=True, check=True,
+        capture_output=True, text=True, check=True, env={**os.environ, "MALLOC_MMAP_THRESHOLD_": "131072"},
     ).stdout.split()
-    return int(out[-1]) * 1024  # ru_maxrss is in KiB on Linux
+    return int(out[-1]) * 1024
+
+
+def rss_kib(field: str) -> int:
+    """Current (``VmRSS``) or peak (``VmHWM``) resident set of this process in KiB (Linux)."""
+    with open("/proc/self/status") as f:
+        return next(int(line.split()[1]) for line in f if line.startswith(field + ":"))
+
+
+def reset_peak_rss() -> None:
+    """Reset the kernel's peak-RSS mark (``VmHWM``) to the current RSS (Linux >= 4.0)."""
+    with open("/proc/self/clear_refs", "w") as f:
+        f.write("5")
 
 
 def write_readme_section(text: str, readme: str, name: str = "speed-benchmark") -> None:
