@@ -29,11 +29,12 @@ __all__ = ("spike_driven", "set_spike_driven", "is_spike_driven", "spike_driven_
 
 
 def _torch_model(model) -> nn.Module:
-    """The ``nn.Module`` inside a ``YOLO`` object or an ``AutoBackend`` (or the model itself)."""
-    for _ in range(3):  # YOLO -> DetectionModel; AutoBackend -> DetectionModel
-        if isinstance(model, nn.Module) and any(isinstance(m, NeuronConv) for m in model.modules()):
-            return model
-        model = getattr(model, "model", model)
+    """The model inside a ``YOLO`` object or an ``AutoBackend`` (or the model itself).
+
+    Unwraps ``.model`` while it is a wrapped model, stopping at the model whose ``.model`` is its layer list.
+    """
+    while isinstance(getattr(model, "model", None), nn.Module) and not isinstance(model.model, nn.Sequential):
+        model = model.model
     if isinstance(model, nn.Module):
         return model
     raise IbraYoloError(f"expected a YOLO object or a torch model, got {type(model).__name__}")
