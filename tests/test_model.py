@@ -212,6 +212,17 @@ def test_autoload_is_lazy_and_can_be_disabled(python):
     run([python, "-c", "import ibra_yolo; ibra_yolo.register(); " + build], env={"IBRA_YOLO_AUTOLOAD": "0"})
 
 
+def test_autoload_line_is_silent_when_package_is_gone(tmp_path, python):
+    # A .pth left behind by a moved or half-removed install must not print an error at every interpreter start:
+    # with the package not importable the line does nothing; with it importable it arms the finder.
+    line = (ROOT / "ibra_yolo.pth").read_text().strip()
+    code = f"import sys; sys.path[:0] = sys.argv[1:]; exec({line!r}); print(any(type(f).__name__ == '_Finder' for f in sys.meta_path))"
+    gone = run([python, "-S", "-c", code], cwd=tmp_path)  # -S: no site-packages, so no ibra_yolo on sys.path
+    assert (gone.stdout.strip(), gone.stderr.strip()) == ("False", "")
+    here = run([python, "-S", "-c", code, str(ROOT)], cwd=tmp_path)
+    assert (here.stdout.strip(), here.stderr.strip()) == ("True", "")
+
+
 def test_cli_error_is_one_line(tmp_path, python):
     d = load(scale="n", neuron={"kind": "IBRALIF", "N": 0})
     bad = tmp_path / "bad.yaml"
