@@ -13,6 +13,7 @@ from typing import Callable
 import torch
 import torch.nn.functional as F
 from torch import nn
+from ultralytics.nn.modules.conv import autopad
 
 from ibra_yolo.neurons import is_spiking_neuron, plane
 
@@ -34,14 +35,6 @@ __all__ = (
 )
 
 NeuronFactory = Callable[[], nn.Module]
-
-
-def autopad(k: int, p: int | None = None, d: int = 1) -> int:
-    """Padding that keeps the spatial size for stride 1 ('same')."""
-    if p is not None:
-        return p
-    k = d * (k - 1) + 1 if d > 1 else k
-    return k // 2
 
 
 def step(module: nn.Module, x: torch.Tensor) -> torch.Tensor:
@@ -90,8 +83,7 @@ class BNPad(nn.BatchNorm2d):
             return y
         p = self.pad
         with torch.no_grad():
-            v = (self.bias - self.running_mean * self.weight / torch.sqrt(self.running_var + self.eps)).to(y.dtype)
-        v = v.view(1, -1, 1, 1)
+            v = _bn_affine(self)[1].to(y.dtype).view(1, -1, 1, 1)  # the BN's output for a zero input
         y = F.pad(y, [p, p, p, p])
         y[:, :, :p, :] = v
         y[:, :, -p:, :] = v

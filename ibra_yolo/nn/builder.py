@@ -16,11 +16,11 @@ Errors are raised at build time as one line naming the YAML row.
 from __future__ import annotations
 
 import logging
-import math
 from dataclasses import dataclass
 from typing import Callable
 
 from torch import nn
+from ultralytics.utils.ops import make_divisible
 
 from ibra_yolo.errors import ModelConfigError
 from ibra_yolo.neurons import make_neuron
@@ -49,11 +49,6 @@ REPEATABLE = (AllConvBlock, ConvBlock)
 def is_spiking_yaml(d) -> bool:
     """Return True for model dicts this builder owns (they carry a ``neuron`` key)."""
     return isinstance(d, dict) and "neuron" in d
-
-
-def make_divisible(x: float, divisor: int = 8) -> int:
-    """Smallest multiple of ``divisor`` that is ``>= x`` (Ultralytics' rule for SPPF widths)."""
-    return int(math.ceil(x / divisor) * divisor)
 
 
 def model_scale(d: dict) -> str | None:
@@ -206,9 +201,8 @@ def _build_row(i, row, outs, names, depth, width, max_channels, ch, neuron: Call
         module, out = m(T), _Out(c1, s1, True)
     elif m is Downsample:
         c2 = channels(args[0] * width)
-        module, out = m(c1, c2, *args[1:], neuron=neuron), None
-        conv = module.conv.op
-        out = _Out(c2, s1 * conv.stride[0], True)
+        module = m(c1, c2, *args[1:], neuron=neuron)
+        out = _Out(c2, s1 * module.conv.op.stride[0], True)
     elif m in REPEATABLE:
         blocks = [m(c1, *args, neuron=neuron) for _ in range(n_eff)]
         module = blocks[0] if n_eff == 1 else nn.Sequential(*blocks)
@@ -218,7 +212,7 @@ def _build_row(i, row, outs, names, depth, width, max_channels, ch, neuron: Call
         module = m(c1, c2, *args[1:], neuron=neuron)
         out = _Out(c2, s1 * module.conv.op.stride[0], True)
     elif m is SPPF:
-        c2 = make_divisible(min(args[0], max_channels) * width, 8)
+        c2 = make_divisible(min(args[0], max_channels) * width, 8)  # Ultralytics' rule for SPPF widths
         if c1 < 2:
             raise ModelConfigError(f"SPPF needs at least 2 input channels, got {c1}")
         module, out = m(c1, c2, *args[1:], neuron=neuron), _Out(c2, s1, True)
