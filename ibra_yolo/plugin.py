@@ -36,12 +36,10 @@ def cfg_dir() -> Path:
 
 def available_models() -> list[str]:
     """Model names usable as ``model=`` with the stock CLI: each shipped YAML and its ``-n/-s/-m/-l`` scales."""
-    from ultralytics.utils import YAML
-
     out = []
     for f in sorted(cfg_dir().glob("spike-yolo-*.yaml")):
         out.append(f.name)
-        out += [f"{f.stem}-{s}.yaml" for s in (YAML.load(f).get("scales") or {})]
+        out += [f"{f.stem}-{s}.yaml" for s in (_load_yaml(f).get("scales") or {})]
     return out
 
 
@@ -51,18 +49,12 @@ def _load_yaml(path: Path) -> dict:
     return YAML.load(path)
 
 
-def model_yaml_path(name: str | Path) -> tuple[Path, str | None] | None:
-    """Resolve a spiking model name to ``(yaml file, scale picked by the name or None)``.
-
-    Looks, in order, for the path as given, then for the name in the shipped ``cfg`` folder; a missing
-    ``<base>-<scale>.yaml`` resolves to ``<base>.yaml`` with that scale. Returns None when the name is not a spiking
-    model YAML (the stock loader handles it).
-    """
+def _find_model_yaml(name: str | Path) -> tuple[Path, str | None, dict] | None:
+    """``(yaml file, scale picked by the name or None, its contents)`` of a spiking model name, else None."""
     p = Path(name)
     if p.suffix.lower() not in {".yaml", ".yml"}:
         return None
-    folders = [p.parent] if p.parent != Path(".") else [Path(".")]
-    folders.append(cfg_dir())
+    folders = [p.parent, cfg_dir()]  # the path as given (the working directory for a bare name), then the package
     candidates = [(folder / p.name, None) for folder in folders]
     m = _SCALE_SUFFIX.match(p.stem)
     if m:
@@ -71,21 +63,30 @@ def model_yaml_path(name: str | Path) -> tuple[Path, str | None] | None:
 
     for file, scale in candidates:
         if file.is_file():
-            if not is_spiking_yaml(_load_yaml(file)):
-                return None
-            return file, scale
+            d = _load_yaml(file)
+            return (file, scale, d) if is_spiking_yaml(d) else None
     return None
+
+
+def model_yaml_path(name: str | Path) -> tuple[Path, str | None] | None:
+    """Resolve a spiking model name to ``(yaml file, scale picked by the name or None)``.
+
+    Looks, in order, for the path as given, then for the name in the shipped ``cfg`` folder; a missing
+    ``<base>-<scale>.yaml`` resolves to ``<base>.yaml`` with that scale. Returns None when the name is not a spiking
+    model YAML (the stock loader handles it).
+    """
+    found = _find_model_yaml(name)
+    return None if found is None else found[:2]
 
 
 def _spiking_yaml_model_load(original, path):
     """``yaml_model_load`` that knows our model names and scale suffixes."""
     from ibra_yolo.errors import ModelConfigError
 
-    found = model_yaml_path(path)
+    found = _find_model_yaml(path)
     if found is None:
         return original(path)
-    file, scale = found
-    d = _load_yaml(file)
+    file, scale, d = found
     if scale:
         if scale not in (d.get("scales") or {}):
             raise ModelConfigError(f"{path}: scale '{scale}' is not one of {sorted(d.get('scales') or {})} in {file}")
