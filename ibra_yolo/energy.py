@@ -31,6 +31,8 @@ from torch import nn
 from ibra_yolo.errors import IbraYoloError
 from ibra_yolo.neurons import IntegerLIF
 from ibra_yolo.nn.blocks import NeuronConv, Synapse
+from ibra_yolo.spike_mode import spike_driven as spike_driven_mode
+from ibra_yolo.spike_mode import torch_model
 
 __all__ = (
     "EnergyPreset",
@@ -354,18 +356,6 @@ class _LayerCounter:
             layer.max_code = self.max_code
             layer.code_histogram = self.hist.counts()
         return layer
-
-
-def _torch_model(model) -> nn.Module:
-    """The ``nn.Module`` whose forward takes images: unwraps Ultralytics' ``YOLO`` and ``AutoBackend`` wrappers."""
-    wrappers = ("ultralytics.engine.model", "ultralytics.nn.autobackend")  # matched by name: no Ultralytics import
-    for _ in range(3):
-        if not any(c.__module__ in wrappers for c in type(model).__mro__):
-            break
-        model = model.model
-    if not isinstance(model, nn.Module):
-        raise IbraYoloError(f"expected a YOLO object or a torch model, got {type(model).__name__}")
-    return model
 
 
 class EnergyMeter:
@@ -837,7 +827,7 @@ def _batches(images, imgsz: int, batch: int, max_images: int | None) -> tuple[It
             raise IbraYoloError(f"an image tensor must be [N, 3, H, W], got shape {tuple(images.shape)}")
         images = images[:max_images] if max_images else images
         return list(images.split(batch)), len(images), f"tensor {tuple(images.shape)}"
-    if isinstance(images, (list, tuple)) and images and isinstance(images[0], torch.Tensor):
+    if _is_tensor_list(images):
         return images, sum(len(x) for x in images), f"{len(images)} tensor batches"
     files = list_images(images)
     files = files[:max_images] if max_images else files
@@ -926,7 +916,7 @@ def measure(
         IbraYoloError: Bad arguments, no images, a model without ``NeuronConv`` units, or spike-driven mode asked
             of a model without spiking neurons.
     """
-    net = _torch_model(model)
+    net = torch_model(model)
     constants = energy_constants(preset, e_mac, e_ac)
     _check_positive("batch", batch)
     if max_images is not None:
@@ -959,8 +949,6 @@ def _run(net: nn.Module, meter: EnergyMeter, batches, total: int, spike_driven, 
 
     The model's mode (training/eval, integer/spike-driven) and device are restored afterwards.
     """
-    from ibra_yolo import spike_mode
-
     spiking = any(c.spiking for c in meter.counters)
     if spike_driven and not spiking:
         raise IbraYoloError("spike-driven counting needs integer spiking neurons; this model has none (an ANN twin?)")
@@ -968,7 +956,7 @@ def _run(net: nn.Module, meter: EnergyMeter, batches, total: int, spike_driven, 
     device = _device(device) if device is not None else param.device
     was_training, was_device, seen = net.training, param.device, 0
     switch = spiking and spike_driven is not None
-    mode = spike_mode.spike_driven(net, spike_driven) if switch else contextlib.nullcontext()
+    mode = spike_driven_mode(net, spike_driven) if switch else contextlib.nullcontext()
     try:
         with mode, meter, torch.no_grad():
             net.to(device).eval()

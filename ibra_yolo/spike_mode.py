@@ -25,15 +25,28 @@ from torch import nn
 from ibra_yolo.errors import IbraYoloError
 from ibra_yolo.nn.blocks import NeuronConv
 
-__all__ = ("spike_driven", "set_spike_driven", "is_spike_driven", "spike_driven_units", "convert_checkpoint")
+__all__ = (
+    "spike_driven",
+    "set_spike_driven",
+    "is_spike_driven",
+    "spike_driven_units",
+    "convert_checkpoint",
+    "torch_model",
+)
 
 
-def _torch_model(model) -> nn.Module:
-    """The model inside a ``YOLO`` object or an ``AutoBackend`` (or the model itself).
+_WRAPPERS = ("ultralytics.engine.model", "ultralytics.nn.autobackend")  # YOLO and AutoBackend, matched by module
 
-    Unwraps ``.model`` while it is a wrapped model, stopping at the model whose ``.model`` is its layer list.
+
+def torch_model(model) -> nn.Module:
+    """The ``nn.Module`` whose forward takes images: unwraps Ultralytics' ``YOLO`` and ``AutoBackend`` wrappers.
+
+    Any other module is returned as it is (a custom wrapper is not searched for an attribute named ``model``).
+
+    Raises:
+        IbraYoloError: ``model`` is not a torch module.
     """
-    while isinstance(getattr(model, "model", None), nn.Module) and not isinstance(model.model, nn.Sequential):
+    while any(c.__module__ in _WRAPPERS for c in type(model).__mro__):  # YOLO -> DetectionModel; AutoBackend -> ...
         model = model.model
     if isinstance(model, nn.Module):
         return model
@@ -45,10 +58,10 @@ def spike_driven_units(model) -> list[NeuronConv]:
 
     For a ``YOLO`` object this includes the copy of the model its cached predictor holds.
     """
-    models = [_torch_model(model)]
+    models = [torch_model(model)]
     predictor = model.__dict__.get("predictor")  # YOLO objects only (a torch model's getattr would raise)
     if getattr(predictor, "model", None) is not None:
-        models.append(_torch_model(predictor.model))
+        models.append(torch_model(predictor.model))
     units = {id(m): m for model in models for m in model.modules() if isinstance(m, NeuronConv) and m.spiking}
     return list(units.values())
 
