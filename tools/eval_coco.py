@@ -3,12 +3,11 @@
 from __future__ import annotations
 
 import argparse
-import importlib.util
 import sys
 import time
 from pathlib import Path
 
-__all__ = ("parse_args", "main", "energy_available")
+__all__ = ("parse_args", "main", "energy_summary")
 
 EPILOG = """\
 annotations (model mode):
@@ -59,7 +58,7 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
         "--energy",
         action=argparse.BooleanOptionalAction,
         default=None,
-        help="add the energy / spike summary of ibra_yolo.energy (default: on when that module is installed)",
+        help="add the energy / spike summary of ibra_yolo.energy in model mode (default: on)",
     )
     p.add_argument("--energy-images", type=int, default=32, help="images for the energy summary (default: 32)")
     p.add_argument(
@@ -89,21 +88,9 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     return args
 
 
-# ===== ENERGY / SPIKE SUMMARY =========================================================================================
-# ibra_yolo.energy is written separately: measure(model, images, imgsz, batch, spike_driven=False) -> report, with
-# report.summary() -> dict. When the module exists it runs here (--no-energy skips it); until then this is skipped.
-def energy_available() -> bool:
-    """True when ``ibra_yolo.energy`` is installed."""
-    return importlib.util.find_spec("ibra_yolo.energy") is not None
-
-
 def energy_summary(args: argparse.Namespace, run) -> dict | None:
     """The energy / spike summary of the evaluated model on a few validation images, or None when skipped."""
-    if args.energy is False:
-        return None
-    if not energy_available():
-        if args.energy:
-            print("warning: --energy: ibra_yolo.energy is not available in this version; skipped", file=sys.stderr)
+    if args.energy is False:  # --no-energy
         return None
     from ibra_yolo.energy import measure
 
@@ -118,7 +105,6 @@ def energy_summary(args: argparse.Namespace, run) -> dict | None:
     return report.summary()
 
 
-# ======================================================================================================================
 def _evaluate_file(args: argparse.Namespace) -> dict:
     """File mode: check and score ``--pred`` against ``--ann``."""
     from ibra_yolo import coco
