@@ -46,6 +46,7 @@ def test_val_predict_export(trained, shapes_data):
     # the exported files run through the stock predictor too
     yolo("predict", f"model={best.with_suffix('.onnx')}", f"source={shapes_data.parent / 'images' / 'val'}",
          "imgsz=64", "device=cpu", f"project={project}", "name=predict_onnx", "exist_ok=True")
+    assert len(list((project / "predict_onnx").glob("0*.jpg"))) == 16
 
 
 def test_onnx_matches_torch(trained):

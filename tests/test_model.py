@@ -50,10 +50,8 @@ def test_layer_table_channels_s_scale():
     layers, _ = build_spiking_model(load(scale="s"), verbose=False)
     x = torch.zeros(1, 3, 640, 640)
     outs = []
-    for m in layers[:-1]:
-        x = m(x if m.f == -1 else [outs[j] if j != -1 else x for j in m.f]) if isinstance(m.f, list) else m(
-            x if m.f == -1 else outs[m.f]
-        )
+    for m in layers[:-1]:  # Ultralytics' forward: -1 is the previous layer's output, other indices are absolute
+        x = m([x if j == -1 else outs[j] for j in m.f] if isinstance(m.f, list) else x if m.f == -1 else outs[m.f])
         outs.append(x)
     shapes = [tuple(o.shape[2:]) for o in outs]
     expected = {1: (64, 160), 3: (128, 80), 5: (256, 40), 7: (512, 20), 9: (512, 20), 10: (256, 20), 12: (256, 40),

@@ -168,11 +168,13 @@ def test_switch_on_objects_and_errors(tmp_path):
     assert not is_spike_driven(y)
     with pytest.raises(IbraYoloError, match="no integer spiking neurons"):
         set_spike_driven(YOLO("spike-yolo-ann-n.yaml"))
-    # training always uses the integer path (it defines the gradients); values are the same
+    # training always uses the integer path (it defines the gradients): no plane reaches a Synapse
     set_spike_driven(y.model)
     y.model.train()
+    hooks = BinaryInputs(y.model)
     out = y.model(torch.rand(1, 3, 64, 64))
-    assert out["scores"].requires_grad
+    hooks.remove()
+    assert out["scores"].requires_grad and hooks.calls == 0
 
 
 def test_convert_checkpoint(tmp_path):
