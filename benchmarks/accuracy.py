@@ -24,13 +24,12 @@ from datetime import date
 from pathlib import Path
 
 ROOT = Path(__file__).resolve().parents[1]
-sys.path.insert(0, str(ROOT / "tools"))
+sys.path[:0] = [str(ROOT / "tools"), str(ROOT / "benchmarks")]
 os.environ.setdefault("YOLO_OFFLINE", "1")
 os.environ.setdefault("YOLO_AUTOINSTALL", "0")
 
 import demo  # noqa: E402  (tools/demo.py: the demo's data and training settings)
-
-VARIANTS = {"IBRA-LIF": "ibra", "I-LIF": "ilif", "IB-LIF": "iblif", "ANN twin": "ann"}
+from speed import VARIANTS, table, write_readme_section  # noqa: E402  (the same variants and README mechanics)
 
 
 def train_and_score(family: str, seed: int, data: Path, out: Path, a: argparse.Namespace) -> dict:
@@ -87,24 +86,18 @@ def main(argv=None) -> int:
     rows = []
     for variant, rs in results.items():
         m, m50 = [r["mAP50-95"] * 100 for r in rs], [r["mAP50"] * 100 for r in rs]
-        rows.append(
-            f"| {variant} | {statistics.mean(m):.1f} ± {spread(m) / 2:.1f} | {statistics.mean(m50):.1f} ± "
-            f"{spread(m50) / 2:.1f} | {' / '.join(f'{x:.1f}' for x in m)} | "
-            f"{statistics.mean(r['train_s'] for r in rs) / 60:.1f} |"
-        )
+        rows.append((variant, f"{statistics.mean(m):.1f} ± {spread(m) / 2:.1f}",
+                     f"{statistics.mean(m50):.1f} ± {spread(m50) / 2:.1f}", " / ".join(f"{x:.1f}" for x in m),
+                     f"{statistics.mean(r['train_s'] for r in rs) / 60:.1f}"))  # fmt: skip
     md = (
         f"\n### Accuracy on the demo data ({date.today()}; n scale, {a.epochs} epochs at {a.imgsz} px, "
         f"{a.n_train} train / {a.n_val} val images, seeds {', '.join(map(str, a.seeds))}; pycocotools)\n\n"
-        "| variant | mAP@50:95 (%) | mAP@50 (%) | mAP@50:95 per seed | train min |\n|---|---|---|---|---|\n"
-        + "\n".join(rows)
+        + table(["variant", "mAP@50:95 (%)", "mAP@50 (%)", "mAP@50:95 per seed", "train min"], rows)
         + "\n\n± is half the seed spread (max − min) / 2."
     )
     print(md)
     (out / "accuracy.json").write_text(json.dumps(results, indent=2))
     if a.readme:
-        sys.path.insert(0, str(Path(__file__).parent))
-        from speed import write_readme_section
-
         write_readme_section(md, a.readme, "accuracy-benchmark")
     return 0
 

@@ -120,6 +120,13 @@ class Predictor:
         return time.perf_counter() - t
 
 
+def cuda_peak(runner, device) -> int:
+    """Peak allocated CUDA memory (bytes) of one step of ``runner``."""
+    torch.cuda.reset_peak_memory_stats(device)
+    runner.step()
+    return torch.cuda.max_memory_allocated(device)
+
+
 def interleaved(runners: dict, reps: int, warmup: int) -> dict[str, float]:
     """Median seconds per step of each runner, interleaving the runners in rotating order."""
     names = list(runners)
@@ -216,11 +223,7 @@ def main(argv=None) -> int:
     t_train = interleaved(trainers, a.reps, a.warmup)
     saved = {v: t.saved_bytes() for v, t in trainers.items()}
     if device.type == "cuda":
-        peak = {}
-        for v, t in trainers.items():
-            torch.cuda.reset_peak_memory_stats(device)
-            t.step()
-            peak[v] = torch.cuda.max_memory_allocated(device)
+        peak = {v: cuda_peak(t, device) for v, t in trainers.items()}
     else:
         del trainers
         peak = {v: peak_rss_growth("train", f, a.scale, a.train_batch, a.train_imgsz) for v, f in VARIANTS.items()}
@@ -243,18 +246,15 @@ def main(argv=None) -> int:
     mem = {}
     for name, pr in predictors.items():
         if device.type == "cuda":
-            torch.cuda.reset_peak_memory_stats(device)
-            pr.step()
-            mem[name] = torch.cuda.max_memory_allocated(device)
+            mem[name] = cuda_peak(pr, device)
         else:
             family, mode = VARIANTS[name.rsplit(" ", 1)[0]], name.rsplit(" ", 1)[1]
             mem[name] = peak_rss_growth("infer", family, a.scale, 1, a.infer_imgsz, mode == "spike-driven")
     base, mbase = t_inf["ANN twin integer"], mem["ANN twin integer"]
     rows = [(v, f"{t * 1e3:.0f}", f"{t / base:.2f}", f"{mem[v] / 2**20:.0f}", f"{mem[v] / mbase:.2f}")
             for v, t in t_inf.items()]
-    mem_name = "peak alloc MiB" if device.type == "cuda" else "peak RSS growth MiB"
     infer_md = (f"\n### Inference ({a.infer_imgsz} px, batch 1) — {env}\n\n"
-                + table(["variant / mode", "ms/image", "× ANN twin", mem_name, "× ANN twin"], rows))
+                + table(["variant / mode", "ms/image", "× ANN twin", peak_name, "× ANN twin"], rows))
     print(infer_md)
     results["inference"] = {v: {"s": t_inf[v], "peak_bytes": mem[v]} for v in t_inf}
     if a.readme:
