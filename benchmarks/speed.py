@@ -135,7 +135,7 @@ def interleaved(runners: dict, reps: int, warmup: int) -> dict[str, float]:
             runners[n].step()
     times = {n: [] for n in names}
     for r in range(reps):
-        for n in names[r % len(names):] + names[: r % len(names)]:
+        for n in names[r % len(names) :] + names[: r % len(names)]:
             times[n].append(runners[n].step())
     return {n: statistics.median(v) for n, v in times.items()}
 
@@ -148,8 +148,11 @@ def peak_rss_growth(kind: str, family: str, scale: str, batch: int, imgsz: int, 
     activations and workspace of one forward. glibc is told to map every block over 128 KiB separately and unmap it
     when freed, so the peak resident set follows the peak of live tensors instead of the allocator's cache.
     """
-    make = (f"speed.Trainer(sys.argv[2], sys.argv[3], {batch}, {imgsz}, torch.device('cpu'), False)" if kind == "train"
-            else f"speed.Predictor(sys.argv[2], sys.argv[3], {imgsz}, torch.device('cpu'), False, {spike})")
+    make = (
+        f"speed.Trainer(sys.argv[2], sys.argv[3], {batch}, {imgsz}, torch.device('cpu'), False)"
+        if kind == "train"
+        else f"speed.Predictor(sys.argv[2], sys.argv[3], {imgsz}, torch.device('cpu'), False, {spike})"
+    )
     code = (
         "import sys; sys.path.insert(0, sys.argv[1]); import speed, torch;"
         f"t = {make}; base = speed.rss_kib('VmRSS'); speed.reset_peak_rss();"
@@ -158,7 +161,10 @@ def peak_rss_growth(kind: str, family: str, scale: str, batch: int, imgsz: int, 
     )
     out = subprocess.run(
         [sys.executable, "-c", code, os.path.dirname(os.path.abspath(__file__)), family, scale],
-        capture_output=True, text=True, check=True, env={**os.environ, "MALLOC_MMAP_THRESHOLD_": "131072"},
+        capture_output=True,
+        text=True,
+        check=True,
+        env={**os.environ, "MALLOC_MMAP_THRESHOLD_": "131072"},
     ).stdout.split()
     return int(out[-1]) * 1024
 
@@ -214,9 +220,11 @@ def main(argv=None) -> int:
     if a.threads:
         torch.set_num_threads(a.threads)
     device = torch.device("cpu" if a.device == "cpu" else f"cuda:{a.device}")
-    env = (f"{date.today()} · {platform.processor() or platform.machine()} · torch {torch.__version__} · "
-           f"{torch.cuda.get_device_name(device) if device.type == 'cuda' else f'{torch.get_num_threads()} CPU threads'}"
-           f" · scale {a.scale} · AMP {a.amp}")
+    env = (
+        f"{date.today()} · {platform.processor() or platform.machine()} · torch {torch.__version__} · "
+        f"{torch.cuda.get_device_name(device) if device.type == 'cuda' else f'{torch.get_num_threads()} CPU threads'}"
+        f" · scale {a.scale} · AMP {a.amp}"
+    )
     results = {"env": env}
 
     trainers = {v: Trainer(f, a.scale, a.train_batch, a.train_imgsz, device, a.amp) for v, f in VARIANTS.items()}
@@ -229,13 +237,21 @@ def main(argv=None) -> int:
         peak = {v: peak_rss_growth("train", f, a.scale, a.train_batch, a.train_imgsz) for v, f in VARIANTS.items()}
     ann = "ANN twin"
     rows = [
-        (v, f"{t_train[v] * 1e3:.0f}", f"{t_train[v] / t_train[ann]:.2f}", f"{saved[v] / 2**20:.0f}",
-         f"{saved[v] / saved[ann]:.2f}", f"{peak[v] / 2**20:.0f}", f"{peak[v] / peak[ann]:.2f}")
+        (
+            v,
+            f"{t_train[v] * 1e3:.0f}",
+            f"{t_train[v] / t_train[ann]:.2f}",
+            f"{saved[v] / 2**20:.0f}",
+            f"{saved[v] / saved[ann]:.2f}",
+            f"{peak[v] / 2**20:.0f}",
+            f"{peak[v] / peak[ann]:.2f}",
+        )
         for v in VARIANTS
     ]
     peak_name = "peak alloc MiB" if device.type == "cuda" else "peak RSS growth MiB"
-    train_md = (f"\n### Training step ({a.train_imgsz} px, batch {a.train_batch}) — {env}\n\n"
-                + table(["variant", "ms/step", "× ANN", "saved-for-backward MiB", "× ANN", peak_name, "× ANN"], rows))
+    train_md = f"\n### Training step ({a.train_imgsz} px, batch {a.train_batch}) — {env}\n\n" + table(
+        ["variant", "ms/step", "× ANN", "saved-for-backward MiB", "× ANN", peak_name, "× ANN"], rows
+    )
     print(train_md)
     results["train"] = {v: {"s": t_train[v], "saved_bytes": saved[v], "peak_bytes": peak[v]} for v in VARIANTS}
 
@@ -251,10 +267,13 @@ def main(argv=None) -> int:
             family, mode = VARIANTS[name.rsplit(" ", 1)[0]], name.rsplit(" ", 1)[1]
             mem[name] = peak_rss_growth("infer", family, a.scale, 1, a.infer_imgsz, mode == "spike-driven")
     base, mbase = t_inf["ANN twin integer"], mem["ANN twin integer"]
-    rows = [(v, f"{t * 1e3:.0f}", f"{t / base:.2f}", f"{mem[v] / 2**20:.0f}", f"{mem[v] / mbase:.2f}")
-            for v, t in t_inf.items()]
-    infer_md = (f"\n### Inference ({a.infer_imgsz} px, batch 1) — {env}\n\n"
-                + table(["variant / mode", "ms/image", "× ANN twin", peak_name, "× ANN twin"], rows))
+    rows = [
+        (v, f"{t * 1e3:.0f}", f"{t / base:.2f}", f"{mem[v] / 2**20:.0f}", f"{mem[v] / mbase:.2f}")
+        for v, t in t_inf.items()
+    ]
+    infer_md = f"\n### Inference ({a.infer_imgsz} px, batch 1) — {env}\n\n" + table(
+        ["variant / mode", "ms/image", "× ANN twin", peak_name, "× ANN twin"], rows
+    )
     print(infer_md)
     results["inference"] = {v: {"s": t_inf[v], "peak_bytes": mem[v]} for v in t_inf}
     if a.readme:

@@ -30,11 +30,15 @@ def _draw(img: np.ndarray, rng: np.random.Generator, cls: int, cx: float, cy: fl
         pts = np.array([[cx - r, cy - r], [cx + r, cy + r]])
     elif SHAPES[cls] == "square":
         a = rng.uniform(0, math.pi / 2)
-        pts = np.array([[cx + r * math.cos(a + k * math.pi / 2), cy + r * math.sin(a + k * math.pi / 2)] for k in range(4)])
+        pts = np.array(
+            [[cx + r * math.cos(a + k * math.pi / 2), cy + r * math.sin(a + k * math.pi / 2)] for k in range(4)]
+        )
         cv2.fillPoly(img, [np.round(pts).astype(np.int32)], color, cv2.LINE_AA)
     else:
         a = rng.uniform(0, 2 * math.pi)
-        pts = np.array([[cx + r * math.cos(a + k * 2 * math.pi / 3), cy + r * math.sin(a + k * 2 * math.pi / 3)] for k in range(3)])
+        pts = np.array(
+            [[cx + r * math.cos(a + k * 2 * math.pi / 3), cy + r * math.sin(a + k * 2 * math.pi / 3)] for k in range(3)]
+        )
         cv2.fillPoly(img, [np.round(pts).astype(np.int32)], color, cv2.LINE_AA)
     h, w = img.shape[:2]
     x1, y1 = np.clip(pts.min(0), 0, [w, h])
@@ -173,10 +177,10 @@ def make_shapes_dataset(
         for k in range(first_id, first_id + n):
             img, labels = _image(rng, imgsz, max_objects)
             cv2.imwrite(str(img_dir / f"{k:06d}.png"), img)
-            lines = [
-                f"{c} {(x1 + x2) / 2 / imgsz:.6f} {(y1 + y2) / 2 / imgsz:.6f} {(x2 - x1) / imgsz:.6f} {(y2 - y1) / imgsz:.6f}"
-                for c, x1, y1, x2, y2 in labels
-            ]
+            lines = []
+            for c, x1, y1, x2, y2 in labels:
+                xc, yc, w, h = (x1 + x2) / 2 / imgsz, (y1 + y2) / 2 / imgsz, (x2 - x1) / imgsz, (y2 - y1) / imgsz
+                lines.append(f"{c} {xc:.6f} {yc:.6f} {w:.6f} {h:.6f}")
             (lbl_dir / f"{k:06d}.txt").write_text("\n".join(lines) + ("\n" if lines else ""))
         first_id += n  # ids unique across splits, like COCO
     (root / "annotations").mkdir(exist_ok=True)

@@ -86,7 +86,9 @@ _OPS = {  # preset: (multiply, pJ), (accumulator add, pJ); a MAC is one of each,
 
 def _preset(name: str, mult: tuple, add: tuple) -> EnergyPreset:
     (m, e_m), (a, e_a) = mult, add
-    return EnergyPreset(name, round(e_m + e_a, 6), e_a, f"{_HOROWITZ}: MAC = {m} {e_m} + {a} {e_a} pJ; AC = {a} {e_a} pJ")
+    return EnergyPreset(
+        name, round(e_m + e_a, 6), e_a, f"{_HOROWITZ}: MAC = {m} {e_m} + {a} {e_a} pJ; AC = {a} {e_a} pJ"
+    )
 
 
 PRESETS: dict[str, EnergyPreset] = {name: _preset(name, *ops) for name, ops in _OPS.items()}
@@ -588,8 +590,14 @@ class EnergyReport:
         fig = Figure(figsize=(width, height))
         FigureCanvasAgg(fig)
         grid = fig.add_gridspec(
-            len(rows), 1, height_ratios=rows, hspace=0.3, left=0.9 / width, right=1 - 0.9 / width,
-            top=1 - 0.75 / height, bottom=0.6 / height,
+            len(rows),
+            1,
+            height_ratios=rows,
+            hspace=0.3,
+            left=0.9 / width,
+            right=1 - 0.9 / width,
+            top=1 - 0.75 / height,
+            bottom=0.6 / height,
         )  # fixed margins: much faster than a constrained layout for ~90 rotated labels
         ax_e = fig.add_subplot(grid[0])
         ax_f = fig.add_subplot(grid[1], sharex=ax_e)
@@ -857,7 +865,9 @@ def load_model(weights: str | Path) -> nn.Module:
     suffix = p.suffix.lower()
     if suffix == ".pt":
         if not p.is_file():
-            raise IbraYoloError(f"weights file {p} does not exist")  # checked first: YOLO() would try to download a name
+            raise IbraYoloError(
+                f"weights file {p} does not exist"
+            )  # checked first: YOLO() would try to download a name
     elif suffix in (".yaml", ".yml"):
         if model_yaml_path(p) is None:
             what = "is not an ibra-yolo model YAML (no 'neuron:' key)" if p.is_file() else "does not exist"

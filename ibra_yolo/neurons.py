@@ -415,7 +415,9 @@ def make_neuron(spec: dict, T: int = 1) -> nn.Module:
     activation = {k.lower(): k for k in ACTIVATION_KINDS}.get(key)
     if activation:
         if kwargs:
-            raise ValueError(f"neuron kind={kind!r} is a real-valued activation and takes no parameters, got {sorted(kwargs)}")
+            raise ValueError(
+                f"neuron kind={kind!r} is a real-valued activation and takes no parameters, got {sorted(kwargs)}"
+            )
         return Activation(activation, T=T)
     cls = {k.lower(): v for k, v in NEURON_KINDS.items()}.get(key)
     if cls is None:

@@ -26,8 +26,15 @@ def yolo(*args, cwd=None, **kw):
 def trained(shapes_data, tmp_path_factory):
     """One epoch of IBRA-LIF (n scale) trained by the stock CLI; returns (run dir, best.pt)."""
     project = tmp_path_factory.mktemp("runs")
-    yolo("train", "model=spike-yolo-ibra-n.yaml", f"data={shapes_data}", "epochs=1", f"project={project}",
-         "name=train", *COMMON)
+    yolo(
+        "train",
+        "model=spike-yolo-ibra-n.yaml",
+        f"data={shapes_data}",
+        "epochs=1",
+        f"project={project}",
+        "name=train",
+        *COMMON,
+    )
     best = project / "train" / "weights" / "best.pt"
     assert best.is_file() and (project / "train" / "weights" / "last.pt").is_file()
     return project, best
@@ -37,15 +44,32 @@ def test_val_predict_export(trained, shapes_data):
     project, best = trained
     out = yolo("val", f"model={best}", f"data={shapes_data}", f"project={project}", "name=val", *COMMON).stdout
     assert "all" in out and "mAP50" in out
-    yolo("predict", f"model={best}", f"source={shapes_data.parent / 'images' / 'val'}", "imgsz=64", "device=cpu",
-         f"project={project}", "name=predict", "exist_ok=True", "save_txt=True")
+    yolo(
+        "predict",
+        f"model={best}",
+        f"source={shapes_data.parent / 'images' / 'val'}",
+        "imgsz=64",
+        "device=cpu",
+        f"project={project}",
+        "name=predict",
+        "exist_ok=True",
+        "save_txt=True",
+    )
     assert len(list((project / "predict").glob("0*.jpg"))) == 16  # one annotated image per input
     for fmt, suffix in (("onnx", ".onnx"), ("torchscript", ".torchscript")):
         yolo("export", f"model={best}", f"format={fmt}", "imgsz=64")
         assert best.with_suffix(suffix).is_file()
     # the exported files run through the stock predictor too
-    yolo("predict", f"model={best.with_suffix('.onnx')}", f"source={shapes_data.parent / 'images' / 'val'}",
-         "imgsz=64", "device=cpu", f"project={project}", "name=predict_onnx", "exist_ok=True")
+    yolo(
+        "predict",
+        f"model={best.with_suffix('.onnx')}",
+        f"source={shapes_data.parent / 'images' / 'val'}",
+        "imgsz=64",
+        "device=cpu",
+        f"project={project}",
+        "name=predict_onnx",
+        "exist_ok=True",
+    )
     assert len(list((project / "predict_onnx").glob("0*.jpg"))) == 16
 
 
@@ -86,8 +110,16 @@ def test_checkpoint_in_fresh_process(trained, python, tmp_path):
 
 def test_resume_after_interrupt(shapes_data, tmp_path):
     # Start 3 epochs, kill the trainer once the first epoch's last.pt exists, then resume with the stock flag.
-    args = [YOLO_BIN, "train", "model=spike-yolo-ilif-n.yaml", f"data={shapes_data}", "epochs=3",
-            f"project={tmp_path}", "name=r", *COMMON]
+    args = [
+        YOLO_BIN,
+        "train",
+        "model=spike-yolo-ilif-n.yaml",
+        f"data={shapes_data}",
+        "epochs=3",
+        f"project={tmp_path}",
+        "name=r",
+        *COMMON,
+    ]
     last = tmp_path / "r" / "weights" / "last.pt"
     proc = subprocess.Popen(args, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL, start_new_session=True)
     deadline = time.time() + 600
@@ -107,8 +139,20 @@ def test_resume_after_interrupt(shapes_data, tmp_path):
 
 
 def test_ddp_two_processes(python, tmp_path):
-    out = run([python, "-m", "torch.distributed.run", "--nproc_per_node", "2", "--master_port", "29531",
-               str(ROOT / "tests" / "ddp_step.py"), "spike-yolo-ibra-n.yaml"], cwd=tmp_path).stdout
+    out = run(
+        [
+            python,
+            "-m",
+            "torch.distributed.run",
+            "--nproc_per_node",
+            "2",
+            "--master_port",
+            "29531",
+            str(ROOT / "tests" / "ddp_step.py"),
+            "spike-yolo-ibra-n.yaml",
+        ],
+        cwd=tmp_path,
+    ).stdout
     assert "DDP OK: world=2" in out and "max_rank_diff=0.0" in out
 
 

@@ -5,6 +5,7 @@ import importlib.util
 import io
 import json
 import shutil
+from pathlib import Path
 
 import cv2
 import numpy as np
@@ -358,7 +359,7 @@ def test_model_mode_builds_annotations_from_labels(checkpoint, tiny_data, tmp_pa
     r = json.loads((tmp_path / "v" / "coco_eval.json").read_text())
     assert r["annotations_source"] == "built from YOLO labels"
     shipped = tiny_data.parent / "annotations" / "instances_val.json"
-    assert json.loads(open(r["annotations"]).read()) == json.loads(shipped.read_text())
+    assert json.loads(Path(r["annotations"]).read_text()) == json.loads(shipped.read_text())
 
 
 def test_spike_driven_needs_a_spiking_model(tmp_path, tiny_data, capsys):

@@ -54,8 +54,21 @@ def test_layer_table_channels_s_scale():
         x = m([x if j == -1 else outs[j] for j in m.f] if isinstance(m.f, list) else x if m.f == -1 else outs[m.f])
         outs.append(x)
     shapes = [tuple(o.shape[2:]) for o in outs]
-    expected = {1: (64, 160), 3: (128, 80), 5: (256, 40), 7: (512, 20), 9: (512, 20), 10: (256, 20), 12: (256, 40),
-                13: (512, 40), 14: (128, 40), 17: (256, 80), 19: (128, 80), 22: (256, 40), 25: (512, 20)}
+    expected = {
+        1: (64, 160),
+        3: (128, 80),
+        5: (256, 40),
+        7: (512, 20),
+        9: (512, 20),
+        10: (256, 20),
+        12: (256, 40),
+        13: (512, 40),
+        14: (128, 40),
+        17: (256, 80),
+        19: (128, 80),
+        22: (256, 40),
+        25: (512, 20),
+    }
     for i, (c, hw) in expected.items():
         assert shapes[i] == (c, hw, hw), f"layer {i}"
 
@@ -201,7 +214,10 @@ def test_checkpoint_carries_neuron_settings(tmp_path, python):
 
 
 def test_autoload_is_lazy_and_can_be_disabled(python):
-    code = "import sys; print('torch' in sys.modules, 'ultralytics' in sys.modules, any(type(f).__name__ == '_Finder' for f in sys.meta_path))"
+    code = (
+        "import sys; print('torch' in sys.modules, 'ultralytics' in sys.modules, "
+        "any(type(f).__name__ == '_Finder' for f in sys.meta_path))"
+    )
     assert run([python, "-c", code]).stdout.split() == ["False", "False", "True"]
     assert run([python, "-c", code], env={"IBRA_YOLO_AUTOLOAD": "0"}).stdout.split() == ["False", "False", "False"]
     build = "from ultralytics import YOLO; YOLO('spike-yolo-ibra-n.yaml')"
@@ -214,7 +230,10 @@ def test_autoload_line_is_silent_when_package_is_gone(tmp_path, python):
     # A .pth left behind by a moved or half-removed install must not print an error at every interpreter start:
     # with the package not importable the line does nothing; with it importable it arms the finder.
     line = (ROOT / "ibra_yolo.pth").read_text().strip()
-    code = f"import sys; sys.path[:0] = sys.argv[1:]; exec({line!r}); print(any(type(f).__name__ == '_Finder' for f in sys.meta_path))"
+    code = (
+        f"import sys; sys.path[:0] = sys.argv[1:]; exec({line!r}); "
+        "print(any(type(f).__name__ == '_Finder' for f in sys.meta_path))"
+    )
     gone = run([python, "-S", "-c", code], cwd=tmp_path)  # -S: no site-packages, so no ibra_yolo on sys.path
     assert (gone.stdout.strip(), gone.stderr.strip()) == ("False", "")
     here = run([python, "-S", "-c", code, str(ROOT)], cwd=tmp_path)
@@ -250,6 +269,18 @@ def test_training_recipe_is_valid_ultralytics_cfg():
     recipe = yaml.safe_load((CFG / "train-coco-recipe.yaml").read_text())
     cfg = get_cfg(overrides=recipe)
     assert (cfg.epochs, cfg.optimizer, cfg.lr0, cfg.lrf, cfg.momentum, cfg.weight_decay) == (
-        300, "SGD", 0.01, 0.004, 0.937, 0.0005)
+        300,
+        "SGD",
+        0.01,
+        0.004,
+        0.937,
+        0.0005,
+    )
     assert (cfg.warmup_epochs, cfg.batch, cfg.imgsz, cfg.close_mosaic, cfg.amp, cfg.pretrained) == (
-        10, 40, 640, 10, True, False)
+        10,
+        40,
+        640,
+        10,
+        True,
+        False,
+    )

@@ -154,7 +154,9 @@ def test_planes_round_trip_all_codes(neuron):
     w = torch.tensor(neuron.plane_weights(), dtype=torch.float64)
     assert torch.allclose(torch.tensordot(w, planes.double(), dims=1), codes.double() / neuron.scale, atol=1e-12)
     # spikes per code: popcount (binary) or the code (unary)
-    expected = [bin(c).count("1") for c in range(neuron.max_code + 1)] if neuron.encoding == "binary" else codes.tolist()
+    expected = (
+        [bin(c).count("1") for c in range(neuron.max_code + 1)] if neuron.encoding == "binary" else codes.tolist()
+    )
     assert neuron.spikes_per_code(codes).tolist() == expected
 
 

@@ -144,6 +144,7 @@ def test_exact_spike_counts(family, T):
     hooks = []
     for m in model.modules():
         if isinstance(m, NeuronConv) and m.spiking:
+
             def count(mod, args):
                 nonlocal expected
                 expected += int(mod.neuron.spikes_per_code(mod.neuron.codes(args[0])).sum())
