@@ -43,6 +43,7 @@ __all__ = (
 )
 
 ENCODINGS = ("binary", "unary")
+MAX_CODE_LIMIT = 2**24  # float32 holds every integer up to 2**24 exactly: the quantiser computes codes in float32
 
 
 # ----------------------------------------------------------------------------------------------------------------------
@@ -71,23 +72,29 @@ def _codes_to_values(codes: torch.Tensor, scale: float, dtype: torch.dtype) -> t
 
 
 class _QuantizeSTE(torch.autograd.Function):
-    """Quantiser with a straight-through gradient: 1 where ``0 <= scale*u <= max_code``, else 0.
+    """Quantiser with a straight-through gradient: 1 where ``0 <= scale*u <= max_code``, ``above`` where
+    ``scale*u > max_code`` (0 by default: the rectangular window), and 0 below 0 (and for NaN).
 
-    Saves a 1-byte mask instead of the float input (a quarter of the memory in float32) and reuses one buffer for
-    the clip, round and division.
+    Saves a 1-byte mask instead of the float input (a quarter of the memory in float32), plus a second one only when
+    ``above`` is not 0, and reuses one buffer for the clip, round and division.
     """
 
     @staticmethod
-    def forward(ctx, u: torch.Tensor, scale: float, max_code: int) -> torch.Tensor:
+    def forward(ctx, u: torch.Tensor, scale: float, max_code: int, above: float = 0.0) -> torch.Tensor:
         scaled = _scaled(u, scale)
         codes = scaled.clamp(0, max_code)
-        ctx.save_for_backward(codes == scaled)  # inside the representable range
+        masks = (codes == scaled,) if above == 0 else (codes == scaled, scaled > max_code)  # inside; above the range
+        ctx.save_for_backward(*masks)
+        ctx.above = above
         return _codes_to_values(codes.round_(), scale, u.dtype)
 
     @staticmethod
     def backward(ctx, grad: torch.Tensor):
-        (inside,) = ctx.saved_tensors
-        return grad * inside, None, None
+        if ctx.above == 0:
+            (inside,) = ctx.saved_tensors
+            return grad * inside, None, None, None
+        inside, over = ctx.saved_tensors
+        return grad * (inside + ctx.above * over), None, None, None
 
 
 def lif_multistep(
@@ -166,6 +173,14 @@ def _is_number(v) -> bool:
     return isinstance(v, (int, float)) and not isinstance(v, bool) and math.isfinite(v)
 
 
+def _is_int(v) -> bool:
+    return isinstance(v, int) and not isinstance(v, bool)
+
+
+class NonFiniteError(ValueError):
+    """A neuron's membrane holds NaN: it has no integer code (the counting and spike paths refuse it)."""
+
+
 class IntegerLIF(nn.Module):
     """Multi-step integer LIF neuron, the one implementation behind IBRA-LIF, IB-LIF and I-LIF.
 
@@ -177,6 +192,11 @@ class IntegerLIF(nn.Module):
         encoding (str): ``"binary"`` (bit planes) or ``"unary"`` (thermometer planes) for spike-driven inference.
         T (int): Number of timesteps the input carries in its leading dimension.
         beta (float): Membrane decay in ``[0, 1]``.
+        ste_above (float): Straight-through gradient where ``N * U > M`` (above the range), in ``[0, 1]``. 0 (default)
+            is the rectangular window of the paper and SpikeYOLO: gradient 1 on ``[0, D]`` and 0 outside.
+
+    A NaN membrane has no code: the real-valued output is NaN (it propagates, as through ReLU, so a non-finite loss
+    or box shows it), and ``codes()`` raises ``NonFiniteError``. ``+inf`` is clipped to ``M`` and ``-inf`` to 0.
 
     Examples:
         >>> n = IntegerLIF(max_code=511, scale=100.0)
@@ -184,18 +204,31 @@ class IntegerLIF(nn.Module):
         tensor([[0.0000, 0.0100, 5.1000, 5.1100, 5.1100, 0.0000]])
     """
 
-    def __init__(self, max_code: int, scale: float = 1.0, encoding: str = "binary", T: int = 1, beta: float = 0.25):
+    ste_above = 0.0  # class default: checkpoints pickled before the option existed load with the paper's window
+
+    def __init__(
+        self,
+        max_code: int,
+        scale: float = 1.0,
+        encoding: str = "binary",
+        T: int = 1,
+        beta: float = 0.25,
+        ste_above: float = 0.0,
+    ):
         super().__init__()
         _check("scale (N)", scale, _is_number(scale) and scale > 0, "a finite number > 0")
-        _check("max_code (M)", max_code, isinstance(max_code, int) and max_code >= 1, "an integer >= 1")
-        _check("T", T, isinstance(T, int) and not isinstance(T, bool) and T >= 1, "an integer >= 1")
+        limit = f"an integer in [1, 2**24 = {MAX_CODE_LIMIT}] (codes are exact float32 integers)"
+        _check("max_code (M)", max_code, _is_int(max_code) and 1 <= max_code <= MAX_CODE_LIMIT, limit)
+        _check("T", T, _is_int(T) and T >= 1, "an integer >= 1")
         _check("beta", beta, _is_number(beta) and 0 <= beta <= 1, "a number in [0, 1]")
         _check("encoding", encoding, encoding in ENCODINGS, f"one of {ENCODINGS}")
+        _check("ste_above", ste_above, _is_number(ste_above) and 0 <= ste_above <= 1, "a number in [0, 1]")
         self.max_code = int(max_code)
         self.scale = float(scale)
         self.encoding = encoding
         self.T = int(T)
         self.beta = float(beta)
+        self.ste_above = float(ste_above)
 
     @property
     def bits(self) -> int:
@@ -213,9 +246,26 @@ class IntegerLIF(nn.Module):
         return num_planes(self.max_code, self.encoding)
 
     def planes_used(self, codes: torch.Tensor) -> int:
-        """Virtual timesteps that carry spikes for these codes: ``bit_length(max code)`` (binary) or the max code."""
-        top = int(codes.max()) if codes.numel() else 0
+        """Virtual timesteps that carry spikes for these codes: ``bit_length(max code)`` (binary) or the max code.
+
+        Raises:
+            ValueError: A code outside ``0..M``.
+        """
+        top = self._check_codes(codes)[1]
         return top.bit_length() if self.encoding == "binary" else top
+
+    def _check_codes(self, codes: torch.Tensor) -> tuple[int, int]:
+        """``(min, max)`` of integer codes, checked to lie in ``0..M`` (a counting path never counts invalid codes)."""
+        if codes.is_floating_point() and not torch.isfinite(codes).all():
+            raise NonFiniteError(
+                f"{type(self).__name__}: codes hold NaN or inf; valid codes are integers 0..{self.max_code}"
+            )
+        if not codes.numel():
+            return 0, 0
+        lo, hi = int(codes.min()), int(codes.max())
+        if lo < 0 or hi > self.max_code:
+            raise ValueError(f"{type(self).__name__}: code {lo if lo < 0 else hi} is outside 0..{self.max_code}")
+        return lo, hi
 
     def plane_weights(self) -> list[float]:
         """Weights ``w_j`` such that ``output = sum_j w_j * plane_j``."""
@@ -232,7 +282,7 @@ class IntegerLIF(nn.Module):
 
     def _fire(self, u: torch.Tensor) -> torch.Tensor:
         if self.training and torch.is_grad_enabled() and u.requires_grad:
-            return _QuantizeSTE.apply(u, self.scale, self.max_code)
+            return _QuantizeSTE.apply(u, self.scale, self.max_code, self.ste_above)
         return _codes_to_values(quantize_codes(u, self.scale, self.max_code), self.scale, u.dtype)
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
@@ -242,11 +292,20 @@ class IntegerLIF(nn.Module):
 
     @torch.no_grad()
     def codes(self, x: torch.Tensor) -> torch.Tensor:
-        """Return the integer codes (``int32``, ``[T, B, ...]``) the neuron emits for input currents ``x``."""
+        """Return the integer codes (``int32``, ``[T, B, ...]``) the neuron emits for input currents ``x``.
+
+        Raises:
+            NonFiniteError: A membrane potential is NaN (it has no code).
+        """
         self._check_input(x)
         codes = []
 
         def fire(u):
+            if torch.isnan(u).any():
+                raise NonFiniteError(
+                    f"{type(self).__name__}: {int(torch.isnan(u).sum())} membrane potential(s) are NaN and have no "
+                    f"code (the input currents hold NaN: check the image and the weights)"
+                )
             c = quantize_codes(u, self.scale, self.max_code)
             codes.append(c.to(torch.int32))
             return _codes_to_values(c, self.scale, u.dtype)
@@ -263,7 +322,12 @@ class IntegerLIF(nn.Module):
         return from_planes(planes, self.encoding)
 
     def spikes_per_code(self, codes: torch.Tensor) -> torch.Tensor:
-        """Spikes needed to send each code: popcount (binary) or the code itself (unary)."""
+        """Spikes needed to send each code: popcount (binary) or the code itself (unary).
+
+        Raises:
+            ValueError: A code outside ``0..M``.
+        """
+        self._check_codes(codes)
         c = codes.to(torch.int32)
         if self.encoding == "unary":
             return c
@@ -274,14 +338,16 @@ class IntegerLIF(nn.Module):
 
     def config(self) -> dict:
         """The YAML ``neuron:`` mapping that rebuilds this neuron (``T`` is a model-level key)."""
-        return {"kind": type(self).__name__, **self._public_args(), "beta": self.beta}
+        extra = {"ste_above": self.ste_above} if self.ste_above else {}
+        return {"kind": type(self).__name__, **self._public_args(), "beta": self.beta, **extra}
 
     def _public_args(self) -> dict:
         return {"max_code": self.max_code, "scale": self.scale, "encoding": self.encoding}
 
     def extra_repr(self) -> str:
         args = ", ".join(f"{k}={v}" for k, v in self._public_args().items())
-        return f"{args}, M={self.max_code}, K={self.bits}, {self.encoding}, T={self.T}, beta={self.beta}"
+        extra = f", ste_above={self.ste_above}" if self.ste_above else ""
+        return f"{args}, M={self.max_code}, K={self.bits}, {self.encoding}, T={self.T}, beta={self.beta}{extra}"
 
 
 class IBRALIF(IntegerLIF):
@@ -294,6 +360,7 @@ class IBRALIF(IntegerLIF):
         N (float): Levels per unit ``> 0`` (the range-alignment factor).
         T (int): Timesteps.
         beta (float): Membrane decay in ``[0, 1]``.
+        ste_above (float): Straight-through gradient above ``D`` (0: the paper's rectangular window).
 
     Examples:
         >>> n = IBRALIF()  # D=5.11, N=100 -> M=511, K=9
@@ -301,12 +368,19 @@ class IBRALIF(IntegerLIF):
         (511, 9, 'binary')
     """
 
-    def __init__(self, D: float = 5.11, N: float = 100, T: int = 1, beta: float = 0.25):
+    def __init__(self, D: float = 5.11, N: float = 100, T: int = 1, beta: float = 0.25, ste_above: float = 0.0):
         _check("D", D, _is_number(D) and D > 0, "a finite number > 0")
         _check("N", N, _is_number(N) and N > 0, "a finite number > 0")
-        m = round(N * D)
+        nd = N * D
+        _check(
+            "N*D",
+            nd,
+            nd <= MAX_CODE_LIMIT + 0.5,
+            f"at most 2**24 = {MAX_CODE_LIMIT} (codes are exact float32 integers)",
+        )
+        m = round(nd)
         _check("D", D, m >= 1, f"large enough that round(N*D) >= 1 (N={N} gives {m})")
-        super().__init__(max_code=int(m), scale=float(N), encoding="binary", T=T, beta=beta)
+        super().__init__(max_code=int(m), scale=float(N), encoding="binary", T=T, beta=beta, ste_above=ste_above)
         self.range = float(D)
 
     def _public_args(self) -> dict:
@@ -320,14 +394,17 @@ class IBLIF(IntegerLIF):
     lowest ones.
 
     Args:
-        bits (int): Bit planes ``K >= 1``.
+        bits (int): Bit planes ``K`` in ``[1, 24]``.
         T (int): Timesteps.
         beta (float): Membrane decay in ``[0, 1]``.
+        ste_above (float): Straight-through gradient above ``2**bits - 1`` (0: rectangular window).
     """
 
-    def __init__(self, bits: int = 9, T: int = 1, beta: float = 0.25):
-        _check("bits", bits, isinstance(bits, int) and not isinstance(bits, bool) and bits >= 1, "an integer >= 1")
-        super().__init__(max_code=2**bits - 1, scale=1.0, encoding="binary", T=T, beta=beta)
+    def __init__(self, bits: int = 9, T: int = 1, beta: float = 0.25, ste_above: float = 0.0):
+        _check(
+            "bits", bits, _is_int(bits) and 1 <= bits <= 24, "an integer in [1, 24] (codes are exact float32 integers)"
+        )
+        super().__init__(max_code=2**bits - 1, scale=1.0, encoding="binary", T=T, beta=beta, ste_above=ste_above)
 
     def _public_args(self) -> dict:
         return {"bits": self.bits}
@@ -340,12 +417,13 @@ class ILIF(IntegerLIF):
         D (int): Largest spike count, an integer ``>= 1``.
         T (int): Timesteps.
         beta (float): Membrane decay in ``[0, 1]``.
+        ste_above (float): Straight-through gradient above ``D`` (0: SpikeYOLO's rectangular window).
     """
 
-    def __init__(self, D: int = 4, T: int = 1, beta: float = 0.25):
+    def __init__(self, D: int = 4, T: int = 1, beta: float = 0.25, ste_above: float = 0.0):
         is_int = _is_number(D) and float(D).is_integer()
-        _check("D", D, is_int and D >= 1, "an integer >= 1 for I-LIF (the number of unary virtual timesteps)")
-        super().__init__(max_code=int(D), scale=1.0, encoding="unary", T=T, beta=beta)
+        _check("D", D, is_int and 1 <= D <= MAX_CODE_LIMIT, "an integer >= 1 for I-LIF (its unary virtual timesteps)")
+        super().__init__(max_code=int(D), scale=1.0, encoding="unary", T=T, beta=beta, ste_above=ste_above)
 
     def _public_args(self) -> dict:
         return {"D": self.max_code}
@@ -357,24 +435,35 @@ class Activation(nn.Module):
 
     Args:
         kind (str): ``"ReLU"``, ``"SiLU"`` or ``"Identity"``.
+        T (int): Timesteps of the model (kept for the same interface as the neurons).
+        D (float, optional): ReLU only: clip the output at ``D`` (``min(max(x, 0), D)``, gradient 1 on ``(0, D)``),
+            the real-valued twin of a neuron's range ``[0, D]`` without its quantisation.
     """
 
     _FUNCS = {"ReLU": torch.relu, "SiLU": nn.functional.silu, "Identity": lambda x: x}
+    D = None  # class default: checkpoints pickled before the option existed load unclipped
 
-    def __init__(self, kind: str = "ReLU", T: int = 1):
+    def __init__(self, kind: str = "ReLU", T: int = 1, D: float | None = None):
         super().__init__()
         _check("activation kind", kind, kind in self._FUNCS, f"one of {sorted(self._FUNCS)}")
+        if D is not None:
+            _check("D", D, kind == "ReLU", "unset: only ReLU takes a clip value D")
+            _check("D", D, _is_number(D) and D > 0, "a finite number > 0")
+            D = float(D)
         self.kind = kind
         self.T = T
+        self.D = D
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
+        if self.D is not None:
+            return x.clamp(0, self.D)
         return self._FUNCS[self.kind](x)
 
     def config(self) -> dict:
-        return {"kind": self.kind}
+        return {"kind": self.kind} if self.D is None else {"kind": self.kind, "D": self.D}
 
     def extra_repr(self) -> str:
-        return self.kind
+        return self.kind if self.D is None else f"{self.kind}, D={self.D}"
 
 
 # ----------------------------------------------------------------------------------------------------------------------
@@ -387,6 +476,20 @@ NEURON_KINDS: dict[str, type[nn.Module]] = {
     "IntegerLIF": IntegerLIF,
 }
 ACTIVATION_KINDS = tuple(Activation._FUNCS)  # real-valued activations for the ANN twin
+
+
+def _looks_numeric(text: str) -> bool:
+    try:
+        float(text)
+    except ValueError:
+        return False
+    return True
+
+
+def _yaml_float(text: str) -> str:
+    """``1e9`` -> ``1.0e9``: the spelling YAML 1.1 (PyYAML) reads as a float."""
+    mantissa, _, exponent = text.strip().lower().partition("e")
+    return f"{mantissa}.0e{exponent}"
 
 
 def is_spiking_neuron(m: nn.Module) -> bool:
@@ -410,15 +513,24 @@ def make_neuron(spec: dict, T: int = 1) -> nn.Module:
     if not isinstance(spec, dict) or "kind" not in spec:
         raise ValueError(f"neuron={spec!r} is invalid: expected a mapping with a 'kind' key, e.g. {{kind: IBRALIF}}")
     kwargs = {k: v for k, v in spec.items() if k != "kind"}
+    for k, v in kwargs.items():
+        if isinstance(v, str) and _looks_numeric(v):
+            exponent = "e" in v.lower() and "." not in v.lower().partition("e")[0]
+            fix = (
+                f"YAML reads an exponent without a decimal point as text; write {_yaml_float(v)}"
+                if exponent
+                else "remove the quotes"
+            )
+            raise ValueError(f"{k}={v!r} is a string, not a number: {fix}")
     kind = spec["kind"]
     key = str(kind).lower().replace("-", "").replace("_", "")
     activation = {k.lower(): k for k in ACTIVATION_KINDS}.get(key)
     if activation:
-        if kwargs:
-            raise ValueError(
-                f"neuron kind={kind!r} is a real-valued activation and takes no parameters, got {sorted(kwargs)}"
-            )
-        return Activation(activation, T=T)
+        allowed = {"D"} if activation == "ReLU" else set()
+        if set(kwargs) - allowed:
+            what = "takes only D (its clip value)" if allowed else "takes no parameters"
+            raise ValueError(f"neuron kind={kind!r} is a real-valued activation and {what}, got {sorted(kwargs)}")
+        return Activation(activation, T=T, **kwargs)
     cls = {k.lower(): v for k, v in NEURON_KINDS.items()}.get(key)
     if cls is None:
         kinds = ", ".join((*NEURON_KINDS, *ACTIVATION_KINDS))

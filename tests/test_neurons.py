@@ -7,7 +7,17 @@ import numpy as np
 import pytest
 import torch
 
-from ibra_yolo.neurons import IBLIF, IBRALIF, ILIF, IntegerLIF, from_planes, make_neuron, plane_weights, to_planes
+from ibra_yolo.neurons import (
+    IBLIF,
+    IBRALIF,
+    ILIF,
+    IntegerLIF,
+    NonFiniteError,
+    from_planes,
+    make_neuron,
+    plane_weights,
+    to_planes,
+)
 
 
 def t1(values):
@@ -213,6 +223,19 @@ def test_torchscript_trace():
         (lambda: ILIF(D=0), "D"),
         (lambda: IBLIF(bits=0), "bits"),
         (lambda: IBLIF(bits=2.5), "bits"),
+        # codes are computed in float32, which holds every integer only up to 2**24: larger ranges are refused
+        (lambda: IBLIF(bits=25), "bits"),
+        (lambda: IBLIF(bits=40), "bits"),
+        (lambda: IBLIF(bits=True), "bits"),  # a boolean is not a number of bits
+        (lambda: IntegerLIF(max_code=True), r"max_code \(M\)"),
+        (lambda: IntegerLIF(max_code=2**70), r"max_code \(M\)"),
+        (lambda: IntegerLIF(max_code=2**24 + 1), r"max_code \(M\)"),
+        (lambda: IBRALIF(D=2e5, N=100), r"N\*D"),  # M = 2e7 > 2**24
+        (lambda: IBRALIF(D=1e300, N=1e300), r"N\*D"),  # N*D overflows to inf
+        (lambda: ILIF(D=2**25), "D"),
+        (lambda: IBRALIF(ste_above=-0.1), "ste_above"),
+        (lambda: IBRALIF(ste_above=1.5), "ste_above"),
+        (lambda: ILIF(ste_above=float("nan")), "ste_above"),
     ],
 )
 def test_invalid_parameters(make, name):
@@ -240,3 +263,78 @@ def test_planes_used():
     assert IBRALIF().planes_used(torch.tensor([511])) == 9
     assert ILIF(D=4).planes_used(torch.tensor([0, 3, 1])) == 3
     assert ILIF(D=4).planes_used(torch.zeros(4, dtype=torch.int32)) == 0
+
+
+def test_largest_allowed_range_is_exact():
+    # M = 2**24 is the largest range: every code up to it is an exact float32 integer, so the top codes are exact.
+    n = IntegerLIF(max_code=2**24)
+    u = torch.tensor([[2.0**24 - 1, 2.0**24, 3e7]], dtype=torch.float64)
+    assert n.codes(u).tolist() == [[2**24 - 1, 2**24, 2**24]]
+
+
+# ---------------------------------------------------------------------------------------------------- non-finite
+def test_nan_membrane_has_no_code():
+    # The real-valued output propagates NaN (as ReLU does), so a non-finite loss or box shows it; the integer code
+    # paths refuse it instead of casting NaN to int32 (which gives -2**31, a "code" outside 0..M).
+    for n in (ILIF(), IBRALIF(), IBLIF(bits=4)):
+        x = t1([float("nan"), 1.0])
+        out = n(x)
+        assert torch.isnan(out[0, 0]) and out[0, 1] == 1.0
+        with pytest.raises(NonFiniteError, match=r"1 membrane potential\(s\) are NaN"):
+            n.codes(x)
+    # +inf saturates at M, -inf at 0: both are valid codes (I-LIF M = 4)
+    assert ILIF().codes(t1([float("inf"), float("-inf")])).tolist() == [[4, 0]]
+
+
+def test_counting_helpers_refuse_codes_outside_the_range():
+    # -5 and 9 are not codes of I-LIF (0..4); a NaN float code is not a code at all. Counting them would give a
+    # wrong (even negative) number of spikes or planes.
+    n = ILIF(D=4)
+    for bad, msg in ((torch.tensor([0, -5]), "code -5 is outside 0..4"), (torch.tensor([9]), "code 9 is outside")):
+        with pytest.raises(ValueError, match=msg):
+            n.planes_used(bad)
+        with pytest.raises(ValueError, match=msg):
+            n.spikes_per_code(bad)
+    with pytest.raises(NonFiniteError):
+        IBRALIF().spikes_per_code(torch.tensor([1.0, float("nan")]))
+    # valid codes still count: popcount of 5 = 0b101 is 2, of 511 is 9
+    assert IBRALIF().spikes_per_code(torch.tensor([5, 511])).tolist() == [2, 9]
+
+
+def test_numbers_written_as_strings_are_named():
+    # PyYAML (YAML 1.1) reads `D: 1e9` as the string '1e9': say so and how to write it, instead of "must be a number".
+    with pytest.raises(ValueError, match=r"^D='1e9' is a string, not a number: .* write 1\.0e9$"):
+        make_neuron({"kind": "IBRALIF", "D": "1e9"})
+    with pytest.raises(ValueError, match=r"^N='100' is a string, not a number: remove the quotes$"):
+        make_neuron({"kind": "IBRALIF", "N": "100"})
+
+
+# ---------------------------------------------------------------------------------------------------- ablation options
+def test_ste_above_passes_a_reduced_gradient_above_the_range():
+    # IBRA-LIF D=5.11: U = -1 (below 0), 2 (inside [0, D]), 6 and 50 (above D). The paper's window gives gradients
+    # 0, 1, 0, 0; with ste_above = 0.25 the two inputs above D get 0.25. Reference: autograd of the piecewise-linear
+    # function the STE differentiates, f(U) = 0 below 0, U on [0, D], D + a (U - D) above.
+    u0 = torch.tensor([[-1.0, 2.0, 6.0, 50.0]], dtype=torch.float64)
+    for a, expected in ((0.0, [0.0, 1.0, 0.0, 0.0]), (0.25, [0.0, 1.0, 0.25, 0.25])):
+        u = u0.clone().requires_grad_()
+        IBRALIF(ste_above=a)(u).sum().backward()
+        assert u.grad.tolist() == [expected]
+        ref = u0.clone().requires_grad_()
+        D = 5.11
+        torch.where(ref < 0, 0 * ref, torch.where(ref <= D, ref, D + a * (ref - D))).sum().backward()
+        assert torch.equal(u.grad, ref.grad)
+    # the forward (the codes) does not depend on the option
+    assert torch.equal(IBRALIF(ste_above=1.0)(u0), IBRALIF()(u0))
+    assert make_neuron({"kind": "IBRALIF", "ste_above": 0.5}).config()["ste_above"] == 0.5
+
+
+def test_clipped_relu_twin():
+    # The ANN twin's ReLU clipped at D = 5.11: min(max(x, 0), D), gradient 1 strictly inside (0, D), 0 outside.
+    act = make_neuron({"kind": "ReLU", "D": 5.11})
+    x = torch.tensor([-1.0, 3.0, 7.0], requires_grad=True)
+    y = act(x)
+    y.sum().backward()
+    assert y.tolist() == pytest.approx([0.0, 3.0, 5.11]) and x.grad.tolist() == [0.0, 1.0, 0.0]
+    assert act.config() == {"kind": "ReLU", "D": 5.11}
+    with pytest.raises(ValueError, match="takes no parameters"):
+        make_neuron({"kind": "SiLU", "D": 5.11})

@@ -1,0 +1,213 @@
+"""Why does IBRA-LIF trail its ANN twin? Ablations on the demo data, measured side by side at an equal budget.
+
+Every variant is the n-scale model of one of our YAMLs with one change (the neuron, its straight-through window, its
+range, or a training argument), trained with the stock ``yolo train`` and otherwise **stock Ultralytics defaults**
+(``optimizer=auto``, its learning rate, warm-up and mosaic), scored with ``tools/eval_coco.py`` (pycocotools), and
+-- for spiking variants -- measured with ``tools/energy.py`` for the share of membrane values clipped at ``M``
+(``clip%``) and in the upper half of the range (``hi%``). Every variant runs the same seeds; the table gives the mean,
+half the seed spread (max - min) / 2, every seed, and the ratio of the mean to the ANN twin's.
+
+Runs are independent processes (``--jobs`` at a time, one CPU thread each, as Ultralytics trains on a 2-core CPU);
+a finished run is never repeated (its ``result.json`` is reused), so an interrupted benchmark resumes where it stopped.
+
+Usage:
+    python benchmarks/ablation.py                         # all variants, seeds 0 1 2, 2 runs at a time
+    python benchmarks/ablation.py --variants ann ibra     # a subset
+    python benchmarks/ablation.py --readme README.md      # and regenerate the README's ablation table
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import os
+import shutil
+import statistics
+import subprocess
+import sys
+import time
+from concurrent.futures import ThreadPoolExecutor
+from datetime import date
+from pathlib import Path
+
+import yaml
+
+ROOT = Path(__file__).resolve().parents[1]
+ENV = {**os.environ, "YOLO_OFFLINE": "1", "YOLO_AUTOINSTALL": "0", "OMP_NUM_THREADS": "1"}
+
+# name: (base YAML, neuron override or None, extra `yolo train` arguments, what it asks)
+VARIANTS = {
+    "ann": ("spike-yolo-ann.yaml", None, {}, "ANN twin (ReLU): the reference"),
+    "ibra": ("spike-yolo-ibra.yaml", None, {}, "IBRA-LIF as in the paper (D 5.11, N 100, window STE)"),
+    "ann-clip": ("spike-yolo-ann.yaml", {"kind": "ReLU", "D": 5.11}, {}, "is it the clip? ReLU clipped at D"),
+    "ibra-N1e4": ("spike-yolo-ibra.yaml", {"kind": "IBRALIF", "D": 5.11, "N": 10000}, {}, "is it the quantisation?"),
+    "ibra-ste0.5": ("spike-yolo-ibra.yaml", {"kind": "IBRALIF", "ste_above": 0.5}, {}, "STE gradient 0.5 above D"),
+    "ibra-D8": ("spike-yolo-ibra.yaml", {"kind": "IBRALIF", "D": 8.0, "N": 100}, {}, "a wider range, same N"),
+    "ibra-D16": ("spike-yolo-ibra.yaml", {"kind": "IBRALIF", "D": 16.0, "N": 100}, {}, "a much wider range"),
+    "ibra-lr": ("spike-yolo-ibra.yaml", None, {"optimizer": "AdamW", "lr0": 0.002}, "the demo's AdamW lr0 0.002"),
+    "ann-lr": ("spike-yolo-ann.yaml", None, {"optimizer": "AdamW", "lr0": 0.002}, "the demo's AdamW lr0 0.002"),
+}
+
+
+def model_yaml(variant: str, scale: str, out: Path) -> Path:
+    """Write the variant's model YAML (the shipped file with the scale fixed and the neuron replaced)."""
+    base, neuron, _, _ = VARIANTS[variant]
+    d = yaml.safe_load((ROOT / "cfg" / base).read_text())
+    d["scale"] = scale
+    if neuron is not None:
+        d["neuron"] = {**d["neuron"], **neuron} if neuron["kind"] == d["neuron"]["kind"] else dict(neuron)
+    path = out / "models" / f"ablation-{variant}.yaml"
+    path.parent.mkdir(parents=True, exist_ok=True)
+    path.write_text(yaml.safe_dump(d, sort_keys=False))
+    return path
+
+
+def run_one(variant: str, seed: int, data: Path, out: Path, a: argparse.Namespace) -> dict:
+    """Train, score and (spiking variants) measure one variant and seed; reuse a finished result."""
+    run = out / f"{variant}-seed{seed}"
+    result = run / "result.json"
+    if result.is_file():
+        return json.loads(result.read_text())
+    if run.exists():
+        shutil.rmtree(run)  # an interrupted run of this benchmark: start it again from scratch
+    run.mkdir(parents=True)
+    model = model_yaml(variant, a.scale, out)
+    train = {"model": model, "data": data, "epochs": a.epochs, "imgsz": a.imgsz, "batch": a.batch, "workers": 0,
+             "device": "cpu", "seed": seed, "deterministic": True, "val": False, "plots": False,
+             "project": run, "name": "train", **VARIANTS[variant][2]}  # fmt: skip
+    log = (run / "log.txt").open("w")
+    t = time.time()
+    yolo = shutil.which("yolo", path=str(Path(sys.executable).parent)) or "yolo"
+    subprocess.run(
+        [yolo, "train", *(f"{k}={v}" for k, v in train.items())], check=True, env=ENV, stdout=log, stderr=log
+    )
+    train_s = time.time() - t
+    weights = run / "train" / "weights" / "last.pt"
+    scored = run / "coco_eval.json"
+    tools = ROOT / "tools"
+    subprocess.run(
+        [sys.executable, str(tools / "eval_coco.py"), "--weights", str(weights), "--data", str(data), "--imgsz",
+         str(a.imgsz), "--batch", "16", "--device", "cpu", "--no-energy", "--project", str(run), "--name", "val",
+         "--out", str(scored)],
+        check=True, env=ENV, stdout=log, stderr=log,
+    )  # fmt: skip
+    m = json.loads(scored.read_text())
+    r = {"variant": variant, "seed": seed, "mAP50-95": m["mAP50-95"], "mAP50": m["mAP50"], "train_s": train_s}
+    if VARIANTS[variant][0] != "spike-yolo-ann.yaml":
+        subprocess.run(
+            [sys.executable, str(tools / "energy.py"), "--weights", str(weights), "--source", str(data), "--imgsz",
+             str(a.imgsz), "--max-images", "64", "--out", str(run / "energy")],
+            check=True, env=ENV, stdout=log, stderr=log,
+        )  # fmt: skip
+        r.update(range_use(json.loads((run / "energy" / "energy.json").read_text())))
+    result.write_text(json.dumps(r, indent=1))
+    return r
+
+
+def range_use(report: dict) -> dict:
+    """Clip and high-code shares over all spiking layers (weighted by neuron outputs), and the most clipped layer."""
+    layers = [x for x in report["layers"] if x.get("clipped_share") is not None]
+    outputs = sum(x["neuron_outputs"] for x in layers)
+    worst = max(layers, key=lambda x: x["clipped_share"])
+    return {
+        "clip": sum(x["clipped_share"] * x["neuron_outputs"] for x in layers) / outputs,
+        "high": sum(x["high_share"] * x["neuron_outputs"] for x in layers) / outputs,
+        "clip_max": worst["clipped_share"],
+        "clip_max_layer": worst["name"],
+        "spikes_per_neuron": report["summary"]["spikes_per_neuron"],
+        "energy_mJ": report["summary"]["energy_mJ"],
+    }
+
+
+def _stat(values: list[float]) -> str:
+    half = (max(values) - min(values)) / 2 if len(values) > 1 else 0.0
+    return f"{statistics.mean(values):.1f} ± {half:.1f}"
+
+
+def table(results: dict[str, list[dict]]) -> str:
+    ann = statistics.mean(r["mAP50-95"] for r in results["ann"]) if results.get("ann") else None
+    head = ["variant", "question", "mAP@50:95 (%)", "per seed", "× ANN twin", "mAP@50 (%)", "clip%",
+            "max clip% (layer)", "hi%", "spikes/neuron"]  # fmt: skip
+    lines = ["| " + " | ".join(head) + " |", "|" + "---|" * len(head)]
+    for variant, rs in results.items():
+        m = [100 * r["mAP50-95"] for r in rs]
+        ratio = f"{statistics.mean(m) / 100 / ann:.2f}" if ann else "-"
+        spiking = "clip" in rs[0]
+
+        def mean(key: str, rs=rs) -> float:
+            return statistics.mean(r[key] for r in rs)
+
+        worst = max(rs, key=lambda r: r["clip_max"]) if spiking else None
+        cells = [
+            variant, VARIANTS[variant][3], _stat(m), " / ".join(f"{x:.1f}" for x in m), ratio,
+            _stat([100 * r["mAP50"] for r in rs]),
+            f"{100 * mean('clip'):.2f}" if spiking else "-",
+            f"{100 * worst['clip_max']:.1f} ({worst['clip_max_layer'].removeprefix('model.')})" if spiking else "-",
+            f"{100 * mean('high'):.1f}" if spiking else "-",
+            f"{mean('spikes_per_neuron'):.2f}" if spiking else "-",
+        ]  # fmt: skip
+        lines.append("| " + " | ".join(cells) + " |")
+    return "\n".join(lines)
+
+
+def write_readme_section(text: str, readme: Path, name: str = "ablation-benchmark") -> None:
+    """Replace the text between the README's ``<!-- name:start -->`` and ``<!-- name:end -->`` markers."""
+    start, end = f"<!-- {name}:start -->", f"<!-- {name}:end -->"
+    content = readme.read_text()
+    if start not in content or end not in content:
+        raise SystemExit(f"error: {readme} has no {start} ... {end} markers")
+    head, rest = content.split(start, 1)
+    readme.write_text(f"{head}{start}\n{text.strip()}\n{end}{rest.split(end, 1)[1]}")
+
+
+def main(argv=None) -> int:
+    p = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    p.add_argument("--variants", nargs="+", default=list(VARIANTS), choices=list(VARIANTS))
+    p.add_argument("--seeds", type=int, nargs="+", default=[0, 1, 2])
+    p.add_argument("--epochs", type=int, default=12)
+    p.add_argument("--imgsz", type=int, default=64)
+    p.add_argument("--batch", type=int, default=16)
+    p.add_argument("--scale", default="n")
+    p.add_argument("--n-train", type=int, default=512)
+    p.add_argument("--n-val", type=int, default=128)
+    p.add_argument("--jobs", type=int, default=2, help="runs at a time (one CPU thread each)")
+    p.add_argument("--out", default="runs/ablation-benchmark", help="working folder; finished runs are reused")
+    p.add_argument("--readme", help="also rewrite the ablation section of this README (between its markers)")
+    a = p.parse_args(argv)
+
+    sys.path.insert(0, str(ROOT))
+    from ibra_yolo.data import make_shapes_dataset
+
+    out = Path(a.out).resolve()
+    settings = {k: getattr(a, k) for k in ("epochs", "imgsz", "batch", "scale", "n_train", "n_val")}
+    stamp = out / "settings.json"
+    if stamp.is_file() and json.loads(stamp.read_text()) != settings:
+        raise SystemExit(f"error: {out} holds runs made with other settings ({stamp}): choose another --out")
+    out.mkdir(parents=True, exist_ok=True)
+    stamp.write_text(json.dumps(settings))
+    data = make_shapes_dataset(out / "data", a.n_train, a.n_val, a.imgsz, seed=0)
+    jobs = [(v, s) for s in a.seeds for v in a.variants]  # seed by seed: every variant of seed 0 first
+    results: dict[str, list[dict]] = {v: [] for v in a.variants}
+    with ThreadPoolExecutor(a.jobs) as pool:
+        for (v, s), r in zip(jobs, pool.map(lambda job: run_one(*job, data, out, a), jobs)):
+            results[v].append(r)
+            print(f"{v:12s} seed {s}: mAP@50:95 {100 * r['mAP50-95']:.1f}  mAP@50 {100 * r['mAP50']:.1f}  "
+                  f"train {r['train_s'] / 60:.1f} min", flush=True)  # fmt: skip
+    md = (
+        f"\n### Ablations on the demo data ({date.today()}; n scale, {a.epochs} epochs at {a.imgsz} px, batch "
+        f"{a.batch}, {a.n_train} train / {a.n_val} val images, seeds {', '.join(map(str, a.seeds))}; stock "
+        f"Ultralytics training defaults unless the row says otherwise; pycocotools)\n\n"
+        + table(results)
+        + "\n\n± is half the seed spread (max − min) / 2; × ANN twin is the ratio of the means. clip% / hi%: share of "
+        "membrane values at the top code M / in the upper half of the range, over all spiking layers (64 val images, "
+        "mean over seeds); max clip%: the most clipped layer (worst seed)."
+    )
+    print(md)
+    (out / "ablation.json").write_text(json.dumps(results, indent=1))
+    if a.readme:
+        write_readme_section(md, Path(a.readme))
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())
