@@ -103,6 +103,7 @@ def test_loaded_model_is_the_checkpoints(tiny):
     assert neurons and all(type(m) is ILIF and m.max_code == 4 and m.T == 1 and m.beta == 0.25 for m in neurons)
     assert tiny.yaml["scales"] == {"n": [0.33, 0.125, 1024]} and tiny.yaml["T"] == 1
     assert tiny.yaml["head"][15] == [-1, 1, "ConvBlock", [1, 7]]
+    assert tiny.yaml["head"][16] == [[19, 22, 25], 1, "SpikeDetect", ["nc"]]  # Ultralytics' nc= can override it
     assert tiny.stride.tolist() == [8, 16, 32] and not tiny.training
     assert all(m.eps == 1e-3 for m in tiny.modules() if isinstance(m, torch.nn.BatchNorm2d))  # as SpikeYOLO's
 
@@ -293,6 +294,10 @@ def test_pretrained_transfers_every_tensor_to_our_yaml(converted):
     finally:
         logging.getLogger("ultralytics").removeHandler(handler)
     assert "Transferred 755/755 items from pretrained weights" in lines
+    # `yolo train model=<converted> data=<other classes>` rebuilds the model from the checkpoint's YAML with the
+    # data's class count (Ultralytics' nc=): the head follows it
+    other = DetectionModel(copy.deepcopy(load_checkpoint(converted)[0].yaml), nc=3, verbose=False)
+    assert other.model[-1].nc == 3 and [b.pred.op.out_channels for b in other.model[-1].cv3] == [3, 3, 3]
 
 
 def test_spike_driven_mode_on_converted_weights(tiny, io):

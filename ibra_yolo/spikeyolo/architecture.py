@@ -101,8 +101,8 @@ def to_our_row(row, nc: int) -> list:
         if a["dim"] != 2:
             raise CheckpointError(f"Concat along dimension {a['dim']} is not the channels of [T, B, C, H, W] (2)")
         ours = ["Concat", []]
-    else:  # SpikeDetect
-        ours = ["SpikeDetect", [a["nc"]]]
+    else:  # SpikeDetect; the name 'nc' keeps the class count overridable (Ultralytics' nc= when training on new data)
+        ours = ["SpikeDetect", ["nc" if a["nc"] == nc else a["nc"]]]
     return [f, n, *ours]
 
 
