@@ -23,6 +23,9 @@ _EXPORTS = {
     "is_spike_driven": "ibra_yolo.spike_mode",
     # energy, spike statistics and range use
     "measure": "ibra_yolo.energy",
+    # SpikeYOLO's released checkpoints
+    "load_spikeyolo": "ibra_yolo.spikeyolo",
+    "convert_spikeyolo": "ibra_yolo.spikeyolo",
     # demo data
     "make_shapes_dataset": "ibra_yolo.data",
     # Ultralytics integration

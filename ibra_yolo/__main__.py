@@ -1,11 +1,19 @@
-"""``python -m ibra_yolo``: where the model YAMLs are, which model names the stock CLI accepts, and the versions."""
+"""``python -m ibra_yolo``: where the model YAMLs are, which model names the stock CLI accepts, and the versions.
+
+``python -m ibra_yolo convert-spikeyolo SRC DST`` converts a SpikeYOLO checkpoint (see ``ibra_yolo.cli``).
+"""
 
 from __future__ import annotations
 
 import sys
 
 
-def main() -> int:
+def main(argv: list[str] | None = None) -> int:
+    argv = sys.argv[1:] if argv is None else argv
+    if argv[:1] == ["convert-spikeyolo"]:
+        from ibra_yolo.cli.convert_spikeyolo import main as convert_spikeyolo
+
+        return convert_spikeyolo(argv[1:])
     import torch
     import ultralytics
 

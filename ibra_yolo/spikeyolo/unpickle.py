@@ -1,0 +1,282 @@
+"""Read an untrusted torch checkpoint without running any of its code: a restricted unpickler with inert stand-ins.
+
+A torch checkpoint is a zip file holding one pickle (``<archive>/data.pkl``) and one record per tensor storage
+(``<archive>/data/<key>``). A pickle is a small program: it names globals (``module.name``) and calls them, so loading
+one with the stock machinery runs whatever it names. This reader runs the pickle with an ``Unpickler`` whose
+``find_class`` hands out only:
+
+- torch's tensor rebuilding, re-implemented here on torch's public API (``as_strided`` on the storage record, which
+  checks the bounds), plus plain containers (``OrderedDict``, ``set``, ``frozenset``, ``bytes`` via ``_codecs.encode``),
+  ``torch.Size``, ``torch.device``, dtypes and storage-type tokens;
+- inert stand-ins (`StandIn`) for every other class, e.g. ``ultralytics.nn.modules.yolo_spikformer.MS_DownSampling``
+  or ``torch.nn.modules.conv.Conv2d``: pickle creates them with ``cls.__new__`` and gives them their state
+  (``__setstate__``), which they only store. Their state is a module's ``__dict__``, so parameters and buffers can be
+  read by module path (`StandIn.tensors`, `StandIn.children`). A stand-in cannot be called: a pickle that calls one
+  (how it would run a function) is refused with `UnsafePickleError`, before anything runs.
+
+Names from modules that hold no model classes but can run code (``os``, ``builtins``, ``subprocess``, ``sys``, any
+``torch`` function, ...) are refused as soon as the pickle names them. That list is only for a clear early message:
+the guarantee is that nothing but the functions listed above is ever returned to the pickle, so nothing else can run.
+"""
+
+from __future__ import annotations
+
+import collections
+import pickle
+import sys
+import zipfile
+from pathlib import Path
+
+import torch
+
+from ibra_yolo.errors import CheckpointError, UnsafePickleError
+
+__all__ = ("StandIn", "read_checkpoint")
+
+# Module roots whose names are refused outright: the standard library's ways to run code, and pickling helpers.
+_REFUSED = (
+    "builtins __builtin__ os posix nt posixpath ntpath subprocess sys shutil importlib runpy socket ctypes pickle "
+    "_pickle marshal code codeop pty webbrowser multiprocessing signal io _io tempfile functools operator copyreg "
+    "types inspect gc threading _thread asyncio platform pdb timeit glob pathlib shelve dill cloudpickle joblib "
+    "numpy pip setuptools distutils urllib http requests zipimport pkgutil site sysconfig ensurepip venv atexit "
+    "resource fcntl mmap select selectors ssl ftplib smtplib telnetlib xmlrpc"
+)
+_REFUSED_ROOTS = frozenset(_REFUSED.split())
+_STORAGE_DTYPES = {
+    "DoubleStorage": torch.float64,
+    "FloatStorage": torch.float32,
+    "HalfStorage": torch.float16,
+    "BFloat16Storage": torch.bfloat16,
+    "LongStorage": torch.int64,
+    "IntStorage": torch.int32,
+    "ShortStorage": torch.int16,
+    "CharStorage": torch.int8,
+    "ByteStorage": torch.uint8,
+    "BoolStorage": torch.bool,
+    "ComplexFloatStorage": torch.complex64,
+    "ComplexDoubleStorage": torch.complex128,
+    "UntypedStorage": torch.uint8,
+}
+_DTYPES = {str(d).removeprefix("torch."): d for d in {*_STORAGE_DTYPES.values(), torch.float16, torch.float32}}
+
+
+class _NoCall(type):
+    """Metaclass of the stand-ins: calling one, which is how a pickle runs a function, is refused."""
+
+    def __call__(cls, *args, **kwargs):
+        raise UnsafePickleError(
+            f"the checkpoint's pickle calls {cls.qualname}(...): refused without calling it (this reader only "
+            "rebuilds tensors and plain data; the file may be malicious or of an unsupported kind)"
+        )
+
+
+class StandIn(metaclass=_NoCall):
+    """Inert stand-in for an instance of a class a checkpoint names; it stores the state pickle gives it, nothing else.
+
+    ``qualname`` is the class's ``module.name`` as written in the pickle.
+    """
+
+    qualname = "?"
+
+    def __new__(cls, *args, **kwargs):
+        return object.__new__(cls)
+
+    def __setstate__(self, state):
+        self.__dict__["state"] = state
+
+    @property
+    def name(self) -> str:
+        """The class name without its module, e.g. ``MS_DownSampling``."""
+        return self.qualname.rsplit(".", 1)[-1]
+
+    @property
+    def attrs(self) -> dict:
+        """The pickled instance ``__dict__`` (for a module: its attributes, ``_parameters``, ``_modules``, ...)."""
+        state = self.__dict__.get("state")
+        return state if isinstance(state, dict) else {}
+
+    def children(self) -> dict[str, StandIn]:
+        """Child modules by attribute name, as ``nn.Module._modules`` (None entries skipped)."""
+        kids = self.attrs.get("_modules") or {}
+        if not isinstance(kids, dict):
+            raise CheckpointError(f"a {self.qualname} has _modules that are not a mapping")
+        bad = [k for k, v in kids.items() if v is not None and not isinstance(v, StandIn)]
+        if bad:
+            raise CheckpointError(f"a {self.qualname} has child module(s) {bad} that are not modules")
+        return {str(k): v for k, v in kids.items() if v is not None}
+
+    def tensors(self) -> dict[str, torch.Tensor]:
+        """Own parameters and persistent buffers by name, as ``state_dict`` lists them (None entries skipped)."""
+        attrs = self.attrs
+        skip = attrs.get("_non_persistent_buffers_set") or set()
+        out = {}
+        for group in ("_parameters", "_buffers"):
+            entries = attrs.get(group) or {}
+            if not isinstance(entries, dict):
+                raise CheckpointError(f"a {self.qualname} has {group} that are not a mapping")
+            for k, v in entries.items():
+                if v is None or (group == "_buffers" and k in skip):
+                    continue
+                if type(v) is not torch.Tensor:
+                    raise CheckpointError(f"{self.qualname}.{k} is a {type(v).__name__}, not a tensor")
+                out[str(k)] = v
+        return out
+
+    def __repr__(self) -> str:
+        return f"<stand-in for {self.qualname}>"
+
+
+class _StorageType:
+    """Token for a storage class named in a tensor's persistent id (``torch.HalfStorage``): its dtype, not callable."""
+
+    def __init__(self, name: str, dtype: torch.dtype):
+        self.name, self.dtype = name, dtype
+
+
+class _Storage:
+    """One storage record of the zip as a flat tensor."""
+
+    def __init__(self, flat: torch.Tensor):
+        self.flat = flat
+
+
+def _rebuild_tensor(storage, storage_offset, size, stride, requires_grad=False, backward_hooks=None, metadata=None):
+    """``torch._utils._rebuild_tensor_v2`` on our storage: a bounds-checked strided view (hooks are never kept)."""
+    shape_ok = _ints(size) and _ints(stride) and len(size) == len(stride) and _ints([storage_offset])
+    if not isinstance(storage, _Storage) or not shape_ok:
+        raise CheckpointError("the checkpoint holds a malformed tensor record")
+    try:
+        return storage.flat.as_strided(tuple(size), tuple(stride), storage_offset)
+    except RuntimeError as e:
+        raise CheckpointError(f"a tensor record does not fit its storage: {e}") from None
+
+
+def _ints(values) -> bool:
+    return isinstance(values, (tuple, list)) and all(isinstance(v, int) for v in values)
+
+
+def _rebuild_parameter(data, requires_grad=False, backward_hooks=None, state=None):
+    """``torch._utils._rebuild_parameter(_with_state)``: the parameter's data (its extra state is never applied)."""
+    if type(data) is not torch.Tensor:
+        raise CheckpointError("the checkpoint holds a malformed parameter record")
+    return data
+
+
+def _encode(text, encoding="utf-8"):
+    """``_codecs.encode``, as protocol-2 pickles spell ``bytes`` (``encode(str, 'latin1')``): text to bytes only."""
+    if not isinstance(text, str) or encoding not in ("latin1", "latin-1", "utf-8", "ascii"):
+        raise CheckpointError("the checkpoint holds a malformed bytes record")
+    return text.encode(encoding)
+
+
+_ALLOWED = {
+    ("_codecs", "encode"): _encode,
+    ("collections", "OrderedDict"): collections.OrderedDict,
+    ("builtins", "set"): set,
+    ("__builtin__", "set"): set,
+    ("builtins", "frozenset"): frozenset,
+    ("__builtin__", "frozenset"): frozenset,
+    ("torch", "Size"): torch.Size,
+    ("torch", "device"): torch.device,
+    ("torch._utils", "_rebuild_tensor_v2"): _rebuild_tensor,
+    ("torch._utils", "_rebuild_parameter"): _rebuild_parameter,
+    ("torch._utils", "_rebuild_parameter_with_state"): _rebuild_parameter,
+}
+
+
+class _Unpickler(pickle.Unpickler):
+    """Unpickler of one torch zip archive that hands out only `_ALLOWED`, dtypes, storage tokens and stand-ins."""
+
+    def __init__(self, archive: zipfile.ZipFile, prefix: str, source: str):
+        super().__init__(_open(archive, prefix + "data.pkl", source))
+        self.archive, self.prefix, self.source = archive, prefix, source
+        self.stand_ins: dict[str, type] = {}
+        self.storages: dict[str, _Storage] = {}
+
+    def find_class(self, module: str, name: str):
+        key = (module, name)
+        if key in _ALLOWED:
+            return _ALLOWED[key]
+        if module == "torch" and name in _STORAGE_DTYPES:
+            return _StorageType(name, _STORAGE_DTYPES[name])
+        if module == "torch" and name in _DTYPES:
+            return _DTYPES[name]
+        root = module.split(".")[0]
+        is_torch_module = module.startswith("torch.nn.modules.")
+        if root in _REFUSED_ROOTS or (root == "torch" and not is_torch_module):
+            raise UnsafePickleError(
+                f"{self.source}: the checkpoint's pickle names {module}.{name}, which may run code: refused (this "
+                "reader only rebuilds tensors and plain data; the file may be malicious)"
+            )
+        qualname = f"{module}.{name}"
+        if qualname not in self.stand_ins:
+            attrs = {"qualname": qualname, "__module__": __name__, "__qualname__": f"StandIn[{qualname}]"}
+            self.stand_ins[qualname] = _NoCall(name, (StandIn,), attrs)
+        return self.stand_ins[qualname]
+
+    def persistent_load(self, pid):
+        ok = isinstance(pid, tuple) and len(pid) == 5 and pid[0] == "storage"
+        if not ok or not isinstance(pid[1], _StorageType) or not isinstance(pid[2], str) or not isinstance(pid[4], int):
+            raise CheckpointError(f"{self.source}: unsupported storage record {str(pid)[:80]} in the checkpoint")
+        _, kind, key, _location, numel = pid
+        if key not in self.storages:
+            name = f"{self.prefix}data/{key}"
+            itemsize = torch.empty((), dtype=kind.dtype).element_size()
+            try:
+                size = self.archive.getinfo(name).file_size
+            except KeyError:
+                size = None
+            if size is None or numel < 0 or size != numel * itemsize:
+                raise CheckpointError(
+                    f"{self.source}: storage record {name!r} holds {size} bytes, not {numel} x {itemsize} ({kind.name})"
+                )
+            data = bytearray(self.archive.read(name))
+            flat = torch.frombuffer(data, dtype=kind.dtype) if data else torch.empty(0, dtype=kind.dtype)
+            self.storages[key] = _Storage(flat)
+        return self.storages[key]
+
+
+def _open(archive: zipfile.ZipFile, name: str, source: str):
+    try:
+        return archive.open(name)
+    except KeyError:
+        raise CheckpointError(f"{source}: the checkpoint has no record {name!r}: the file is damaged") from None
+
+
+def read_checkpoint(path: str | Path):
+    """Unpickle a torch zip checkpoint (``torch.save`` since torch 1.6) without running any of its code.
+
+    Args:
+        path (str | Path): The checkpoint file.
+
+    Returns:
+        The unpickled object: plain data and tensors as they were saved, `StandIn` objects for class instances
+        (e.g. a whole ``DetectionModel`` tree of modules).
+
+    Raises:
+        UnsafePickleError: The pickle names or calls anything but tensor rebuilding and plain data (nothing it names
+            is ever called).
+        CheckpointError: A missing, non-zip (legacy) or damaged file, or a big-endian one.
+    """
+    path = Path(path)
+    if not path.is_file():
+        raise CheckpointError(f"checkpoint {path} does not exist")
+    if not zipfile.is_zipfile(path):
+        raise CheckpointError(
+            f"{path} is not a torch zip checkpoint (torch.save of torch >= 1.6); legacy or other formats are not read"
+        )
+    with zipfile.ZipFile(path) as archive:
+        pickles = [n for n in archive.namelist() if n.count("/") == 1 and n.endswith("/data.pkl")]
+        if len(pickles) != 1:
+            raise CheckpointError(f"{path} is a zip file but not a torch checkpoint (no single <archive>/data.pkl)")
+        prefix = pickles[0].removesuffix("data.pkl")
+        if f"{prefix}byteorder" in archive.namelist():
+            order = archive.read(f"{prefix}byteorder").decode(errors="replace")
+            if order != sys.byteorder:
+                raise CheckpointError(f"{path} stores {order}-endian tensors; this machine is {sys.byteorder}-endian")
+        try:
+            return _Unpickler(archive, prefix, str(path)).load()
+        except CheckpointError:
+            raise
+        except (pickle.UnpicklingError, EOFError, ValueError, TypeError, AttributeError, IndexError, KeyError) as e:
+            raise CheckpointError(f"{path}: the checkpoint's pickle is damaged ({type(e).__name__}: {e})") from None
