@@ -234,9 +234,10 @@ def test_autoload_line_is_silent_when_package_is_gone(tmp_path, python):
         f"import sys; sys.path[:0] = sys.argv[1:]; exec({line!r}); "
         "print(any(type(f).__name__ == '_Finder' for f in sys.meta_path))"
     )
-    gone = run([python, "-S", "-c", code], cwd=tmp_path)  # -S: no site-packages, so no ibra_yolo on sys.path
+    # -I -S: no site-packages and no PYTHONPATH, so no ibra_yolo on sys.path
+    gone = run([python, "-I", "-S", "-c", code], cwd=tmp_path)
     assert (gone.stdout.strip(), gone.stderr.strip()) == ("False", "")
-    here = run([python, "-S", "-c", code, str(ROOT)], cwd=tmp_path)
+    here = run([python, "-I", "-S", "-c", code, str(ROOT)], cwd=tmp_path)
     assert (here.stdout.strip(), here.stderr.strip()) == ("True", "")
 
 
