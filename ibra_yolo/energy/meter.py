@@ -1,0 +1,337 @@
+"""The energy meter: while a model runs, hooks count what every ``NeuronConv`` receives (raw counts, no pricing).
+
+The meter observes; it never computes a layer again. Each ``NeuronConv`` passes what its op is fed through its
+parameter-free ``tap`` and, in spike-driven mode, every ``{0, 1}`` plane through its ``synapse``. Hooks on these two
+modules and on the unit's output count, per layer:
+
+- dense MACs: the layer's MACs per output pixel under the counting mode (``folded``: re-parameterisable ops as the
+  single conv they fold into) times its output pixels, for one timestep;
+- exact spikes: from the histogram of the integer codes (popcount per code for binary encoding, the code for unary),
+  or in spike-driven mode the ones of every plane a ``Synapse`` receives;
+- synaptic operations: each call's spikes times the layer's fan-out (MACs per input element); for layers fed by real
+  values, the non-zero inputs times the fan-out instead (NeuroBench's effective MACs);
+- the histogram of codes ``0..M`` (range use) and the non-zero inputs.
+
+In integer mode the tap sees the neuron's real output ``S = code / N``; ``codes_from_outputs`` recovers the codes from
+it exactly. The meter's work per neuron output is two elementwise passes into reused buffers (no fresh allocation per
+layer) and one ``bincount``; running sums stay on the model's device until ``counts()``. Pricing, per-image figures
+and NeuroBench metrics are the report's job (``ibra_yolo.energy.report``).
+"""
+
+from __future__ import annotations
+
+import functools
+from dataclasses import dataclass, field
+
+import torch
+from torch import nn
+
+from ibra_yolo.errors import IbraYoloError
+from ibra_yolo.neurons import IntegerLIF
+from ibra_yolo.nn.blocks import NeuronConv, Synapse, Tap
+
+__all__ = ("COUNTING_MODES", "LayerCounts", "EnergyMeter", "codes_from_outputs")
+
+DENSE_HISTOGRAM_MAX = 2**16  # codes 0..M kept as a dense bincount up to this many bins, else as an exact sparse one
+
+# How a layer's dense MACs per output pixel are counted. "folded" (SPEC §5, the default): a RepConv or SepRep counts as
+# the single k x k conv it folds into. A further mode (e.g. counting every stage as it executes) is one more entry here
+# plus its rules in ``report.COUNTING_RULES``.
+COUNTING_MODES = {"folded": lambda unit: unit.macs_per_pixel()}
+
+
+def _check_exact(dtype: torch.dtype, max_code: int) -> torch.dtype:
+    """The working precision for reading codes ``0..max_code`` from outputs of ``dtype``; raises if not exact."""
+    work = torch.float64 if dtype == torch.float64 else torch.float32
+    if max_code * (torch.finfo(dtype).eps + 3 * torch.finfo(work).eps) >= 1:
+        raise IbraYoloError(
+            f"codes 0..{max_code} cannot be read back exactly from {str(dtype).removeprefix('torch.')} neuron "
+            "outputs: measure the model in float32"
+        )
+    return work
+
+
+def codes_from_outputs(
+    s: torch.Tensor, scale: float, max_code: int, out: torch.Tensor | None = None, work: torch.Tensor | None = None
+) -> torch.Tensor:
+    """Recover the integer codes ``c`` from a neuron's output ``S = c / scale``, exactly.
+
+    Proof of exactness: the neuron forms ``c / scale`` in float32 (float64 for float64 inputs) and casts it to the
+    output dtype, so ``|S - c / scale| <= (eps_S + eps_w) / 2 * c / scale`` with ``eps_S`` the machine epsilon of
+    ``S``'s dtype and ``eps_w`` that of the working precision (float32, or float64 for float64 ``S``); ``scale`` itself
+    may carry a relative error ``eps_w / 2`` as a float32 divisor, and the product ``S * scale`` is rounded once more
+    in the working precision. Altogether ``|S * scale - c| <= M * (eps_S + 3 * eps_w) / 2`` for ``c <= M``, which is
+    below 1/2 whenever ``M * (eps_S + 3 * eps_w) < 1``; then ``floor(S * scale + 1/2)`` is ``c``. That holds for
+    ``M < 2**21`` in float32, ``M <= 1023`` in float16 and ``M <= 127`` in bfloat16 (checked here).
+
+    Args:
+        s (torch.Tensor): Neuron outputs (any shape, floating point).
+        scale (float): The neuron's ``N``.
+        max_code (int): The neuron's ``M``.
+        out (torch.Tensor, optional): An ``int32`` tensor of ``s``'s shape to write the codes into.
+        work (torch.Tensor, optional): A tensor of ``s``'s shape in the working precision, for the scaled outputs.
+
+    Returns:
+        (torch.Tensor): ``int32`` codes, the shape of ``s`` (``out`` when given).
+
+    Raises:
+        IbraYoloError: ``M`` is too large for ``s``'s dtype to carry every code exactly.
+    """
+    precision = _check_exact(s.dtype, max_code)
+    out = torch.empty(s.shape, dtype=torch.int32, device=s.device) if out is None else out
+    if scale == 1 and s.dtype == precision:  # the outputs are the codes, whole numbers
+        return out.copy_(s)
+    work = torch.empty(s.shape, dtype=precision, device=s.device) if work is None else work
+    if s.dtype != precision:  # float16 / bfloat16: widen first, so that the product is formed in float32
+        s = work.copy_(s)
+    half = torch.tensor(0.5, dtype=precision, device=s.device)
+    torch.add(half, s, alpha=scale, out=work)  # S * N + 1/2 in one pass
+    return out.copy_(work)  # truncation of S * N + 1/2 >= 0: the nearest integer
+
+
+@functools.cache
+def _spike_table(max_code: int, encoding: str) -> torch.Tensor:
+    """Spikes needed to send each code ``0..M`` (the neurons' ``spikes_per_code``), ``int64``, once per range."""
+    return IntegerLIF(max_code, 1.0, encoding).spikes_per_code(torch.arange(max_code + 1)).to(torch.int64)
+
+
+class _Scratch:
+    """Flat buffers reused by every layer and batch (a fresh large tensor per layer costs page faults)."""
+
+    def __init__(self):
+        self.buffers: dict[tuple, torch.Tensor] = {}
+
+    def like(self, x: torch.Tensor, dtype: torch.dtype) -> torch.Tensor:
+        """A tensor of ``x``'s shape, ``dtype`` and device whose memory is reused by the next call."""
+        key, n = (dtype, x.device), x.numel()
+        buf = self.buffers.get(key)
+        if buf is None or buf.numel() < n:
+            buf = self.buffers[key] = torch.empty(n, dtype=dtype, device=x.device)
+        return buf[:n].view(x.shape)
+
+
+@dataclass
+class LayerCounts:
+    """What the meter counted for one ``NeuronConv`` over all measured images (raw counts: not per image, not priced).
+
+    Attributes:
+        index (int): Position among the model's NeuronConv units.
+        name (str): Module path, e.g. ``model.2.sep.pw1``.
+        op (str): ``Conv2d``, ``RepConv`` or ``SepRep``.
+        geometry (str): Channels, kernel, stride and groups of the (folded) conv.
+        neuron (str): Short name of the feeding neuron (``image`` for the first layer).
+        neuron_config (dict | None): The neuron's parameters.
+        spiking (bool): Fed by an integer spiking neuron (an AC layer); else by real values (a MAC layer).
+        counting (str): The counting mode, a key of ``COUNTING_MODES``.
+        T (int): Timesteps the layer ran.
+        dense_macs (int): Sum over images of the dense MACs ``F_l`` of one timestep.
+        inputs (int): Input elements the layer received (all images and timesteps).
+        nonzero_inputs (int): Of these, the non-zero ones.
+        synaptic_ops (float): Spikes times fan-out (AC layers), i.e. synaptic operations; 0 for MAC layers.
+        nonzero_macs (float): Non-zero inputs times fan-out (MAC layers): MACs with a non-zero input; 0 for AC layers.
+        spikes (int | None): Exact number of spikes received (AC layers).
+        spikes_from (str | None): ``"codes"`` (counted from the integer codes) or ``"planes"`` (the ones of the
+            ``{0, 1}`` planes of spike-driven execution).
+        max_code (int | None): Largest code the neuron can emit (``M``).
+        histogram (list | dict | None): Counts of codes ``0..M`` (a ``{code: count}`` mapping above 65536 codes).
+    """
+
+    index: int
+    name: str
+    op: str
+    geometry: str
+    neuron: str
+    neuron_config: dict | None
+    spiking: bool
+    counting: str
+    T: int
+    dense_macs: int
+    inputs: int
+    nonzero_inputs: int
+    synaptic_ops: float
+    nonzero_macs: float
+    spikes: int | None = None
+    spikes_from: str | None = None
+    max_code: int | None = None
+    histogram: list | dict | None = field(default=None, repr=False)
+
+
+def _geometry(op: nn.Module) -> str:
+    if isinstance(op, nn.Conv2d):
+        (k, _), (s, _) = op.kernel_size, op.stride
+        return f"{op.in_channels}>{op.out_channels} k{k} s{s}" + (f" g{op.groups}" if op.groups > 1 else "")
+    convs = [m for m in op.modules() if isinstance(m, nn.Conv2d)]
+    k = max(m.kernel_size[0] for m in convs)
+    return f"{convs[0].in_channels}>{convs[-1].out_channels} k{k} s1 (folded)"
+
+
+def _neuron_name(neuron: nn.Module | None) -> str:
+    if neuron is None:
+        return "image"
+    return neuron.config()["kind"] if hasattr(neuron, "config") else type(neuron).__name__
+
+
+def _neuron_config(neuron: nn.Module | None) -> dict | None:
+    if neuron is None:
+        return None
+    cfg = dict(neuron.config()) if hasattr(neuron, "config") else {"kind": type(neuron).__name__}
+    if isinstance(neuron, IntegerLIF):
+        cfg.update(max_code=neuron.max_code, bits=neuron.bits, encoding=neuron.encoding, T=neuron.T)
+    return cfg
+
+
+class _LayerCounter:
+    """The hooks of one NeuronConv and its running sums."""
+
+    def __init__(self, index: int, name: str, unit: NeuronConv, counting: str, scratch: _Scratch):
+        self.index, self.name, self.unit, self.counting, self.scratch = index, name, unit, counting, scratch
+        self.spiking = unit.spiking
+        self.neuron: IntegerLIF | None = unit.neuron if self.spiking else None
+        self.mpp = COUNTING_MODES[counting](unit)  # dense MACs per output pixel
+        self.from_planes = False  # spikes counted by the Synapse hooks (spike-driven mode)
+        self.T, self.dense, self.inputs = 1, 0, 0
+        self.per_fanout: dict[tuple[int, int], torch.Tensor] = {}  # (MACs per image, input elements) -> count
+        self.hist: torch.Tensor | None = None  # dense histogram, on the model's device
+        self.sparse: dict[int, int] = {}  # histogram of very wide code ranges
+        self.spike_table: torch.Tensor | None = None  # spikes needed per code
+        self._pending: torch.Tensor | int = 0  # spikes (AC) or non-zero inputs (MAC) of the current call
+        self._elements = 1  # input elements of one image and timestep (C*H*W) of the current call
+
+    def attach(self) -> list:
+        """Register the hooks; returns their handles."""
+        return [
+            self.unit.tap.register_forward_pre_hook(self.on_input),
+            self.unit.synapse.register_forward_pre_hook(self.on_plane),
+            self.unit.register_forward_hook(self.on_output),
+        ]
+
+    def on_input(self, module: Tap, args: tuple) -> None:
+        x = args[0]  # [T, B, C, H, W]: the neuron's output, the codes (spike-driven) or the image
+        self.T, self._elements = x.shape[0], x[0, 0].numel()
+        self.inputs += x.numel()
+        if not self.spiking:
+            self._pending = torch.count_nonzero(x)
+            return
+        n = self.neuron
+        self.from_planes = self.unit.runs_spike_driven
+        if x.is_floating_point():
+            precision = _check_exact(x.dtype, n.max_code)
+            out, work = self.scratch.like(x, torch.int32), self.scratch.like(x, precision)
+            x = codes_from_outputs(x, n.scale, n.max_code, out, work)
+        spikes = self._count_codes(x.flatten())
+        self._pending = 0 if self.from_planes else spikes
+
+    def _count_codes(self, codes: torch.Tensor) -> torch.Tensor | int:
+        """Add codes to the histogram; return the spikes they need."""
+        n = self.neuron
+        if n.max_code >= DENSE_HISTOGRAM_MAX:
+            values, counts = torch.unique(codes, return_counts=True)
+            for v, c in zip(values.tolist(), counts.tolist()):
+                self.sparse[v] = self.sparse.get(v, 0) + c
+            return int((n.spikes_per_code(values).to(torch.int64) * counts).sum())
+        h = torch.bincount(codes, minlength=n.max_code + 1)
+        if self.hist is None:
+            self.hist = torch.zeros_like(h)
+            self.spike_table = _spike_table(n.max_code, n.encoding).to(h.device)
+        self.hist += h
+        return (h * self.spike_table).sum()
+
+    def on_plane(self, module: Synapse, args: tuple) -> None:
+        self._pending = self._pending + torch.count_nonzero(args[0])  # a {0, 1} plane: its spikes are its ones
+
+    def on_output(self, module: NeuronConv, args: tuple, out: torch.Tensor) -> None:
+        _, B, _, h, w = out.shape
+        self.dense += self.mpp * h * w * B  # one timestep, all images of the batch
+        key = (self.mpp * h * w, self._elements)  # fan-out = MACs per image / input elements per image
+        self.per_fanout[key] = self.per_fanout.get(key, 0) + self._pending
+        self._pending = 0
+
+    def histogram(self) -> list | dict | None:
+        if not self.spiking:
+            return None
+        if self.neuron.max_code >= DENSE_HISTOGRAM_MAX:
+            return dict(sorted(self.sparse.items()))
+        return self.hist.tolist() if self.hist is not None else [0] * (self.neuron.max_code + 1)
+
+    def counts(self) -> LayerCounts:
+        unit = self.unit
+        totals = {key: int(v) for key, v in self.per_fanout.items()}  # spikes (AC) or non-zero inputs (MAC)
+        ops = float(sum(v * macs / elements for (macs, elements), v in totals.items()))
+        hist = self.histogram()
+        zeros = (hist.get(0, 0) if isinstance(hist, dict) else hist[0]) if hist is not None else None
+        return LayerCounts(
+            index=self.index,
+            name=self.name,
+            op=type(unit.op).__name__,
+            geometry=_geometry(unit.op),
+            neuron=_neuron_name(unit.neuron),
+            neuron_config=_neuron_config(unit.neuron),
+            spiking=self.spiking,
+            counting=self.counting,
+            T=self.T,
+            dense_macs=self.dense,
+            inputs=self.inputs,
+            nonzero_inputs=self.inputs - zeros if self.spiking else sum(totals.values()),
+            synaptic_ops=ops if self.spiking else 0.0,
+            nonzero_macs=0.0 if self.spiking else ops,
+            spikes=sum(totals.values()) if self.spiking else None,
+            spikes_from=("planes" if self.from_planes else "codes") if self.spiking else None,
+            max_code=self.neuron.max_code if self.spiking else None,
+            histogram=hist,
+        )
+
+
+class EnergyMeter:
+    """Counts MACs, spikes, synaptic operations and codes of every ``NeuronConv`` while a model runs.
+
+    A context manager: hooks are attached on entry and removed on exit; ``counts()`` returns what was counted.
+
+    Args:
+        model (nn.Module): An ibra-yolo model (spiking or ANN twin), or any module containing ``NeuronConv`` units.
+        counting (str): How dense MACs are counted, a key of ``COUNTING_MODES`` (default ``"folded"``, SPEC §5).
+
+    Raises:
+        IbraYoloError: Unknown counting mode, or the model has no ``NeuronConv`` units (e.g. a stock Ultralytics model).
+    """
+
+    def __init__(self, model: nn.Module, counting: str = "folded"):
+        if counting not in COUNTING_MODES:
+            raise IbraYoloError(f"counting={counting!r} is unknown: choose one of {', '.join(COUNTING_MODES)}")
+        units = [(n, m) for n, m in model.named_modules() if isinstance(m, NeuronConv)]
+        if not units:
+            raise IbraYoloError(
+                f"{type(model).__name__} has no NeuronConv layers: energy counting supports ibra-yolo models "
+                "(spiking ones and the ANN twin), not stock Ultralytics models"
+            )
+        self.counting = counting
+        scratch = _Scratch()
+        self.counters = [_LayerCounter(i, name, unit, counting, scratch) for i, (name, unit) in enumerate(units)]
+        self._handles: list = []
+
+    def __enter__(self) -> EnergyMeter:
+        for c in self.counters:
+            self._handles += c.attach()
+        return self
+
+    def __exit__(self, *exc) -> bool:
+        for h in self._handles:
+            h.remove()
+        self._handles = []
+        if self.counters:
+            self.counters[0].scratch.buffers.clear()  # the buffers live only while the meter is attached
+        return False
+
+    @property
+    def spiking(self) -> bool:
+        """True when the model has integer spiking neurons."""
+        return any(c.spiking for c in self.counters)
+
+    @property
+    def spike_driven(self) -> bool:
+        """True when the spikes were counted on the ``{0, 1}`` planes of spike-driven execution."""
+        spiking = [c for c in self.counters if c.spiking]
+        return bool(spiking) and all(c.from_planes for c in spiking)
+
+    def counts(self) -> list[LayerCounts]:
+        """What was counted so far, one entry per ``NeuronConv`` in model order."""
+        return [c.counts() for c in self.counters]
