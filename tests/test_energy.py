@@ -358,6 +358,20 @@ def test_meter_never_runs_a_neuron_again(spike_driven):
     assert len(neurons) == 13 and all(c == expected for c in calls.values())
 
 
+@pytest.mark.parametrize("spike_driven", [False, True])
+def test_counts_do_not_depend_on_the_meters_chunks(monkeypatch, spike_driven):
+    # The meter reads each observed tensor in chunks of CHUNK elements (2**18: the whole tensor here). With chunks of
+    # 1000 elements, which split every layer's input at odd places, every count must be the same, to the last code.
+    import ibra_yolo.energy.meter as meter
+
+    model = randomize_(mini(lambda: IBRALIF(T=1), 1), seed=1).double()
+    x = torch.rand(2, 3, 32, 32, dtype=torch.float64, generator=torch.Generator().manual_seed(2))
+    whole = measure(model, x, spike_driven=spike_driven, progress=False).to_dict()
+    monkeypatch.setattr(meter, "CHUNK", 1000)
+    chunked = measure(model, x, spike_driven=spike_driven, progress=False).to_dict()
+    assert chunked == whole and whole["summary"]["SOPs"] > 0 and 0 < whole["summary"]["ActivationSparsity"] < 1
+
+
 def test_price_gives_other_constants_without_running_the_model():
     # A report keeps its raw counts: priced with another preset it equals a new measurement with that preset, field
     # for field, and the original report is unchanged. Custom values replace the current constants' (E_MAC 4.6 kept).

@@ -13,9 +13,10 @@ modules and on the unit's output count, per layer:
 - the histogram of codes ``0..M`` (range use) and the non-zero inputs.
 
 In integer mode the tap sees the neuron's real output ``S = code / N``; ``codes_from_outputs`` recovers the codes from
-it exactly. The meter's work per neuron output is two elementwise passes into reused buffers (no fresh allocation per
-layer) and one ``bincount``; running sums stay on the model's device until ``counts()``. Pricing, per-image figures
-and NeuroBench metrics are the report's job (``ibra_yolo.energy.report``).
+it exactly. The meter reads each observed tensor once, in chunks small enough that their temporaries stay in cache
+(two elementwise passes and a ``bincount`` per chunk of codes; ``sign``, ``abs`` and a sum, branch-free, to count the
+non-zero real inputs), and keeps its running sums on the model's device until ``counts()``. Pricing, per-image
+figures and NeuroBench metrics are the report's job (``ibra_yolo.energy.report``).
 """
 
 from __future__ import annotations
@@ -33,6 +34,7 @@ from ibra_yolo.nn.blocks import NeuronConv, Synapse, Tap
 __all__ = ("COUNTING_MODES", "LayerCounts", "EnergyMeter", "codes_from_outputs")
 
 DENSE_HISTOGRAM_MAX = 2**16  # codes 0..M kept as a dense bincount up to this many bins, else as an exact sparse one
+CHUNK = 2**18  # elements the meter handles at a time (1 MiB of float32): its temporaries stay in cache
 
 # How a layer's dense MACs per output pixel are counted. "folded" (SPEC §5, the default): a RepConv or SepRep counts as
 # the single k x k conv it folds into. A further mode (e.g. counting every stage as it executes) is one more entry here
@@ -96,7 +98,7 @@ def _spike_table(max_code: int, encoding: str) -> torch.Tensor:
 
 
 class _Scratch:
-    """Flat buffers reused by every layer and batch (a fresh large tensor per layer costs page faults)."""
+    """Chunk-sized buffers reused by every chunk, layer and batch (fresh temporaries would cost allocations)."""
 
     def __init__(self):
         self.buffers: dict[tuple, torch.Tensor] = {}
@@ -210,31 +212,41 @@ class _LayerCounter:
         self.T, self._elements = x.shape[0], x[0, 0].numel()
         self.inputs += x.numel()
         if not self.spiking:
-            self._pending = torch.count_nonzero(x)
+            self._pending = self._count_nonzero(x.reshape(-1))
             return
-        n = self.neuron
         self.from_planes = self.unit.runs_spike_driven
-        if x.is_floating_point():
-            precision = _check_exact(x.dtype, n.max_code)
-            out, work = self.scratch.like(x, torch.int32), self.scratch.like(x, precision)
-            x = codes_from_outputs(x, n.scale, n.max_code, out, work)
-        spikes = self._count_codes(x.flatten())
+        spikes = self._count_codes(x.reshape(-1))
         self._pending = 0 if self.from_planes else spikes
 
-    def _count_codes(self, codes: torch.Tensor) -> torch.Tensor | int:
-        """Add codes to the histogram; return the spikes they need."""
+    def _count_nonzero(self, flat: torch.Tensor) -> torch.Tensor:
+        """Non-zero real inputs, exactly and branch-free (``count_nonzero`` is slow on sparse data)."""
+        total = torch.zeros((), dtype=torch.float64, device=flat.device)  # exact below 2**53
+        for part in flat.split(CHUNK):
+            w = torch.sign(part, out=self.scratch.like(part, part.dtype)).abs_()
+            total += w.sum(dtype=torch.float32)  # a sum of at most 2**18 ones: exact
+        return total
+
+    def _count_codes(self, flat: torch.Tensor) -> torch.Tensor | int:
+        """Add the codes of neuron outputs (or the codes themselves) to the histogram; return the spikes they need."""
         n = self.neuron
         if n.max_code >= DENSE_HISTOGRAM_MAX:
+            codes = codes_from_outputs(flat, n.scale, n.max_code) if flat.is_floating_point() else flat
             values, counts = torch.unique(codes, return_counts=True)
             for v, c in zip(values.tolist(), counts.tolist()):
                 self.sparse[v] = self.sparse.get(v, 0) + c
             return int((n.spikes_per_code(values).to(torch.int64) * counts).sum())
-        h = torch.bincount(codes, minlength=n.max_code + 1)
+        hist = None  # of this call
+        for part in flat.split(CHUNK):
+            if part.is_floating_point():
+                work = self.scratch.like(part, _check_exact(part.dtype, n.max_code))
+                part = codes_from_outputs(part, n.scale, n.max_code, self.scratch.like(part, torch.int32), work)
+            h = torch.bincount(part, minlength=n.max_code + 1)
+            hist = h if hist is None else hist.add_(h)
         if self.hist is None:
-            self.hist = torch.zeros_like(h)
-            self.spike_table = _spike_table(n.max_code, n.encoding).to(h.device)
-        self.hist += h
-        return (h * self.spike_table).sum()
+            self.hist = torch.zeros_like(hist)
+            self.spike_table = _spike_table(n.max_code, n.encoding).to(hist.device)
+        self.hist += hist
+        return (hist * self.spike_table).sum()
 
     def on_plane(self, module: Synapse, args: tuple) -> None:
         self._pending = self._pending + torch.count_nonzero(args[0])  # a {0, 1} plane: its spikes are its ones
