@@ -164,9 +164,10 @@ def register() -> None:
     }
     # tasks itself, and every Ultralytics module that bound these names (`from ultralytics.nn.tasks import ...`)
     for modname, module in list(sys.modules.items()):
-        if modname.partition(".")[0] == "ultralytics" and module is not None:
+        namespace = getattr(module, "__dict__", None)
+        if modname.partition(".")[0] == "ultralytics" and isinstance(namespace, dict):
             for attr, wrapper in wrappers.items():
-                if vars(module).get(attr) is originals[attr]:
+                if namespace.get(attr) is originals[attr]:
                     setattr(module, attr, wrapper)
     import ibra_yolo.nn  # noqa: F401 - our classes exist, allow-listed for ULTRALYTICS_SAFE_LOAD=1 (see ibra_yolo.nn)
 
