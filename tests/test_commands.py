@@ -14,15 +14,17 @@ def test_no_command_lists_models_and_commands(capsys):
     assert cli.main([]) == 0
     out = capsys.readouterr().out
     assert "model names for `yolo ... model=<name>`:" in out and "  spike-yolo-ibra-n.yaml" in out
+    width = max(map(len, cli.COMMANDS))
     assert out.rstrip().splitlines()[-len(cli.COMMANDS) :] == [
-        f"  {name:<6}  {summary}" for name, (_, summary) in cli.COMMANDS.items()
+        f"  {name:<{width}}  {summary}" for name, (_, summary) in cli.COMMANDS.items()
     ]
 
 
 def test_unknown_command_is_one_line(capsys):
     assert cli.main(["nope"]) == 2
     err = capsys.readouterr().err
-    assert err == "error: unknown command 'nope': choose one of models, demo, eval, energy (see ibra-yolo --help)\n"
+    names = "models, demo, eval, energy, convert-spikeyolo"
+    assert err == f"error: unknown command 'nope': choose one of {names} (see ibra-yolo --help)\n"
 
 
 @pytest.mark.parametrize("name", list(cli.COMMANDS))
@@ -44,7 +46,7 @@ def test_a_command_is_one_registry_entry(monkeypatch):
     monkeypatch.setitem(sys.modules, module.__name__, module)
     monkeypatch.setitem(cli.COMMANDS, "fake", (module.__name__, "a command for this test"))
     assert cli.main(["fake", "a", "--b"]) == 7 and seen == [["a", "--b"]]
-    assert "  fake    a command for this test" in cli.usage()
+    assert any(line.split() == ["fake", "a", "command", "for", "this", "test"] for line in cli.usage().splitlines())
 
 
 @pytest.mark.parametrize("tool, command", [("eval_coco", "eval"), ("energy", "energy"), ("demo", "demo")])
