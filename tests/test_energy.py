@@ -255,6 +255,8 @@ def test_spike_counts_from_codes_planes_and_report_agree(family):
     integer = measure(model, x, batch=1, progress=False)
     assert integer.meta["mode"] == "integer"
     assert [layer.spikes_total for layer in integer.layers] == [layer.spikes_total for layer in driven.layers]
+    # the histograms too: read from S = code / N in integer mode, from the codes themselves in spike-driven mode
+    assert [layer.code_histogram for layer in integer.layers] == [layer.code_histogram for layer in driven.layers]
 
 
 def mini(neuron, T: int) -> nn.Sequential:
@@ -313,13 +315,22 @@ def test_report_dict_is_json_and_no_model_errors():
 )
 def test_codes_read_back_exactly_from_neuron_outputs(neuron, dtype):
     # The meter reads codes from the neuron's output S = code / N as round(S * N) (it never runs the neuron again).
+    # The meter's own histogram of these outputs (interleaved sub-histograms where the bound allows) must count
+    # exactly these codes too.
     # For every code 0..M, S is produced by the neuron itself in `dtype` (inputs code / N, the neuron computing in
     # float32 as always) and must give back exactly the code the neuron's codes() reports for that input.
     m = neuron.max_code
     u = (torch.arange(m + 1, dtype=torch.float64) / neuron.scale).to(dtype)[None]  # [T = 1, M + 1]
     expected = neuron.codes(u)
     assert set(expected.flatten().tolist()) == set(range(m + 1))  # every code occurs
-    assert torch.equal(codes_from_outputs(neuron.eval()(u), neuron.scale, m), expected)
+    s = neuron.eval()(u)
+    assert torch.equal(codes_from_outputs(s, neuron.scale, m), expected)
+    if m < 2**16:  # the meter's dense histogram
+        meter = EnergyMeter(NeuronConv(neuron, nn.Conv2d(1, 1, 1)))
+        counted = meter.counters[0]._count_codes(s.reshape(-1))
+        hist = meter.counters[0].histogram()
+        assert hist == torch.bincount(expected.flatten().long(), minlength=m + 1).tolist()
+        assert int(counted) == int(neuron.spikes_per_code(expected).sum())
 
 
 def test_codes_refused_where_the_dtype_cannot_carry_them():

@@ -14,8 +14,9 @@ modules and on the unit's output count, per layer:
 
 In integer mode the tap sees the neuron's real output ``S = code / N``; ``codes_from_outputs`` recovers the codes from
 it exactly. The meter reads each observed tensor once, in chunks small enough that their temporaries stay in cache
-(two elementwise passes and a ``bincount`` per chunk of codes; ``sign``, ``abs`` and a sum, branch-free, to count the
-non-zero real inputs), and keeps its running sums on the model's device until ``counts()``. Pricing, per-image
+(two elementwise passes and a ``bincount`` over interleaved sub-histograms per chunk of codes; ``sign``, ``abs`` and
+a sum, branch-free, to count the non-zero real inputs), and keeps its running sums on the model's device until
+``counts()``. Pricing, per-image
 figures and NeuroBench metrics are the report's job (``ibra_yolo.energy.report``).
 """
 
@@ -35,6 +36,7 @@ __all__ = ("COUNTING_MODES", "LayerCounts", "EnergyMeter", "codes_from_outputs")
 
 DENSE_HISTOGRAM_MAX = 2**16  # codes 0..M kept as a dense bincount up to this many bins, else as an exact sparse one
 CHUNK = 2**18  # elements the meter handles at a time (1 MiB of float32): its temporaries stay in cache
+LANES = 8  # interleaved sub-histograms per bincount (see _LayerCounter._histogram_of_outputs)
 
 # How a layer's dense MACs per output pixel are counted. "folded" (SPEC §5, the default): a RepConv or SepRep counts as
 # the single k x k conv it folds into. A further mode (e.g. counting every stage as it executes) is one more entry here
@@ -42,15 +44,12 @@ CHUNK = 2**18  # elements the meter handles at a time (1 MiB of float32): its te
 COUNTING_MODES = {"folded": lambda unit: unit.macs_per_pixel()}
 
 
-def _check_exact(dtype: torch.dtype, max_code: int) -> torch.dtype:
-    """The working precision for reading codes ``0..max_code`` from outputs of ``dtype``; raises if not exact."""
+def _precision(dtype: torch.dtype, max_code: int, offset: int = 0) -> torch.dtype | None:
+    """The working precision in which outputs of ``dtype`` give back codes ``0..max_code`` exactly, with whole numbers
+    up to ``offset`` added in the same pass; None where they cannot (see ``codes_from_outputs`` for the bound)."""
     work = torch.float64 if dtype == torch.float64 else torch.float32
-    if max_code * (torch.finfo(dtype).eps + 3 * torch.finfo(work).eps) >= 1:
-        raise IbraYoloError(
-            f"codes 0..{max_code} cannot be read back exactly from {str(dtype).removeprefix('torch.')} neuron "
-            "outputs: measure the model in float32"
-        )
-    return work
+    bound = max_code * torch.finfo(dtype).eps + (4 * max_code + offset + 1) * torch.finfo(work).eps
+    return work if bound < 1 else None
 
 
 def codes_from_outputs(
@@ -58,13 +57,14 @@ def codes_from_outputs(
 ) -> torch.Tensor:
     """Recover the integer codes ``c`` from a neuron's output ``S = c / scale``, exactly.
 
-    Proof of exactness: the neuron forms ``c / scale`` in float32 (float64 for float64 inputs) and casts it to the
-    output dtype, so ``|S - c / scale| <= (eps_S + eps_w) / 2 * c / scale`` with ``eps_S`` the machine epsilon of
-    ``S``'s dtype and ``eps_w`` that of the working precision (float32, or float64 for float64 ``S``); ``scale`` itself
-    may carry a relative error ``eps_w / 2`` as a float32 divisor, and the product ``S * scale`` is rounded once more
-    in the working precision. Altogether ``|S * scale - c| <= M * (eps_S + 3 * eps_w) / 2`` for ``c <= M``, which is
-    below 1/2 whenever ``M * (eps_S + 3 * eps_w) < 1``; then ``floor(S * scale + 1/2)`` is ``c``. That holds for
-    ``M < 2**21`` in float32, ``M <= 1023`` in float16 and ``M <= 127`` in bfloat16 (checked here).
+    Proof of exactness: the neuron divides ``c`` by ``scale`` in float32 (float64 for float64 inputs), a rounding of
+    relative size ``eps_w / 2`` with ``scale`` itself another ``eps_w / 2`` off as a float32 divisor, and casts the
+    result to the output dtype, ``eps_S / 2`` (machine epsilons ``eps_S`` of ``S``'s dtype and ``eps_w`` of the working
+    precision, float32 or float64). So ``|S * scale - c| <= M * (eps_S / 2 + eps_w)`` for ``c <= M``. Forming
+    ``S * scale + 1/2`` in the working precision rounds the product and the sum, ``(2 * M + 1) * eps_w / 2`` at most.
+    The total stays below 1/2 when ``M * eps_S + (4 * M + 1) * eps_w < 1``, and then truncating ``S * scale + 1/2``
+    (never negative) gives ``c``. That holds for every ``M`` up to 1.6 million in float32, 1023 in float16 and 127
+    in bfloat16 (checked here). With ``scale == 1`` float32/float64 outputs are the codes themselves, whole numbers.
 
     Args:
         s (torch.Tensor): Neuron outputs (any shape, floating point).
@@ -79,10 +79,16 @@ def codes_from_outputs(
     Raises:
         IbraYoloError: ``M`` is too large for ``s``'s dtype to carry every code exactly.
     """
-    precision = _check_exact(s.dtype, max_code)
     out = torch.empty(s.shape, dtype=torch.int32, device=s.device) if out is None else out
-    if scale == 1 and s.dtype == precision:  # the outputs are the codes, whole numbers
+    if scale == 1 and s.dtype in (torch.float32, torch.float64):  # whole numbers below 2**24 (neurons' MAX_CODE_LIMIT)
         return out.copy_(s)
+    precision = _precision(s.dtype, max_code)
+    if precision is None:
+        wider = "float32" if s.dtype in (torch.float16, torch.bfloat16) else "float64 (model.double())"
+        raise IbraYoloError(
+            f"codes 0..{max_code} cannot be read back exactly from {str(s.dtype).removeprefix('torch.')} neuron "
+            f"outputs: measure the model in {wider}"
+        )
     work = torch.empty(s.shape, dtype=precision, device=s.device) if work is None else work
     if s.dtype != precision:  # float16 / bfloat16: widen first, so that the product is formed in float32
         s = work.copy_(s)
@@ -238,15 +244,39 @@ class _LayerCounter:
         hist = None  # of this call
         for part in flat.split(CHUNK):
             if part.is_floating_point():
-                work = self.scratch.like(part, _check_exact(part.dtype, n.max_code))
-                part = codes_from_outputs(part, n.scale, n.max_code, self.scratch.like(part, torch.int32), work)
-            h = torch.bincount(part, minlength=n.max_code + 1)
+                h = self._histogram_of_outputs(part)
+            else:
+                h = torch.bincount(part, minlength=n.max_code + 1)
             hist = h if hist is None else hist.add_(h)
         if self.hist is None:
             self.hist = torch.zeros_like(hist)
             self.spike_table = _spike_table(n.max_code, n.encoding).to(hist.device)
         self.hist += hist
         return (hist * self.spike_table).sum()
+
+    def _histogram_of_outputs(self, s: torch.Tensor) -> torch.Tensor:
+        """Histogram of the codes of one chunk of neuron outputs ``S = code / N``.
+
+        Where the bound of ``codes_from_outputs`` allows it, element ``i`` is counted in lane ``i % LANES`` of
+        interleaved sub-histograms (its code plus ``lane * (M + 1)``, added exactly in the same pass), so that runs of
+        equal codes, zeros above all, do not queue on one counter; the lanes are summed afterwards.
+        """
+        n, bins = self.neuron, self.neuron.max_code + 1
+        precision = _precision(s.dtype, n.max_code, (LANES - 1) * bins) if n.scale != 1 else None
+        codes = self.scratch.like(s, torch.int32)
+        if precision is None:  # N = 1 (the outputs are the codes: one pass fewer beats the lanes) or a tight dtype
+            return torch.bincount(codes_from_outputs(s, n.scale, n.max_code, codes), minlength=bins)
+        work = self.scratch.like(s, precision)
+        if s.dtype != precision:  # float16 / bfloat16: widen first
+            s = work.copy_(s)
+        key = ("lanes", bins, precision, s.device)
+        offsets = self.scratch.buffers.get(key)
+        if offsets is None or len(offsets) < len(s):  # lane * (M + 1) + 1/2 for every element of a chunk
+            lanes = torch.arange(max(len(s), CHUNK), device=s.device) % LANES
+            offsets = self.scratch.buffers[key] = (lanes * bins).to(precision).add_(0.5)
+        torch.add(offsets[: len(s)], s, alpha=n.scale, out=work)  # lane * (M + 1) + S * N + 1/2 in one pass
+        codes.copy_(work)  # truncation: lane * (M + 1) + code
+        return torch.bincount(codes, minlength=LANES * bins).view(LANES, bins).sum(0)
 
     def on_plane(self, module: Synapse, args: tuple) -> None:
         self._pending = self._pending + torch.count_nonzero(args[0])  # a {0, 1} plane: its spikes are its ones
