@@ -53,7 +53,10 @@ def interleaved(runners: dict, reps: int, warmup: int) -> dict[str, float]:
 
 def environment(device: torch.device, **settings) -> str:
     """One line naming the date, machine, torch, device and the given settings (for table titles)."""
-    where = torch.cuda.get_device_name(device) if device.type == "cuda" else f"{torch.get_num_threads()} CPU threads"
+    threads = torch.get_num_threads()
+    where = (
+        torch.cuda.get_device_name(device) if device.type == "cuda" else f"{threads} CPU thread{'s' * (threads > 1)}"
+    )
     extra = "".join(f" · {k} {v}" for k, v in settings.items())
     return f"{date.today()} · {platform.processor() or platform.machine()} · torch {torch.__version__} · {where}{extra}"
 

@@ -104,7 +104,7 @@ def main(argv=None) -> int:
     env = environment(device, scale=a.scale)
     md = f"\n### Cost of `measure` ({a.imgsz} px, batch {a.batch}, integer mode) — {env}\n\n" + table(
         ["model", "forward ms", "forward + meter ms", "× forward", "measure() ms", "× forward",
-         "× forward (CPU time), meter", "measure()"], rows
+         "CPU time × forward: meter", "measure()"], rows
     )  # fmt: skip
     print(md)
     if a.readme:
