@@ -2,18 +2,18 @@
 
 Every variant is the n-scale model of one of our YAMLs with one change (the neuron, its straight-through window, its
 range, or a training argument), trained with the stock ``yolo train`` and otherwise **stock Ultralytics defaults**
-(``optimizer=auto``, its learning rate, warm-up and mosaic), scored with ``tools/eval_coco.py`` (pycocotools), and
--- for spiking variants -- measured with ``tools/energy.py`` for the share of membrane values clipped at ``M``
+(``optimizer=auto``, its learning rate, warm-up and mosaic), scored with ``ibra-yolo eval`` (pycocotools), and
+-- for spiking variants -- measured with ``ibra-yolo energy`` for the share of membrane values clipped at ``M``
 (``clip%``) and in the upper half of the range (``hi%``). Every variant runs the same seeds; the table gives the mean,
 half the seed spread (max - min) / 2, every seed, and the ratio of the mean to the ANN twin's.
 
 Runs are independent processes (``--jobs`` at a time, one CPU thread each, as Ultralytics trains on a 2-core CPU);
 a finished run is never repeated (its ``result.json`` is reused), so an interrupted benchmark resumes where it stopped.
 
-Usage:
-    python benchmarks/ablation.py                         # all variants, seeds 0 1 2, 2 runs at a time
-    python benchmarks/ablation.py --variants ann ibra     # a subset
-    python benchmarks/ablation.py --readme README.md      # and regenerate the README's ablation table
+Usage (from the repository root):
+    python -m benchmarks.ablation                         # all variants, seeds 0 1 2, 2 runs at a time
+    python -m benchmarks.ablation --variants ann ibra     # a subset
+    python -m benchmarks.ablation --readme README.md      # and regenerate the README's ablation table
 """
 
 from __future__ import annotations
@@ -31,6 +31,8 @@ from datetime import date
 from pathlib import Path
 
 import yaml
+
+from benchmarks.common import write_readme_section
 
 ROOT = Path(__file__).resolve().parents[1]
 ENV = {**os.environ, "YOLO_OFFLINE": "1", "YOLO_AUTOINSTALL": "0", "OMP_NUM_THREADS": "1"}
@@ -84,9 +86,8 @@ def run_one(variant: str, seed: int, data: Path, out: Path, a: argparse.Namespac
     train_s = time.time() - t
     weights = run / "train" / "weights" / "last.pt"
     scored = run / "coco_eval.json"
-    tools = ROOT / "tools"
     subprocess.run(
-        [sys.executable, str(tools / "eval_coco.py"), "--weights", str(weights), "--data", str(data), "--imgsz",
+        [sys.executable, "-m", "ibra_yolo", "eval", "--weights", str(weights), "--data", str(data), "--imgsz",
          str(a.imgsz), "--batch", "16", "--device", "cpu", "--no-energy", "--project", str(run), "--name", "val",
          "--out", str(scored)],
         check=True, env=ENV, stdout=log, stderr=log,
@@ -95,7 +96,7 @@ def run_one(variant: str, seed: int, data: Path, out: Path, a: argparse.Namespac
     r = {"variant": variant, "seed": seed, "mAP50-95": m["mAP50-95"], "mAP50": m["mAP50"], "train_s": train_s}
     if VARIANTS[variant][0] != "spike-yolo-ann.yaml":
         subprocess.run(
-            [sys.executable, str(tools / "energy.py"), "--weights", str(weights), "--source", str(data), "--imgsz",
+            [sys.executable, "-m", "ibra_yolo", "energy", "--weights", str(weights), "--source", str(data), "--imgsz",
              str(a.imgsz), "--max-images", "64", "--out", str(run / "energy")],
             check=True, env=ENV, stdout=log, stderr=log,
         )  # fmt: skip
@@ -150,16 +151,6 @@ def table(results: dict[str, list[dict]]) -> str:
     return "\n".join(lines)
 
 
-def write_readme_section(text: str, readme: Path, name: str = "ablation-benchmark") -> None:
-    """Replace the text between the README's ``<!-- name:start -->`` and ``<!-- name:end -->`` markers."""
-    start, end = f"<!-- {name}:start -->", f"<!-- {name}:end -->"
-    content = readme.read_text()
-    if start not in content or end not in content:
-        raise SystemExit(f"error: {readme} has no {start} ... {end} markers")
-    head, rest = content.split(start, 1)
-    readme.write_text(f"{head}{start}\n{text.strip()}\n{end}{rest.split(end, 1)[1]}")
-
-
 def main(argv=None) -> int:
     p = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     p.add_argument("--variants", nargs="+", default=list(VARIANTS), choices=list(VARIANTS))
@@ -175,7 +166,6 @@ def main(argv=None) -> int:
     p.add_argument("--readme", help="also rewrite the ablation section of this README (between its markers)")
     a = p.parse_args(argv)
 
-    sys.path.insert(0, str(ROOT))
     from ibra_yolo.data import make_shapes_dataset
 
     out = Path(a.out).resolve()
@@ -205,7 +195,7 @@ def main(argv=None) -> int:
     print(md)
     (out / "ablation.json").write_text(json.dumps(results, indent=1))
     if a.readme:
-        write_readme_section(md, Path(a.readme))
+        write_readme_section(md, a.readme, "ablation-benchmark")
     return 0
 
 

@@ -1,21 +1,20 @@
 """Accuracy of IBRA-LIF, I-LIF, IB-LIF and the ANN twin on the embedded demo data, same budget, several seeds.
 
-Each variant is trained with the stock ``yolo train`` exactly as ``tools/demo.py`` trains IBRA-LIF (same data,
+Each variant is trained with the stock ``yolo train`` exactly as ``ibra-yolo demo`` trains IBRA-LIF (same data,
 epochs, image size and optimizer settings; only the model YAML and the training seed change) and scored with
-``tools/eval_coco.py`` (pycocotools). Runs are interleaved seed by seed (seed 0 of every variant, then seed 1, ...).
+``ibra-yolo eval`` (pycocotools). Runs are interleaved seed by seed (seed 0 of every variant, then seed 1, ...).
 The table reports the mean over seeds and the seed spread (max - min).
 
-Usage:
-    python benchmarks/accuracy.py                        # demo budget (8 epochs), seeds 0 and 1: ~80 min on 2 CPUs
-    python benchmarks/accuracy.py --epochs 2 --seeds 0   # a quick look
-    python benchmarks/accuracy.py --readme README.md     # and regenerate the README's accuracy table
+Usage (from the repository root):
+    python -m benchmarks.accuracy                        # demo budget (8 epochs), seeds 0 and 1: ~80 min on 2 CPUs
+    python -m benchmarks.accuracy --epochs 2 --seeds 0   # a quick look
+    python -m benchmarks.accuracy --readme README.md     # and regenerate the README's accuracy table
 """
 
 from __future__ import annotations
 
 import argparse
 import json
-import os
 import statistics
 import subprocess
 import sys
@@ -23,13 +22,8 @@ import time
 from datetime import date
 from pathlib import Path
 
-ROOT = Path(__file__).resolve().parents[1]
-sys.path[:0] = [str(ROOT / "tools"), str(ROOT / "benchmarks")]
-os.environ.setdefault("YOLO_OFFLINE", "1")
-os.environ.setdefault("YOLO_AUTOINSTALL", "0")
-
-import demo  # noqa: E402  (tools/demo.py: the demo's data and training settings)
-from speed import VARIANTS, table, write_readme_section  # noqa: E402  (the same variants and README mechanics)
+from benchmarks.common import VARIANTS, table, write_readme_section
+from ibra_yolo.cli import demo  # the demo's data and training settings
 
 
 def train_and_score(family: str, seed: int, data: Path, out: Path, a: argparse.Namespace) -> dict:
@@ -44,7 +38,7 @@ def train_and_score(family: str, seed: int, data: Path, out: Path, a: argparse.N
     weights = run / "runs" / "train" / "weights" / "last.pt"
     result = run / "coco_eval.json"
     subprocess.run(
-        [sys.executable, str(ROOT / "tools" / "eval_coco.py"), "--weights", str(weights), "--data", str(data),
+        [sys.executable, "-m", "ibra_yolo", "eval", "--weights", str(weights), "--data", str(data),
          "--imgsz", str(a.imgsz), "--batch", str(a.batch), "--device", a.device, "--no-energy",
          "--project", str(run / "runs"), "--name", "val", "--out", str(result), "--overwrite"],
         check=True, cwd=out, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL,

@@ -6,5 +6,5 @@ out="${1:-${OUT:-.}}"
 export YOLO_OFFLINE=1 YOLO_AUTOINSTALL=0 YOLO_CONFIG_DIR="${YOLO_CONFIG_DIR:-$(mktemp -d)}"
 python -m pip install -q --no-deps -e . >/dev/null  # the package (torch/ultralytics come with the machine's image)
 nvidia-smi --query-gpu=name,memory.total,driver_version --format=csv,noheader
-timeout 280 python benchmarks/speed.py --device 0 --amp --train-imgsz 640 --train-batch 16 --infer-imgsz 640 \
+timeout 280 python -m benchmarks.speed --device 0 --amp --train-imgsz 640 --train-batch 16 --infer-imgsz 640 \
   --reps 10 --warmup 3 --json "$out/speed_gpu.json" | tee "$out/speed_gpu.md"

@@ -5,11 +5,11 @@ ANN twin measured in the same run. Memory: bytes autograd saves for the backward
 hooks), and the peak allocated memory (CUDA) or the peak resident-set growth of a fresh process per variant (CPU,
 with glibc unmapping freed blocks so that the peak follows live tensors).
 
-Usage:
-    python benchmarks/speed.py                      # CPU defaults: train 320 px batch 4, inference 640 px batch 1
-    python benchmarks/speed.py --device 0 --amp     # the same tables on a GPU with mixed precision
-    python benchmarks/speed.py --quick              # a smoke run (few repetitions, small images)
-    python benchmarks/speed.py --readme README.md   # and regenerate the README's Results tables
+Usage (from the repository root):
+    python -m benchmarks.speed                      # CPU defaults: train 320 px batch 4, inference 640 px batch 1
+    python -m benchmarks.speed --device 0 --amp     # the same tables on a GPU with mixed precision
+    python -m benchmarks.speed --quick              # a smoke run (few repetitions, small images)
+    python -m benchmarks.speed --readme README.md   # and regenerate the README's Results tables
 """
 
 from __future__ import annotations
@@ -17,30 +17,15 @@ from __future__ import annotations
 import argparse
 import json
 import os
-import platform
-import statistics
 import subprocess
 import sys
 import time
 from contextlib import nullcontext
-from datetime import date
+from pathlib import Path
 
-os.environ.setdefault("YOLO_OFFLINE", "1")
-os.environ.setdefault("YOLO_AUTOINSTALL", "0")
+import torch
 
-import torch  # noqa: E402
-
-VARIANTS = {"IBRA-LIF": "ibra", "I-LIF": "ilif", "IB-LIF": "iblif", "ANN twin": "ann"}
-
-
-def build(family: str, scale: str, device: torch.device):
-    from ultralytics.cfg import get_cfg
-    from ultralytics.nn.tasks import DetectionModel
-
-    torch.manual_seed(0)
-    model = DetectionModel(f"spike-yolo-{family}-{scale}.yaml", nc=80, verbose=False).to(device)
-    model.args = get_cfg()
-    return model
+from benchmarks.common import VARIANTS, build, environment, interleaved, sync, table, write_readme_section
 
 
 def fake_batch(batch: int, imgsz: int, device: torch.device) -> dict:
@@ -52,11 +37,6 @@ def fake_batch(batch: int, imgsz: int, device: torch.device) -> dict:
         "cls": torch.randint(0, 80, (n, 1), generator=g).float().to(device),
         "bboxes": (torch.rand(n, 4, generator=g) * 0.5 + 0.25).to(device),
     }
-
-
-def sync(device):
-    if device.type == "cuda":
-        torch.cuda.synchronize(device)
 
 
 class Trainer:
@@ -127,19 +107,6 @@ def cuda_peak(runner, device) -> int:
     return torch.cuda.max_memory_allocated(device)
 
 
-def interleaved(runners: dict, reps: int, warmup: int) -> dict[str, float]:
-    """Median seconds per step of each runner, interleaving the runners in rotating order."""
-    names = list(runners)
-    for _ in range(warmup):
-        for n in names:
-            runners[n].step()
-    times = {n: [] for n in names}
-    for r in range(reps):
-        for n in names[r % len(names) :] + names[: r % len(names)]:
-            times[n].append(runners[n].step())
-    return {n: statistics.median(v) for n, v in times.items()}
-
-
 def peak_rss_growth(kind: str, family: str, scale: str, batch: int, imgsz: int, spike: bool = False) -> int:
     """Peak resident-set growth (bytes) of a fresh process over 3 steps (CPU only).
 
@@ -148,25 +115,30 @@ def peak_rss_growth(kind: str, family: str, scale: str, batch: int, imgsz: int, 
     activations and workspace of one forward. glibc is told to map every block over 128 KiB separately and unmap it
     when freed, so the peak resident set follows the peak of live tensors instead of the allocator's cache.
     """
-    make = (
-        f"speed.Trainer(sys.argv[2], sys.argv[3], {batch}, {imgsz}, torch.device('cpu'), False)"
-        if kind == "train"
-        else f"speed.Predictor(sys.argv[2], sys.argv[3], {imgsz}, torch.device('cpu'), False, {spike})"
-    )
-    code = (
-        "import sys; sys.path.insert(0, sys.argv[1]); import speed, torch;"
-        f"t = {make}; base = speed.rss_kib('VmRSS'); speed.reset_peak_rss();"
-        "[t.step() for _ in range(3)];"
-        "print(speed.rss_kib('VmHWM') - base)"
-    )
+    child = [kind, family, scale, str(batch), str(imgsz), str(int(spike))]
     out = subprocess.run(
-        [sys.executable, "-c", code, os.path.dirname(os.path.abspath(__file__)), family, scale],
+        [sys.executable, "-m", "benchmarks.speed", "--rss-child", *child],
+        cwd=Path(__file__).resolve().parents[1],  # the repository root, where `benchmarks` is a package
         capture_output=True,
         text=True,
         check=True,
         env={**os.environ, "MALLOC_MMAP_THRESHOLD_": "131072"},
     ).stdout.split()
     return int(out[-1]) * 1024
+
+
+def rss_child(kind: str, family: str, scale: str, batch: str, imgsz: str, spike: str) -> None:
+    """In the fresh process of ``peak_rss_growth``: build, reset the peak mark, run 3 steps, print the growth in KiB."""
+    cpu = torch.device("cpu")
+    if kind == "train":
+        runner = Trainer(family, scale, int(batch), int(imgsz), cpu, False)
+    else:
+        runner = Predictor(family, scale, int(imgsz), cpu, False, bool(int(spike)))
+    base = rss_kib("VmRSS")
+    reset_peak_rss()
+    for _ in range(3):
+        runner.step()
+    print(rss_kib("VmHWM") - base)
 
 
 def rss_kib(field: str) -> int:
@@ -179,25 +151,6 @@ def reset_peak_rss() -> None:
     """Reset the kernel's peak-RSS mark (``VmHWM``) to the current RSS (Linux >= 4.0)."""
     with open("/proc/self/clear_refs", "w") as f:
         f.write("5")
-
-
-def write_readme_section(text: str, readme: str, name: str = "speed-benchmark") -> None:
-    """Replace the text between the ``<!-- name:start -->`` and ``<!-- name:end -->`` markers of the README."""
-    start, end = f"<!-- {name}:start -->", f"<!-- {name}:end -->"
-    with open(readme) as f:
-        content = f.read()
-    if start not in content or end not in content:
-        raise SystemExit(f"error: {readme} has no {start} ... {end} markers")
-    head, rest = content.split(start, 1)
-    tail = rest.split(end, 1)[1]
-    with open(readme, "w") as f:
-        f.write(f"{head}{start}\n{text.strip()}\n{end}{tail}")
-
-
-def table(headers, rows) -> str:
-    lines = ["| " + " | ".join(headers) + " |", "|" + "---|" * len(headers)]
-    lines += ["| " + " | ".join(str(c) for c in r) + " |" for r in rows]
-    return "\n".join(lines)
 
 
 def main(argv=None) -> int:
@@ -214,17 +167,17 @@ def main(argv=None) -> int:
     p.add_argument("--json", help="also write the numbers to this JSON file")
     p.add_argument("--readme", help="also rewrite the speed section of this README (between its markers)")
     p.add_argument("--quick", action="store_true", help="smoke run: 2 repetitions at 128 px")
+    p.add_argument("--rss-child", nargs=6, help=argparse.SUPPRESS)  # the fresh process of peak_rss_growth
     a = p.parse_args(argv)
+    if a.rss_child:
+        rss_child(*a.rss_child)
+        return 0
     if a.quick:
         a.train_imgsz, a.infer_imgsz, a.reps, a.warmup = 128, 128, 2, 1
     if a.threads:
         torch.set_num_threads(a.threads)
     device = torch.device("cpu" if a.device == "cpu" else f"cuda:{a.device}")
-    env = (
-        f"{date.today()} · {platform.processor() or platform.machine()} · torch {torch.__version__} · "
-        f"{torch.cuda.get_device_name(device) if device.type == 'cuda' else f'{torch.get_num_threads()} CPU threads'}"
-        f" · scale {a.scale} · AMP {a.amp}"
-    )
+    env = environment(device, scale=a.scale, AMP=a.amp)
     results = {"env": env}
 
     trainers = {v: Trainer(f, a.scale, a.train_batch, a.train_imgsz, device, a.amp) for v, f in VARIANTS.items()}
@@ -277,7 +230,7 @@ def main(argv=None) -> int:
     print(infer_md)
     results["inference"] = {v: {"s": t_inf[v], "peak_bytes": mem[v]} for v in t_inf}
     if a.readme:
-        write_readme_section(train_md + "\n" + infer_md, a.readme)
+        write_readme_section(train_md + "\n" + infer_md, a.readme, "speed-benchmark")
     if a.json:
         with open(a.json, "w") as f:
             json.dump(results, f, indent=2)

@@ -2,8 +2,8 @@
 
 It is written in the YOLO layout (``images/{train,val}``, ``labels/{train,val}``, ``data.yaml``) plus a COCO
 annotation file for the validation split (``annotations/instances_val.json``), so the stock ``yolo`` commands and
-``tools/eval_coco.py`` run on it exactly as on COCO. Image file stems are numbers: they are the COCO image ids
-Ultralytics writes in ``predictions.json``; COCO category ids are the class index + 1.
+``ibra-yolo eval`` run on it exactly as on COCO. Image file stems are numbers: they are the COCO image ids
+Ultralytics writes in ``predictions.json`` (``ibra_yolo.coco.image_id``); COCO category ids are the class index + 1.
 """
 
 from __future__ import annotations
@@ -16,7 +16,9 @@ from pathlib import Path
 import cv2
 import numpy as np
 
-__all__ = ("SHAPES", "make_shapes_dataset", "yolo_labels_to_coco")
+from ibra_yolo.coco.annotations import yolo_labels_to_coco
+
+__all__ = ("SHAPES", "make_shapes_dataset")
 
 SHAPES = ("circle", "square", "triangle")
 _MANIFEST = "ibra_yolo_dataset.json"
@@ -64,64 +66,6 @@ def _image(rng: np.random.Generator, imgsz: int, max_objects: int) -> tuple[np.n
         labels.append((cls, *_draw(img, rng, cls, cx, cy, r)))
         placed.append((cx, cy, r))
     return img, labels
-
-
-def _read_yolo_boxes(label: Path) -> list[tuple[int, float, float, float, float]]:
-    """Rows ``(cls, xc, yc, w, h)`` (normalised) of a YOLO label file; polygon rows become their enclosing box.
-
-    Like Ultralytics' loader, a row with more than 6 values is a segment ``cls x1 y1 x2 y2 ...``; blank lines are
-    skipped and extra columns of box rows ignored.
-    """
-    rows = []
-    if not label.exists():
-        return rows
-    for line in label.read_text().splitlines():
-        v = [float(x) for x in line.split()]
-        if len(v) > 6:  # segment: the box spanning its vertices
-            xy = np.array(v[1 : 1 + (len(v) - 1) // 2 * 2]).reshape(-1, 2)
-            (x1, y1), (x2, y2) = xy.min(0), xy.max(0)
-            rows.append((int(v[0]), (x1 + x2) / 2, (y1 + y2) / 2, x2 - x1, y2 - y1))
-        elif len(v) >= 5:
-            rows.append((int(v[0]), *v[1:5]))
-    return rows
-
-
-def yolo_labels_to_coco(images: list[Path], label_dir: Path, names: dict[int, str]) -> dict:
-    """Build a COCO detection dict from YOLO-format label files.
-
-    Image ids follow Ultralytics' ``predictions.json``: the file stem as an integer when it is a number, else the stem
-    itself; category ids are class index + 1; boxes are ``[x, y, w, h]`` in pixels (segment labels: the box around the
-    polygon, as Ultralytics trains on).
-
-    Args:
-        images (list[Path]): Image files.
-        label_dir (Path): Folder of ``<stem>.txt`` label files (``cls xc yc w h`` normalised).
-        names (dict[int, str]): Class names by index.
-
-    Returns:
-        (dict): COCO ``images``, ``annotations`` and ``categories``.
-    """
-    coco = {"images": [], "annotations": [], "categories": [{"id": i + 1, "name": n} for i, n in names.items()]}
-    for p in sorted(images):
-        img = cv2.imread(str(p))
-        if img is None:
-            raise FileNotFoundError(f"cannot read image {p}")
-        h, w = img.shape[:2]
-        image_id = int(p.stem) if p.stem.isnumeric() else p.stem  # as Ultralytics' DetectionValidator.pred_to_json
-        coco["images"].append({"id": image_id, "file_name": p.name, "width": w, "height": h})
-        for cls, xc, yc, bw, bh in _read_yolo_boxes(label_dir / f"{p.stem}.txt"):
-            box = [(xc - bw / 2) * w, (yc - bh / 2) * h, bw * w, bh * h]
-            coco["annotations"].append(
-                {
-                    "id": len(coco["annotations"]) + 1,
-                    "image_id": image_id,
-                    "category_id": int(cls) + 1,
-                    "bbox": [round(v, 3) for v in box],
-                    "area": round(box[2] * box[3], 3),
-                    "iscrowd": 0,
-                }
-            )
-    return coco
 
 
 def make_shapes_dataset(

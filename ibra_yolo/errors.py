@@ -1,6 +1,18 @@
-"""Errors ibra-yolo raises for bad user input; the CLI shows them as one line (see ``ibra_yolo.plugin``)."""
+"""Errors ibra-yolo raises for bad user input: each message is one line that says what is wrong and how to fix it.
 
-__all__ = ("IbraYoloError", "ModelConfigError", "CheckpointError", "UnsafePickleError")
+Our command-line tools print them as one ``error: ...`` line (``ibra_yolo.cli``); a Python caller gets a normal
+exception with that message. Only errors that a caller may want to tell apart have their own class; the two file
+errors are also the matching built-in errors, so ``except FileNotFoundError`` works as usual.
+"""
+
+__all__ = (
+    "IbraYoloError",
+    "ModelConfigError",
+    "CheckpointError",
+    "UnsafePickleError",
+    "MissingFileError",
+    "OutputExistsError",
+)
 
 
 class IbraYoloError(Exception):
@@ -17,3 +29,11 @@ class CheckpointError(IbraYoloError, ValueError):
 
 class UnsafePickleError(CheckpointError):
     """A checkpoint whose pickle names a function or module it may not use; nothing it names is ever called."""
+
+
+class MissingFileError(IbraYoloError, FileNotFoundError):
+    """An input file (weights, dataset, annotations, predictions, images) that does not exist."""
+
+
+class OutputExistsError(IbraYoloError, FileExistsError):
+    """An output file that exists, when overwriting it was not asked for."""

@@ -8,8 +8,12 @@
 - ``parse_model``: builds spiking YAMLs (a ``neuron:`` key) with ``ibra_yolo.nn.builder``; every other YAML goes to
   the stock parser unchanged.
 
-It also allow-lists our classes for ``ULTRALYTICS_SAFE_LOAD=1`` checkpoint loading and shows our own input errors as
-one line instead of a traceback (set ``IBRA_YOLO_TRACEBACK=1`` for the full traceback). It runs automatically when
+Every Ultralytics module that bound one of the two names before registration gets the wrapper too. Nothing else of the
+process changes: our classes allow-list themselves for ``ULTRALYTICS_SAFE_LOAD=1`` when ``ibra_yolo.nn`` is imported
+(``register()`` imports it), and our input errors (``IbraYoloError``) are normal exceptions whose message is one line.
+Only inside Ultralytics' own ``yolo`` console script does ``register()`` also print such an error as that one line
+instead of a traceback (set ``IBRA_YOLO_TRACEBACK=1`` for the traceback): that program is the stock CLI our models
+are built for, and no other program's ``sys.excepthook`` is touched. ``register()`` runs automatically when
 ``ultralytics.nn.tasks`` is first imported (see ``ibra_yolo._autoload``), or explicitly via ``ibra_yolo.register()``.
 """
 
@@ -24,7 +28,6 @@ from pathlib import Path
 __all__ = ("register", "model_yaml_path", "cfg_dir", "available_models")
 
 _SCALE_SUFFIX = re.compile(r"^(?P<base>.+)-(?P<scale>[nsmlx])$")
-_registered = False
 
 
 def cfg_dir() -> Path:
@@ -110,25 +113,32 @@ def _wrap(original, replacement):
     return wrapper
 
 
-def allow_list_classes() -> None:
-    """Allow-list our module classes for ``torch.load(weights_only=True)`` (``ULTRALYTICS_SAFE_LOAD=1``)."""
-    import torch
+def _running_ultralytics_cli() -> bool:
+    """True when this process is Ultralytics' own console script (``yolo``, ``ultralytics``).
 
-    from ibra_yolo import neurons
-    from ibra_yolo.nn import blocks, head
+    That is: ``__main__`` is a script file (not ``python -c``, ``-m`` or an interactive session) whose name is one of
+    the console scripts the ``ultralytics`` distribution declares for ``ultralytics.cfg:entrypoint``.
+    """
+    main = sys.modules.get("__main__")
+    script = getattr(main, "__file__", None)
+    if not script or getattr(main, "__spec__", None) is not None:
+        return False
+    name = re.sub(r"(-script\.pyw?|\.exe)$", "", Path(script).name)
+    from importlib.metadata import PackageNotFoundError, distribution
 
-    classes = []
-    for mod in (neurons, blocks, head):
-        classes += [getattr(mod, n) for n in mod.__all__ if isinstance(getattr(mod, n), type)]
-    torch.serialization.add_safe_globals(classes)
+    try:
+        entry_points = distribution("ultralytics").entry_points
+    except PackageNotFoundError:
+        return False
+    return any(
+        ep.group == "console_scripts" and ep.name == name and ep.value.replace(" ", "") == "ultralytics.cfg:entrypoint"
+        for ep in entry_points
+    )
 
 
-def _initializing(name: str) -> bool:
-    module = sys.modules.get(name)
-    return module is not None and getattr(getattr(module, "__spec__", None), "_initializing", False)
+def _one_line_errors(previous):
+    """An excepthook that prints an ``IbraYoloError`` as its one line and hands every other exception on."""
 
-
-def _excepthook(previous):
     def hook(exc_type, exc, tb):
         from ibra_yolo.errors import IbraYoloError
 
@@ -143,23 +153,23 @@ def _excepthook(previous):
 
 def register() -> None:
     """Hook the spiking builder into Ultralytics (idempotent; safe to call after Ultralytics was imported)."""
-    global _registered
-    if _registered:
-        return
     from ultralytics.nn import tasks
 
-    patches = {
+    if hasattr(tasks.parse_model, "__ibra_yolo_original__"):
+        return  # registered already
+    originals = {"parse_model": tasks.parse_model, "yaml_model_load": tasks.yaml_model_load}
+    wrappers = {
         "parse_model": _wrap(tasks.parse_model, _spiking_parse_model),
         "yaml_model_load": _wrap(tasks.yaml_model_load, _spiking_yaml_model_load),
     }
-    # modules that bound these names with `from ultralytics.nn.tasks import ...` before we ran
-    for modname in ("ultralytics.nn.tasks", "ultralytics.nn", "ultralytics.engine.model"):
-        module = sys.modules.get(modname)
-        for attr, wrapper in patches.items():
-            if module is not None and getattr(module, attr, None) is wrapper.__ibra_yolo_original__:
-                setattr(module, attr, wrapper)
-    if not _initializing("ibra_yolo.nn"):  # else ibra_yolo.nn allow-lists itself once it has finished importing
-        allow_list_classes()
-    if not getattr(sys.excepthook, "__ibra_yolo__", False):
-        sys.excepthook = _excepthook(sys.excepthook)
-    _registered = True
+    # tasks itself, and every Ultralytics module that bound these names (`from ultralytics.nn.tasks import ...`)
+    for modname, module in list(sys.modules.items()):
+        namespace = getattr(module, "__dict__", None)
+        if modname.partition(".")[0] == "ultralytics" and isinstance(namespace, dict):
+            for attr, wrapper in wrappers.items():
+                if namespace.get(attr) is originals[attr]:
+                    setattr(module, attr, wrapper)
+    import ibra_yolo.nn  # noqa: F401 - our classes exist, allow-listed for ULTRALYTICS_SAFE_LOAD=1 (see ibra_yolo.nn)
+
+    if _running_ultralytics_cli() and not getattr(sys.excepthook, "__ibra_yolo__", False):
+        sys.excepthook = _one_line_errors(sys.excepthook)

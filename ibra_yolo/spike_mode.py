@@ -7,13 +7,15 @@ computes the same values and defines the gradients).
 
 Examples:
     >>> from ultralytics import YOLO
-    >>> from ibra_yolo import spike_driven
+    >>> from ibra_yolo import set_spike_driven, spike_driven
     >>> model = YOLO("best.pt")
-    >>> spike_driven(model)            # switch on (returns the model)
-    >>> results = model("bus.jpg")
-    >>> spike_driven(model, False)     # back to integer mode
-    >>> with spike_driven(model):      # or only inside a block
+    >>> with spike_driven(model):      # spike-driven inside the block, the previous mode restored after it
     ...     results = model("bus.jpg")
+    >>> set_spike_driven(model)        # or switch on for good (returns the model)
+    >>> set_spike_driven(model, False)  # back to integer mode
+
+``spike_driven(model)`` switches at once, so it also works as a plain call; it returns a context object (whose
+``__enter__`` gives the model), not the model: use ``set_spike_driven`` where the model itself is wanted.
 """
 
 from __future__ import annotations
@@ -22,7 +24,8 @@ from pathlib import Path
 
 from torch import nn
 
-from ibra_yolo.errors import IbraYoloError
+from ibra_yolo.errors import IbraYoloError, MissingFileError
+from ibra_yolo.files import check_output, write_atomic
 from ibra_yolo.nn.blocks import NeuronConv
 
 __all__ = (
@@ -97,11 +100,17 @@ def is_spike_driven(model) -> bool:
 
 
 class spike_driven:  # noqa: N801 - reads as a function call or a context manager
-    """Switch a model to spike-driven execution; as a context manager, restore the previous mode on exit.
+    """Switch a model to spike-driven execution at once; as a context manager, restore the previous mode on exit.
+
+    Calling it returns this context object, not the model (``with spike_driven(model) as m`` binds the model);
+    ``set_spike_driven`` returns the model.
 
     Args:
         model (YOLO | nn.Module): A spiking model.
         enabled (bool): The mode to switch to.
+
+    Raises:
+        IbraYoloError: The model has no spiking neurons.
     """
 
     def __init__(self, model, enabled: bool = True):
@@ -131,21 +140,22 @@ def convert_checkpoint(src: str | Path, dst: str | Path, enabled: bool = True, o
 
     Returns:
         (Path): ``dst``.
+
+    Raises:
+        MissingFileError: ``src`` does not exist.
+        OutputExistsError: ``dst`` exists and ``overwrite`` is False.
+        IbraYoloError: ``dst`` is ``src``.
     """
     import torch
 
     src, dst = Path(src), Path(dst)
     if not src.is_file():
-        raise IbraYoloError(f"checkpoint {src} does not exist")
+        raise MissingFileError(f"checkpoint {src} does not exist")
     if dst.resolve() == src.resolve():
         raise IbraYoloError(f"output {dst} is the input checkpoint: choose another file name")
-    if dst.exists() and not overwrite:
-        raise IbraYoloError(f"{dst} exists: choose another file name or pass overwrite=True (--overwrite)")
+    check_output(dst, overwrite, flag="file name")
     ckpt = torch.load(src, map_location="cpu", weights_only=False)
     for key in ("model", "ema"):
         if isinstance(ckpt.get(key), nn.Module):
             set_spike_driven(ckpt[key], enabled)
-    tmp = dst.with_name(dst.name + ".tmp")
-    torch.save(ckpt, tmp)
-    tmp.replace(dst)  # atomic: a crash never leaves a half-written dst
-    return dst
+    return write_atomic(dst, lambda tmp: torch.save(ckpt, tmp), overwrite)  # a crash never leaves a half-written dst

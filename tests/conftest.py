@@ -13,6 +13,7 @@ os.environ.setdefault("YOLO_CONFIG_DIR", tempfile.mkdtemp(prefix="ibra_yolo_ycfg
 
 import pytest  # noqa: E402
 import torch  # noqa: E402
+import yaml  # noqa: E402
 
 ROOT = Path(__file__).resolve().parents[1]
 CFG = ROOT / "cfg"
@@ -40,6 +41,30 @@ def randomize_(model: torch.nn.Module, seed: int = 0) -> torch.nn.Module:
         for branch in getattr(head, "cv3", []):
             u(branch.pred.op.bias, -6.0, -1.0)
     return model
+
+
+def model_dict(family: str = "ibra", **overrides) -> dict:
+    """The model dict of ``cfg/spike-yolo-<family>.yaml`` with some keys replaced (e.g. ``scale="n", T=2``)."""
+    d = yaml.safe_load((CFG / f"spike-yolo-{family}.yaml").read_text())
+    d.update(overrides)
+    return d
+
+
+def detection_model(family: str = "ibra", T: int = 1, scale: str = "n"):
+    """An untrained eval-mode ``DetectionModel`` of a shipped family at ``T`` timesteps (built by the plugin)."""
+    from ultralytics.nn.tasks import DetectionModel
+
+    d = model_dict(family, scale=scale, T=T, yaml_file=f"spike-yolo-{family}-{scale}.yaml")
+    return DetectionModel(d, verbose=False).eval()
+
+
+def yolo_model(family: str = "ibra", T: int = 1, seed: int = 0):
+    """A ``YOLO`` object holding an n-scale model of ``family`` at ``T`` timesteps, with ``randomize_`` applied."""
+    from ultralytics import YOLO
+
+    y = YOLO(f"spike-yolo-{family}-n.yaml")
+    y.model = randomize_(detection_model(family, T), seed).train()
+    return y
 
 
 def run(cmd, cwd=None, timeout=900, env=None, check=True):

@@ -158,14 +158,24 @@ def test_ddp_two_processes(python, tmp_path):
 
 def test_non_editable_install_finds_yamls_by_name(python, tmp_path):
     # `pip install .` (a wheel, not editable) into a venv that shares this environment's torch/ultralytics: the YAMLs
-    # ship inside the package, so a bare model name resolves from any folder, and the .pth autoload is installed.
+    # ship inside the package, so a bare model name resolves from any folder, the .pth autoload is installed, and the
+    # `ibra-yolo` console script runs the package's commands (nothing of tools/ is needed).
     venv = tmp_path / "venv"
     run([python, "-m", "venv", "--system-site-packages", str(venv)])
-    vpy = venv / "bin" / "python"
-    run([str(vpy), "-m", "pip", "install", "-q", "--no-deps", str(ROOT)], timeout=600)
+    vpy, script = venv / "bin" / "python", venv / "bin" / "ibra-yolo"
+    env = {"PYTHONPATH": ""}  # the installed copy, not a checkout on the path
+    run([str(vpy), "-m", "pip", "install", "-q", "--no-deps", str(ROOT)], timeout=600, env=env)
     code = (
         "import ibra_yolo; from ultralytics import YOLO; m = YOLO('spike-yolo-ilif-s.yaml');"
         "print(ibra_yolo.__file__.startswith(sys.prefix), m.model.yaml['scale'], m.model.yaml['neuron']['kind'])"
     )
-    out = run([str(vpy), "-c", "import sys;" + code], cwd=tmp_path).stdout.strip().splitlines()[-1]
+    out = run([str(vpy), "-c", "import sys;" + code], cwd=tmp_path, env=env).stdout.strip().splitlines()[-1]
     assert out.split() == ["True", "s", "ILIF"]
+    models = run([str(script), "models"], cwd=tmp_path, env=env).stdout
+    site_cfg = run([str(vpy), "-c", "import ibra_yolo.plugin as p; print(p.cfg_dir())"], cwd=tmp_path, env=env)
+    assert site_cfg.stdout.strip().endswith("site-packages/ibra_yolo/cfg")
+    assert f"model YAMLs and recipes: {site_cfg.stdout.strip()}" in models and "  spike-yolo-ilif-s.yaml" in models
+    help_text = run([str(script), "eval", "--help"], cwd=tmp_path, env=env).stdout
+    assert help_text.startswith("usage: ibra-yolo eval ") and "--spike-driven" in help_text
+    p = run([str(script), "energy", "--weights", "x.pt"], cwd=tmp_path, env=env, check=False)
+    assert (p.returncode, p.stderr) == (2, "error: the following arguments are required: --source (see --help)\n")

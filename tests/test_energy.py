@@ -1,17 +1,20 @@
 """Energy report: hand-computed MAC/SOP/energy figures, exact spike counts in both modes, range use and the CLI."""
 
-import importlib.util
 import json
 import math
+from pathlib import Path
+from types import SimpleNamespace
 
+import cv2
+import numpy as np
 import pytest
 import torch
-import yaml
-from conftest import CFG, ROOT, randomize_, run
+from conftest import ROOT, detection_model, randomize_, run
 from torch import nn
 
-from ibra_yolo.energy import PRESETS, energy_constants, list_images, measure
-from ibra_yolo.errors import IbraYoloError
+from ibra_yolo.cli import energy as energy_cli
+from ibra_yolo.energy import COUNTING_RULES, PRESETS, EnergyMeter, codes_from_outputs, energy_constants, measure
+from ibra_yolo.errors import IbraYoloError, MissingFileError
 from ibra_yolo.neurons import IBLIF, IBRALIF, ILIF, IntegerLIF
 from ibra_yolo.nn import (
     SPPF,
@@ -21,9 +24,9 @@ from ibra_yolo.nn import (
     NeuronConv,
     RepConv,
     SepRep,
-    Synapse,
     TimeRepeat,
 )
+from ibra_yolo.sources import list_images
 
 E_MAC, E_AC = 4.6, 0.9  # the default preset, 45nm-fp32 (Horowitz 2014)
 CURRENTS = (-0.3, 1.0, 3.2, 7.6)  # first-layer outputs, one per channel; with M = 7, N = 1: codes 0, 1, 3, 7
@@ -46,17 +49,9 @@ def lif7(encoding: str = "binary", T: int = 1) -> IntegerLIF:
     return IntegerLIF(max_code=7, scale=1.0, encoding=encoding, T=T)
 
 
-def build(family: str, T: int = 1) -> nn.Module:
-    from ultralytics.nn.tasks import DetectionModel
-
-    d = yaml.safe_load((CFG / f"spike-yolo-{family}.yaml").read_text())
-    d.update(scale="n", T=T, yaml_file=f"spike-yolo-{family}-n.yaml")
-    return DetectionModel(d, verbose=False).eval()
-
-
 @pytest.fixture(scope="module")
 def ibra_n():
-    return randomize_(build("ibra"), seed=0)
+    return randomize_(detection_model("ibra"), seed=0)
 
 
 # ----------------------------------------------------------------------------------------------------------------------
@@ -131,7 +126,6 @@ def test_reparameterisable_ops_count_as_their_folded_conv(cls):
     x = torch.rand(2, 4, 8, 8)
     with torch.no_grad():
         assert torch.allclose(op(x), folded(x), atol=1e-5)
-    assert folded.weight.numel() * 8 * 8 == 13824
     unit = NeuronConv(lif7(), op)
     assert unit.macs_per_pixel() == 4 * 6 * 9
     r = measure(tiny(op, lif7()), images(), progress=False)
@@ -217,7 +211,7 @@ def test_model_dense_macs_first_layer_and_ann_twin(ibra_n):
     assert (first.name, first.input, first.neuron) == ("model.1.conv", "MAC", "image")  # the only MAC layer
     assert all(layer.input == "AC" and layer.neuron == "IBRALIF" for layer in rest) and len(rest) == 88
     assert r.summary()["MACs"] == first.dense_macs and r.summary()["ann_snn_ratio"] > 1
-    ann = build("ann")
+    ann = detection_model("ann")
     a = measure(ann, x, batch=2, progress=False)
     s = a.summary()
     assert all(layer.input == "MAC" for layer in a.layers) and s["SOPs"] == 0
@@ -228,30 +222,41 @@ def test_model_dense_macs_first_layer_and_ann_twin(ibra_n):
         measure(ann, x, spike_driven=True, progress=False)
 
 
-def test_spikes_from_codes_equal_synapse_counts_same_run(ibra_n):
-    # Spike-driven mode: the report counts the 1s of every plane a Synapse receives; independently, hooks here
-    # count popcount(code) of every spike-fed conv's input in the same run. Exact equality, layer by layer.
-    expected, hooks = {}, []
-    names = {m: n for n, m in ibra_n.named_modules()}
-    for m in ibra_n.modules():
-        if isinstance(m, NeuronConv) and m.spiking:
+@pytest.mark.parametrize("family", ["ibra", "ilif"])
+def test_spike_counts_from_codes_planes_and_report_agree(family):
+    # Binary IBRA-LIF and unary I-LIF at T = 2, in float64 (so that every pass sees the same codes in every layer; in
+    # float32 one rounding-edge flip would change later layers' inputs). In one spike-driven run, hooks here count
+    # independently of the meter (a) the spikes each spike-fed conv's input needs, recomputed from its codes
+    # (popcount for binary, the code for unary), and (b) the ones of every {0,1} plane its Synapse receives. The
+    # report must equal both, layer by layer; an integer-mode run, counting from the codes, must equal them too.
+    model = randomize_(detection_model(family, T=2), seed=0).double()
+    x = torch.rand(2, 3, 64, 32, dtype=torch.float64, generator=torch.Generator().manual_seed(1))
+    names = {m: n for n, m in model.named_modules()}
+    units = [m for m in model.modules() if isinstance(m, NeuronConv) and m.spiking]
+    from_codes, from_planes, hooks = {}, {}, []
 
-            def count(mod, args):
-                n = int(mod.neuron.spikes_per_code(mod.neuron.codes(args[0])).sum())
-                expected[names[mod]] = expected.get(names[mod], 0) + n
+    def add(counts: dict, name: str, n: int) -> None:
+        counts[name] = counts.get(name, 0) + n
 
-            hooks.append(m.register_forward_pre_hook(count))
-    planes = []
-    for m in ibra_n.modules():
-        if isinstance(m, Synapse):
-            hooks.append(m.register_forward_pre_hook(lambda mod, a: planes.append(int(a[0].sum()))))
-    r = measure(ibra_n, torch.rand(1, 3, 64, 32), spike_driven=True, progress=False)
+    for unit in units:
+        hooks.append(
+            unit.register_forward_pre_hook(
+                lambda m, a: add(from_codes, names[m], int(m.neuron.spikes_per_code(m.neuron.codes(a[0])).sum()))
+            )
+        )
+        hooks.append(unit.synapse.register_forward_pre_hook(
+            lambda m, a, unit=unit: add(from_planes, names[unit], int(a[0].sum()))))  # fmt: skip
+    driven = measure(model, x, batch=2, spike_driven=True, progress=False)
     for h in hooks:
         h.remove()
-    units = [u for u in ibra_n.modules() if isinstance(u, NeuronConv)]
-    assert r.meta["mode"] == "spike-driven" and not any(u.spike_driven for u in units)  # mode restored
-    got = {layer.name: layer.spikes_total for layer in r.layers if layer.input == "AC"}
-    assert got == expected and sum(got.values()) == sum(planes) > 0
+    got = {layer.name: layer.spikes_total for layer in driven.layers if layer.input == "AC"}
+    assert driven.meta["mode"] == "spike-driven" and not any(u.spike_driven for u in units)  # mode restored
+    assert got == from_codes == from_planes and len(got) == len(units) and sum(got.values()) > 0
+    integer = measure(model, x, batch=1, progress=False)
+    assert integer.meta["mode"] == "integer"
+    assert [layer.spikes_total for layer in integer.layers] == [layer.spikes_total for layer in driven.layers]
+    # the histograms too: read from S = code / N in integer mode, from the codes themselves in spike-driven mode
+    assert [layer.code_histogram for layer in integer.layers] == [layer.code_histogram for layer in driven.layers]
 
 
 def mini(neuron, T: int) -> nn.Sequential:
@@ -292,15 +297,160 @@ def test_report_dict_is_json_and_no_model_errors():
 
 
 # ----------------------------------------------------------------------------------------------------------------------
+# The meter observes; the report re-prices; the rules are written once
+# ----------------------------------------------------------------------------------------------------------------------
+@pytest.mark.parametrize(
+    "neuron, dtype",
+    [
+        (IBRALIF(), torch.float32),
+        (IBRALIF(), torch.float16),  # M = 511: 511 * (2**-10 + 3 * 2**-23) < 1
+        (IBRALIF(), torch.float64),
+        (IBRALIF(D=5.11, N=37.3), torch.float32),  # N not a power of ten: M = round(190.603) = 191
+        (IBRALIF(D=5.11, N=37.3), torch.float16),
+        (IBLIF(bits=10), torch.float16),  # M = 1023, the largest range float16 carries exactly
+        (ILIF(D=4), torch.bfloat16),
+        (IntegerLIF(2**20 - 1, 1000.0), torch.float32),  # about a million codes
+    ],
+    ids=lambda v: str(v).split("(")[0].removeprefix("torch."),
+)
+def test_codes_read_back_exactly_from_neuron_outputs(neuron, dtype):
+    # The meter reads codes from the neuron's output S = code / N as round(S * N) (it never runs the neuron again).
+    # The meter's own histogram of these outputs (interleaved sub-histograms where the bound allows) must count
+    # exactly these codes too.
+    # For every code 0..M, S is produced by the neuron itself in `dtype` (inputs code / N, the neuron computing in
+    # float32 as always) and must give back exactly the code the neuron's codes() reports for that input.
+    m = neuron.max_code
+    u = (torch.arange(m + 1, dtype=torch.float64) / neuron.scale).to(dtype)[None]  # [T = 1, M + 1]
+    expected = neuron.codes(u)
+    assert set(expected.flatten().tolist()) == set(range(m + 1))  # every code occurs
+    s = neuron.eval()(u)
+    assert torch.equal(codes_from_outputs(s, neuron.scale, m), expected)
+    if m < 2**16:  # the meter's dense histogram
+        meter = EnergyMeter(NeuronConv(neuron, nn.Conv2d(1, 1, 1)))
+        counted = meter.counters[0]._count_codes(s.reshape(-1))
+        hist = meter.counters[0].histogram()
+        assert hist == torch.bincount(expected.flatten().long(), minlength=m + 1).tolist()
+        assert int(counted) == int(neuron.spikes_per_code(expected).sum())
+
+
+def test_codes_refused_where_the_dtype_cannot_carry_them():
+    # bfloat16 has 8 significant bits: code/100 for codes up to 511 is not recoverable (M * eps = 511 / 128 > 1).
+    s = IBRALIF()(torch.rand(1, 8).to(torch.bfloat16))
+    with pytest.raises(IbraYoloError, match="cannot be read back exactly from bfloat16"):
+        codes_from_outputs(s, 100.0, 511)
+    with pytest.raises(IbraYoloError, match="from float16"):  # M = 2047 > 1023
+        codes_from_outputs(torch.zeros(4, dtype=torch.float16), 1.0, 2047)
+
+
+@pytest.mark.parametrize("spike_driven", [False, True])
+def test_meter_never_runs_a_neuron_again(spike_driven):
+    # measure() costs one forward because the meter only observes: over 3 batches every integer neuron runs exactly
+    # as in a plain forward: integer mode calls its forward 3 times and codes() never; spike-driven mode calls
+    # codes() 3 times (the spike-driven forward's own) and its forward never.
+    model = randomize_(mini(lambda: IBRALIF(T=1), 1), seed=1)
+    neurons = [m for m in model.modules() if isinstance(m, IntegerLIF)]
+    calls = {id(n): {"forward": 0, "codes": 0} for n in neurons}
+    hooks = [n.register_forward_pre_hook(lambda m, a: calls[id(m)].__setitem__("forward", calls[id(m)]["forward"] + 1))
+             for n in neurons]  # fmt: skip
+    for n in neurons:
+
+        def codes(x, n=n):
+            calls[id(n)]["codes"] += 1
+            return IntegerLIF.codes(n, x)
+
+        n.codes = codes  # an instance attribute: counts the calls, then defers to the method
+    measure(model, torch.rand(6, 3, 32, 32), batch=2, spike_driven=spike_driven, progress=False)
+    for h in hooks:
+        h.remove()
+    for n in neurons:
+        del n.codes
+    expected = {"forward": 0, "codes": 3} if spike_driven else {"forward": 3, "codes": 0}
+    # mini: AllConvBlock 5 neurons, Downsample 1, ConvBlock 5, SPPF 2
+    assert len(neurons) == 13 and all(c == expected for c in calls.values())
+
+
+@pytest.mark.parametrize("spike_driven", [False, True])
+def test_counts_do_not_depend_on_the_meters_chunks(monkeypatch, spike_driven):
+    # The meter reads each observed tensor in chunks of CHUNK elements (2**18: the whole tensor here). With chunks of
+    # 1000 elements, which split every layer's input at odd places, every count must be the same, to the last code.
+    import ibra_yolo.energy.meter as meter
+
+    model = randomize_(mini(lambda: IBRALIF(T=1), 1), seed=1).double()
+    x = torch.rand(2, 3, 32, 32, dtype=torch.float64, generator=torch.Generator().manual_seed(2))
+    whole = measure(model, x, spike_driven=spike_driven, progress=False).to_dict()
+    monkeypatch.setattr(meter, "CHUNK", 1000)
+    chunked = measure(model, x, spike_driven=spike_driven, progress=False).to_dict()
+    assert chunked == whole and whole["summary"]["SOPs"] > 0 and 0 < whole["summary"]["ActivationSparsity"] < 1
+
+
+def test_price_gives_other_constants_without_running_the_model():
+    # A report keeps its raw counts: priced with another preset it equals a new measurement with that preset, field
+    # for field, and the original report is unchanged. Custom values replace the current constants' (E_MAC 4.6 kept).
+    model = tiny(nn.Conv2d(4, 6, 3, 2, 1, groups=2, bias=False), lif7())
+    r = measure(model, images(), progress=False)
+    before = r.to_dict()
+    int8 = r.price("45nm-int8")
+    assert int8.to_dict() == measure(model, images(), preset="45nm-int8", progress=False).to_dict()
+    assert int8.summary()["energy_mJ"] == pytest.approx((0.3 * 6912 + 0.1 * 2592) * 1e-9)
+    assert r.to_dict() == before
+    custom = r.price(e_ac=0.5)
+    assert (custom.constants.name, custom.constants.e_mac, custom.constants.e_ac) == ("custom", 4.6, 0.5)
+    assert custom.summary()["energy_mJ"] == pytest.approx((4.6 * 6912 + 0.5 * 2592) * 1e-9)
+    with pytest.raises(IbraYoloError, match="positive"):
+        r.price(e_mac=0)
+
+
+def test_counting_rules_written_once_and_mode_stated():
+    # The JSON and the text table state the counting mode and the very same rules (COUNTING_RULES, the one place they
+    # are written); an unknown counting mode is refused by name.
+    model = tiny(nn.Conv2d(4, 6, 1, bias=False), lif7())
+    r = measure(model, images(), progress=False)
+    d = r.to_dict()
+    assert d["meta"]["counting"] == d["summary"]["counting"] == "folded"
+    assert d["meta"]["counting_rules"] == list(COUNTING_RULES["folded"]) and len(COUNTING_RULES["folded"]) == 7
+    text = " ".join(r.table().split())  # the table wraps the rules over lines
+    assert "counting rules (folded):" in text and all(
+        " ".join(rule.split()) in text for rule in COUNTING_RULES["folded"]
+    )
+    with pytest.raises(IbraYoloError, match="counting='executed' is unknown: choose one of folded"):
+        EnergyMeter(model, counting="executed")
+
+
+def test_data_yaml_by_name_resolves_as_yolo_val_does(monkeypatch, tmp_path):
+    # `coco.yaml` is not a file here: as for `yolo val data=coco.yaml`, Ultralytics' check_det_dataset finds its own
+    # coco.yaml and looks for the val list under the settings' datasets folder, without downloading. Offline and
+    # without COCO, that is one line naming exactly that path.
+    from ultralytics.utils import SETTINGS
+
+    monkeypatch.chdir(tmp_path)
+    model = tiny(nn.Conv2d(4, 6, 1, bias=False), lif7())
+    with pytest.raises(MissingFileError) as e:
+        measure(model, "coco.yaml", progress=False)
+    assert str(Path(SETTINGS["datasets_dir"]) / "coco" / "val2017.txt") in str(e.value) and "\n" not in str(e.value)
+
+
+def test_sources_listed_as_ultralytics_lists_them(tmp_path):
+    # A data YAML's split, as a folder with images in sub-folders or as a .txt list of ./-relative paths, gives exactly
+    # the files Ultralytics' YOLODataset validates (its lister, BaseDataset.get_img_files); a folder given directly is
+    # read as `yolo predict source=<folder>` reads it: its own images, not those of sub-folders.
+    from ultralytics.data.base import BaseDataset
+
+    val = tmp_path / "images" / "val"
+    for rel in ("3.png", "a/1.png", "b/2.jpg"):
+        (val / rel).parent.mkdir(parents=True, exist_ok=True)
+        cv2.imwrite(str(val / rel), np.zeros((8, 8, 3), np.uint8))
+    (tmp_path / "val.txt").write_text("./images/val/a/1.png\n./images/val/3.png\n")
+    lister = SimpleNamespace(prefix="", fraction=1.0)
+    for split, name in (("images/val", "folder.yaml"), ("val.txt", "list.yaml")):
+        (tmp_path / name).write_text(f"path: {tmp_path}\ntrain: {split}\nval: {split}\nnames: {{0: a}}\n")
+        expected = BaseDataset.get_img_files(lister, str(tmp_path / split))
+        assert list_images(tmp_path / name) == expected and len(expected) == (3 if split == "images/val" else 2)
+    assert list_images(val) == [str(val / "3.png")]
+
+
+# ----------------------------------------------------------------------------------------------------------------------
 # Data and CLI
 # ----------------------------------------------------------------------------------------------------------------------
-def load_cli():
-    spec = importlib.util.spec_from_file_location("energy_cli", ROOT / "tools" / "energy.py")
-    cli = importlib.util.module_from_spec(spec)
-    spec.loader.exec_module(cli)
-    return cli
-
-
 def test_cli_writes_files_and_refuses_to_overwrite(shapes_data, tmp_path, python, capsys):
     assert len(list_images(shapes_data)) == 16  # a data YAML means its val split
     out = tmp_path / "out"
@@ -312,7 +462,7 @@ def test_cli_writes_files_and_refuses_to_overwrite(shapes_data, tmp_path, python
     d = json.loads((out / "energy.json").read_text())
     assert d["summary"]["images"] == 2 and len(d["layers"]) == 89
     assert len((out / "energy_layers.csv").read_text().splitlines()) == 1 + 89
-    cli = load_cli()
+    cli = energy_cli
     assert cli.main([*args, "--max-images", "1", "--out", str(out)]) == 2  # exists: refused before measuring
     err = capsys.readouterr().err
     assert err.startswith("error: ") and "exist" in err and "--overwrite" in err and len(err.strip().splitlines()) == 1
@@ -335,7 +485,7 @@ def test_cli_writes_files_and_refuses_to_overwrite(shapes_data, tmp_path, python
     ],
 )
 def test_cli_errors_are_one_line(argv, message, shapes_data, capsys, tmp_path):
-    cli = load_cli()
+    cli = energy_cli
     argv = [str(shapes_data) if a == "DATA" else a for a in argv]
     try:
         status = cli.main([*argv, "--out", str(tmp_path / "o")])

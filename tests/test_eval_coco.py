@@ -1,7 +1,6 @@
-"""tools/eval_coco.py and ibra_yolo.coco: exact pycocotools agreement, label conversion, one-line errors, the demo."""
+"""ibra-yolo eval and ibra_yolo.coco: exact pycocotools agreement, label conversion, one-line errors, the demo."""
 
 import contextlib
-import importlib.util
 import io
 import json
 import shutil
@@ -13,19 +12,12 @@ import pytest
 from conftest import ROOT, randomize_, run
 
 from ibra_yolo import coco
+from ibra_yolo.cli import demo
+from ibra_yolo.cli import eval as eval_coco
+from ibra_yolo.errors import IbraYoloError
+from ibra_yolo.sources import load_dataset
 
 TOOLS = ROOT / "tools"
-
-
-def _load_tool(name):
-    spec = importlib.util.spec_from_file_location(name, TOOLS / f"{name}.py")
-    module = importlib.util.module_from_spec(spec)
-    spec.loader.exec_module(module)
-    return module
-
-
-eval_coco = _load_tool("eval_coco")
-demo = _load_tool("demo")
 
 # A hand-made ground truth: 3 images, 2 categories, objects in all three COCO area ranges (small < 32^2 <= medium <
 # 96^2 <= large), and predictions with good and poor overlaps, a duplicate, a wrong class and a false positive.
@@ -158,7 +150,7 @@ def test_yolo_labels_to_coco_round_trip(tmp_path):
 
 def test_demo_dataset_annotations_rebuilt_from_labels(shapes_data):
     # The demo's shipped instances_val.json and the one built from its labels for an arbitrary dataset agree.
-    data = coco.load_dataset(shapes_data)
+    data = load_dataset(shapes_data)
     assert coco.find_annotations(data) == shapes_data.parent / "annotations" / "instances_val.json"
     shipped = json.loads(coco.find_annotations(data).read_text())
     built = coco.coco_from_yolo_labels(sorted((shapes_data.parent / "images" / "val").glob("*.png")), data["names"])
@@ -265,7 +257,7 @@ def test_model_classes_must_fit_categories():
     c91 = coco.coco91_ids()
     assert coco.match_categories({i: f"n{i}" for i in range(80)}, [{"id": c, "name": str(c)} for c in c91]) == (
         c91, "by order")  # fmt: skip
-    with pytest.raises(coco.CategoryMismatchError, match="the model has 80 classes but the annotation file has 3"):
+    with pytest.raises(IbraYoloError, match="the model has 80 classes but the annotation file has 3"):
         coco.match_categories({i: f"n{i}" for i in range(80)}, cats)
 
 
@@ -280,16 +272,23 @@ def test_never_overwrite_without_flag(tmp_path, capsys):
 
 
 def test_cli_subprocess_one_line(tmp_path, python):
+    # the documented script and the package command are one command: same one-line error, same exit status
     args = ["--pred", str(tmp_path / "x.json"), "--ann", str(tmp_path / "y.json")]
-    p = run([python, str(TOOLS / "eval_coco.py"), *args], check=False)
-    assert p.returncode == 2 and p.stderr == f"error: annotation file {tmp_path / 'y.json'} does not exist\n"
+    for cmd in ([python, str(TOOLS / "eval_coco.py")], [python, "-m", "ibra_yolo", "eval"]):
+        p = run([*cmd, *args], check=False)
+        assert p.returncode == 2 and p.stderr == f"error: annotation file {tmp_path / 'y.json'} does not exist\n"
+
+
+def test_image_id_is_ultralytics_rule():
+    # Ultralytics names an image in predictions.json by its file stem, an int when the stem is a number
+    assert [coco.image_id(p) for p in ("a/000042.png", "7.jpg", "img_7.jpg", "x/abc.JPG")] == [42, 7, "img_7", "abc"]
 
 
 def test_demo_refuses_foreign_folder(tmp_path, capsys):
     (tmp_path / "mine.txt").write_text("not a demo")
     assert demo.main(["--out", str(tmp_path)]) == 2
     err = capsys.readouterr().err
-    assert err == f"error: --out {tmp_path} is not empty and was not made by tools/demo.py: choose another folder\n"
+    assert err == f"error: --out {tmp_path} is not empty and was not made by ibra-yolo demo: choose another folder\n"
     assert sorted(p.name for p in tmp_path.iterdir()) == ["mine.txt"]
 
 
@@ -374,7 +373,7 @@ def test_spike_driven_needs_a_spiking_model(tmp_path, tiny_data, capsys):
 
 
 def test_energy_hook(monkeypatch, capsys):
-    # eval_coco calls ibra_yolo.energy.measure(model, images, imgsz, batch, spike_driven) and keeps report.summary()
+    # eval calls ibra_yolo.energy.measure(model, images, imgsz, batch, spike_driven) and keeps report.summary()
     calls = []
 
     class Report:
@@ -395,14 +394,21 @@ def test_energy_hook(monkeypatch, capsys):
     args.energy = False  # --no-energy
     assert eval_coco.energy_summary(args, run_) is None and len(calls) == 1
 
-    def broken(*a, **kw):
-        raise RuntimeError("out of memory")
+    def unmeasurable(*a, **kw):
+        raise IbraYoloError("DetectionModel has no NeuronConv layers")
 
-    monkeypatch.setattr(ibra_yolo.energy, "measure", broken)
+    def broken(*a, **kw):
+        raise RuntimeError("a bug")
+
+    monkeypatch.setattr(ibra_yolo.energy, "measure", unmeasurable)
     args.energy = None  # the default: on
-    # a failing energy summary is reported, and never costs the user the COCO metrics
-    assert eval_coco.energy_summary(args, run_) == {"error": "RuntimeError: out of memory"}
-    assert "warning: energy summary skipped: RuntimeError: out of memory" in capsys.readouterr().err
+    # a model the energy report cannot measure (a stock one) is reported and never costs the user the COCO metrics
+    assert eval_coco.energy_summary(args, run_) == {"error": "DetectionModel has no NeuronConv layers"}
+    assert "warning: energy summary skipped: DetectionModel has no NeuronConv layers" in capsys.readouterr().err
+    # anything else is a bug, not an expected failure: it is raised, not hidden
+    monkeypatch.setattr(ibra_yolo.energy, "measure", broken)
+    with pytest.raises(RuntimeError, match="a bug"):
+        eval_coco.energy_summary(args, run_)
 
 
 # ----------------------------------------------------------------------------------------------------------------------

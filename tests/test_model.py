@@ -1,29 +1,24 @@
 """Architecture, YAMLs, the builder's errors and the Ultralytics plugin (in-process, fast)."""
 
 import copy
-import sys
+import shutil
+from pathlib import Path
 
 import pytest
 import torch
 import yaml
 from conftest import CFG, ROOT, randomize_, run
+from conftest import model_dict as load
 
 from ibra_yolo.errors import ModelConfigError
 from ibra_yolo.neurons import IBLIF, IBRALIF, ILIF, Activation, IntegerLIF
-from ibra_yolo.nn import NeuronConv, SpikeDetect, build_spiking_model
+from ibra_yolo.nn import AllConvBlock, ConvBlock, NeuronConv, RepConv, SConv, SepConv, SpikeDetect, build_spiking_model
 
 FAMILIES = {"ibra": IBRALIF, "ilif": ILIF, "iblif": IBLIF, "ann": Activation}
 
-# Built parameter counts (nc=80, before fusion). SpikeYOLO's architecture quotes 13.3M / 23.2M / 47.8M / 68.5M
-# (its YAML comments), so these are within 0.25% of it (the issue asks for 0.5%).
+# Built parameter counts (nc=80, before fusion), within 0.25% of the 13.3M / 23.2M / 47.8M / 68.5M that SpikeYOLO's
+# YAML comments quote for its architecture. SpikeYOLO's own code builds exactly these counts (SPEC §7, issue 13).
 PARAMS = {"n": 13_271_632, "s": 23_153_024, "m": 47_841_856, "l": 68_478_400}
-SPIKEYOLO = {"n": 13.3e6, "s": 23.2e6, "m": 47.8e6, "l": 68.5e6}
-
-
-def load(family="ibra", **overrides):
-    d = yaml.safe_load((CFG / f"spike-yolo-{family}.yaml").read_text())
-    d.update(overrides)
-    return d
 
 
 def n_params(module):
@@ -34,7 +29,31 @@ def n_params(module):
 def test_parameter_counts(scale):
     layers, _ = build_spiking_model(load(scale=scale), verbose=False)
     assert n_params(layers) == PARAMS[scale]
-    assert abs(PARAMS[scale] / SPIKEYOLO[scale] - 1) < 0.005
+
+
+def test_block_parameter_counts_by_hand():
+    # SPEC §3, counted by hand for c = 48 (the n scale's first stage); a BN has 2 parameters per channel.
+    # SepConv(48), expansion 2, kernel 7: 1x1 48->96 (4608) + BN 96 (192) + depthwise 7x7 on 96 (4704) + BN (192)
+    #   + SepRep(96->48): BNPad 96 (192) + 1x1 96->48 (4608) + depthwise 3x3 on 48 (432); + BN 48 (96) = 15024.
+    assert n_params(SepConv(48)) == 4608 + 192 + 4704 + 192 + 192 + 4608 + 432 + 96 == 15024
+    # RepConv(48, 96): 1x1 48->48 (2304) + BNPad 48 (96) + depthwise 3x3 (432) + 1x1 48->96 (4608) + BN 96 (192).
+    assert n_params(RepConv(48, 96)) == 2304 + 96 + 432 + 4608 + 192 == 7632
+    # AllConvBlock(48, r=4): SepConv (15024) + SConv 3x3 48->192 (82944 + BN 384) + SConv 3x3 192->48 (82944 + 96).
+    assert n_params(AllConvBlock(48)) == 15024 + 82944 + 384 + 82944 + 96 == 181392
+    # ConvBlock(48, r=3): SepConv (15024) + RepConv(48, 144) (2304 + 96 + 432 + 6912 + 288) + BN 144 (288)
+    #   + RepConv(144, 48) (20736 + 288 + 1296 + 6912 + 96) + BN 48 (96).
+    assert n_params(ConvBlock(48, r=3)) == 15024 + 10032 + 288 + 29328 + 96 == 54768
+
+
+def test_blocks_build_with_the_default_neuron():
+    # Blocks take a neuron factory; without one they use the paper's neuron (IBRA-LIF, D = 5.11, N = 100, T = 1).
+    # SConv(3, 8) on a [T=1, B=2, 3, 4, 4] input of 0.5: the neuron sends code 50 (S = 0.5) to a 1x1 conv whose weights
+    # are all 1, so every output is 3 * 0.5 = 1.5 before the BN; an eval-mode fresh BN divides by sqrt(1 + 1e-5).
+    block = SConv(3, 8).eval()
+    assert type(block.conv.neuron) is IBRALIF and block.conv.neuron.max_code == 511
+    torch.nn.init.ones_(block.conv.op.weight)
+    y = block(torch.full((1, 2, 3, 4, 4), 0.5))
+    assert y.shape == (1, 2, 8, 4, 4) and torch.allclose(y, torch.full_like(y, 1.5 / (1 + 1e-5) ** 0.5))
 
 
 def test_repeats_follow_ultralytics_rounding():
@@ -185,13 +204,26 @@ def test_fuse_keeps_neurons_and_outputs():
 
 
 def test_deepcopy_after_training_step():
+    # Ultralytics' EMA and checkpoints deep-copy the model right after training steps. A module that kept a tensor of
+    # the last forward (a membrane, a cached code) would either make deepcopy fail (non-leaf tensors refuse it) or
+    # leak one call into the next. Expected: none of our modules holds a tensor outside its parameters and buffers
+    # (the head's anchors/strides are Ultralytics' Detect's own shape caches), and the copy and two consecutive calls
+    # of the original give bit-identical outputs.
     from ultralytics import YOLO
 
-    model = YOLO("spike-yolo-ibra-n.yaml").model.train()
-    out = model(torch.rand(2, 3, 64, 64))
+    model = randomize_(YOLO("spike-yolo-ibra-n.yaml").model).train()
+    x = torch.rand(2, 3, 64, 64, generator=torch.Generator().manual_seed(0))
+    out = model(x)
     (out["boxes"].sum() + out["scores"].sum()).backward()
-    clone = copy.deepcopy(model)  # Ultralytics' EMA and checkpoints deep-copy the model
-    assert n_params(clone) == n_params(model)
+    ours = [(n, m) for n, m in model.named_modules() if type(m).__module__.startswith("ibra_yolo")]
+    stray = [
+        (n, k) for n, m in ours if not isinstance(m, SpikeDetect) for k, v in vars(m).items() if torch.is_tensor(v)
+    ]
+    assert len(ours) > 300 and stray == []
+    clone = copy.deepcopy(model).eval()
+    with torch.no_grad():
+        first, again, copied = model.eval()(x)[0], model(x)[0], clone(x)[0]
+    assert torch.equal(first, again) and torch.equal(first, copied)
 
 
 def test_checkpoint_carries_neuron_settings(tmp_path, python):
@@ -241,26 +273,94 @@ def test_autoload_line_is_silent_when_package_is_gone(tmp_path, python):
     assert (here.stdout.strip(), here.stderr.strip()) == ("True", "")
 
 
-def test_cli_error_is_one_line(tmp_path, python):
+def test_errors_one_line_in_yolo_cli_normal_exceptions_elsewhere(tmp_path, python):
+    # A bad YAML through the stock `yolo` console script: our error is printed as its one line (exit status 1), no
+    # traceback. In any other program (here `python -c`) it is a normal exception: a traceback whose last line is
+    # the same message, qualified with its module as Python prints every exception.
     d = load(scale="n", neuron={"kind": "IBRALIF", "N": 0})
     bad = tmp_path / "bad.yaml"
     bad.write_text(yaml.safe_dump(d))
+    message = "ModelConfigError: neuron: N=0 is invalid: N must be a finite number > 0"
+    yolo_bin = shutil.which("yolo", path=str(Path(python).parent)) or shutil.which("yolo")
+    p = run([yolo_bin, "predict", f"model={bad}", "source=x.jpg"], cwd=tmp_path, check=False)
+    assert (p.returncode, p.stderr.strip().splitlines()[-1]) == (1, message) and "Traceback" not in p.stderr
     p = run([python, "-c", f"from ultralytics import YOLO; YOLO({str(bad)!r})"], check=False)
-    assert p.returncode == 1
-    assert p.stderr.strip().splitlines()[-1] == (
-        "ModelConfigError: neuron: N=0 is invalid: N must be a finite number > 0"
+    assert (p.returncode, p.stderr.strip().splitlines()[-1]) == (1, f"ibra_yolo.errors.{message}")
+    assert "Traceback" in p.stderr
+
+
+def test_importing_ultralytics_leaves_excepthook_alone(python):
+    # With the autoload armed, importing Ultralytics registers the plugin in this program too (its YAML names work),
+    # and sys.excepthook is the very object it was before.
+    code = (
+        "import sys; hook = sys.excepthook; from ultralytics import YOLO; import ultralytics.nn.tasks as t;"
+        "print(sys.excepthook is hook, hasattr(t.parse_model, '__ibra_yolo_original__'))"
     )
-    assert "Traceback" not in p.stderr
+    assert run([python, "-c", code]).stdout.split()[-2:] == ["True", "True"]
 
 
-def test_yamls_resolve_after_install():
+WRAPPED = ("parse_model", "yaml_model_load")
+ULTRALYTICS_MODULES = (  # the modules the stock CLI, training, validation, prediction and export run through
+    "ultralytics", "ultralytics.cfg", "ultralytics.engine.model", "ultralytics.engine.trainer",
+    "ultralytics.engine.validator", "ultralytics.engine.predictor", "ultralytics.engine.exporter",
+    "ultralytics.models.yolo.detect", "ultralytics.nn.autobackend", "ultralytics.utils.torch_utils",
+)  # fmt: skip
+
+
+@pytest.mark.parametrize("autoload", ["1", "0"])
+def test_no_ultralytics_module_keeps_the_unwrapped_functions(python, autoload):
+    # Whether registration runs at the first import of ultralytics.nn.tasks (autoload) or after Ultralytics is fully
+    # imported (register() by hand), afterwards no ultralytics.* module may still hold the stock parse_model or
+    # yaml_model_load: a future Ultralytics that binds them elsewhere must not bypass the plugin.
+    code = (
+        f"import importlib, sys; mods = {ULTRALYTICS_MODULES!r};"
+        "[importlib.import_module(m) for m in mods]; import ultralytics.nn.tasks as t;"
+        f"orig = {{n: getattr(getattr(t, n), '__ibra_yolo_original__', getattr(t, n)) for n in {WRAPPED!r}}};"
+        "import types; probe = types.ModuleType('ultralytics.probe'); vars(probe).update(vars(t));"
+        "sys.modules['ultralytics.probe'] = probe;"  # a module no list names, bound like tasks' own names
+        "import ibra_yolo; ibra_yolo.register();"
+        "left = [(k, n) for k, m in list(sys.modules.items()) if k.split('.')[0] == 'ultralytics' and m is not None"
+        "        for n, f in orig.items() if vars(m).get(n) is f];"
+        "bound = sum(vars(m).get(n) is getattr(t, n) for k, m in list(sys.modules.items())"
+        "            if k.split('.')[0] == 'ultralytics' and m is not None for n in orig);"
+        "print(left, bound)"
+    )
+    out = run([python, "-c", code], env={"IBRA_YOLO_AUTOLOAD": autoload}).stdout.strip().splitlines()[-1]
+    # nothing unwrapped is left; the wrappers sit in ultralytics.nn.tasks and the probe (both names) and in
+    # ultralytics.engine.model (yaml_model_load, which it imports by name) at least
+    left, bound = out.rsplit(" ", 1)
+    assert left == "[]" and int(bound) >= 5
+
+
+def test_old_checkpoint_without_tap_loads(tmp_path):
+    # NeuronConv gained a parameter-free `tap`; a model pickled before that (no `tap` attribute) must load, get its
+    # tap back and compute the same outputs, with plain torch.load and with weights_only loading.
+    from ibra_yolo.neurons import IBRALIF
+
+    unit = NeuronConv(IBRALIF(), torch.nn.Conv2d(3, 4, 3, padding=1)).eval()
+    x = torch.rand(1, 2, 3, 8, 8, generator=torch.Generator().manual_seed(0))
+    expected = unit(x)
+    del unit._modules["tap"]
+    torch.save(unit, tmp_path / "old.pt")
+    loaded = torch.load(tmp_path / "old.pt", weights_only=False)
+    assert isinstance(loaded.tap, torch.nn.Module) and torch.equal(loaded(x), expected)
+    with torch.serialization.safe_globals([torch.nn.Conv2d]):  # ours are allow-listed by ibra_yolo.nn
+        loaded = torch.load(tmp_path / "old.pt", weights_only=True)
+    assert isinstance(loaded.tap, torch.nn.Module) and torch.equal(loaded(x), expected)
+
+
+def test_yamls_resolve_in_a_checkout():
+    # In a checkout the YAMLs are in cfg/ beside the package (a wheel puts them in ibra_yolo/cfg: the slow
+    # non-editable install test covers that); every family comes with its four scale names.
+    import ibra_yolo
     from ibra_yolo.plugin import available_models, cfg_dir, model_yaml_path
 
-    assert cfg_dir() in (ROOT / "cfg", ROOT / "ibra_yolo" / "cfg") or (cfg_dir() / "spike-yolo-ibra.yaml").is_file()
-    assert model_yaml_path("spike-yolo-ibra-l.yaml") == (cfg_dir() / "spike-yolo-ibra.yaml", "l")
+    assert cfg_dir() == Path(ibra_yolo.__file__).resolve().parents[1] / "cfg" == CFG
+    assert model_yaml_path("spike-yolo-ibra-l.yaml") == (CFG / "spike-yolo-ibra.yaml", "l")
     assert model_yaml_path("yolov8n.yaml") is None
-    assert {"spike-yolo-ibra.yaml", "spike-yolo-ibra-n.yaml", "spike-yolo-ann-l.yaml"} <= set(available_models())
-    assert sys.modules["ibra_yolo.plugin"]._registered
+    families = ("ann", "iblif", "ibra", "ilif")
+    assert available_models() == [n for f in families for n in (f"spike-yolo-{f}.yaml",
+                                  *(f"spike-yolo-{f}-{s}.yaml" for s in "nsml"))]  # fmt: skip
 
 
 def test_training_recipe_is_valid_ultralytics_cfg():

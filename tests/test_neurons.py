@@ -54,9 +54,32 @@ def test_neuron_attributes():
     assert (b.max_code, b.bits, b.encoding, b.scale, b.num_planes) == (63, 6, "binary", 1.0, 6)
     i = ILIF(D=4)
     assert (i.max_code, i.bits, i.encoding, i.scale, i.num_planes) == (4, 3, "unary", 1.0, 4)
-    # one implementation underneath
-    assert all(isinstance(m, IntegerLIF) for m in (n, b, i))
-    assert type(n).forward is type(b).forward is type(i).forward is IntegerLIF.forward
+
+
+@pytest.mark.parametrize(
+    "make, generic",
+    [
+        (lambda T: IBRALIF(D=2.55, N=100, T=T, beta=0.5), lambda T: IntegerLIF(255, 100.0, "binary", T, 0.5)),
+        (lambda T: IBLIF(bits=3, T=T), lambda T: IntegerLIF(7, 1.0, "binary", T)),
+        (lambda T: ILIF(D=3, T=T), lambda T: IntegerLIF(3, 1.0, "unary", T)),
+    ],
+    ids=["IBRA-LIF", "IB-LIF", "I-LIF"],
+)
+def test_families_only_translate_parameters(make, generic):
+    # The three neurons are IntegerLIF with their (M, N, encoding): IBRA-LIF(D=2.55, N=100) is M = round(255.0) = 255,
+    # IB-LIF(3 bits) is M = 7, N = 1, I-LIF(D=3) is M = 3, unary. Same outputs, codes, planes, spike counts and
+    # gradients as the generic neuron at T = 3, on inputs that cross the clip bounds and the rounding steps.
+    x = (torch.randn(3, 2, 50, generator=torch.Generator().manual_seed(0)) * 4).requires_grad_()
+    a, b = make(3).train(), generic(3).train()
+    assert isinstance(a, IntegerLIF) and type(a) is not IntegerLIF
+    out_a, out_b = a(x), b(x)
+    (ga,) = torch.autograd.grad(out_a.sum(), x)
+    (gb,) = torch.autograd.grad(out_b.sum(), x)
+    assert torch.equal(out_a, out_b) and torch.equal(ga, gb)
+    codes = a.codes(x.detach())
+    assert torch.equal(codes, b.codes(x.detach())) and 0 < int(codes.max()) == a.max_code  # clipping reached
+    assert torch.equal(a.to_planes(codes), b.to_planes(codes))
+    assert torch.equal(a.spikes_per_code(codes), b.spikes_per_code(codes))
 
 
 # ---------------------------------------------------------------------------------------------------- dynamics

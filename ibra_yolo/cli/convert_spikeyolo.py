@@ -1,34 +1,28 @@
-"""``python -m ibra_yolo convert-spikeyolo SRC DST``: SpikeYOLO's checkpoint as a normal Ultralytics checkpoint of ours.
+"""``ibra-yolo convert-spikeyolo SRC DST``: SpikeYOLO's checkpoint as a normal Ultralytics checkpoint of ours.
 
 The source is read without running any of its code; every tensor is checked onto our model of the same scale. The
 output is written atomically and never replaces an existing file without ``--overwrite``.
 
 Examples:
-    python -m ibra_yolo convert-spikeyolo 69M_best.pt spike-yolo-ilif-l.pt
-    python -m ibra_yolo convert-spikeyolo 69M_best.pt spike-yolo-ibra-l-init.pt --neuron ibra
-    python -m ibra_yolo convert-spikeyolo 23M_best.pt s.pt --neuron "{kind: IBRALIF, D: 5.11, N: 100}"
+    ibra-yolo convert-spikeyolo 69M_best.pt spike-yolo-ilif-l.pt
+    ibra-yolo convert-spikeyolo 69M_best.pt spike-yolo-ibra-l-init.pt --neuron ibra
+    ibra-yolo convert-spikeyolo 23M_best.pt s.pt --neuron "{kind: IBRALIF, D: 5.11, N: 100}"
 """
 
 from __future__ import annotations
 
 import argparse
 import os
-import sys
 
-__all__ = ("parse_args", "main")
+from ibra_yolo.cli.parser import ArgumentParser, run_command
 
-
-class _Parser(argparse.ArgumentParser):
-    """Argument errors as one line (``error: ...``) and exit status 2, without the usage block."""
-
-    def error(self, message: str):
-        self.exit(2, f"error: {message} (see --help)\n")
+__all__ = ("build_parser", "parse_args", "main")
 
 
-def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
-    """Parse the command line."""
-    p = _Parser(
-        prog="python -m ibra_yolo convert-spikeyolo",
+def build_parser() -> ArgumentParser:
+    """The command line of ``ibra-yolo convert-spikeyolo``."""
+    p = ArgumentParser(
+        prog="ibra-yolo convert-spikeyolo",
         description=__doc__.split("\n\n")[0],
         epilog=__doc__.split("\n\n", 2)[2],
         formatter_class=argparse.RawDescriptionHelpFormatter,
@@ -42,24 +36,24 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
         "e.g. '{kind: IBRALIF, D: 5.11, N: 100}' (the weights load unchanged)",
     )
     p.add_argument("--overwrite", action="store_true", help="replace an existing output file")
-    return p.parse_args(argv)
+    return p
 
 
-def main(argv: list[str] | None = None) -> int:
-    """Convert; returns the exit status (0, or 2 with a one-line ``error:`` message)."""
-    args = parse_args(argv)
-    os.environ.setdefault("YOLO_OFFLINE", "1")  # before Ultralytics is imported: converting never downloads anything
-    from ibra_yolo.errors import IbraYoloError
+def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
+    """Parse the command line; raises ``UsageError`` on bad arguments."""
+    return build_parser().parse_args(argv)
+
+
+def run(args: argparse.Namespace) -> int:
+    """Convert; raises ``IbraYoloError`` on bad input."""
     from ibra_yolo.spikeyolo import convert_spikeyolo
 
-    try:
-        dst = convert_spikeyolo(args.src, args.dst, neuron=args.neuron, overwrite=args.overwrite)
-    except IbraYoloError as e:
-        print(f"error: {e}", file=sys.stderr)
-        return 2
+    dst = convert_spikeyolo(args.src, args.dst, neuron=args.neuron, overwrite=args.overwrite)
     print(f"wrote {dst}; e.g. yolo val model={dst} data=coco.yaml")
     return 0
 
 
-if __name__ == "__main__":
-    sys.exit(main())
+def main(argv: list[str] | None = None) -> int:
+    """Run ``ibra-yolo convert-spikeyolo``; returns the exit status (0, or 2 after a one-line ``error:`` message)."""
+    os.environ.setdefault("YOLO_OFFLINE", "1")  # before Ultralytics is imported: converting never downloads anything
+    return run_command(build_parser(), run, argv)

@@ -1,4 +1,11 @@
-"""Spiking blocks, the detect head and the YAML builder."""
+"""Spiking blocks, the detect head and the YAML builder.
+
+Importing this package allow-lists the classes a checkpoint of an ibra-yolo model pickles (the neurons, blocks and
+head) for ``torch.load(weights_only=True)``, i.e. Ultralytics' ``ULTRALYTICS_SAFE_LOAD=1``: they are plain modules
+that run no code when unpickled.
+"""
+
+import torch
 
 from ibra_yolo.nn.blocks import (
     SPPF,
@@ -13,6 +20,7 @@ from ibra_yolo.nn.blocks import (
     SepConv,
     SepRep,
     Synapse,
+    Tap,
     TimeRepeat,
     Upsample,
 )
@@ -34,12 +42,22 @@ __all__ = (
     "SepRep",
     "SpikeDetect",
     "Synapse",
+    "Tap",
     "TimeRepeat",
     "Upsample",
     "build_spiking_model",
     "is_spiking_yaml",
 )
 
-from ibra_yolo.plugin import allow_list_classes  # noqa: E402
 
-allow_list_classes()  # for ULTRALYTICS_SAFE_LOAD=1 checkpoint loading
+def _allow_list_classes() -> None:
+    """Allow-list our module classes for ``torch.load(weights_only=True)`` (``ULTRALYTICS_SAFE_LOAD=1``)."""
+    from ibra_yolo import neurons
+    from ibra_yolo.nn import blocks, head
+
+    modules = (neurons, blocks, head)
+    classes = [getattr(m, n) for m in modules for n in m.__all__ if isinstance(getattr(m, n), type)]
+    torch.serialization.add_safe_globals(classes)
+
+
+_allow_list_classes()

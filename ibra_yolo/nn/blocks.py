@@ -3,7 +3,8 @@
 Blocks pass real-valued pre-activations between each other ("membrane shortcut"); spikes exist only between a neuron
 and the linear layer it feeds. Every such pair is a ``NeuronConv``, the one place where spike-driven execution
 (``{0, 1}`` planes over virtual timesteps) happens. Blocks take their neuron as a factory (``neuron=callable``)
-supplied by the model builder, so no block names a neuron class.
+supplied by the model builder; the default factory is the paper's neuron, ``IBRALIF`` with its released defaults
+(``D = 5.11, N = 100, T = 1``), so that e.g. ``SConv(3, 8)`` works on its own.
 """
 
 from __future__ import annotations
@@ -15,12 +16,13 @@ import torch.nn.functional as F
 from torch import nn
 from ultralytics.nn.modules.conv import autopad
 
-from ibra_yolo.neurons import is_spiking_neuron, plane
+from ibra_yolo.neurons import IBRALIF, is_spiking_neuron, plane
 
 __all__ = (
     "BNPad",
     "SepRep",
     "RepConv",
+    "Tap",
     "Synapse",
     "NeuronConv",
     "TimeRepeat",
@@ -35,6 +37,7 @@ __all__ = (
 )
 
 NeuronFactory = Callable[[], nn.Module]
+DEFAULT_NEURON: NeuronFactory = IBRALIF  # the paper's neuron with its released defaults (D = 5.11, N = 100, T = 1)
 
 
 def step(module: nn.Module, x: torch.Tensor) -> torch.Tensor:
@@ -157,6 +160,18 @@ class RepConv(nn.Module):
         return self.pw1.in_channels * self.pw2.out_channels * k * k
 
 
+class Tap(nn.Module):
+    """Identity on what a ``NeuronConv``'s op is fed, ``[T, B, C, H, W]``: parameter-free, it exists to be observed.
+
+    Hooks read here what the forward produced instead of computing it again (the energy meter counts codes here): in
+    integer mode the neuron's output (``S = code / N`` for an integer neuron, the ANN twin's activation, the image for
+    the first layer); in spike-driven mode the integer codes that the ``{0, 1}`` planes are cut from.
+    """
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        return x
+
+
 class Synapse(nn.Module):
     """Convolution of one ``{0, 1}`` spike plane (no bias): the accumulate-only synaptic operation.
 
@@ -175,7 +190,8 @@ class NeuronConv(nn.Module):
     are empty and skipped); each plane goes through the op's
     first conv without bias (``Synapse``), the results are summed with weights ``2**j / N`` (binary) or ``1 / N``
     (unary), and the bias and remaining linear stages are applied once after the sum. ``neuron=None`` makes an
-    encoding layer fed by real values (the only multiply-accumulate layer of a spiking model).
+    encoding layer fed by real values (the only multiply-accumulate layer of a spiking model). What the op is fed
+    passes through ``tap`` and every plane through ``synapse``: two parameter-free modules for hooks to observe.
 
     Args:
         neuron (nn.Module | None): The neuron (or the ANN twin's activation); None for a real-valued input.
@@ -186,23 +202,34 @@ class NeuronConv(nn.Module):
         super().__init__()
         self.neuron = neuron
         self.op = op
+        self.tap = Tap()
         self.synapse = Synapse()
         self.spike_driven = False
+
+    def __setstate__(self, state: dict) -> None:
+        super().__setstate__(state)
+        if "tap" not in self._modules:  # a checkpoint pickled before the tap existed
+            self.tap = Tap()
 
     @property
     def spiking(self) -> bool:
         """True when the input is an integer spiking neuron's output."""
         return self.neuron is not None and is_spiking_neuron(self.neuron)
 
+    @property
+    def runs_spike_driven(self) -> bool:
+        """True when a forward call now sends ``{0, 1}`` planes: spike-driven mode set, spiking input, eval mode."""
+        return self.spike_driven and self.spiking and not self.training
+
     def macs_per_pixel(self) -> int:
         """Dense MACs per output pixel of the op (re-parameterisable ops as their folded conv)."""
         return conv_macs_per_pixel(self.op) if isinstance(self.op, nn.Conv2d) else self.op.macs_per_pixel()
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
-        if self.spike_driven and self.spiking and not self.training:
+        if self.runs_spike_driven:
             y = self._forward_spikes(x)
         else:
-            y = self.op((x if self.neuron is None else self.neuron(x)).flatten(0, 1))
+            y = self.op(self.tap(x if self.neuron is None else self.neuron(x)).flatten(0, 1))
         return y.unflatten(0, x.shape[:2])
 
     def _synaptic(self):
@@ -213,7 +240,7 @@ class NeuronConv(nn.Module):
 
     def _forward_spikes(self, x: torch.Tensor) -> torch.Tensor:
         n = self.neuron
-        codes = n.codes(x).flatten(0, 1)
+        codes = self.tap(n.codes(x)).flatten(0, 1)
         weight, bias, kwargs, post = self._synaptic()
         acc = None
         used = max(n.planes_used(codes), 1)  # planes above the largest code are empty: no spikes, no work
@@ -260,10 +287,12 @@ class Downsample(nn.Module):
         s (int): Stride.
         p (int): Padding.
         first (bool): First layer, fed by the real image (no neuron).
-        neuron (Callable): Neuron factory.
+        neuron (Callable): Neuron factory (default ``IBRALIF``, the paper's neuron).
     """
 
-    def __init__(self, c1: int, c2: int, k: int = 3, s: int = 2, p: int = 1, first: bool = False, neuron=None):
+    def __init__(
+        self, c1: int, c2: int, k: int = 3, s: int = 2, p: int = 1, first: bool = False, neuron=DEFAULT_NEURON
+    ):
         super().__init__()
         self.conv = NeuronConv(None if first else neuron(), nn.Conv2d(c1, c2, k, s, p, bias=True))
         self.bn = nn.BatchNorm2d(c2)
@@ -282,10 +311,12 @@ class SConv(nn.Module):
         s (int): Stride.
         p (int, optional): Padding ('same' when None).
         g (int): Groups.
-        neuron (Callable): Neuron factory.
+        neuron (Callable): Neuron factory (default ``IBRALIF``, the paper's neuron).
     """
 
-    def __init__(self, c1: int, c2: int, k: int = 1, s: int = 1, p: int | None = None, g: int = 1, neuron=None):
+    def __init__(
+        self, c1: int, c2: int, k: int = 1, s: int = 1, p: int | None = None, g: int = 1, neuron=DEFAULT_NEURON
+    ):
         super().__init__()
         self.conv = NeuronConv(neuron(), nn.Conv2d(c1, c2, k, s, autopad(k, p), groups=g, bias=False))
         self.bn = nn.BatchNorm2d(c2)
@@ -303,10 +334,10 @@ class SepConv(nn.Module):
         c (int): Channels.
         k (int): Depthwise kernel.
         e (int): Expansion.
-        neuron (Callable): Neuron factory.
+        neuron (Callable): Neuron factory (default ``IBRALIF``, the paper's neuron).
     """
 
-    def __init__(self, c: int, k: int = 7, e: int = 2, neuron=None):
+    def __init__(self, c: int, k: int = 7, e: int = 2, neuron=DEFAULT_NEURON):
         super().__init__()
         ce = int(e * c)
         self.pw1 = NeuronConv(neuron(), nn.Conv2d(c, ce, 1, bias=False))
@@ -329,10 +360,10 @@ class AllConvBlock(nn.Module):
         c (int): Channels (in = out).
         r (float): Expansion ratio of the conv pair.
         k (int): SepConv depthwise kernel.
-        neuron (Callable): Neuron factory.
+        neuron (Callable): Neuron factory (default ``IBRALIF``, the paper's neuron).
     """
 
-    def __init__(self, c: int, r: float = 4, k: int = 7, neuron=None):
+    def __init__(self, c: int, r: float = 4, k: int = 7, neuron=DEFAULT_NEURON):
         super().__init__()
         cr = int(c * r)
         self.sep = SepConv(c, k, neuron=neuron)
@@ -351,10 +382,10 @@ class ConvBlock(nn.Module):
         c (int): Channels (in = out).
         r (float): Expansion ratio of the RepConv pair.
         k (int): SepConv depthwise kernel.
-        neuron (Callable): Neuron factory.
+        neuron (Callable): Neuron factory (default ``IBRALIF``, the paper's neuron).
     """
 
-    def __init__(self, c: int, r: float = 4, k: int = 7, neuron=None):
+    def __init__(self, c: int, r: float = 4, k: int = 7, neuron=DEFAULT_NEURON):
         super().__init__()
         cr = int(c * r)
         self.sep = SepConv(c, k, neuron=neuron)
@@ -375,10 +406,10 @@ class SPPF(nn.Module):
         c1 (int): Input channels.
         c2 (int): Output channels.
         k (int): Pool kernel.
-        neuron (Callable): Neuron factory.
+        neuron (Callable): Neuron factory (default ``IBRALIF``, the paper's neuron).
     """
 
-    def __init__(self, c1: int, c2: int, k: int = 5, neuron=None):
+    def __init__(self, c1: int, c2: int, k: int = 5, neuron=DEFAULT_NEURON):
         super().__init__()
         c_ = c1 // 2
         self.cv1 = SConv(c1, c_, 1, neuron=neuron)

@@ -16,7 +16,7 @@ Errors are raised at build time as one line naming the YAML row.
 from __future__ import annotations
 
 import logging
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from typing import Callable
 
 from torch import nn
@@ -64,6 +64,20 @@ class _Out:
     c: int  # channels
     stride: float  # spatial reduction relative to the input image
     timed: bool  # has the leading T dimension
+
+
+@dataclass
+class _Context:
+    """What every row of one model is built with: the scale, the neuron factory and the outputs built so far."""
+
+    names: dict  # names usable in row args: nc and the scale_args of the selected scale
+    depth: float  # repeat multiplier of the scale
+    width: float  # channel multiplier of the scale
+    max_channels: float  # channel cap of the scale (before width)
+    ch: int  # input image channels
+    neuron: Callable[[], nn.Module]  # a fresh neuron per call
+    T: int  # timesteps
+    outs: list = field(default_factory=list)  # _Out of every layer built so far
 
 
 def _row_name(d: dict, i: int, n_backbone: int, row) -> str:
@@ -118,14 +132,14 @@ def build_spiking_model(d: dict, ch: int = 3, verbose: bool = True) -> tuple[nn.
     if not rows:
         raise ModelConfigError("the model YAML has no 'backbone'/'head' rows")
     n_backbone = len(d.get("backbone") or [])
-    outs: list[_Out] = []
+    ctx = _Context(names, depth, width, max_channels, ch, neuron, T)
     layers, save = [], []
     if verbose:
         LOGGER.info(f"\n{'':>3}{'from':>20}{'n':>3}{'params':>10}  {'module':<20}{'arguments':<30}")
     for i, row in enumerate(rows):
         where = _row_name(d, i, n_backbone, row)
         try:
-            module, out, args, n = _build_row(i, row, outs, names, depth, width, max_channels, ch, neuron, T)
+            module, out, args, n = _build_row(ctx, i, row)
         except ModelConfigError as e:
             raise ModelConfigError(f"{where}: {e}") from None
         except (ValueError, TypeError, RuntimeError) as e:
@@ -139,7 +153,7 @@ def build_spiking_model(d: dict, ch: int = 3, verbose: bool = True) -> tuple[nn.
             LOGGER.info(f"{i:>3}{f!s:>20}{n:>3}{module.np:10.0f}  {module.type:<20}{args!s:<30}")
         save.extend(x % i for x in ([f] if isinstance(f, int) else f) if x != -1)
         layers.append(module)
-        outs.append(out)
+        ctx.outs.append(out)
     if not isinstance(layers[-1], SpikeDetect):
         raise ModelConfigError(f"{_row_name(d, len(rows) - 1, n_backbone, rows[-1])}: the last row must be SpikeDetect")
     return nn.Sequential(*layers), sorted(save)
@@ -149,8 +163,8 @@ def _resolve(a, names: dict):
     return names[a] if isinstance(a, str) and a in names else a
 
 
-def _build_row(i, row, outs, names, depth, width, max_channels, ch, neuron: Callable, T: int):
-    """Return (module, output info, args shown, repeats) for one YAML row."""
+def _build_row(ctx: _Context, i: int, row):
+    """Return (module, output info, args shown, repeats) for YAML row ``i``."""
     if not isinstance(row, (list, tuple)) or len(row) != 4:
         raise ModelConfigError("a row must be [from, repeats, module, args]")
     f, n, name, args = row
@@ -158,10 +172,10 @@ def _build_row(i, row, outs, names, depth, width, max_channels, ch, neuron: Call
         raise ModelConfigError(f"module {name!r} is unknown: spiking YAMLs may use {', '.join(MODULES)}")
     if not isinstance(n, int) or n < 1:
         raise ModelConfigError(f"repeats={n!r} must be an integer >= 1")
-    args = [_resolve(a, names) for a in (args or [])]
+    args = [_resolve(a, ctx.names) for a in (args or [])]
     unknown = [a for a in args if isinstance(a, str)]
     if unknown:
-        raise ModelConfigError(f"unknown name(s) {unknown} in args: known names are {sorted(names)}")
+        raise ModelConfigError(f"unknown name(s) {unknown} in args: known names are {sorted(ctx.names)}")
     m = MODULES[name]
 
     # inputs
@@ -171,51 +185,51 @@ def _build_row(i, row, outs, names, depth, width, max_channels, ch, neuron: Call
     if i == 0:
         if sources != [-1]:
             raise ModelConfigError("the first row must read the input image (from=-1)")
-        ins = [_Out(ch, 1, False)]
+        ins = [_Out(ctx.ch, 1, False)]
     else:
         ins = []
         for x in sources:
             j = i + x if x < 0 else x
             if not 0 <= j < i:
                 raise ModelConfigError(f"from index {x} does not name an earlier layer (valid: 0..{i - 1} or -1..-{i})")
-            ins.append(outs[j])
+            ins.append(ctx.outs[j])
     if m is not TimeRepeat and not all(o.timed for o in ins):
         raise ModelConfigError(f"{name} needs [T, B, C, H, W] input: put TimeRepeat before the first spiking layer")
     if m not in (Concat, SpikeDetect) and len(ins) != 1:
         raise ModelConfigError(f"{name} takes one input, got from={f}")
     c1, s1 = ins[0].c, ins[0].stride
 
-    n_eff = max(round(n * depth), 1) if n > 1 else n
+    n_eff = max(round(n * ctx.depth), 1) if n > 1 else n
     if n_eff > 1 and m not in REPEATABLE:
         raise ModelConfigError(f"{name} cannot be repeated (repeats={n})")
 
     def channels(c):
         c = int(c)
         if c < 1:
-            raise ModelConfigError(f"scaled channels {c} < 1 (width {width})")
+            raise ModelConfigError(f"scaled channels {c} < 1 (width {ctx.width})")
         return c
 
     if m is TimeRepeat:
         if ins[0].timed:
             raise ModelConfigError("TimeRepeat input already has a time dimension")
-        module, out = m(T), _Out(c1, s1, True)
+        module, out = m(ctx.T), _Out(c1, s1, True)
     elif m is Downsample:
-        c2 = channels(args[0] * width)
-        module = m(c1, c2, *args[1:], neuron=neuron)
+        c2 = channels(args[0] * ctx.width)
+        module = m(c1, c2, *args[1:], neuron=ctx.neuron)
         out = _Out(c2, s1 * module.conv.op.stride[0], True)
     elif m in REPEATABLE:
-        blocks = [m(c1, *args, neuron=neuron) for _ in range(n_eff)]
+        blocks = [m(c1, *args, neuron=ctx.neuron) for _ in range(n_eff)]
         module = blocks[0] if n_eff == 1 else nn.Sequential(*blocks)
         out = _Out(c1, s1, True)
     elif m is SConv:
-        c2 = channels(min(args[0] * width, max_channels * width))
-        module = m(c1, c2, *args[1:], neuron=neuron)
+        c2 = channels(min(args[0] * ctx.width, ctx.max_channels * ctx.width))
+        module = m(c1, c2, *args[1:], neuron=ctx.neuron)
         out = _Out(c2, s1 * module.conv.op.stride[0], True)
     elif m is SPPF:
-        c2 = make_divisible(min(args[0], max_channels) * width, 8)  # Ultralytics' rule for SPPF widths
+        c2 = make_divisible(min(args[0], ctx.max_channels) * ctx.width, 8)  # Ultralytics' rule for SPPF widths
         if c1 < 2:
             raise ModelConfigError(f"SPPF needs at least 2 input channels, got {c1}")
-        module, out = m(c1, c2, *args[1:], neuron=neuron), _Out(c2, s1, True)
+        module, out = m(c1, c2, *args[1:], neuron=ctx.neuron), _Out(c2, s1, True)
     elif m is Upsample:
         module = m(*args)
         out = _Out(c1, s1 / module.scale, True)
@@ -226,5 +240,5 @@ def _build_row(i, row, outs, names, depth, width, max_channels, ch, neuron: Call
         module, out = m(), _Out(sum(o.c for o in ins), s1, True)
     else:  # SpikeDetect
         args = [*args, [o.c for o in ins]]
-        module, out = m(*args, neuron=neuron), _Out(0, s1, False)
+        module, out = m(*args, neuron=ctx.neuron), _Out(0, s1, False)
     return module, out, args, n_eff

@@ -8,7 +8,7 @@ import torch
 from torch import nn
 from ultralytics.nn.modules.head import Detect
 
-from ibra_yolo.nn.blocks import NeuronConv, SConv
+from ibra_yolo.nn.blocks import DEFAULT_NEURON, NeuronConv, SConv
 
 __all__ = ("DetectBranch", "SpikeDetect")
 
@@ -20,10 +20,10 @@ class DetectBranch(nn.Module):
         c1 (int): Input channels.
         c_ (int): Hidden channels.
         c2 (int): Output channels.
-        neuron (Callable): Neuron factory.
+        neuron (Callable): Neuron factory (default ``IBRALIF``, the paper's neuron).
     """
 
-    def __init__(self, c1: int, c_: int, c2: int, neuron=None):
+    def __init__(self, c1: int, c_: int, c2: int, neuron=DEFAULT_NEURON):
         super().__init__()
         self.conv1 = SConv(c1, c_, 3, neuron=neuron)
         self.conv2 = SConv(c_, c_, 3, neuron=neuron)
@@ -42,11 +42,11 @@ class SpikeDetect(Detect):
     Args:
         nc (int): Number of classes.
         ch (tuple[int, ...]): Channels of the P3, P4, P5 inputs.
-        neuron (Callable): Neuron factory.
+        neuron (Callable): Neuron factory (default ``IBRALIF``, the paper's neuron).
         reg_max (int): DFL channels.
     """
 
-    def __init__(self, nc: int = 80, ch: tuple[int, ...] = (), neuron=None, reg_max: int = 16):
+    def __init__(self, nc: int = 80, ch: tuple[int, ...] = (), neuron=DEFAULT_NEURON, reg_max: int = 16):
         super().__init__(nc=nc, reg_max=reg_max, end2end=False, ch=ch)
         c2, c3 = max((16, ch[0] // 4, self.reg_max * 4)), max(ch[0], min(self.nc, 100))
         self.cv2 = nn.ModuleList(DetectBranch(x, c2, 4 * self.reg_max, neuron) for x in ch)

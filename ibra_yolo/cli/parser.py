@@ -1,0 +1,65 @@
+"""What every ``ibra-yolo`` command shares: one way to report bad input.
+
+An argument error or an ``IbraYoloError`` is one line on stderr, ``error: ...``, and exit status 2 (no usage block,
+no traceback); ``--help`` prints the help and returns 0. A command module builds its parser with ``ArgumentParser``
+and hands its body to ``run_command``.
+"""
+
+from __future__ import annotations
+
+import argparse
+import sys
+from typing import Callable
+
+from ibra_yolo.errors import IbraYoloError
+
+__all__ = ("ArgumentParser", "UsageError", "run_command", "positive_int")
+
+
+class UsageError(IbraYoloError):
+    """A bad command line (unknown option, missing or invalid value)."""
+
+
+class ArgumentParser(argparse.ArgumentParser):
+    """``argparse.ArgumentParser`` whose errors raise ``UsageError`` instead of printing usage and exiting."""
+
+    def error(self, message: str):
+        raise UsageError(f"{message} (see --help)")
+
+
+def run_command(parser: ArgumentParser, body: Callable[[argparse.Namespace], int], argv: list[str] | None) -> int:
+    """Parse ``argv`` (default ``sys.argv[1:]``) and run ``body(args)``; report bad input as one line.
+
+    Args:
+        parser (ArgumentParser): The command's parser.
+        body (Callable): The command; returns its exit status and may raise ``IbraYoloError``.
+        argv (list[str] | None): The arguments.
+
+    Returns:
+        (int): ``body``'s exit status, 0 after ``--help``, or 2 after printing ``error: <message>`` on stderr.
+    """
+    try:
+        try:
+            args = parser.parse_args(argv)
+        except SystemExit as e:  # --help (and --version): argparse printed what was asked and exits
+            return e.code if isinstance(e.code, int) else 0
+        return body(args)
+    except IbraYoloError as e:
+        print(f"error: {e}", file=sys.stderr)
+        return 2
+
+
+def positive_int(minimum: int = 1, multiple: int = 1) -> Callable[[str], int]:
+    """An argparse ``type`` for integers ``>= minimum`` (and multiples of ``multiple``)."""
+
+    def parse(text: str) -> int:
+        try:
+            value = int(text)
+        except ValueError:
+            raise argparse.ArgumentTypeError(f"{text!r} is not an integer") from None
+        if value < minimum or value % multiple:
+            extra = f" and a multiple of {multiple}" if multiple > 1 else ""
+            raise argparse.ArgumentTypeError(f"{value} is invalid: it must be >= {minimum}{extra}")
+        return value
+
+    return parse

@@ -1,0 +1,336 @@
+"""Pure checks of COCO files: annotations and predictions are read, checked and made consistent with each other.
+
+Nothing here runs a model or pycocotools. Image ids are matched by file name where the ids differ (Ultralytics writes
+``file_name`` beside each detection), category ids are checked against the annotation file, and the usual mix-ups
+(COCO's contiguous 1..80 ids against its original 91-id scheme, 0-based class indices) are named with their fix.
+"""
+
+from __future__ import annotations
+
+import json
+import math
+from pathlib import Path
+
+from ibra_yolo.errors import IbraYoloError, MissingFileError
+
+__all__ = (
+    "coco91_ids",
+    "load_annotations",
+    "load_predictions",
+    "align_image_ids",
+    "annotation_image_ids",
+    "check_categories",
+    "remap_categories",
+    "check_predictions",
+    "match_categories",
+)
+
+_EXAMPLES = 3  # offending values quoted in an error message
+_COCO_UNUSED_IDS = {12, 26, 29, 30, 45, 66, 68, 69, 71, 83}  # ids of COCO's paper categories without 2017 boxes
+
+
+def coco91_ids() -> list[int]:
+    """COCO's original category ids of the 80 detection classes, in class-index order: 1..90 less 10 unused ids.
+
+    The same list as Ultralytics' ``coco80_to_coco91_class()`` (checked in the tests), without importing it.
+    """
+    return [i for i in range(1, 91) if i not in _COCO_UNUSED_IDS]
+
+
+def _examples(values) -> str:
+    values = sorted(values, key=lambda v: (0, v, "") if isinstance(v, (int, float)) else (1, 0, str(v)))
+    head = ", ".join(repr(v) for v in values[:_EXAMPLES])
+    return head + (f" and {len(values) - _EXAMPLES} more" if len(values) > _EXAMPLES else "")
+
+
+def _load_json(path: str | Path, what: str):
+    path = Path(path)
+    if not path.is_file():
+        raise MissingFileError(f"{what} file {path} does not exist")
+    try:
+        return json.loads(path.read_text())
+    except (json.JSONDecodeError, UnicodeDecodeError) as e:
+        raise IbraYoloError(f"{what} file {path} is not valid JSON ({e})") from None
+
+
+def _id_type_check(ids: list, what: str, path) -> None:
+    kinds = {type(i).__name__ for i in ids}
+    if not kinds <= {"int", "str"} or len(kinds) > 1:
+        raise IbraYoloError(f"{path}: {what} ids must be all integers or all strings, found {sorted(kinds)}")
+
+
+def load_annotations(path: str | Path) -> dict:
+    """Read and check a COCO detection annotation file (``images``, ``annotations``, ``categories``).
+
+    Args:
+        path (str | Path): The JSON file, e.g. ``coco/annotations/instances_val2017.json``.
+
+    Returns:
+        (dict): The parsed file.
+
+    Raises:
+        MissingFileError: The file does not exist.
+        IbraYoloError: Not JSON, a key is missing, or ids are duplicated or of mixed types.
+    """
+    gt = _load_json(path, "annotation")
+    keys = ("images", "annotations", "categories")
+    missing = [repr(k) for k in keys if not isinstance(gt, dict) or not isinstance(gt.get(k), list)]
+    if missing:
+        raise IbraYoloError(f"{path} is not a COCO detection file: it has no {', '.join(missing)} list")
+    if not gt["images"] or not gt["categories"]:
+        raise IbraYoloError(f"{path} lists no {'images' if not gt['images'] else 'categories'}: nothing to score")
+    for key in ("images", "categories"):
+        ids = [x.get("id") for x in gt[key]]
+        _id_type_check(ids, key[:-1] if key == "images" else "category", path)
+        if len(set(ids)) != len(ids):
+            raise IbraYoloError(f"{path}: duplicate {key} ids")
+    bad = next((a for a in gt["annotations"] if not (isinstance(a.get("bbox"), list) and len(a["bbox"]) == 4)), None)
+    if bad is not None:
+        raise IbraYoloError(f"{path}: annotation {bad.get('id')} has no [x, y, w, h] 'bbox'")
+    return gt
+
+
+def load_predictions(path: str | Path) -> list[dict]:
+    """Read and check a COCO results file: a list of ``{image_id, category_id, bbox: [x, y, w, h], score}``.
+
+    Args:
+        path (str | Path): The JSON file (``predictions.json`` from ``yolo val save_json=True``).
+
+    Returns:
+        (list[dict]): The detections.
+
+    Raises:
+        MissingFileError: The file does not exist.
+        IbraYoloError: Not JSON, not a list, empty, or an entry lacks a key or has a bad box or score.
+    """
+    dets = _load_json(path, "predictions")
+    if not isinstance(dets, list):
+        raise IbraYoloError(f"{path} is not a COCO results file: expected a JSON list of detections")
+    if not dets:
+        raise IbraYoloError(f"predictions file {path} is empty (no detections): nothing to score")
+    for i, d in enumerate(dets):
+        if not isinstance(d, dict) or any(k not in d for k in ("image_id", "category_id", "bbox", "score")):
+            raise IbraYoloError(
+                f"{path}: detection {i} is not {{'image_id', 'category_id', 'bbox', 'score'}}: {str(d)[:80]}"
+            )
+        box, s = d["bbox"], d["score"]
+        if not (isinstance(box, list) and len(box) == 4 and all(isinstance(v, (int, float)) for v in box)):
+            raise IbraYoloError(f"{path}: detection {i} has bbox {box!r}, expected [x, y, w, h] numbers")
+        if not isinstance(s, (int, float)) or not math.isfinite(s):
+            raise IbraYoloError(f"{path}: detection {i} has score {s!r}, expected a finite number")
+    return dets
+
+
+# ----------------------------------------------------------------------------------------------------------------------
+# Image ids
+# ----------------------------------------------------------------------------------------------------------------------
+def _image_lookup(gt: dict) -> tuple[set, dict]:
+    """GT image ids, and the id of each file stem that names exactly one image."""
+    stems: dict[str, list] = {}
+    for img in gt["images"]:
+        if img.get("file_name"):
+            stems.setdefault(Path(str(img["file_name"])).stem, []).append(img["id"])
+    return {img["id"] for img in gt["images"]}, {s: ids[0] for s, ids in stems.items() if len(ids) == 1}
+
+
+def _resolve_image(image_id, file_name, ids: set, by_stem: dict):
+    """The GT id of one image: by its file name when the GT names it (Ultralytics writes both), else by id."""
+    if file_name and Path(str(file_name)).stem in by_stem:
+        return by_stem[Path(str(file_name)).stem]
+    if image_id in ids:
+        return image_id
+    return by_stem.get(str(image_id))  # a string id that is a file stem
+
+
+def align_image_ids(dets: list[dict], gt: dict, source: str = "predictions") -> tuple[list[dict], list[str]]:
+    """Express every detection's ``image_id`` in the annotation file's ids.
+
+    Ids that are in the file are kept; others are looked up by ``file_name`` (which Ultralytics writes) or by
+    treating the id as a file stem, so predictions named by stem score against files with other id schemes.
+
+    Args:
+        dets (list[dict]): Detections.
+        gt (dict): COCO annotations.
+        source (str): How to name the detections in messages.
+
+    Returns:
+        (tuple[list[dict], list[str]]): The detections (new dicts where an id changed) and notes on what changed.
+
+    Raises:
+        IbraYoloError: Some detections name images the file does not have.
+    """
+    ids, by_stem = _image_lookup(gt)
+    out, changed, unknown = [], 0, set()
+    for d in dets:
+        gid = _resolve_image(d["image_id"], d.get("file_name"), ids, by_stem)
+        if gid is None:
+            unknown.add(d["image_id"])
+        elif gid != d["image_id"]:
+            d, changed = {**d, "image_id": gid}, changed + 1
+        out.append(d)
+    if unknown:
+        raise IbraYoloError(
+            f"{len(unknown)} image ids in the {source} are not in the annotation file ({_examples(unknown)}; "
+            f"the file's ids: {_examples(ids)}): predictions and annotations come from "
+            f"different datasets or splits"
+        )
+    notes = [f"{changed} detections' image ids re-mapped to the annotation file's ids by file name"] if changed else []
+    return out, notes
+
+
+def annotation_image_ids(files: list[str | Path], gt: dict) -> list:
+    """The annotation file's id of each image file: by file name, else by Ultralytics' id of the file (``image_id``).
+
+    Raises:
+        IbraYoloError: Some images are not in the annotation file (it does not describe these images).
+    """
+    from ibra_yolo.coco.annotations import image_id
+
+    ids, by_stem = _image_lookup(gt)
+    found, missing = [], []
+    for f in map(Path, files):
+        gid = _resolve_image(image_id(f), f.name, ids, by_stem)
+        (missing if gid is None else found).append(f.name if gid is None else gid)
+    if missing:
+        raise IbraYoloError(
+            f"{len(missing)} of {len(files)} validation images ({_examples(missing)}) are not in the annotation "
+            f"file: it does not describe this split (pass the right --ann, or omit it to build one from the labels)"
+        )
+    return found
+
+
+# ----------------------------------------------------------------------------------------------------------------------
+# Category ids
+# ----------------------------------------------------------------------------------------------------------------------
+def _explain_categories(pred: set, cats: set) -> str:
+    """Why predicted category ids do not fit: the usual 80/91 and 0/1-based mix-ups, named."""
+    c91 = set(coco91_ids())
+    if cats == c91 and pred <= set(range(1, 81)):
+        return (
+            "the predictions use contiguous ids 1..80 (class index + 1) but the annotation file uses COCO's original "
+            "ids (1..90 with gaps). Ultralytics writes COCO ids only when the val split is a "
+            "'.../coco/.../val2017.txt' list; pass --remap coco80to91 to convert"
+        )
+    if cats == set(range(1, 81)) and pred <= c91:
+        return (
+            "the predictions use COCO's original ids (1..90 with gaps) but the annotation file uses contiguous ids "
+            "1..80; pass --remap coco91to80 to convert"
+        )
+    if 0 in pred and 0 not in cats:
+        return "the predictions use id 0: they look like class indices, while COCO category ids start at 1"
+    return "the predictions and the annotation file use different category ids"
+
+
+def _span(ids: set) -> str:
+    return f"{min(ids)}..{max(ids)}" if all(isinstance(i, int) for i in ids) else _examples(ids)
+
+
+def check_categories(dets: list[dict], gt: dict, source: str = "predictions") -> list[str]:
+    """Check that every predicted ``category_id`` is one of the annotation file's categories.
+
+    Returns:
+        (list[str]): Warnings for id schemes that fit by chance but look mixed up (80 vs 91 ids).
+
+    Raises:
+        IbraYoloError: Some ids are unknown; the message names the likely mix-up and its fix.
+    """
+    cats = {c["id"] for c in gt["categories"]}
+    pred = {d["category_id"] for d in dets}
+    unknown = pred - cats
+    if unknown:
+        raise IbraYoloError(
+            f"category ids {_examples(unknown)} in the {source} are not in the annotation file "
+            f"(ids {_span(cats)}, {len(cats)} categories): {_explain_categories(pred, cats)}"
+        )
+    if cats == set(coco91_ids()) and max(pred, key=float) <= 80 and len(pred) >= 40:
+        return [
+            "all predicted category ids are <= 80 against COCO's 91-id annotation file: if the predictions are class "
+            "index + 1, re-run with --remap coco80to91"
+        ]
+    return []
+
+
+def remap_categories(dets: list[dict], how: str) -> list[dict]:
+    """Convert category ids between COCO's contiguous (``1..80``) and original (``1..90`` with gaps) schemes.
+
+    Args:
+        dets (list[dict]): Detections.
+        how (str): ``"coco80to91"`` or ``"coco91to80"``.
+
+    Returns:
+        (list[dict]): New detections with converted ids.
+
+    Raises:
+        IbraYoloError: An id outside the source scheme.
+    """
+    c91 = coco91_ids()
+    table = {i + 1: c for i, c in enumerate(c91)} if how == "coco80to91" else {c: i + 1 for i, c in enumerate(c91)}
+    bad = {d["category_id"] for d in dets} - set(table)
+    if bad:
+        scheme = "1..80" if how == "coco80to91" else "COCO's 91-id scheme"
+        raise IbraYoloError(f"--remap {how}: category ids {_examples(bad)} are not in {scheme}")
+    return [{**d, "category_id": table[d["category_id"]]} for d in dets]
+
+
+def check_predictions(
+    dets: list[dict], gt: dict, remap: str | None = None, source: str = "predictions"
+) -> tuple[list[dict], list[str]]:
+    """All checks of a predictions list against annotations: optional category remap, image ids, category ids.
+
+    Args:
+        dets (list[dict]): Detections (COCO results format).
+        gt (dict): COCO annotations.
+        remap (str | None): ``"coco80to91"``, ``"coco91to80"`` or None.
+        source (str): How to name the detections in messages.
+
+    Returns:
+        (tuple[list[dict], list[str]]): Detections ready for `score` and notes on what was changed or looks odd.
+
+    Raises:
+        IbraYoloError: No detections, or ids that do not fit the annotation file.
+    """
+    if not dets:
+        raise IbraYoloError(f"the {source} contain no detections: nothing to score")
+    notes = []
+    if remap:
+        dets = remap_categories(dets, remap)
+        notes.append(f"category ids converted with {remap}")
+    dets, more = align_image_ids(dets, gt, source)
+    return dets, notes + more + check_categories(dets, gt, source)
+
+
+def _norm(name: str) -> str:
+    return str(name).strip().lower().replace("_", " ")
+
+
+def match_categories(names: dict[int, str], categories: list[dict]) -> tuple[list[int], str]:
+    """Map a model's class indices to an annotation file's category ids.
+
+    By name when every class name is a category name (case and ``_``/space insensitive; this also maps COCO's 80
+    classes onto its 91-id file), else by order when the counts match (class ``i`` -> the ``i``-th category by id).
+
+    Args:
+        names (dict[int, str]): The model's class names.
+        categories (list[dict]): The file's ``categories``.
+
+    Returns:
+        (tuple[list[int], str]): Category id of each class index, and ``"by name"`` or ``"by order"``.
+
+    Raises:
+        IbraYoloError: Neither names nor counts match.
+    """
+    by_name: dict[str, list] = {}
+    for c in categories:
+        by_name.setdefault(_norm(c.get("name", "")), []).append(c["id"])
+    if all(len(by_name.get(_norm(n), ())) == 1 for n in names.values()):
+        return [by_name[_norm(names[i])][0] for i in sorted(names)], "by name"
+    if len(categories) == len(names):
+        ids = sorted(c["id"] for c in categories)
+        return [ids[i] for i in range(len(names))], "by order"
+    cat_names = [c.get("name", "") for c in categories]
+    missing = [n for n in names.values() if len(by_name.get(_norm(n), ())) != 1]
+    raise IbraYoloError(
+        f"the model has {len(names)} classes but the annotation file has {len(categories)} categories, and class "
+        f"names {_examples(missing)} are not among its names ({_examples(cat_names)}): a model trained on another "
+        f"dataset, or the wrong annotation file"
+    )
