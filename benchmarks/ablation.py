@@ -51,10 +51,24 @@ VARIANTS = {
 }
 
 
+DATASETS = {  # name: (what it is, default imgsz, n_train, n_val, scale) -- digits: the real-handwriting report's set-up
+    "shapes": ("the demo data (coloured shapes)", 64, 512, 128, "n"),
+    "digits": ("real handwriting (scikit-learn's UCI digits, 10 classes)", 128, 600, 200, "0.33,0.25,1024"),
+}
+
+
 def model_yaml(variant: str, scale: str, out: Path) -> Path:
-    """Write the variant's model YAML (the shipped file with the scale fixed and the neuron replaced)."""
+    """Write the variant's model YAML (the shipped file with the scale fixed and the neuron replaced).
+
+    ``scale`` is a shipped scale letter or ``depth,width,max_channels`` (a custom scale, layer 25 at ratio 1).
+    """
     base, neuron, _, _ = VARIANTS[variant]
     d = yaml.safe_load((ROOT / "cfg" / base).read_text())
+    if "," in scale:
+        depth, width, max_channels = (float(v) for v in scale.split(","))
+        d["scales"] = {"custom": [depth, width, int(max_channels)]}
+        d["scale_args"] = {key: {"custom": 1} for key in d.get("scale_args", {})}
+        scale = "custom"
     d["scale"] = scale
     if neuron is not None:
         d["neuron"] = {**d["neuron"], **neuron} if neuron["kind"] == d["neuron"]["kind"] else dict(neuron)
@@ -153,29 +167,38 @@ def table(results: dict[str, list[dict]]) -> str:
 
 def main(argv=None) -> int:
     p = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    p.add_argument("--dataset", choices=list(DATASETS), default="shapes", help="shapes (demo data) or digits")
     p.add_argument("--variants", nargs="+", default=list(VARIANTS), choices=list(VARIANTS))
     p.add_argument("--seeds", type=int, nargs="+", default=[0, 1, 2])
     p.add_argument("--epochs", type=int, default=12)
-    p.add_argument("--imgsz", type=int, default=64)
+    p.add_argument("--imgsz", type=int, help="default: 64 (shapes), 128 (digits)")
     p.add_argument("--batch", type=int, default=16)
-    p.add_argument("--scale", default="n")
-    p.add_argument("--n-train", type=int, default=512)
-    p.add_argument("--n-val", type=int, default=128)
+    p.add_argument("--scale", help="n/s/m/l or depth,width,max_channels; default n (shapes), 0.33,0.25,1024 (digits)")
+    p.add_argument("--n-train", type=int, help="default: 512 (shapes), 600 (digits)")
+    p.add_argument("--n-val", type=int, help="default: 128 (shapes), 200 (digits)")
     p.add_argument("--jobs", type=int, default=2, help="runs at a time (one CPU thread each)")
     p.add_argument("--out", default="runs/ablation-benchmark", help="working folder; finished runs are reused")
     p.add_argument("--readme", help="also rewrite the ablation section of this README (between its markers)")
     a = p.parse_args(argv)
 
-    from ibra_yolo.data import make_shapes_dataset
-
+    what, *defaults = DATASETS[a.dataset]
+    for key, value in zip(("imgsz", "n_train", "n_val", "scale"), defaults):
+        setattr(a, key, value if getattr(a, key) is None else getattr(a, key))
     out = Path(a.out).resolve()
-    settings = {k: getattr(a, k) for k in ("epochs", "imgsz", "batch", "scale", "n_train", "n_val")}
+    settings = {k: getattr(a, k) for k in ("dataset", "epochs", "imgsz", "batch", "scale", "n_train", "n_val")}
     stamp = out / "settings.json"
     if stamp.is_file() and json.loads(stamp.read_text()) != settings:
         raise SystemExit(f"error: {out} holds runs made with other settings ({stamp}): choose another --out")
     out.mkdir(parents=True, exist_ok=True)
     stamp.write_text(json.dumps(settings))
-    data = make_shapes_dataset(out / "data", a.n_train, a.n_val, a.imgsz, seed=0)
+    if a.dataset == "digits":
+        from benchmarks.digits import make_digits_dataset
+
+        data = make_digits_dataset(out / "data", a.n_train, a.n_val, a.imgsz, seed=0)
+    else:
+        from ibra_yolo.data import make_shapes_dataset
+
+        data = make_shapes_dataset(out / "data", a.n_train, a.n_val, a.imgsz, seed=0)
     jobs = [(v, s) for s in a.seeds for v in a.variants]  # seed by seed: every variant of seed 0 first
     results: dict[str, list[dict]] = {v: [] for v in a.variants}
     with ThreadPoolExecutor(a.jobs) as pool:
@@ -184,7 +207,7 @@ def main(argv=None) -> int:
             print(f"{v:12s} seed {s}: mAP@50:95 {100 * r['mAP50-95']:.1f}  mAP@50 {100 * r['mAP50']:.1f}  "
                   f"train {r['train_s'] / 60:.1f} min", flush=True)  # fmt: skip
     md = (
-        f"\n### Ablations on the demo data ({date.today()}; n scale, {a.epochs} epochs at {a.imgsz} px, batch "
+        f"\n### Ablations on {what} ({date.today()}; scale {a.scale}, {a.epochs} epochs at {a.imgsz} px, batch "
         f"{a.batch}, {a.n_train} train / {a.n_val} val images, seeds {', '.join(map(str, a.seeds))}; stock "
         f"Ultralytics training defaults unless the row says otherwise; pycocotools)\n\n"
         + table(results)
@@ -195,7 +218,7 @@ def main(argv=None) -> int:
     print(md)
     (out / "ablation.json").write_text(json.dumps(results, indent=1))
     if a.readme:
-        write_readme_section(md, a.readme, "ablation-benchmark")
+        write_readme_section(md, a.readme, f"ablation-{a.dataset}")
     return 0
 
 
