@@ -115,6 +115,8 @@ class SepRep(nn.Module):
 
     def synaptic(self):
         """BN folded into the 1x1 conv, which zero-pads its input by the BNPad border."""
+        if not isinstance(self.bn, BNPad):  # folded for good by ibra_yolo.deployment.fuse_bn: pw pads and has the bias
+            return self.pw.weight, self.pw.bias, _conv_kwargs(self.pw)
         a, b = _bn_affine(self.bn)
         w = self.pw.weight
         return w * a.view(1, -1, 1, 1), w.flatten(1) @ b, {"padding": self.bn.pad}
