@@ -25,6 +25,8 @@ Examples:
 
 from __future__ import annotations
 
+import logging
+
 import torch
 from torch import nn
 
@@ -42,6 +44,8 @@ __all__ = (
     "fold_bn_before",
     "merge_convs",
 )
+
+LOGGER = logging.getLogger("ultralytics")  # warn where Ultralytics warns
 
 # Block class -> (NeuronConv attribute, BN attribute) pairs: that BN directly follows that conv in the block's forward.
 BN_AFTER: dict[type[nn.Module], tuple[tuple[str, str], ...]] = {
@@ -347,11 +351,16 @@ def fuse_for_inference(root: nn.Module) -> bool:
     """The fold Ultralytics' ``fuse()`` runs on a torch model (see ``ibra_yolo.plugin``): its BNs, in place.
 
     Returns:
-        (bool): Whether anything was folded; False for a model without our layers, which is left alone.
+        (bool): Whether anything was folded. False for a model without our layers, and for one holding a BN no known
+            block pairs with a conv (a custom block): fusing is a speed-up, so such a model stays as it is (warned).
     """
     if not any(isinstance(m, NeuronConv) for m in root.modules()):
         return False
-    return _fuse_bn_root(root) > 0
+    try:
+        return _fuse_bn_root(root) > 0
+    except IbraYoloError as e:
+        LOGGER.warning(f"fuse(): BNs left unfolded ({e})")
+        return False
 
 
 def folded_state(model) -> str:

@@ -255,3 +255,4 @@ def test_deploy_refuses_unknown_layers():
         deploy(model)
     assert all(torch.equal(before[k], v) for k, v in model.state_dict().items())  # refused before any change
     assert any(isinstance(m, BNPad) for m in model.modules())
+    assert model.fuse(verbose=False) is model and folded_state(model) == "none"  # fuse() is a speed-up: it warns
