@@ -29,7 +29,7 @@ import torch
 from torch import nn
 
 from ibra_yolo.errors import IbraYoloError
-from ibra_yolo.neurons import IntegerLIF
+from ibra_yolo.neurons import NAN_CODE, IntegerLIF, NonFiniteError
 from ibra_yolo.nn.blocks import NeuronConv, Synapse, Tap
 
 __all__ = ("COUNTING_MODES", "LayerCounts", "EnergyMeter", "codes_from_outputs")
@@ -235,6 +235,8 @@ class _LayerCounter:
     def _count_codes(self, flat: torch.Tensor) -> torch.Tensor | int:
         """Add the codes of neuron outputs (or the codes themselves) to the histogram; return the spikes they need."""
         n = self.neuron
+        if not flat.is_floating_point() and flat.numel() and int(flat.min()) == NAN_CODE:  # spike-driven codes
+            raise NonFiniteError(f"{self.name}: a membrane potential is NaN, it has no code (check the image)")
         if n.max_code >= DENSE_HISTOGRAM_MAX:
             codes = codes_from_outputs(flat, n.scale, n.max_code) if flat.is_floating_point() else flat
             values, counts = torch.unique(codes, return_counts=True)

@@ -17,7 +17,7 @@ from torch import nn
 from ultralytics.nn.modules.conv import autopad
 
 from ibra_yolo.errors import IbraYoloError
-from ibra_yolo.neurons import IBRALIF, is_spiking_neuron, plane
+from ibra_yolo.neurons import IBRALIF, is_spiking_neuron, num_planes, plane
 
 __all__ = (
     "BNPad",
@@ -269,15 +269,18 @@ class NeuronConv(nn.Module):
     def _forward_spikes(self, x: torch.Tensor) -> torch.Tensor:
         n = self.neuron
         static = recording_graph()  # first: it refuses an FX trace with one line before the neuron would fail on it
-        codes = self.tap(n.codes(x)).flatten(0, 1)
+        codes = self.tap(n.spike_codes(x)).flatten(0, 1)  # no host sync; NAN_CODE (-1) where a membrane is NaN
         weight, bias, kwargs, post = self._synaptic()
         acc = None
         weights = n.plane_weights()
         if not static and codes.device.type == "cpu":  # planes above the largest code are empty: no spikes, no work
-            weights = weights[: max(n.planes_used(codes), 1)]
+            weights = weights[: max(num_planes(int(codes.max()), n.encoding), 1)]
         for j, w in enumerate(weights):
             y = self.synapse(plane(codes, j, n.encoding, dtype=weight.dtype), weight, **kwargs)
             acc = y.mul_(w) if acc is None else acc.add_(y, alpha=w)
+        # A NaN membrane has no spikes to send: its sample's output is NaN, so it never passes silently (as NaN does
+        # through the integer path), decided on the device without a host sync.
+        acc = acc.masked_fill((codes.flatten(1).amin(1) < 0).view(-1, 1, 1, 1), float("nan"))
         if bias is not None:
             acc = acc + bias.view(1, -1, 1, 1)
         return acc if post is None else post(acc)
