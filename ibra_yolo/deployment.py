@@ -26,17 +26,20 @@ Examples:
 from __future__ import annotations
 
 import logging
+from pathlib import Path
 
 import torch
 from torch import nn
 
-from ibra_yolo.errors import IbraYoloError
+from ibra_yolo.errors import CheckpointError, IbraYoloError, MissingFileError
+from ibra_yolo.files import check_output, write_atomic
 from ibra_yolo.nn.blocks import BNPad, ConvBlock, Downsample, NeuronConv, RepConv, SConv, SepConv, SepRep
 from ibra_yolo.nn.builder import FOLDED_KEY
-from ibra_yolo.spike_mode import torch_model
+from ibra_yolo.spike_mode import set_spike_driven, torch_model
 
 __all__ = (
     "deploy",
+    "deploy_checkpoint",
     "fuse_bn",
     "fuse_for_inference",
     "folded_state",
@@ -369,3 +372,47 @@ def folded_state(model) -> str:
     if any(isinstance(m, nn.BatchNorm2d) for m in modules):
         return "none"
     return "bn" if any(isinstance(m, (RepConv, SepRep)) for m in modules) else "all"
+
+
+def deploy_checkpoint(src: str | Path, dst: str | Path, spike_driven: bool = False, overwrite: bool = False) -> Path:
+    """Write the deployed form of checkpoint ``src`` to ``dst``, for the stock ``yolo predict / val / export``.
+
+    ``src`` is read with Ultralytics' restricted loader (``weights_only`` and the allow-list, as with
+    ``ULTRALYTICS_SAFE_LOAD=1``), so it never runs code. Its EMA model (the one Ultralytics evaluates) is deployed in
+    float32 and saved in float32 (a fold of fp16 weights rounded back to fp16 would not be exact); the optimizer state
+    is dropped: a deployed model cannot be trained. ``dst`` is checked before any work and written atomically.
+
+    Args:
+        src (str | Path): Ultralytics checkpoint of a spiking model (``best.pt``).
+        dst (str | Path): Output checkpoint.
+        spike_driven (bool): Store the model in spike-driven mode (every conv but the first gets ``{0, 1}``).
+        overwrite (bool): Replace an existing ``dst``.
+
+    Returns:
+        (Path): ``dst``.
+
+    Raises:
+        MissingFileError: ``src`` does not exist.
+        OutputExistsError: ``dst`` exists and ``overwrite`` is False.
+        CheckpointError: ``src`` is not an Ultralytics checkpoint of an ibra-yolo model, or cannot be read safely.
+    """
+    from ultralytics.nn.tasks import torch_safe_load
+
+    src, dst = Path(src), Path(dst)
+    if not src.is_file():
+        raise MissingFileError(f"checkpoint {src} does not exist")
+    if dst.resolve() == src.resolve():
+        raise IbraYoloError(f"output {dst} is the input checkpoint: choose another file name")
+    check_output(dst, overwrite, flag="output file name")
+    try:
+        ckpt = torch_safe_load(str(src), safe_only=True)[0]
+    except Exception as e:  # the stock loader's errors span several classes; each means "not a readable checkpoint"
+        reason = (str(e).strip().splitlines() or [type(e).__name__])[0]
+        raise CheckpointError(f"cannot read {src} as an Ultralytics checkpoint (restricted loader): {reason}") from e
+    model = (ckpt.get("ema") or ckpt.get("model")) if isinstance(ckpt, dict) else None
+    if not isinstance(model, nn.Module) or not any(isinstance(m, NeuronConv) for m in model.modules()):
+        raise CheckpointError(f"{src} holds no ibra-yolo model (an Ultralytics checkpoint with a spiking 'model')")
+    model = deploy(model.float()).eval()
+    set_spike_driven(model, spike_driven)
+    out = {**ckpt, "model": model, "ema": None, "optimizer": None, "scaler": None, "updates": None}
+    return write_atomic(dst, lambda tmp: torch.save(out, tmp), overwrite)

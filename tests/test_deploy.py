@@ -1,22 +1,24 @@
 """Deployment: folding BN, RepConv and SepRep is exact, the deployed network is spike-driven and cannot be trained."""
 
 import copy
+import shutil
+from pathlib import Path
 
 import pytest
 import torch
 import yaml
-from conftest import CFG, randomize_
+from conftest import CFG, randomize_, run
 from torch import nn
 from torch.utils._python_dispatch import TorchDispatchMode
 from ultralytics import YOLO
 from ultralytics.nn.tasks import DetectionModel, torch_safe_load
 from ultralytics.utils import ASSETS
 
-from ibra_yolo.deployment import deploy, folded_state, fuse_bn, merge_convs
-from ibra_yolo.errors import FoldedModelError, IbraYoloError
+from ibra_yolo.deployment import deploy, deploy_checkpoint, folded_state, fuse_bn, merge_convs
+from ibra_yolo.errors import CheckpointError, FoldedModelError, IbraYoloError
 from ibra_yolo.nn import BNPad, NeuronConv, RepConv, SepRep, Synapse
 from ibra_yolo.nn.blocks import conv_macs_per_pixel
-from ibra_yolo.spike_mode import spike_driven
+from ibra_yolo.spike_mode import is_spike_driven, spike_driven
 
 FAMILIES = ("ibra", "iblif", "ilif", "ann")
 
@@ -256,3 +258,59 @@ def test_deploy_refuses_unknown_layers():
     assert all(torch.equal(before[k], v) for k, v in model.state_dict().items())  # refused before any change
     assert any(isinstance(m, BNPad) for m in model.modules())
     assert model.fuse(verbose=False) is model and folded_state(model) == "none"  # fuse() is a speed-up: it warns
+
+
+class _Evil:
+    """A pickle whose loading would create a marker file (a stand-in for ``os.system``)."""
+
+    def __init__(self, marker):
+        self.marker = str(marker)
+
+    def __reduce__(self):
+        return (open, (self.marker, "w"))
+
+
+def test_deploy_command(tmp_path, shapes_data, python):
+    # `ibra-yolo deploy SRC DST [--spike-driven]` writes deploy() of the checkpoint's model (whose exactness the tests
+    # above prove in float64) in float32: the same weights bit for bit, and the stored mode. The stock predictor and
+    # validator load it, also with ULTRALYTICS_SAFE_LOAD=1 (weights_only and the allow-list).
+    from ibra_yolo.cli import main
+
+    y = YOLO("spike-yolo-ibra-n.yaml")
+    randomize_(y.model)
+    src = tmp_path / "best.pt"
+    y.save(src)
+    expected = deploy(torch_safe_load(src, safe_only=True)[0]["model"].float()).state_dict()
+    for flag, name in (([], "deploy.pt"), (["--spike-driven"], "spikes.pt")):
+        dst = tmp_path / name
+        assert main(["deploy", str(src), str(dst), *flag]) == 0
+        loaded = torch_safe_load(dst, safe_only=True)[0]["model"]
+        assert folded_state(loaded) == "all" and is_spike_driven(loaded) is bool(flag)
+        state = loaded.state_dict()
+        assert state.keys() == expected.keys() and all(torch.equal(state[k], expected[k]) for k in state)
+        assert all(v.dtype != torch.float16 for v in state.values())  # saved in float32: the fold is not re-rounded
+    env = {"ULTRALYTICS_SAFE_LOAD": "1"}
+    yolo_bin = shutil.which("yolo", path=str(Path(python).parent)) or shutil.which("yolo")
+    p = run([yolo_bin, "predict", f"model={tmp_path / 'spikes.pt'}", f"source={ASSETS / 'bus.jpg'}",
+             "imgsz=64", f"project={tmp_path}", "name=pred", "save=False"], env=env)  # fmt: skip
+    assert "bus.jpg" in p.stdout + p.stderr  # Ultralytics logs the image it predicted on
+    metrics = YOLO(tmp_path / "deploy.pt").val(data=str(shapes_data), imgsz=64, device="cpu", plots=False,
+                                                project=str(tmp_path), name="val", verbose=False)  # fmt: skip
+    assert 0.0 <= metrics.box.map <= 1.0
+
+    # never overwrites, reads nothing unsafe, refuses what is not a checkpoint of ours; one line each, exit status 2
+    before = (tmp_path / "deploy.pt").read_bytes()
+    assert main(["deploy", str(src), str(tmp_path / "deploy.pt")]) == 2
+    assert (tmp_path / "deploy.pt").read_bytes() == before
+    assert main(["deploy", str(src), str(tmp_path / "deploy.pt"), "--overwrite"]) == 0
+    marker = tmp_path / "pwned"
+    torch.save({"model": _Evil(marker)}, tmp_path / "evil.pt")
+    torch.save({"hello": 1}, tmp_path / "hello.pt")
+    for bad in ("evil.pt", "hello.pt", "missing.pt"):
+        with pytest.raises(IbraYoloError):
+            deploy_checkpoint(tmp_path / bad, tmp_path / f"out-{bad}")
+        assert not (tmp_path / f"out-{bad}").exists()
+    assert not marker.exists()
+    with pytest.raises(CheckpointError, match="holds no ibra-yolo model"):
+        deploy_checkpoint(tmp_path / "hello.pt", tmp_path / "x.pt")
+    assert sorted(f.name for f in tmp_path.glob("*.tmp")) == []  # no temporary file left behind
