@@ -40,6 +40,7 @@ from ibra_yolo.spike_mode import set_spike_driven, torch_model
 __all__ = (
     "deploy",
     "deploy_checkpoint",
+    "bn_after_units",
     "fuse_bn",
     "fuse_for_inference",
     "folded_state",
@@ -257,6 +258,15 @@ def _fold_plan(root: nn.Module) -> list[tuple[NeuronConv, nn.Module | None, str 
         if isinstance(m, nn.BatchNorm2d) and id(m) not in folded:
             raise IbraYoloError(f"cannot fold {name} ({type(m).__name__}): no conv next to it is known to deploy")
     return plan
+
+
+def bn_after_units(root: nn.Module) -> dict[int, nn.Module]:
+    """``id(unit) -> the BN (or the Identity it was folded into) that directly follows that NeuronConv's output``."""
+    pairs = {}
+    for block in root.modules():
+        for conv_name, bn_name in next((v for k, v in BN_AFTER.items() if isinstance(block, k)), ()):
+            pairs[id(getattr(block, conv_name))] = getattr(block, bn_name)
+    return pairs
 
 
 def _fuse_op(op: nn.Module) -> tuple[nn.Module, str | None]:

@@ -314,3 +314,45 @@ def test_deploy_command(tmp_path, shapes_data, python):
     with pytest.raises(CheckpointError, match="holds no ibra-yolo model"):
         deploy_checkpoint(tmp_path / "hello.pt", tmp_path / "x.pt")
     assert sorted(f.name for f in tmp_path.glob("*.tmp")) == []  # no temporary file left behind
+
+
+@pytest.mark.parametrize("family, T", [("ibra", 1), ("ilif", 2), ("ann", 1)])
+def test_deployed_executed_count_equals_training_folded_count(family, T):
+    # SPEC §5 counts the training graph "folded": each RepConv/SepRep as the one k x k conv it merges into, BNs free.
+    # The deployed network IS that network, so counting what it executes must give the same dense MACs, MACs, SOPs
+    # and spikes, layer by layer (the float64 fold leaves every code unchanged). Counting the training graph as it
+    # executes costs more: its RepConv/SepRep run depthwise and 1x1 convs on real-valued sums, and every BN multiplies.
+    from ibra_yolo.energy import measure
+
+    model = build(family, T)
+    x = torch.rand(2, 3, 64, 64, dtype=torch.float64, generator=torch.Generator().manual_seed(9))
+
+    def report(m, counting=None):
+        return measure(m, x, batch=2, counting=counting, progress=False)
+
+    folded = report(model)
+    executed_training = report(model, "executed")
+    deployed = report(deploy(copy.deepcopy(model)))
+    assert folded.counting == "folded" and deployed.counting == "executed" and executed_training.counting == "executed"
+    keys = ("dense_macs", "macs", "sops", "spikes_total", "energy_pj")
+    for a, b in zip(folded.layers, deployed.layers, strict=True):
+        assert a.name == b.name and all(getattr(a, k) == getattr(b, k) for k in keys), (a.name, a, b)
+    extra = sum(e.macs - f.macs for e, f in zip(executed_training.layers, folded.layers))
+    # Spiking: the real-valued stages of the training graph add MACs. ANN twin: every stage is a MAC anyway, and the
+    # factorised RepConv/SepRep (1x1 + depthwise + 1x1) execute fewer MACs than the dense k x k they merge into.
+    assert extra < 0 if family == "ann" else extra > 0
+
+
+def test_executed_stages_by_hand():
+    # (synaptic, real-valued) MACs per output pixel as each op executes, c1 = 4 -> c2 = 6, k = 3:
+    # RepConv: pw1 4*4 = 16 is fed the spikes; BNPad 4 + depthwise 4*9 = 36 + pw2 4*6 = 24 + BN 6 = 70 are real.
+    # SepRep: BNPad first (4) makes every stage real: 4 + pw 4*6 = 24 + depthwise 6*9 = 54 = 82; BN-folded, the 1x1
+    # (24) is fed the spikes and the depthwise (54) is real. A plain conv 4*6*9 = 216 with the block's BN after it (6).
+    from ibra_yolo.energy.meter import executed_macs_per_pixel
+
+    assert executed_macs_per_pixel(NeuronConv(None, RepConv(4, 6))) == (16, 70)
+    sep = NeuronConv(None, SepRep(4, 6))
+    assert executed_macs_per_pixel(sep) == (0, 82)
+    fuse_bn(nn.Sequential(sep))
+    assert executed_macs_per_pixel(sep) == (24, 54)
+    assert executed_macs_per_pixel(NeuronConv(None, nn.Conv2d(4, 6, 3)), nn.BatchNorm2d(6)) == (216, 6)

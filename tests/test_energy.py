@@ -412,8 +412,8 @@ def test_counting_rules_written_once_and_mode_stated():
     assert "counting rules (folded):" in text and all(
         " ".join(rule.split()) in text for rule in COUNTING_RULES["folded"]
     )
-    with pytest.raises(IbraYoloError, match="counting='executed' is unknown: choose one of folded"):
-        EnergyMeter(model, counting="executed")
+    with pytest.raises(IbraYoloError, match="counting='bogus' is unknown: choose one of folded, executed"):
+        EnergyMeter(model, counting="bogus")
 
 
 def test_data_yaml_by_name_resolves_as_yolo_val_does(monkeypatch, tmp_path):
