@@ -5,11 +5,11 @@ once, in rotating order (interleaved), and the table reports the median and the 
 in the same run, plus the dense MACs per image each form executes. This is the measurement behind the choice of what
 Ultralytics' ``fuse()`` folds (BNs only, or also RepConv/SepRep).
 
-Usage:
-    python benchmarks/deploy.py                          # n model, 640 px, batch 1, CPU, integer mode
-    python benchmarks/deploy.py --spike-driven --onnx    # also the deployed model spike-driven, and ONNX (onnxruntime)
-    python benchmarks/deploy.py --weights best.pt        # a trained checkpoint (realistic firing for spike-driven)
-    python benchmarks/deploy.py --quick                  # a smoke run
+Usage (from the repository root):
+    python -m benchmarks.deploy                          # n model, 640 px, batch 1, CPU: every form, ONNX included
+    python -m benchmarks.deploy --weights best.pt        # a trained checkpoint (realistic firing for spike-driven)
+    python -m benchmarks.deploy --readme README.md       # and regenerate the README's Deploy table
+    python -m benchmarks.deploy --quick                  # a smoke run
 """
 
 from __future__ import annotations
@@ -17,21 +17,15 @@ from __future__ import annotations
 import argparse
 import copy
 import os
-import platform
 import sys
 import tempfile
 import time
-from datetime import date
 from pathlib import Path
 
-ROOT = Path(__file__).resolve().parents[1]
-sys.path[:0] = [str(ROOT / "benchmarks")]
-os.environ.setdefault("YOLO_OFFLINE", "1")
-os.environ.setdefault("YOLO_AUTOINSTALL", "0")
+import torch
+from torch.utils._python_dispatch import TorchDispatchMode
 
-import torch  # noqa: E402
-from speed import interleaved, table  # noqa: E402  (the same interleaving and table format)
-from torch.utils._python_dispatch import TorchDispatchMode  # noqa: E402
+from benchmarks.common import environment, interleaved, table, write_readme_section
 
 
 class Form:
@@ -106,8 +100,9 @@ def main(argv=None) -> int:
     p.add_argument("--reps", type=int, default=15)
     p.add_argument("--warmup", type=int, default=2)
     p.add_argument("--threads", type=int, default=0, help="torch CPU threads (0: torch's default)")
-    p.add_argument("--spike-driven", action="store_true", help="also time the deployed model in spike-driven mode")
-    p.add_argument("--onnx", action="store_true", help="also time the deployed model exported to ONNX (onnxruntime)")
+    p.add_argument("--no-spike-driven", action="store_true", help="leave out the deployed model in spike-driven mode")
+    p.add_argument("--no-onnx", action="store_true", help="leave out the deployed model exported to ONNX")
+    p.add_argument("--readme", help="also rewrite the Deploy table of this README (between its markers)")
     p.add_argument("--quick", action="store_true", help="smoke run: 128 px, 2 repetitions")
     a = p.parse_args(argv)
     if a.quick:
@@ -117,6 +112,7 @@ def main(argv=None) -> int:
     from ibra_yolo.deployment import deploy, fuse_bn
     from ibra_yolo.spike_mode import set_spike_driven
 
+    load = os.getloadavg()[0]
     train_graph = build(a)
     x = torch.rand(1, 3, a.imgsz, a.imgsz, generator=torch.Generator().manual_seed(0))
     models = {
@@ -124,11 +120,11 @@ def main(argv=None) -> int:
         "BN-fused (fuse())": fuse_bn(copy.deepcopy(train_graph)),
         "deployed": deploy(copy.deepcopy(train_graph)),
     }
-    if a.spike_driven:
+    if not a.no_spike_driven:
         models["deployed, spike-driven"] = set_spike_driven(deploy(copy.deepcopy(train_graph)))
     with tempfile.TemporaryDirectory() as folder:
         runners = {k: Form(m, x) for k, m in models.items()}
-        if a.onnx:
+        if not a.no_onnx:
             runners["deployed, ONNX (onnxruntime)"] = OnnxForm(models["deployed"], x, folder)
         ref = {k: v for k, v in runners.items() if k in models}  # all agree with the training graph (checked here)
         with torch.no_grad():
@@ -138,17 +134,19 @@ def main(argv=None) -> int:
                 print(f"{k}: max |output - training graph| / max |output| = {err:.1e}")
         median = interleaved(runners, a.reps, a.warmup)
     source = a.weights or f"spike-yolo-{a.family}-{a.scale}.yaml (fresh weights)"
-    print(
-        f"\n### Inference latency of the model's forms ({a.imgsz} px, batch 1) — {date.today()} · "
-        f"{platform.machine()} · torch {torch.__version__} · {torch.get_num_threads()} CPU threads · {source} · "
-        f"median of {a.reps}\n"
-    )
     base = median["training graph"]
     rows = []
     for k, t in median.items():
         macs = dense_macs(models[k], x) / 1e9 if k in models else float("nan")
         rows.append([k, f"{t * 1e3:.1f}", f"{t / base:.2f}", f"{macs:.2f}" if k in models else "-"])
-    print(table(["form", "ms / image", "vs training graph", "GMACs executed (dense, all convs)"], rows))
+    md = (
+        f"Inference latency of the model's forms ({a.imgsz} px, batch 1; {environment(torch.device('cpu'))} · "
+        f"{source} · median of {a.reps}, interleaved; 1-minute load average before the run: {load:.1f})\n\n"
+        + table(["form", "ms / image", "vs training graph", "GMACs executed (dense, all convs)"], rows)
+    )
+    print("\n" + md)
+    if a.readme:
+        write_readme_section(md, a.readme, "deploy")
     return 0
 
 
