@@ -21,6 +21,11 @@ _EXPORTS = {
     "spike_driven": "ibra_yolo.spike_mode",
     "set_spike_driven": "ibra_yolo.spike_mode",
     "is_spike_driven": "ibra_yolo.spike_mode",
+    # deployment: the folded network that runs (ibra_yolo.deployment; the module is not named deploy, so that
+    # ibra_yolo.deploy stays this function even after the module is imported)
+    "deploy": "ibra_yolo.deployment",
+    "deploy_checkpoint": "ibra_yolo.deployment",
+    "fuse_bn": "ibra_yolo.deployment",
     # energy, spike statistics and range use
     "measure": "ibra_yolo.energy",
     # SpikeYOLO's released checkpoints

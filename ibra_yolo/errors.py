@@ -12,6 +12,7 @@ __all__ = (
     "UnsafePickleError",
     "MissingFileError",
     "OutputExistsError",
+    "FoldedModelError",
 )
 
 
@@ -37,3 +38,7 @@ class MissingFileError(IbraYoloError, FileNotFoundError):
 
 class OutputExistsError(IbraYoloError, FileExistsError):
     """An output file that exists, when overwriting it was not asked for."""
+
+
+class FoldedModelError(IbraYoloError):
+    """A model folded for inference (``fuse()`` or ``ibra_yolo.deploy()``) used where its training graph is needed."""

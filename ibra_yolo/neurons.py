@@ -27,6 +27,7 @@ from torch import nn
 __all__ = (
     "IntegerLIF",
     "Activation",
+    "NAN_CODE",
     "IBRALIF",
     "IBLIF",
     "ILIF",
@@ -177,6 +178,9 @@ def _is_int(v) -> bool:
     return isinstance(v, int) and not isinstance(v, bool)
 
 
+NAN_CODE = -1  # what spike_codes() gives a NaN membrane: not a code (valid codes are 0..M)
+
+
 class NonFiniteError(ValueError):
     """A neuron's membrane holds NaN: it has no integer code (the counting and spike paths refuse it)."""
 
@@ -263,6 +267,8 @@ class IntegerLIF(nn.Module):
         if not codes.numel():
             return 0, 0
         lo, hi = int(codes.min()), int(codes.max())
+        if lo == NAN_CODE:
+            raise NonFiniteError(f"{type(self).__name__}: codes hold {NAN_CODE} (NAN_CODE): a membrane was NaN")
         if lo < 0 or hi > self.max_code:
             raise ValueError(f"{type(self).__name__}: code {lo if lo < 0 else hi} is outside 0..{self.max_code}")
         return lo, hi
@@ -297,18 +303,28 @@ class IntegerLIF(nn.Module):
         Raises:
             NonFiniteError: A membrane potential is NaN (it has no code).
         """
+        codes = self.spike_codes(x)
+        bad = int((codes < 0).sum())
+        if bad:
+            raise NonFiniteError(
+                f"{type(self).__name__}: {bad} membrane potential(s) are NaN and have no code (the input currents "
+                f"hold NaN: check the image and the weights)"
+            )
+        return codes
+
+    def spike_codes(self, x: torch.Tensor) -> torch.Tensor:
+        """``codes(x)`` without the check, for spike-driven execution: no host sync, so it runs on a device's queue.
+
+        A NaN membrane gets ``NAN_CODE`` (-1), outside ``0..M``: the caller must not send it as spikes (``NeuronConv``
+        makes that sample's output NaN, as the integer path would), and every counting path refuses it.
+        """
         self._check_input(x)
         codes = []
 
         def fire(u):
-            if torch.isnan(u).any():
-                raise NonFiniteError(
-                    f"{type(self).__name__}: {int(torch.isnan(u).sum())} membrane potential(s) are NaN and have no "
-                    f"code (the input currents hold NaN: check the image and the weights)"
-                )
             c = quantize_codes(u, self.scale, self.max_code)
-            codes.append(c.to(torch.int32))
-            return _codes_to_values(c, self.scale, u.dtype)
+            codes.append(c.to(torch.int32).masked_fill_(torch.isnan(u), NAN_CODE))
+            return _codes_to_values(c, self.scale, u.dtype)  # NaN stays NaN in the membrane
 
         lif_multistep(x, fire, self.beta, self.T)
         return torch.stack(codes).reshape(x.shape)

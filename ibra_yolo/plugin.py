@@ -1,12 +1,15 @@
 """The one place that touches Ultralytics internals: registration of the spiking model builder.
 
-``register()`` wraps two functions of ``ultralytics.nn.tasks`` (never edits or copies them):
+``register()`` wraps two functions of ``ultralytics.nn.tasks`` and one method (never edits or copies them):
 
 - ``yaml_model_load``: resolves our model names (``spike-yolo-ibra.yaml``, ``spike-yolo-ibra-n.yaml``: the suffix
   picks the scale) from the working directory or the installed package, then defers to the stock loader for
   everything else;
 - ``parse_model``: builds spiking YAMLs (a ``neuron:`` key) with ``ibra_yolo.nn.builder``; every other YAML goes to
-  the stock parser unchanged.
+  the stock parser unchanged;
+- ``BaseModel.fuse`` (which predict, val and export call): for a model built from our blocks it first folds the BNs
+  (``ibra_yolo.deployment.fuse_bn``), then runs the stock method. Ultralytics' ``fuse()`` only folds its own classes
+  (``Conv``, ``RepConv``, ...) and offers no protocol for others, so this is the one way in.
 
 Every Ultralytics module that bound one of the two names before registration gets the wrapper too. Nothing else of the
 process changes: our classes allow-list themselves for ``ULTRALYTICS_SAFE_LOAD=1`` when ``ibra_yolo.nn`` is imported
@@ -113,6 +116,26 @@ def _wrap(original, replacement):
     return wrapper
 
 
+def _spiking_fuse(original, self, *args, **kwargs):
+    """``BaseModel.fuse`` that folds the BNs of our blocks first (exact), then runs the stock method."""
+    from ibra_yolo.deployment import fuse_for_inference
+
+    if fuse_for_inference(self):
+        verbose, imgsz = kwargs.get("verbose", args[0] if args else True), kwargs.get("imgsz", 640)
+        if verbose:
+            self.info(verbose=True, imgsz=imgsz)  # as the stock fuse() does after folding its own classes
+    return original(self, *args, **kwargs)
+
+
+def _wrap_method(original, replacement):
+    @functools.wraps(original)
+    def method(self, *args, **kwargs):
+        return replacement(original, self, *args, **kwargs)
+
+    method.__ibra_yolo_original__ = original
+    return method
+
+
 def _running_ultralytics_cli() -> bool:
     """True when this process is Ultralytics' own console script (``yolo``, ``ultralytics``).
 
@@ -169,6 +192,8 @@ def register() -> None:
             for attr, wrapper in wrappers.items():
                 if namespace.get(attr) is originals[attr]:
                     setattr(module, attr, wrapper)
+    if not hasattr(tasks.BaseModel.fuse, "__ibra_yolo_original__"):
+        tasks.BaseModel.fuse = _wrap_method(tasks.BaseModel.fuse, _spiking_fuse)
     import ibra_yolo.nn  # noqa: F401 - our classes exist, allow-listed for ULTRALYTICS_SAFE_LOAD=1 (see ibra_yolo.nn)
 
     if _running_ultralytics_cli() and not getattr(sys.excepthook, "__ibra_yolo__", False):

@@ -23,7 +23,7 @@ def test_no_command_lists_models_and_commands(capsys):
 def test_unknown_command_is_one_line(capsys):
     assert cli.main(["nope"]) == 2
     err = capsys.readouterr().err
-    names = "models, demo, eval, energy, convert-spikeyolo"
+    names = "models, demo, eval, energy, convert-spikeyolo, deploy"
     assert err == f"error: unknown command 'nope': choose one of {names} (see ibra-yolo --help)\n"
 
 

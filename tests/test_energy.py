@@ -345,8 +345,8 @@ def test_codes_refused_where_the_dtype_cannot_carry_them():
 @pytest.mark.parametrize("spike_driven", [False, True])
 def test_meter_never_runs_a_neuron_again(spike_driven):
     # measure() costs one forward because the meter only observes: over 3 batches every integer neuron runs exactly
-    # as in a plain forward: integer mode calls its forward 3 times and codes() never; spike-driven mode calls
-    # codes() 3 times (the spike-driven forward's own) and its forward never.
+    # as in a plain forward: integer mode calls its forward 3 times and spike_codes() never; spike-driven mode calls
+    # spike_codes() 3 times (the spike-driven forward's own) and its forward never.
     model = randomize_(mini(lambda: IBRALIF(T=1), 1), seed=1)
     neurons = [m for m in model.modules() if isinstance(m, IntegerLIF)]
     calls = {id(n): {"forward": 0, "codes": 0} for n in neurons}
@@ -356,14 +356,14 @@ def test_meter_never_runs_a_neuron_again(spike_driven):
 
         def codes(x, n=n):
             calls[id(n)]["codes"] += 1
-            return IntegerLIF.codes(n, x)
+            return IntegerLIF.spike_codes(n, x)
 
-        n.codes = codes  # an instance attribute: counts the calls, then defers to the method
+        n.spike_codes = codes  # an instance attribute: counts the calls, then defers to the method
     measure(model, torch.rand(6, 3, 32, 32), batch=2, spike_driven=spike_driven, progress=False)
     for h in hooks:
         h.remove()
     for n in neurons:
-        del n.codes
+        del n.spike_codes
     expected = {"forward": 0, "codes": 3} if spike_driven else {"forward": 3, "codes": 0}
     # mini: AllConvBlock 5 neurons, Downsample 1, ConvBlock 5, SPPF 2
     assert len(neurons) == 13 and all(c == expected for c in calls.values())
@@ -412,8 +412,8 @@ def test_counting_rules_written_once_and_mode_stated():
     assert "counting rules (folded):" in text and all(
         " ".join(rule.split()) in text for rule in COUNTING_RULES["folded"]
     )
-    with pytest.raises(IbraYoloError, match="counting='executed' is unknown: choose one of folded"):
-        EnergyMeter(model, counting="executed")
+    with pytest.raises(IbraYoloError, match="counting='bogus' is unknown: choose one of folded, executed"):
+        EnergyMeter(model, counting="bogus")
 
 
 def test_data_yaml_by_name_resolves_as_yolo_val_does(monkeypatch, tmp_path):

@@ -11,7 +11,7 @@ from ultralytics.utils.nms import non_max_suppression
 
 from ibra_yolo import is_spike_driven, set_spike_driven, spike_driven
 from ibra_yolo.errors import IbraYoloError
-from ibra_yolo.neurons import ILIF, IntegerLIF
+from ibra_yolo.neurons import ILIF, NAN_CODE, IntegerLIF, NonFiniteError
 from ibra_yolo.nn import NeuronConv, Synapse
 from ibra_yolo.spike_mode import convert_checkpoint, spike_driven_units
 
@@ -141,6 +141,28 @@ def test_runs_spike_driven_is_the_one_condition(neuron):
             with torch.no_grad():
                 unit(x)
             assert unit.runs_spike_driven is expected and bool(planes) is expected, (mode, training)
+
+
+@pytest.mark.parametrize("neuron", [IntegerLIF(511, 100.0, T=2), ILIF(T=2)], ids=["binary", "unary"])
+def test_nan_membrane_makes_its_sample_nan_without_a_host_sync(neuron):
+    # A NaN membrane has no code. Spike-driven mode decides on the device (no .item()): that sample's output at that
+    # timestep is NaN, as the integer path's is (NaN propagates through the conv), and every other (timestep, sample)
+    # is exactly the integer path's. The counting path refuses it: codes() raises NonFiniteError.
+    unit = NeuronConv(neuron, torch.nn.Conv2d(2, 3, 3, padding=1, dtype=torch.float64)).eval()
+    x = torch.rand(2, 3, 2, 5, 5, dtype=torch.float64) * 4  # T = 2, batch 3
+    x[1, 1, 0, 2, 2] = float("nan")  # sample 1 at t = 1 only: the NaN stays in the membrane
+    with torch.no_grad():
+        integer = unit(x)
+        unit.spike_driven = True
+        spikes = unit(x)
+    assert torch.isnan(spikes[1, 1]).all() and torch.isnan(integer[1, 1]).any()  # t = 1, sample 1
+    ok = torch.ones(2, 3, dtype=torch.bool)
+    ok[1, 1] = False  # every other (t, sample) pair, including sample 1 at t = 0, before the NaN arrived
+    assert not torch.isnan(spikes[ok]).any()
+    torch.testing.assert_close(spikes[ok], integer[ok], rtol=1e-12, atol=1e-12)
+    assert neuron.spike_codes(x)[1, 1, 0, 2, 2] == NAN_CODE
+    with pytest.raises(NonFiniteError, match="1 membrane potential"):
+        neuron.codes(x)
 
 
 def test_switch_on_objects_and_errors(tmp_path):

@@ -18,6 +18,7 @@ COMMANDS: dict[str, tuple[str, str]] = {  # name -> (module with main(argv) -> i
     "eval": ("ibra_yolo.cli.eval", "COCO mAP@50:95 with pycocotools of a checkpoint or a predictions file"),
     "energy": ("ibra_yolo.cli.energy", "energy, spikes and range use per layer, measured on images"),
     "convert-spikeyolo": ("ibra_yolo.cli.convert_spikeyolo", "SpikeYOLO's released checkpoint as one of ours"),
+    "deploy": ("ibra_yolo.cli.deploy", "fold BN, RepConv and SepRep exactly: a checkpoint for predict/val/export"),
 }
 
 

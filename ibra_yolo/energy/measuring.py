@@ -163,7 +163,7 @@ def measure(
     device: str | torch.device | None = None,
     progress: bool = True,
     name: str | None = None,
-    counting: str = "folded",
+    counting: str | None = None,
 ) -> EnergyReport:
     """Run ``model`` over ``images`` in batches and report energy, spikes and range use per layer and in total.
 
@@ -187,7 +187,8 @@ def measure(
             ``cuda:1``); default where the model is. The model is moved back afterwards.
         progress (bool): Show a progress bar.
         name (str, optional): Model name in the report (default: its YAML file).
-        counting (str): How MACs are counted (``"folded"``, SPEC §5; see ``COUNTING_MODES``).
+        counting (str, optional): How MACs are counted: ``"folded"`` (SPEC §5; the default) or ``"executed"`` (every
+            stage as it runs; the default for a deployed model). See ``COUNTING_MODES``.
 
     Returns:
         (EnergyReport): Per-image figures; ``summary()`` for the totals, ``to_dict()`` for everything, ``price()``

@@ -29,19 +29,50 @@ import torch
 from torch import nn
 
 from ibra_yolo.errors import IbraYoloError
-from ibra_yolo.neurons import IntegerLIF
-from ibra_yolo.nn.blocks import NeuronConv, Synapse, Tap
+from ibra_yolo.neurons import NAN_CODE, IntegerLIF, NonFiniteError
+from ibra_yolo.nn.blocks import NeuronConv, RepConv, SepRep, Synapse, Tap, conv_macs_per_pixel
 
-__all__ = ("COUNTING_MODES", "LayerCounts", "EnergyMeter", "codes_from_outputs")
+__all__ = ("COUNTING_MODES", "LayerCounts", "EnergyMeter", "codes_from_outputs", "executed_macs_per_pixel")
 
 DENSE_HISTOGRAM_MAX = 2**16  # codes 0..M kept as a dense bincount up to this many bins, else as an exact sparse one
 CHUNK = 2**18  # elements the meter handles at a time (1 MiB of float32): its temporaries stay in cache
 LANES = 8  # interleaved sub-histograms per bincount (see _LayerCounter._histogram_of_outputs)
 
-# How a layer's dense MACs per output pixel are counted. "folded" (SPEC §5, the default): a RepConv or SepRep counts as
-# the single k x k conv it folds into. A further mode (e.g. counting every stage as it executes) is one more entry here
-# plus its rules in ``report.COUNTING_RULES``.
-COUNTING_MODES = {"folded": lambda unit: unit.macs_per_pixel()}
+# How a layer's dense MACs per output pixel are counted: mode -> f(unit, BN after it or None) -> (synaptic, stages),
+# the MACs per output pixel of the stage its neuron feeds (ACs for a spiking input) and of the real-valued stages
+# around it (always MACs). Each mode's rules are in ``report.COUNTING_RULES``.
+#   "folded" (SPEC §5, the default for a model with something to fold): a RepConv or SepRep counts as the single k x k
+#       conv it folds into, BNs are free.
+#   "executed": every stage as it runs. A deployed network (``ibra_yolo.deploy``) is counted this way: it has nothing
+#       left to fold, so its executed count is the training graph's folded count (tested layer by layer).
+COUNTING_MODES = {
+    "folded": lambda unit, bn: (unit.macs_per_pixel(), 0),
+    "executed": lambda unit, bn: executed_macs_per_pixel(unit, bn),
+}
+_STAGES = {RepConv: ("pw1", "bn1", "dw", "pw2", "bn2"), SepRep: ("bn", "pw", "dw")}  # forward order
+
+
+def _stage_macs(m: nn.Module) -> int:
+    """MACs per output pixel of one stage: a conv's, one per channel for a BatchNorm, none for a folded BN."""
+    if isinstance(m, nn.Conv2d):
+        return conv_macs_per_pixel(m)
+    return m.num_features if isinstance(m, nn.BatchNorm2d) else 0
+
+
+def executed_macs_per_pixel(unit: NeuronConv, bn_after: nn.Module | None = None) -> tuple[int, int]:
+    """``(synaptic, stages)``: MACs per output pixel of a unit's stages as they execute (``"executed"`` counting).
+
+    The first stage is synaptic when it is a conv (it receives the neuron's output: spikes for an integer neuron); a
+    BN that comes first (``SepRep``'s ``BNPad``) multiplies the input by real numbers, and then every stage is. All
+    later stages (depthwise and 1x1 convs on real-valued sums, BNs, and the block's BN after the unit) are MACs.
+    """
+    op = unit.op
+    stages = [op] if isinstance(op, nn.Conv2d) else [getattr(op, name) for name in _STAGES[type(op)]]
+    stages = [m for m in (*stages, bn_after) if m is not None and not isinstance(m, nn.Identity)]
+    macs = [_stage_macs(m) for m in stages]
+    if isinstance(stages[0], nn.Conv2d):
+        return macs[0], sum(macs[1:])
+    return 0, sum(macs)
 
 
 def _precision(dtype: torch.dtype, max_code: int, offset: int = 0) -> torch.dtype | None:
@@ -142,6 +173,8 @@ class LayerCounts:
             ``{0, 1}`` planes of spike-driven execution).
         max_code (int | None): Largest code the neuron can emit (``M``).
         histogram (list | dict | None): Counts of codes ``0..M`` (a ``{code: count}`` mapping above 65536 codes).
+        stage_macs (int): Dense MACs of one timestep of the real-valued stages around the synaptic one (``executed``
+            counting; 0 when folded). ``dense_macs`` counts the synaptic stage only.
     """
 
     index: int
@@ -162,6 +195,7 @@ class LayerCounts:
     spikes_from: str | None = None
     max_code: int | None = None
     histogram: list | dict | None = field(default=None, repr=False)
+    stage_macs: int = 0
 
 
 def _geometry(op: nn.Module) -> str:
@@ -191,11 +225,14 @@ def _neuron_config(neuron: nn.Module | None) -> dict | None:
 class _LayerCounter:
     """The hooks of one NeuronConv and its running sums."""
 
-    def __init__(self, index: int, name: str, unit: NeuronConv, counting: str, scratch: _Scratch):
+    def __init__(
+        self, index: int, name: str, unit: NeuronConv, counting: str, scratch: _Scratch, bn_after: nn.Module | None
+    ):
         self.index, self.name, self.unit, self.counting, self.scratch = index, name, unit, counting, scratch
         self.spiking = unit.spiking
         self.neuron: IntegerLIF | None = unit.neuron if self.spiking else None
-        self.mpp = COUNTING_MODES[counting](unit)  # dense MACs per output pixel
+        self.mpp, self.stage_mpp = COUNTING_MODES[counting](unit, bn_after)  # dense MACs per output pixel
+        self.stage = 0  # dense MACs of the real-valued stages, one timestep
         self.from_planes = False  # spikes counted by the Synapse hooks (spike-driven mode)
         self.T, self.dense, self.inputs = 1, 0, 0
         self.per_fanout: dict[tuple[int, int], torch.Tensor] = {}  # (MACs per image, input elements) -> count
@@ -235,6 +272,8 @@ class _LayerCounter:
     def _count_codes(self, flat: torch.Tensor) -> torch.Tensor | int:
         """Add the codes of neuron outputs (or the codes themselves) to the histogram; return the spikes they need."""
         n = self.neuron
+        if not flat.is_floating_point() and flat.numel() and int(flat.min()) == NAN_CODE:  # spike-driven codes
+            raise NonFiniteError(f"{self.name}: a membrane potential is NaN, it has no code (check the image)")
         if n.max_code >= DENSE_HISTOGRAM_MAX:
             codes = codes_from_outputs(flat, n.scale, n.max_code) if flat.is_floating_point() else flat
             values, counts = torch.unique(codes, return_counts=True)
@@ -284,6 +323,7 @@ class _LayerCounter:
     def on_output(self, module: NeuronConv, args: tuple, out: torch.Tensor) -> None:
         _, B, _, h, w = out.shape
         self.dense += self.mpp * h * w * B  # one timestep, all images of the batch
+        self.stage += self.stage_mpp * h * w * B
         key = (self.mpp * h * w, self._elements)  # fan-out = MACs per image / input elements per image
         self.per_fanout[key] = self.per_fanout.get(key, 0) + self._pending
         self._pending = 0
@@ -320,6 +360,7 @@ class _LayerCounter:
             spikes_from=("planes" if self.from_planes else "codes") if self.spiking else None,
             max_code=self.neuron.max_code if self.spiking else None,
             histogram=hist,
+            stage_macs=self.stage,
         )
 
 
@@ -330,14 +371,18 @@ class EnergyMeter:
 
     Args:
         model (nn.Module): An ibra-yolo model (spiking or ANN twin), or any module containing ``NeuronConv`` units.
-        counting (str): How dense MACs are counted, a key of ``COUNTING_MODES`` (default ``"folded"``, SPEC §5).
+        counting (str, optional): How dense MACs are counted, a key of ``COUNTING_MODES``. Default: ``"folded"``
+            (SPEC §5), or ``"executed"`` for a deployed model (the two counts are the same there).
 
     Raises:
         IbraYoloError: Unknown counting mode, or the model has no ``NeuronConv`` units (e.g. a stock Ultralytics model).
     """
 
-    def __init__(self, model: nn.Module, counting: str = "folded"):
-        if counting not in COUNTING_MODES:
+    def __init__(self, model: nn.Module, counting: str | None = None):
+        from ibra_yolo.deployment import bn_after_units
+        from ibra_yolo.nn.builder import FOLDED_KEY
+
+        if counting is not None and counting not in COUNTING_MODES:
             raise IbraYoloError(f"counting={counting!r} is unknown: choose one of {', '.join(COUNTING_MODES)}")
         units = [(n, m) for n, m in model.named_modules() if isinstance(m, NeuronConv)]
         if not units:
@@ -345,9 +390,15 @@ class EnergyMeter:
                 f"{type(model).__name__} has no NeuronConv layers: energy counting supports ibra-yolo models "
                 "(spiking ones and the ANN twin), not stock Ultralytics models"
             )
+        if counting is None:  # a deployed network (ibra_yolo.deploy marks its YAML) runs as it is counted folded
+            deployed = isinstance(getattr(model, "yaml", None), dict) and model.yaml.get(FOLDED_KEY) == "all"
+            counting = "executed" if deployed else "folded"
         self.counting = counting
         scratch = _Scratch()
-        self.counters = [_LayerCounter(i, name, unit, counting, scratch) for i, (name, unit) in enumerate(units)]
+        after = bn_after_units(model)
+        self.counters = [
+            _LayerCounter(i, name, unit, counting, scratch, after.get(id(unit))) for i, (name, unit) in enumerate(units)
+        ]
         self._handles: list = []
 
     def __enter__(self) -> EnergyMeter:

@@ -40,6 +40,25 @@ COUNTING_RULES: dict[str, tuple[str, ...]] = {  # counting mode -> the rules eve
         "SynapticOperations: Effective_MACs = MACs with a non-zero input, Effective_ACs = sum_l SOP_l, "
         "Dense = sum_l F_l * T; Footprint = bytes of parameters and buffers.",
     ),
+    "executed": (
+        "All figures are per image: sums over the measured images divided by their number.",
+        "Every stage is counted as it executes (the training graph as built, or a deployed network, which is the "
+        "folded network itself). Dense MACs of a conv = Cin/groups * Cout * kh * kw * Hout * Wout for ONE timestep; "
+        "a BatchNorm = one MAC per output element; a BN folded away, biases, pooling, upsampling, concat, residual "
+        "adds, the mean over T and the detect head's DFL/decoding are free. F_l = the sum over the layer's stages.",
+        "Synaptic stage: the conv the neuron's output enters first. Fed by an integer spiking neuron it is AC: SOP = "
+        "s_l * its fan-out (s_l = spikes per input neuron per image over the T timesteps and the virtual timesteps), "
+        "E = E_AC * SOP. Fed by real values (the image; the ANN twin) it is MAC: F * T. A BN before it (SepRep's "
+        "BNPad) makes its input real-valued: the whole layer is then MAC.",
+        "Real-valued stages (depthwise and 1x1 convs on summed currents inside RepConv/SepRep, every BN): MACs = F * "
+        "T (they run once per timestep), E = E_MAC * MACs.",
+        "ANN twin energy = E_MAC * sum_l F_l (same architecture, real activations, one pass); ANN/SNN = that / energy.",
+        "Firing rate = mean integer code per neuron per timestep; spikes per neuron = s_l. Spikes are exact: counted "
+        "from the integer codes (integer mode) or as the ones of every {0,1} plane a Synapse receives (spike-driven).",
+        "NeuroBench names: ActivationSparsity = share of zero neuron outputs (all neurons, all timesteps); "
+        "SynapticOperations: Effective_MACs = MACs with a non-zero input, Effective_ACs = sum_l SOP_l, "
+        "Dense = sum_l F_l * T; Footprint = bytes of parameters and buffers.",
+    ),
 }
 
 
@@ -114,7 +133,7 @@ def _histogram_items(hist: list | dict) -> tuple[np.ndarray, np.ndarray]:
 def _layer_report(c: LayerCounts, images: int, k: EnergyPreset) -> LayerReport:
     """Per-image figures of one layer's counts, priced with ``k``."""
     per = 1 / images
-    macs = 0 if c.spiking else c.dense_macs * c.T
+    macs = (0 if c.spiking else c.dense_macs * c.T) + c.stage_macs * c.T  # real-valued stages run every timestep
     layer = LayerReport(
         index=c.index,
         name=c.name,
@@ -124,7 +143,7 @@ def _layer_report(c: LayerCounts, images: int, k: EnergyPreset) -> LayerReport:
         neuron=c.neuron,
         neuron_config=c.neuron_config,
         T=c.T,
-        dense_macs=c.dense_macs * per,
+        dense_macs=(c.dense_macs + c.stage_macs) * per,
         macs=macs * per,
         sops=c.synaptic_ops * per,
         effective_macs=c.nonzero_macs * per,

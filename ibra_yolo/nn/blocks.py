@@ -16,7 +16,8 @@ import torch.nn.functional as F
 from torch import nn
 from ultralytics.nn.modules.conv import autopad
 
-from ibra_yolo.neurons import IBRALIF, is_spiking_neuron, plane
+from ibra_yolo.errors import IbraYoloError
+from ibra_yolo.neurons import IBRALIF, is_spiking_neuron, num_planes, plane
 
 __all__ = (
     "BNPad",
@@ -115,6 +116,8 @@ class SepRep(nn.Module):
 
     def synaptic(self):
         """BN folded into the 1x1 conv, which zero-pads its input by the BNPad border."""
+        if not isinstance(self.bn, BNPad):  # folded for good by ibra_yolo.deployment.fuse_bn: pw pads and has the bias
+            return self.pw.weight, self.pw.bias, _conv_kwargs(self.pw)
         a, b = _bn_affine(self.bn)
         w = self.pw.weight
         return w * a.view(1, -1, 1, 1), w.flatten(1) @ b, {"padding": self.bn.pad}
@@ -182,16 +185,41 @@ class Synapse(nn.Module):
         return F.conv2d(spikes, weight, None, **kwargs)
 
 
+_fx = torch.fx._symbolic_trace
+_is_fx_symbolic_tracing = getattr(_fx, "is_fx_symbolic_tracing", _fx.is_fx_tracing)  # the first is newer, quieter
+
+
+def recording_graph() -> bool:
+    """True while a graph is recorded (``torch.jit.trace``, ONNX export, ``torch.compile``/``torch.export``).
+
+    A recorded graph keeps Python decisions fixed, so no decision may then depend on the values of a tensor.
+
+    Raises:
+        IbraYoloError: An FX symbolic trace, which cannot record spike-driven execution.
+    """
+    if torch.jit.is_tracing() or torch.onnx.is_in_onnx_export() or torch.compiler.is_compiling():
+        return True
+    if _is_fx_symbolic_tracing():
+        raise IbraYoloError(
+            "spike-driven layers cannot be FX-traced (their codes are data): trace with torch.jit.trace, "
+            "torch.onnx.export, torch.export or torch.compile, or switch spike-driven mode off"
+        )
+    return False
+
+
 class NeuronConv(nn.Module):
     """A neuron followed by the linear op it feeds, on ``[T, B, C, H, W]`` tensors.
 
     Integer mode (default): ``op(neuron(x))``. Spike-driven mode (``spike_driven = True``, in eval mode): the neuron's
-    integer codes are sent as ``{0, 1}`` planes, one virtual timestep at a time (planes above the largest code present
-    are empty and skipped); each plane goes through the op's
+    integer codes are sent as ``{0, 1}`` planes, one virtual timestep at a time; each plane goes through the op's
     first conv without bias (``Synapse``), the results are summed with weights ``2**j / N`` (binary) or ``1 / N``
     (unary), and the bias and remaining linear stages are applied once after the sum. ``neuron=None`` makes an
     encoding layer fed by real values (the only multiply-accumulate layer of a spiking model). What the op is fed
     passes through ``tap`` and every plane through ``synapse``: two parameter-free modules for hooks to observe.
+
+    How many planes run: in eager mode on the CPU, planes above the largest code present are empty and skipped. On an
+    accelerator every plane runs (reading the largest code back would stall the device once per layer), and so does
+    a recorded graph (``recording_graph``: trace, ONNX export, compile), so that it holds for any input.
 
     Args:
         neuron (nn.Module | None): The neuron (or the ANN twin's activation); None for a real-valued input.
@@ -240,13 +268,19 @@ class NeuronConv(nn.Module):
 
     def _forward_spikes(self, x: torch.Tensor) -> torch.Tensor:
         n = self.neuron
-        codes = self.tap(n.codes(x)).flatten(0, 1)
+        static = recording_graph()  # first: it refuses an FX trace with one line before the neuron would fail on it
+        codes = self.tap(n.spike_codes(x)).flatten(0, 1)  # no host sync; NAN_CODE (-1) where a membrane is NaN
         weight, bias, kwargs, post = self._synaptic()
         acc = None
-        used = max(n.planes_used(codes), 1)  # planes above the largest code are empty: no spikes, no work
-        for j, w in enumerate(n.plane_weights()[:used]):
+        weights = n.plane_weights()
+        if not static and codes.device.type == "cpu":  # planes above the largest code are empty: no spikes, no work
+            weights = weights[: max(num_planes(int(codes.max()), n.encoding), 1)]
+        for j, w in enumerate(weights):
             y = self.synapse(plane(codes, j, n.encoding, dtype=weight.dtype), weight, **kwargs)
             acc = y.mul_(w) if acc is None else acc.add_(y, alpha=w)
+        # A NaN membrane has no spikes to send: its sample's output is NaN, so it never passes silently (as NaN does
+        # through the integer path), decided on the device without a host sync.
+        acc = acc.masked_fill((codes.flatten(1).amin(1) < 0).view(-1, 1, 1, 1), float("nan"))
         if bias is not None:
             acc = acc + bias.view(1, -1, 1, 1)
         return acc if post is None else post(acc)

@@ -22,7 +22,7 @@ from typing import Callable
 from torch import nn
 from ultralytics.utils.ops import make_divisible
 
-from ibra_yolo.errors import ModelConfigError
+from ibra_yolo.errors import FoldedModelError, ModelConfigError
 from ibra_yolo.neurons import make_neuron
 from ibra_yolo.nn.blocks import (
     SPPF,
@@ -36,7 +36,7 @@ from ibra_yolo.nn.blocks import (
 )
 from ibra_yolo.nn.head import SpikeDetect
 
-__all__ = ("MODULES", "is_spiking_yaml", "build_spiking_model", "model_scale")
+__all__ = ("MODULES", "FOLDED_KEY", "is_spiking_yaml", "build_spiking_model", "model_scale")
 
 LOGGER = logging.getLogger("ultralytics")  # print the layer table where Ultralytics prints its own
 
@@ -44,6 +44,7 @@ MODULES: dict[str, type[nn.Module]] = {
     m.__name__: m for m in (TimeRepeat, Downsample, AllConvBlock, ConvBlock, SConv, SPPF, Upsample, Concat, SpikeDetect)
 }
 REPEATABLE = (AllConvBlock, ConvBlock)
+FOLDED_KEY = "folded"  # set by ibra_yolo.deployment in a folded model's YAML dict: "bn" (fuse) or "all" (deploy)
 
 
 def is_spiking_yaml(d) -> bool:
@@ -100,7 +101,14 @@ def build_spiking_model(d: dict, ch: int = 3, verbose: bool = True) -> tuple[nn.
 
     Raises:
         ModelConfigError: A bad neuron, scale, row, argument or connection, naming the YAML key or row.
+        FoldedModelError: The dict is a folded model's (training it, or resuming from it, would lose its weights).
     """
+    if d.get(FOLDED_KEY):
+        raise FoldedModelError(
+            f"{d.get('yaml_file') or 'this model'} is folded for inference ({FOLDED_KEY}: {d[FOLDED_KEY]}, by fuse() "
+            "or deploy): its BNs and re-parameterisable branches are gone, so it cannot be trained or rebuilt; train "
+            "or resume from the checkpoint it was folded from"
+        )
     T = d.get("T", 1)
     if not isinstance(T, int) or isinstance(T, bool) or T < 1:
         raise ModelConfigError(f"T={T!r} is invalid: the number of timesteps must be an integer >= 1")
