@@ -24,7 +24,7 @@ from typing import Callable
 import torch
 from torch import nn
 
-from ibra_yolo import bitmask
+from ibra_yolo import bitmask, precision
 
 __all__ = (
     "IntegerLIF",
@@ -289,6 +289,9 @@ class IntegerLIF(nn.Module):
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         """Return the neuron outputs ``S = code / N`` for input currents ``x`` of shape ``[T, B, ...]``."""
         self._check_input(x)
+        low = precision.low_precision_dtype(x)
+        if low is not None:  # float16/bfloat16 output or autocast: warn once if it merges levels (ibra_yolo.precision)
+            precision.check_levels(type(self).__name__, self.max_code, self.scale, low)
         return lif_multistep(x, self._fire, self.beta, self.T)
 
     @torch.no_grad()
