@@ -34,7 +34,7 @@ def low_precision_dtype(x: torch.Tensor) -> torch.dtype | None:
     return None
 
 
-@functools.lru_cache(maxsize=None)
+@functools.cache
 def holds_levels(max_code: int, scale: float, dtype: torch.dtype) -> bool:
     """True when ``dtype`` keeps the levels ``code / scale``, ``code = 0..max_code``, all distinct.
 
