@@ -38,7 +38,6 @@ from torch.utils._pytree import tree_map
 from benchmarks.common import table, write_readme_section
 from ibra_yolo.cli import demo  # the demo's data and training settings
 
-
 PRECISIONS = {"fp32": None, "fp16": torch.float16, "bf16": torch.bfloat16}
 FAMILIES = {"ibra": "IBRA-LIF", "ilif": "I-LIF", "iblif": "IB-LIF", "ann": "ANN twin"}
 _CONV = (torch.ops.aten.convolution.default, torch.ops.aten.convolution_backward.default)
