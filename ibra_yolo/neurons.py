@@ -24,6 +24,8 @@ from typing import Callable
 import torch
 from torch import nn
 
+from ibra_yolo import bitmask, precision
+
 __all__ = (
     "IntegerLIF",
     "Activation",
@@ -76,8 +78,8 @@ class _QuantizeSTE(torch.autograd.Function):
     """Quantiser with a straight-through gradient: 1 where ``0 <= scale*u <= max_code``, ``above`` where
     ``scale*u > max_code`` (0 by default: the rectangular window), and 0 below 0 (and for NaN).
 
-    Saves a 1-byte mask instead of the float input (a quarter of the memory in float32), plus a second one only when
-    ``above`` is not 0, and reuses one buffer for the clip, round and division.
+    Saves the window as a bit-packed mask (1 bit per element, ``ibra_yolo.bitmask``) instead of the float input, plus a
+    second one only when ``above`` is not 0, and reuses one buffer for the clip, round and division.
     """
 
     @staticmethod
@@ -85,17 +87,16 @@ class _QuantizeSTE(torch.autograd.Function):
         scaled = _scaled(u, scale)
         codes = scaled.clamp(0, max_code)
         masks = (codes == scaled,) if above == 0 else (codes == scaled, scaled > max_code)  # inside; above the range
-        ctx.save_for_backward(*masks)
-        ctx.above = above
+        ctx.save_for_backward(*(bitmask.pack(m) for m in masks))
+        ctx.shape, ctx.above = u.shape, above
         return _codes_to_values(codes.round_(), scale, u.dtype)
 
     @staticmethod
     def backward(ctx, grad: torch.Tensor):
-        if ctx.above == 0:
-            (inside,) = ctx.saved_tensors
+        inside, *over = (bitmask.unpack(p, ctx.shape) for p in ctx.saved_tensors)
+        if not over:
             return grad * inside, None, None, None
-        inside, over = ctx.saved_tensors
-        return grad * (inside + ctx.above * over), None, None, None
+        return torch.where(inside, grad, grad * ctx.above * over[0]), None, None, None
 
 
 def lif_multistep(
@@ -294,6 +295,9 @@ class IntegerLIF(nn.Module):
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         """Return the neuron outputs ``S = code / N`` for input currents ``x`` of shape ``[T, B, ...]``."""
         self._check_input(x)
+        low = precision.low_precision_dtype(x)
+        if low is not None:  # float16/bfloat16 output or autocast: warn once if it merges levels (ibra_yolo.precision)
+            precision.check_levels(type(self).__name__, self.max_code, self.scale, low)
         return lif_multistep(x, self._fire, self.beta, self.T)
 
     @torch.no_grad()

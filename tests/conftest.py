@@ -76,6 +76,38 @@ def run(cmd, cwd=None, timeout=900, env=None, check=True):
     return p
 
 
+# A model with every block type of the shipped YAMLs (fewer repeats and channels): compiles in minutes, not an hour.
+TINY_MODEL = {
+    "nc": 3,
+    "T": 1,
+    "neuron": {"kind": "IBRALIF", "D": 5.11, "N": 100, "beta": 0.25},
+    "backbone": [
+        [-1, 1, "TimeRepeat", []],
+        [-1, 1, "Downsample", [16, 7, 4, 2, True]],
+        [-1, 1, "AllConvBlock", [2]],
+        [-1, 1, "Downsample", [32, 3, 2, 1]],
+        [-1, 1, "ConvBlock", [2]],
+        [-1, 1, "Downsample", [64, 3, 2, 1]],
+        [-1, 1, "SPPF", [64, 5]],
+    ],
+    "head": [
+        [-1, 1, "SConv", [32, 1]],
+        [-1, 1, "Upsample", [2]],
+        [[-1, 4], 1, "Concat", []],
+        [-1, 1, "SConv", [32, 1]],
+        [[10, 7], 1, "SpikeDetect", ["nc"]],
+    ],
+}
+
+
+def tiny_model_yaml(family: str = "ibra") -> dict:
+    """``TINY_MODEL`` with the neuron of a shipped family (ibra, ilif, iblif, ann)."""
+    import yaml
+
+    neuron = yaml.safe_load((CFG / f"spike-yolo-{family}.yaml").read_text())["neuron"]
+    return {**TINY_MODEL, "neuron": neuron}
+
+
 @pytest.fixture(scope="session")
 def shapes_data(tmp_path_factory) -> Path:
     """A tiny demo dataset (48 train / 16 val images at 64 px)."""

@@ -10,7 +10,33 @@ from ultralytics.nn.modules.head import Detect
 
 from ibra_yolo.nn.blocks import DEFAULT_NEURON, NeuronConv, SConv
 
-__all__ = ("DetectBranch", "SpikeDetect")
+__all__ = ("DetectBranch", "SpikeDetect", "grid_anchors")
+
+
+def grid_anchors(feats: list[torch.Tensor], strides: torch.Tensor, offset: float = 0.5):
+    """Anchor points (cell centres, grid units) and their strides for ``[B, C, H, W]`` maps, from tensor ops only.
+
+    The same values as Ultralytics' ``make_anchors``, but the stride column is an expanded tensor instead of a fill
+    with ``stride[i]`` as a Python number: that conversion reads the tensor on the host, a graph break under
+    ``torch.compile`` (and a device sync on a GPU).
+
+    Args:
+        feats (list[torch.Tensor]): One ``[B, C, H, W]`` map per level.
+        strides (torch.Tensor): Stride of each level, ``[nl]``.
+        offset (float): Offset of the point inside its cell.
+
+    Returns:
+        (tuple[torch.Tensor, torch.Tensor]): Points ``[N, 2]`` (x, y) and strides ``[N, 1]``, ``N = sum(H * W)``.
+    """
+    points, column = [], []
+    for i, f in enumerate(feats):
+        h, w = f.shape[-2:]
+        sx = torch.arange(w).type_as(f) + offset  # no device= argument: it would be baked into traces
+        sy = torch.arange(h).type_as(f) + offset
+        sy, sx = torch.meshgrid(sy, sx, indexing="ij")
+        points.append(torch.stack((sx, sy), -1).view(-1, 2))
+        column.append(strides[i].to(f).expand(h * w, 1))
+    return torch.cat(points), torch.cat(column)
 
 
 class DetectBranch(nn.Module):
@@ -60,6 +86,14 @@ class SpikeDetect(Detect):
         boxes = torch.cat([box_head[i](x[i]).view(bs, 4 * self.reg_max, -1) for i in range(self.nl)], dim=-1)
         scores = torch.cat([cls_head[i](x[i]).view(bs, self.nc, -1) for i in range(self.nl)], dim=-1)
         return {"boxes": boxes, "scores": scores, "feats": [xi.mean(0) for xi in x]}
+
+    def _get_decode_boxes(self, x: dict) -> torch.Tensor:
+        """Decode boxes as ``Detect`` does, with anchors from ``grid_anchors`` (no graph break under compile)."""
+        shape = x["feats"][0].shape
+        if not self.dynamic and self.shape != shape:  # Detect rebuilds them itself when dynamic (export)
+            self.anchors, self.strides = (a.transpose(0, 1) for a in grid_anchors(x["feats"], self.stride))
+            self.shape = shape
+        return super()._get_decode_boxes(x)
 
     def bias_init(self):
         """Initialise the prediction biases as Ultralytics does (box 2.0, class prior ~0.01 objects per cell)."""
