@@ -141,7 +141,7 @@ def _stat(values: list[float]) -> str:
 
 def table(results: dict[str, list[dict]]) -> str:
     ann = statistics.mean(r["mAP50-95"] for r in results["ann"]) if results.get("ann") else None
-    head = ["variant", "question", "mAP@50:95 (%)", "per seed", "× ANN twin", "mAP@50 (%)", "clip%",
+    head = ["variant", "question", "mAP@50:95 (%)", "per seed (seeds)", "× ANN twin", "mAP@50 (%)", "clip%",
             "max clip% (layer)", "hi%", "spikes/neuron"]  # fmt: skip
     lines = ["| " + " | ".join(head) + " |", "|" + "---|" * len(head)]
     for variant, rs in results.items():
@@ -154,7 +154,8 @@ def table(results: dict[str, list[dict]]) -> str:
 
         worst = max(rs, key=lambda r: r["clip_max"]) if spiking else None
         cells = [
-            variant, VARIANTS[variant][3], _stat(m), " / ".join(f"{x:.1f}" for x in m), ratio,
+            variant, VARIANTS[variant][3], _stat(m),
+            " / ".join(f"{x:.1f}" for x in m) + f" ({', '.join(str(r['seed']) for r in rs)})", ratio,
             _stat([100 * r["mAP50"] for r in rs]),
             f"{100 * mean('clip'):.2f}" if spiking else "-",
             f"{100 * worst['clip_max']:.1f} ({worst['clip_max_layer'].removeprefix('model.')})" if spiking else "-",
@@ -179,6 +180,7 @@ def main(argv=None) -> int:
     p.add_argument("--jobs", type=int, default=2, help="runs at a time (one CPU thread each)")
     p.add_argument("--out", default="runs/ablation-benchmark", help="working folder; finished runs are reused")
     p.add_argument("--readme", help="also rewrite the ablation section of this README (between its markers)")
+    p.add_argument("--report", action="store_true", help="train nothing: tabulate the finished runs in --out")
     a = p.parse_args(argv)
 
     what, *defaults = DATASETS[a.dataset]
@@ -200,7 +202,9 @@ def main(argv=None) -> int:
 
         data = make_shapes_dataset(out / "data", a.n_train, a.n_val, a.imgsz, seed=0)
     jobs = [(v, s) for s in a.seeds for v in a.variants]  # seed by seed: every variant of seed 0 first
-    results: dict[str, list[dict]] = {v: [] for v in a.variants}
+    if a.report:  # only the runs that finished (each row then says how many seeds it has)
+        jobs = [(v, s) for v, s in jobs if (out / f"{v}-seed{s}" / "result.json").is_file()]
+    results: dict[str, list[dict]] = {v: [] for v in a.variants if any(job[0] == v for job in jobs)}
     with ThreadPoolExecutor(a.jobs) as pool:
         for (v, s), r in zip(jobs, pool.map(lambda job: run_one(*job, data, out, a), jobs)):
             results[v].append(r)
