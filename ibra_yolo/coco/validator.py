@@ -12,7 +12,8 @@ from dataclasses import dataclass, field
 from pathlib import Path
 
 from ibra_yolo.coco.checks import align_image_ids, annotation_image_ids, match_categories
-from ibra_yolo.errors import IbraYoloError, MissingFileError
+from ibra_yolo.coco.records import check_detections
+from ibra_yolo.errors import IbraYoloError, MissingFileError, NonFiniteError
 
 __all__ = ("SpikeProbe", "ValidationRun", "MatchedDetections", "predict_split", "run_detections")
 
@@ -128,8 +129,16 @@ def run_detections(run: ValidationRun, gt: dict) -> MatchedDetections:
         (MatchedDetections): Detections, image ids, category map and notes.
 
     Raises:
-        IbraYoloError: The model's classes do not fit the file's categories, or validated images are not in it.
+        NonFiniteError: A detection holds NaN or inf (the first is named); never scored.
+        IbraYoloError: A malformed detection, the model's classes do not fit the file's categories, or validated
+            images are not in it.
     """
+    try:
+        check_detections(run.detections, "the model's predictions")
+    except NonFiniteError as e:
+        raise NonFiniteError(
+            f"{e} (the model computed NaN or inf: check its weights, e.g. of a diverged run)"
+        ) from None
     cat_ids, how = match_categories(run.names, gt["categories"])
     index = {cid: i for i, cid in enumerate(run.class_map)}
     dets = [{**d, "category_id": cat_ids[index[d["category_id"]]]} for d in run.detections]
