@@ -13,7 +13,7 @@ from pathlib import Path
 
 from ibra_yolo.coco.checks import align_image_ids, annotation_image_ids, match_categories
 from ibra_yolo.coco.records import check_detections
-from ibra_yolo.errors import IbraYoloError, MissingFileError, NonFiniteError
+from ibra_yolo.errors import IbraYoloError, NonFiniteError
 
 __all__ = ("SpikeProbe", "ValidationRun", "MatchedDetections", "predict_split", "run_detections")
 
@@ -153,21 +153,6 @@ def run_detections(run: ValidationRun, gt: dict) -> MatchedDetections:
     return MatchedDetections(dets, img_ids, categories, notes)
 
 
-def _load_model(weights: str | Path):
-    from ultralytics import YOLO
-
-    weights = Path(weights)
-    if not weights.is_file():
-        raise MissingFileError(f"weights file {weights} does not exist")
-    try:
-        return YOLO(str(weights))
-    except IbraYoloError:
-        raise
-    except Exception as e:  # noqa: BLE001 - a corrupt or foreign file: say which, without the loader's traceback
-        first = "; ".join(s.strip() for s in str(e).splitlines() if s.strip())
-        raise IbraYoloError(f"cannot load weights {weights}: {type(e).__name__}: {first[:300]}") from None
-
-
 def predict_split(
     weights: str | Path,
     data: str | Path,
@@ -201,12 +186,14 @@ def predict_split(
 
     Raises:
         MissingFileError: The weights do not exist.
+        UnsafePickleError: A checkpoint whose pickle names anything outside the allow-list (nothing in it was run).
         IbraYoloError: The weights cannot be loaded, or ``spike_driven`` was asked for and not every spike-fed conv
             ran on ``{0, 1}`` planes.
     """
+    from ibra_yolo.checkpoints import load_yolo
     from ibra_yolo.spike_mode import set_spike_driven
 
-    model = _load_model(weights)
+    model = load_yolo(weights)
     if spike_driven:
         set_spike_driven(model, True)
     seen = {}

@@ -27,10 +27,10 @@ def load_model(weights: str | Path) -> nn.Module:
 
     Raises:
         MissingFileError: The checkpoint or YAML does not exist.
+        UnsafePickleError: A checkpoint whose pickle names anything outside the allow-list (nothing in it was run).
         IbraYoloError: The file is not an ibra-yolo YAML, or cannot be loaded.
     """
-    from ultralytics import YOLO
-
+    from ibra_yolo.checkpoints import load_yolo
     from ibra_yolo.plugin import model_yaml_path
 
     p = Path(weights)
@@ -47,13 +47,7 @@ def load_model(weights: str | Path) -> nn.Module:
             raise IbraYoloError(f"model {p} is not an ibra-yolo model YAML (no 'neuron:' key)")
     else:
         raise IbraYoloError(f"--weights {p} must be a .pt checkpoint or a model .yaml")
-    try:
-        return YOLO(str(p)).model
-    except IbraYoloError:
-        raise
-    except Exception as e:  # noqa: BLE001 - a corrupt or foreign file: one line, not a traceback
-        first_line = str(e).splitlines()[0] if str(e) else ""
-        raise IbraYoloError(f"cannot load {p}: {type(e).__name__}: {first_line}") from None
+    return load_yolo(p).model  # a .pt is read safely first: its pickle never runs code
 
 
 def _check_int(name: str, value, minimum: int = 1) -> None:
