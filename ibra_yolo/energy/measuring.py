@@ -15,7 +15,7 @@ from torch import nn
 from ibra_yolo.energy.meter import EnergyMeter
 from ibra_yolo.energy.presets import DEFAULT_PRESET, energy_constants
 from ibra_yolo.energy.report import EnergyReport
-from ibra_yolo.errors import IbraYoloError, MissingFileError
+from ibra_yolo.errors import IbraYoloError, MissingFileError, NonFiniteError
 from ibra_yolo.sources import image_batches, list_images, select_device
 from ibra_yolo.spike_mode import torch_model
 
@@ -86,7 +86,19 @@ def _progress(batches: Iterable, total: int, enabled: bool) -> Iterator[torch.Te
             bar.update(len(x))
 
 
-def _run(net: nn.Module, meter: EnergyMeter, batches, total: int, spike_driven, device, progress: bool) -> int:
+def _check_finite(x: torch.Tensor, first: int, source: str) -> None:
+    """A batch of float images holds only finite values; else a ``NonFiniteError`` names the first bad image."""
+    if x.is_floating_point():
+        bad = ~torch.isfinite(x).flatten(1).all(1)
+        if bool(bad.any()):
+            i = int(bad.nonzero()[0])
+            kinds = " and ".join(k for k, f in (("NaN", torch.isnan), ("inf", torch.isinf)) if bool(f(x[i]).any()))
+            must = "images must be finite (uint8, or floats in [0, 1])"
+            raise NonFiniteError(f"image {first + i} of {source} holds {kinds}: {must}")
+
+
+def _run(net: nn.Module, meter: EnergyMeter, batches, total: int, spike_driven, device, progress: bool,
+         source: str = "the images") -> int:  # fmt: skip
     """Run ``net`` in eval mode over the batches with the meter attached; returns the number of images.
 
     The model's mode (training/eval, integer/spike-driven) and device are restored afterwards.
@@ -109,6 +121,7 @@ def _run(net: nn.Module, meter: EnergyMeter, batches, total: int, spike_driven, 
             net.eval()
         with meter, torch.no_grad():
             for x in _progress(batches, total, progress):
+                _check_finite(x, seen, source)
                 x = x.to(device)
                 net(x.to(param.dtype) / 255 if x.dtype == torch.uint8 else x.to(param.dtype))
                 seen += len(x)
@@ -189,6 +202,7 @@ def measure(
         for other energy constants.
 
     Raises:
+        NonFiniteError: An image holds NaN or inf (the first is named), or a neuron's output is NaN (NaN weights).
         IbraYoloError: Bad arguments, no images, a model without ``NeuronConv`` units, or spike-driven mode asked
             of a model without spiking neurons.
     """
@@ -203,7 +217,7 @@ def measure(
         imgsz = -(-imgsz // 32) * 32  # up to a multiple of the largest stride, as Ultralytics does
     meter = EnergyMeter(net, counting)
     batches, total, source = _batches(images, imgsz, batch, max_images)
-    seen = _run(net, meter, batches, total, spike_driven, device, progress)
+    seen = _run(net, meter, batches, total, spike_driven, device, progress, source)
     counts = meter.counts()
     meta = {
         "model": name or _model_name(net),
