@@ -30,7 +30,14 @@ from ibra_yolo.coco.checks import (
 )
 from ibra_yolo.coco.records import check_annotations, check_detections
 from ibra_yolo.coco.scoring import COCO_METRICS, format_metrics, score
-from ibra_yolo.coco.validator import MatchedDetections, SpikeProbe, ValidationRun, predict_split, run_detections
+from ibra_yolo.coco.validator import (
+    MatchedDetections,
+    SpikeProbe,
+    ValidationRun,
+    predict_split,
+    run_detections,
+    validation_folder,
+)
 
 __all__ = (
     "COCO_METRICS",
@@ -54,6 +61,7 @@ __all__ = (
     "SpikeProbe",
     "ValidationRun",
     "MatchedDetections",
+    "validation_folder",
     "predict_split",
     "run_detections",
 )

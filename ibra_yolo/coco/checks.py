@@ -45,12 +45,16 @@ def _examples(values) -> str:
 
 def _load_json(path: str | Path, what: str):
     path = Path(path)
-    if not path.is_file():
+    if not path.exists():
         raise MissingFileError(f"{what} file {path} does not exist")
+    if path.is_dir():
+        raise IbraYoloError(f"{what} file {path} is a folder: name a JSON file")
     try:
         return json.loads(path.read_text())
     except (json.JSONDecodeError, UnicodeDecodeError) as e:
         raise IbraYoloError(f"{what} file {path} is not valid JSON ({e})") from None
+    except OSError as e:
+        raise IbraYoloError(f"cannot read {what} file {path}: {e.strerror or type(e).__name__}") from None
 
 
 def _id_type_check(ids: list, what: str, path) -> None:

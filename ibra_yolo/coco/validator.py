@@ -15,7 +15,7 @@ from ibra_yolo.coco.checks import align_image_ids, annotation_image_ids, match_c
 from ibra_yolo.coco.records import check_detections
 from ibra_yolo.errors import IbraYoloError, NonFiniteError
 
-__all__ = ("SpikeProbe", "ValidationRun", "MatchedDetections", "predict_split", "run_detections")
+__all__ = ("SpikeProbe", "ValidationRun", "MatchedDetections", "validation_folder", "predict_split", "run_detections")
 
 
 class SpikeProbe:
@@ -151,6 +151,22 @@ def run_detections(run: ValidationRun, gt: dict) -> MatchedDetections:
         notes.append("class names differ from the annotation file's category names: classes mapped by order")
     categories = {"how": how, "ids": {run.names[i]: c for i, c in zip(sorted(run.names), cat_ids)}}
     return MatchedDetections(dets, img_ids, categories, notes)
+
+
+def validation_folder(project: str | Path | None = None, name: str | None = None) -> Path:
+    """The folder the stock validator writes into for these ``project=``/``name=``, known before it runs.
+
+    Ultralytics' own rule (``get_save_dir``): ``<runs_dir>/detect/<project>/<name>``, an absolute ``project`` as it is;
+    an existing ``name`` folder is reused, and without ``name`` a new ``val``, ``val2``, ... folder is chosen.
+    ``predict_split(..., project=folder.parent, name=folder.name)`` then writes into exactly this folder.
+    """
+    from types import SimpleNamespace
+
+    from ultralytics.cfg import get_save_dir
+
+    args = SimpleNamespace(project=str(project) if project else None, name=name, task="detect", mode="val",
+                           exist_ok=bool(name))  # fmt: skip
+    return Path(get_save_dir(args)).resolve()
 
 
 def predict_split(
