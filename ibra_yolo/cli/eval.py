@@ -173,7 +173,7 @@ def _evaluate_model(args: argparse.Namespace) -> dict:
     check_outputs([folder / f for f in made], args.overwrite, flag="--project/--name")
     if args.ann and not Path(args.ann).is_file():
         raise MissingFileError(f"annotation file {args.ann} does not exist")
-    if not Path(args.weights).is_file():
+    if not Path(args.weights).exists():  # a folder is named by the loader
         raise MissingFileError(f"weights file {args.weights} does not exist")
     data = load_dataset(args.data, args.split)
     run = coco.predict_split(

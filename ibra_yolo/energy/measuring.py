@@ -36,7 +36,7 @@ def load_model(weights: str | Path) -> nn.Module:
     p = Path(weights)
     suffix = p.suffix.lower()
     if suffix == ".pt":
-        if not p.is_file():  # checked first: YOLO() would try to download a name
+        if not p.exists():  # checked first: YOLO() would try to download a name; a folder is named by the loader
             raise MissingFileError(f"weights file {p} does not exist")
     elif suffix in (".yaml", ".yml"):
         if model_yaml_path(p) is None:
