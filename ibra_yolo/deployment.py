@@ -31,7 +31,7 @@ from pathlib import Path
 import torch
 from torch import nn
 
-from ibra_yolo.errors import CheckpointError, IbraYoloError, MissingFileError
+from ibra_yolo.errors import IbraYoloError
 from ibra_yolo.files import check_output, write_atomic
 from ibra_yolo.nn.blocks import BNPad, ConvBlock, Downsample, NeuronConv, RepConv, SConv, SepConv, SepRep
 from ibra_yolo.nn.builder import FOLDED_KEY
@@ -406,22 +406,14 @@ def deploy_checkpoint(src: str | Path, dst: str | Path, spike_driven: bool = Fal
         OutputExistsError: ``dst`` exists and ``overwrite`` is False.
         CheckpointError: ``src`` is not an Ultralytics checkpoint of an ibra-yolo model, or cannot be read safely.
     """
-    from ultralytics.nn.tasks import torch_safe_load
+    from ibra_yolo.checkpoints import checkpoint_model, load_checkpoint
 
     src, dst = Path(src), Path(dst)
-    if not src.is_file():
-        raise MissingFileError(f"checkpoint {src} does not exist")
     if dst.resolve() == src.resolve():
         raise IbraYoloError(f"output {dst} is the input checkpoint: choose another file name")
     check_output(dst, overwrite, flag="output file name")
-    try:
-        ckpt = torch_safe_load(str(src), safe_only=True)[0]
-    except Exception as e:  # the stock loader's errors span several classes; each means "not a readable checkpoint"
-        reason = (str(e).strip().splitlines() or [type(e).__name__])[0]
-        raise CheckpointError(f"cannot read {src} as an Ultralytics checkpoint (restricted loader): {reason}") from e
-    model = (ckpt.get("ema") or ckpt.get("model")) if isinstance(ckpt, dict) else None
-    if not isinstance(model, nn.Module) or not any(isinstance(m, NeuronConv) for m in model.modules()):
-        raise CheckpointError(f"{src} holds no ibra-yolo model (an Ultralytics checkpoint with a spiking 'model')")
+    ckpt = load_checkpoint(src)  # weights_only and the allow-list: nothing in the file can run
+    model = checkpoint_model(ckpt, src, need="ibra-yolo")
     model = deploy(model.float()).eval()
     set_spike_driven(model, spike_driven)
     out = {**ckpt, "model": model, "ema": None, "optimizer": None, "scaler": None, "updates": None}

@@ -13,6 +13,7 @@ __all__ = (
     "MissingFileError",
     "OutputExistsError",
     "FoldedModelError",
+    "NonFiniteError",
 )
 
 
@@ -42,3 +43,5 @@ class OutputExistsError(IbraYoloError, FileExistsError):
 
 class FoldedModelError(IbraYoloError):
     """A model folded for inference (``fuse()`` or ``ibra_yolo.deploy()``) used where its training graph is needed."""
+class NonFiniteError(IbraYoloError, ValueError):
+    """A NaN or infinite number where only finite ones are valid (an image, a box, a score, a membrane potential)."""

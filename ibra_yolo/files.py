@@ -1,25 +1,39 @@
 """Output files written safely: never over an existing file unless asked, and atomically (whole or not at all).
 
 Every file ibra-yolo writes goes through ``write_atomic``: the content is written to a uniquely named temporary file
-in the destination folder and moved over the destination with ``os.replace``, so a crash or a full disk never leaves
-a half-written file, and two writers never share a temporary file.
+in the destination folder and moved onto the destination, so a crash or a full disk never leaves a half-written file,
+two writers never share a temporary file, and a file of the user's is never taken for a temporary one. Every command
+checks all its output paths with ``check_output``/``check_outputs`` before any work starts.
 """
 
 from __future__ import annotations
 
 import json
 import os
-import tempfile
+import uuid
 from pathlib import Path
 from typing import Callable
 
 from ibra_yolo.errors import IbraYoloError, OutputExistsError
 
-__all__ = ("check_output", "write_atomic", "write_json")
+__all__ = ("check_output", "check_outputs", "write_atomic", "write_json", "describe_os_error")
+
+
+def _folder_problem(folder: Path) -> str | None:
+    """Why files cannot be created in ``folder`` (created if missing): an ancestor that is a file, or no permission."""
+    existing = folder
+    while not existing.exists() and existing != existing.parent:
+        existing = existing.parent
+    if not existing.is_dir():
+        return f"{existing} is a file, not a folder"
+    if not os.access(existing, os.W_OK | os.X_OK):
+        return f"permission denied: cannot write in {existing}"
+    return None
 
 
 def check_output(path: str | Path, overwrite: bool = False, flag: str = "--out") -> Path:
-    """Refuse an output path that exists (unless ``overwrite``) or that is a folder; return it as a ``Path``.
+    """Refuse an output path that cannot be written: it exists (unless ``overwrite``), is a folder, or its folder
+    cannot be created or written. Return it as a ``Path``. Call it before any work starts.
 
     Args:
         path (str | Path): The output file.
@@ -28,18 +42,40 @@ def check_output(path: str | Path, overwrite: bool = False, flag: str = "--out")
 
     Raises:
         OutputExistsError: ``path`` exists and ``overwrite`` is False.
-        IbraYoloError: ``path`` is a folder.
+        IbraYoloError: ``path`` is a folder, a folder above it is a file, or the folder is not writable.
     """
     path = Path(path)
     if path.is_dir():
         raise IbraYoloError(f"{path} is a folder: {flag} must name a file")
+    problem = _folder_problem(path.parent)
+    if problem:
+        raise IbraYoloError(f"cannot write {path}: {problem}")
     if path.exists() and not overwrite:
         raise OutputExistsError(f"{path} exists: choose another {flag} or pass --overwrite")
     return path
 
 
+def check_outputs(paths, overwrite: bool = False, flag: str = "--out") -> list[Path]:
+    """``check_output`` for every file a command will write, naming all those that exist in one message.
+
+    Raises:
+        OutputExistsError: Some exist and ``overwrite`` is False.
+        IbraYoloError: One cannot be written (see ``check_output``).
+    """
+    paths = [Path(p) for p in paths]
+    existing = [str(p) for p in paths if p.exists() and not p.is_dir()]
+    if existing and not overwrite:
+        verb = "exists" if len(existing) == 1 else "exist"
+        raise OutputExistsError(f"{', '.join(existing)} {verb}: choose another {flag} or pass --overwrite")
+    return [check_output(p, overwrite, flag) for p in paths]
+
+
 def write_atomic(path: str | Path, write: Callable[[Path], object], overwrite: bool = False) -> Path:
     """Create ``path`` by calling ``write(tmp)`` on a unique temporary file beside it, then moving it into place.
+
+    Without ``overwrite`` the move is a hard link, which fails if ``path`` appeared meanwhile (another writer), so an
+    existing file is never replaced; with it, ``os.replace``. No file of the user's is ever read or removed: the
+    temporary name is new (process id and a random part, created exclusively).
 
     Args:
         path (str | Path): The destination; its folder is created if needed.
@@ -51,18 +87,46 @@ def write_atomic(path: str | Path, write: Callable[[Path], object], overwrite: b
 
     Raises:
         OutputExistsError: ``path`` exists and ``overwrite`` is False.
+        IbraYoloError: The file cannot be written there (a file-system error, in one line).
     """
     path = check_output(path, overwrite)
-    path.parent.mkdir(parents=True, exist_ok=True)
-    fd, tmp = tempfile.mkstemp(prefix=f".{path.name}.", suffix=".tmp", dir=path.parent)
-    os.close(fd)
+    tmp = path.with_name(f".{path.name}.{os.getpid()}.{uuid.uuid4().hex[:12]}.tmp")
     try:
-        write(Path(tmp))
-        os.replace(tmp, path)
-    except BaseException:
-        Path(tmp).unlink(missing_ok=True)
+        path.parent.mkdir(parents=True, exist_ok=True)
+        with open(tmp, "xb"):  # x: a new file, never one that exists; its mode follows the umask like any output
+            pass
+    except OSError as e:
+        raise IbraYoloError(f"cannot write {path}: {describe_os_error(e)}") from None
+    try:
+        write(tmp)
+        _move(tmp, path, overwrite)
+    except IbraYoloError:  # OutputExistsError is also an OSError
         raise
+    except OSError as e:
+        raise IbraYoloError(f"cannot write {path}: {describe_os_error(e)}") from None
+    finally:
+        tmp.unlink(missing_ok=True)
     return path
+
+
+def _move(tmp: Path, path: Path, overwrite: bool) -> None:
+    if overwrite:
+        os.replace(tmp, path)
+        return
+    try:
+        os.link(tmp, path)  # fails if path exists: never replaces a file that appeared while we worked
+    except FileExistsError:
+        raise OutputExistsError(f"{path} exists: choose another name or pass --overwrite") from None
+    except OSError:  # a file system without hard links
+        if path.exists():
+            raise OutputExistsError(f"{path} exists: choose another name or pass --overwrite") from None
+        os.replace(tmp, path)
+
+
+def describe_os_error(e: OSError) -> str:
+    """A file-system error in one line: ``<reason>: <file>`` (e.g. ``Permission denied: /data/x.json``)."""
+    reason = e.strerror or type(e).__name__
+    return f"{reason}: {e.filename}" if e.filename else reason
 
 
 def write_json(path: str | Path, obj, overwrite: bool = False) -> Path:

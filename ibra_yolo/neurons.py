@@ -25,6 +25,7 @@ import torch
 from torch import nn
 
 from ibra_yolo import bitmask, precision
+from ibra_yolo.errors import NonFiniteError  # a NaN membrane has no code; also ibra_yolo.neurons.NonFiniteError
 
 __all__ = (
     "IntegerLIF",
@@ -180,10 +181,6 @@ def _is_int(v) -> bool:
 
 
 NAN_CODE = -1  # what spike_codes() gives a NaN membrane: not a code (valid codes are 0..M)
-
-
-class NonFiniteError(ValueError):
-    """A neuron's membrane holds NaN: it has no integer code (the counting and spike paths refuse it)."""
 
 
 class IntegerLIF(nn.Module):

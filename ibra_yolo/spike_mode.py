@@ -130,11 +130,13 @@ class spike_driven:  # noqa: N801 - reads as a function call or a context manage
 def convert_checkpoint(src: str | Path, dst: str | Path, enabled: bool = True, overwrite: bool = False) -> Path:
     """Write a copy of checkpoint ``src`` whose model runs spike-driven, e.g. for ``yolo predict model=<dst>``.
 
-    The weights are unchanged; only the execution mode is stored. ``src`` is never modified.
+    The weights are unchanged; only the execution mode is stored. ``src`` is never modified, and it is read without
+    running any of its code (``ibra_yolo.checkpoints.load_checkpoint``). Only an Ultralytics checkpoint holding an
+    ibra-yolo model with integer spiking neurons is accepted.
 
     Args:
         src (str | Path): Ultralytics checkpoint (``best.pt``).
-        dst (str | Path): Output checkpoint.
+        dst (str | Path): Output checkpoint (``.pt``); checked before ``src`` is read.
         enabled (bool): Spike-driven (True) or integer (False).
         overwrite (bool): Replace an existing ``dst``.
 
@@ -144,17 +146,24 @@ def convert_checkpoint(src: str | Path, dst: str | Path, enabled: bool = True, o
     Raises:
         MissingFileError: ``src`` does not exist.
         OutputExistsError: ``dst`` exists and ``overwrite`` is False.
-        IbraYoloError: ``dst`` is ``src``.
+        UnsafePickleError: ``src``'s pickle names a function or class outside the allow-list (nothing was run).
+        CheckpointError: ``src`` is not an Ultralytics checkpoint of a spiking ibra-yolo model.
+        IbraYoloError: ``dst`` is ``src``, or cannot be written there.
     """
     import torch
 
+    from ibra_yolo.checkpoints import checkpoint_model, load_checkpoint
+
     src, dst = Path(src), Path(dst)
-    if not src.is_file():
+    if not src.exists():
         raise MissingFileError(f"checkpoint {src} does not exist")
     if dst.resolve() == src.resolve():
         raise IbraYoloError(f"output {dst} is the input checkpoint: choose another file name")
+    if dst.suffix.lower() != ".pt":
+        raise IbraYoloError(f"output {dst} must end in .pt (Ultralytics loads checkpoints by that suffix)")
     check_output(dst, overwrite, flag="file name")
-    ckpt = torch.load(src, map_location="cpu", weights_only=False)
+    ckpt = load_checkpoint(src)
+    checkpoint_model(ckpt, src, need="spiking")
     for key in ("model", "ema"):
         if isinstance(ckpt.get(key), nn.Module):
             set_spike_driven(ckpt[key], enabled)

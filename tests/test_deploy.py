@@ -311,7 +311,7 @@ def test_deploy_command(tmp_path, shapes_data, python):
             deploy_checkpoint(tmp_path / bad, tmp_path / f"out-{bad}")
         assert not (tmp_path / f"out-{bad}").exists()
     assert not marker.exists()
-    with pytest.raises(CheckpointError, match="holds no ibra-yolo model"):
+    with pytest.raises(CheckpointError, match="holds no .model. module"):
         deploy_checkpoint(tmp_path / "hello.pt", tmp_path / "x.pt")
     assert sorted(f.name for f in tmp_path.glob("*.tmp")) == []  # no temporary file left behind
 

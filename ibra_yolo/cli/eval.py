@@ -74,12 +74,16 @@ def build_parser() -> ArgumentParser:
         help="file mode: convert predicted category ids between COCO's contiguous 1..80 and original 91-id schemes",
     )
     p.add_argument("--project", help="model mode: folder for the validator's run (Ultralytics' project=)")
-    p.add_argument("--name", help="model mode: run name inside --project (an existing run folder is reused)")
+    p.add_argument(
+        "--name",
+        help="model mode: run name inside --project (an existing run folder is reused when it holds none of the files "
+        "this command writes; else pass --overwrite)",
+    )
     p.add_argument(
         "--out",
         help="results JSON (default: coco_eval.json in the validator's run folder, or beside the --pred file)",
     )
-    p.add_argument("--overwrite", action="store_true", help="replace an existing --out file")
+    p.add_argument("--overwrite", action="store_true", help="replace existing output files (--out, the run's files)")
     return p
 
 
@@ -151,7 +155,7 @@ def _annotations_for(args: argparse.Namespace, data: dict, run) -> tuple[dict, P
     if ann is not None:
         return coco.load_annotations(ann), ann, "file" if args.ann else "dataset"
     gt = coco.coco_from_yolo_labels(run.im_files, data["names"])
-    ann = write_json(run.save_dir / f"instances_{args.split}_from_labels.json", gt, overwrite=True)
+    ann = write_json(run.save_dir / f"instances_{args.split}_from_labels.json", gt, overwrite=args.overwrite)
     return gt, ann, "built from YOLO labels"
 
 
@@ -159,27 +163,29 @@ def _evaluate_model(args: argparse.Namespace) -> dict:
     """Model mode: predict with the stock validator, then check and score."""
     from ibra_yolo import coco
     from ibra_yolo.errors import MissingFileError
-    from ibra_yolo.files import check_output, write_json
+    from ibra_yolo.files import check_output, check_outputs, write_json
     from ibra_yolo.sources import load_dataset
 
-    if args.out:
-        check_output(args.out, args.overwrite)
+    # every file this run writes is checked before any work: the validator's folder is known before it runs
+    folder = coco.validation_folder(args.project, args.name)
+    out = check_output(args.out or folder / "coco_eval.json", args.overwrite)
+    made = ("predictions.json", "predictions_coco.json", f"instances_{args.split}_from_labels.json")
+    check_outputs([folder / f for f in made], args.overwrite, flag="--project/--name")
     if args.ann and not Path(args.ann).is_file():
         raise MissingFileError(f"annotation file {args.ann} does not exist")
-    if not Path(args.weights).is_file():
+    if not Path(args.weights).exists():  # a folder is named by the loader
         raise MissingFileError(f"weights file {args.weights} does not exist")
     data = load_dataset(args.data, args.split)
     run = coco.predict_split(
         args.weights, args.data, imgsz=args.imgsz, batch=args.batch, conf=args.conf, iou=args.iou,
-        device=args.device, spike_driven=args.spike_driven, split=args.split, project=args.project, name=args.name,
+        device=args.device, spike_driven=args.spike_driven, split=args.split, project=folder.parent, name=folder.name,
     )  # fmt: skip
-    out = check_output(args.out or run.save_dir / "coco_eval.json", args.overwrite)
     gt, ann, source = _annotations_for(args, data, run)
     matched = coco.run_detections(run, gt)
     dets, notes = matched.detections, matched.notes
     pred_file = run.save_dir / "predictions.json" if run.detections else None
     if dets and any(a != b for a, b in zip(dets, run.detections)):  # ids changed: keep what was scored
-        pred_file = write_json(run.save_dir / "predictions_coco.json", dets, overwrite=True)
+        pred_file = write_json(run.save_dir / "predictions_coco.json", dets, overwrite=args.overwrite)
         notes.append(f"predictions in the annotation file's ids saved to {pred_file}")
     if not dets:
         notes.append("the model made no detections above --conf: every metric is 0")

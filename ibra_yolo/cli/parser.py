@@ -1,8 +1,9 @@
 """What every ``ibra-yolo`` command shares: one way to report bad input.
 
-An argument error or an ``IbraYoloError`` is one line on stderr, ``error: ...``, and exit status 2 (no usage block,
-no traceback); ``--help`` prints the help and returns 0. A command module builds its parser with ``ArgumentParser``
-and hands its body to ``run_command``.
+An argument error, an ``IbraYoloError`` or a file-system error (``OSError``: permission denied, a folder where a
+file is expected, ...) is one line on stderr, ``error: ...``, and exit status 2 (no usage block, no traceback);
+``--help`` prints the help and returns 0. A command module builds its parser with ``ArgumentParser`` and hands its
+body to ``run_command``.
 """
 
 from __future__ import annotations
@@ -36,7 +37,8 @@ def run_command(parser: ArgumentParser, body: Callable[[argparse.Namespace], int
         argv (list[str] | None): The arguments.
 
     Returns:
-        (int): ``body``'s exit status, 0 after ``--help``, or 2 after printing ``error: <message>`` on stderr.
+        (int): ``body``'s exit status, 0 after ``--help``, or 2 after printing ``error: <message>`` on stderr (for an
+            ``IbraYoloError``, a usage error or an ``OSError``).
     """
     try:
         try:
@@ -46,6 +48,11 @@ def run_command(parser: ArgumentParser, body: Callable[[argparse.Namespace], int
         return body(args)
     except IbraYoloError as e:
         print(f"error: {e}", file=sys.stderr)
+        return 2
+    except OSError as e:  # a file system that refuses (permission, a folder where a file is expected, a full disk)
+        from ibra_yolo.files import describe_os_error
+
+        print(f"error: {describe_os_error(e)}", file=sys.stderr)
         return 2
 
 

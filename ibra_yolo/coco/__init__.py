@@ -1,5 +1,6 @@
 """COCO box mAP with pycocotools, split by job.
 
+- ``records``: each detection and annotation checked on its own (keys, integer ids, finite numbers, ``w, h >= 0``);
 - ``checks``: pure checks of annotation and prediction files, and matching their image and category ids;
 - ``annotations``: a split's annotation file, or one built from its YOLO labels; ``image_id(path)``, Ultralytics'
   image-id rule used everywhere;
@@ -27,11 +28,21 @@ from ibra_yolo.coco.checks import (
     match_categories,
     remap_categories,
 )
+from ibra_yolo.coco.records import check_annotations, check_detections
 from ibra_yolo.coco.scoring import COCO_METRICS, format_metrics, score
-from ibra_yolo.coco.validator import MatchedDetections, SpikeProbe, ValidationRun, predict_split, run_detections
+from ibra_yolo.coco.validator import (
+    MatchedDetections,
+    SpikeProbe,
+    ValidationRun,
+    predict_split,
+    run_detections,
+    validation_folder,
+)
 
 __all__ = (
     "COCO_METRICS",
+    "check_detections",
+    "check_annotations",
     "coco91_ids",
     "load_annotations",
     "load_predictions",
@@ -50,6 +61,7 @@ __all__ = (
     "SpikeProbe",
     "ValidationRun",
     "MatchedDetections",
+    "validation_folder",
     "predict_split",
     "run_detections",
 )

@@ -8,9 +8,9 @@ Nothing here runs a model or pycocotools. Image ids are matched by file name whe
 from __future__ import annotations
 
 import json
-import math
 from pathlib import Path
 
+from ibra_yolo.coco.records import check_annotations, check_detections
 from ibra_yolo.errors import IbraYoloError, MissingFileError
 
 __all__ = (
@@ -45,12 +45,16 @@ def _examples(values) -> str:
 
 def _load_json(path: str | Path, what: str):
     path = Path(path)
-    if not path.is_file():
+    if not path.exists():
         raise MissingFileError(f"{what} file {path} does not exist")
+    if path.is_dir():
+        raise IbraYoloError(f"{what} file {path} is a folder: name a JSON file")
     try:
         return json.loads(path.read_text())
     except (json.JSONDecodeError, UnicodeDecodeError) as e:
         raise IbraYoloError(f"{what} file {path} is not valid JSON ({e})") from None
+    except OSError as e:
+        raise IbraYoloError(f"cannot read {what} file {path}: {e.strerror or type(e).__name__}") from None
 
 
 def _id_type_check(ids: list, what: str, path) -> None:
@@ -70,7 +74,9 @@ def load_annotations(path: str | Path) -> dict:
 
     Raises:
         MissingFileError: The file does not exist.
-        IbraYoloError: Not JSON, a key is missing, or ids are duplicated or of mixed types.
+        NonFiniteError: A number of an annotation is NaN or infinite.
+        IbraYoloError: Not JSON, a key is missing, ids are duplicated or of mixed types, an annotation is malformed
+            (``ibra_yolo.coco.records.check_annotations``) or names an image or category the file does not list.
     """
     gt = _load_json(path, "annotation")
     keys = ("images", "annotations", "categories")
@@ -79,14 +85,23 @@ def load_annotations(path: str | Path) -> dict:
         raise IbraYoloError(f"{path} is not a COCO detection file: it has no {', '.join(missing)} list")
     if not gt["images"] or not gt["categories"]:
         raise IbraYoloError(f"{path} lists no {'images' if not gt['images'] else 'categories'}: nothing to score")
+    ids = {}
     for key in ("images", "categories"):
-        ids = [x.get("id") for x in gt[key]]
-        _id_type_check(ids, key[:-1] if key == "images" else "category", path)
-        if len(set(ids)) != len(ids):
+        bad = next((i for i, x in enumerate(gt[key]) if not isinstance(x, dict) or "id" not in x), None)
+        if bad is not None:
+            raise IbraYoloError(f"{path}: {key}[{bad}] is {str(gt[key][bad])[:80]}: expected an object with an 'id'")
+        ids[key] = [x["id"] for x in gt[key]]
+        _id_type_check(ids[key], key[:-1] if key == "images" else "category", path)
+        if len(set(ids[key])) != len(ids[key]):
             raise IbraYoloError(f"{path}: duplicate {key} ids")
-    bad = next((a for a in gt["annotations"] if not (isinstance(a.get("bbox"), list) and len(a["bbox"]) == 4)), None)
-    if bad is not None:
-        raise IbraYoloError(f"{path}: annotation {bad.get('id')} has no [x, y, w, h] 'bbox'")
+    check_annotations(gt["annotations"], str(path))
+    images, categories = set(ids["images"]), set(ids["categories"])
+    for i, a in enumerate(gt["annotations"]):  # pycocotools would silently leave such a box out of every metric
+        for key, known in (("image_id", images), ("category_id", categories)):
+            if a[key] not in known:
+                raise IbraYoloError(
+                    f"{path}: annotation {i} has {key}={a[key]!r}, which is not in its {key.split('_')[0]} list"
+                )
     return gt
 
 
@@ -101,23 +116,16 @@ def load_predictions(path: str | Path) -> list[dict]:
 
     Raises:
         MissingFileError: The file does not exist.
-        IbraYoloError: Not JSON, not a list, empty, or an entry lacks a key or has a bad box or score.
+        NonFiniteError: A number of an entry is NaN or infinite (the first such entry is named).
+        IbraYoloError: Not JSON, not a list, empty, or an entry lacks a key or has a bad id, box or score (see
+            ``ibra_yolo.coco.records.check_detections``).
     """
     dets = _load_json(path, "predictions")
     if not isinstance(dets, list):
         raise IbraYoloError(f"{path} is not a COCO results file: expected a JSON list of detections")
     if not dets:
         raise IbraYoloError(f"predictions file {path} is empty (no detections): nothing to score")
-    for i, d in enumerate(dets):
-        if not isinstance(d, dict) or any(k not in d for k in ("image_id", "category_id", "bbox", "score")):
-            raise IbraYoloError(
-                f"{path}: detection {i} is not {{'image_id', 'category_id', 'bbox', 'score'}}: {str(d)[:80]}"
-            )
-        box, s = d["bbox"], d["score"]
-        if not (isinstance(box, list) and len(box) == 4 and all(isinstance(v, (int, float)) for v in box)):
-            raise IbraYoloError(f"{path}: detection {i} has bbox {box!r}, expected [x, y, w, h] numbers")
-        if not isinstance(s, (int, float)) or not math.isfinite(s):
-            raise IbraYoloError(f"{path}: detection {i} has score {s!r}, expected a finite number")
+    check_detections(dets, str(path))
     return dets
 
 
@@ -275,7 +283,10 @@ def remap_categories(dets: list[dict], how: str) -> list[dict]:
 def check_predictions(
     dets: list[dict], gt: dict, remap: str | None = None, source: str = "predictions"
 ) -> tuple[list[dict], list[str]]:
-    """All checks of a predictions list against annotations: optional category remap, image ids, category ids.
+    """All checks of a predictions list against annotations: each record, optional remap, image and category ids.
+
+    Each record is checked first (``ibra_yolo.coco.records.check_detections``: the four keys, integer ids, four finite
+    box numbers with ``w, h >= 0``, a finite score); the first bad one is named with its index, field and value.
 
     Args:
         dets (list[dict]): Detections (COCO results format).
@@ -287,8 +298,10 @@ def check_predictions(
         (tuple[list[dict], list[str]]): Detections ready for `score` and notes on what was changed or looks odd.
 
     Raises:
-        IbraYoloError: No detections, or ids that do not fit the annotation file.
+        NonFiniteError: A detection holds a NaN or infinite number.
+        IbraYoloError: No detections, a malformed detection, or ids that do not fit the annotation file.
     """
+    check_detections(dets, source)
     if not dets:
         raise IbraYoloError(f"the {source} contain no detections: nothing to score")
     notes = []

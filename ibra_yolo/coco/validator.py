@@ -12,9 +12,10 @@ from dataclasses import dataclass, field
 from pathlib import Path
 
 from ibra_yolo.coco.checks import align_image_ids, annotation_image_ids, match_categories
-from ibra_yolo.errors import IbraYoloError, MissingFileError
+from ibra_yolo.coco.records import check_detections
+from ibra_yolo.errors import IbraYoloError, NonFiniteError
 
-__all__ = ("SpikeProbe", "ValidationRun", "MatchedDetections", "predict_split", "run_detections")
+__all__ = ("SpikeProbe", "ValidationRun", "MatchedDetections", "validation_folder", "predict_split", "run_detections")
 
 
 class SpikeProbe:
@@ -128,8 +129,16 @@ def run_detections(run: ValidationRun, gt: dict) -> MatchedDetections:
         (MatchedDetections): Detections, image ids, category map and notes.
 
     Raises:
-        IbraYoloError: The model's classes do not fit the file's categories, or validated images are not in it.
+        NonFiniteError: A detection holds NaN or inf (the first is named); never scored.
+        IbraYoloError: A malformed detection, the model's classes do not fit the file's categories, or validated
+            images are not in it.
     """
+    try:
+        check_detections(run.detections, "the model's predictions")
+    except NonFiniteError as e:
+        raise NonFiniteError(
+            f"{e} (the model computed NaN or inf: check its weights, e.g. of a diverged run)"
+        ) from None
     cat_ids, how = match_categories(run.names, gt["categories"])
     index = {cid: i for i, cid in enumerate(run.class_map)}
     dets = [{**d, "category_id": cat_ids[index[d["category_id"]]]} for d in run.detections]
@@ -144,19 +153,20 @@ def run_detections(run: ValidationRun, gt: dict) -> MatchedDetections:
     return MatchedDetections(dets, img_ids, categories, notes)
 
 
-def _load_model(weights: str | Path):
-    from ultralytics import YOLO
+def validation_folder(project: str | Path | None = None, name: str | None = None) -> Path:
+    """The folder the stock validator writes into for these ``project=``/``name=``, known before it runs.
 
-    weights = Path(weights)
-    if not weights.is_file():
-        raise MissingFileError(f"weights file {weights} does not exist")
-    try:
-        return YOLO(str(weights))
-    except IbraYoloError:
-        raise
-    except Exception as e:  # noqa: BLE001 - a corrupt or foreign file: say which, without the loader's traceback
-        first = "; ".join(s.strip() for s in str(e).splitlines() if s.strip())
-        raise IbraYoloError(f"cannot load weights {weights}: {type(e).__name__}: {first[:300]}") from None
+    Ultralytics' own rule (``get_save_dir``): ``<runs_dir>/detect/<project>/<name>``, an absolute ``project`` as it is;
+    an existing ``name`` folder is reused, and without ``name`` a new ``val``, ``val2``, ... folder is chosen.
+    ``predict_split(..., project=folder.parent, name=folder.name)`` then writes into exactly this folder.
+    """
+    from types import SimpleNamespace
+
+    from ultralytics.cfg import get_save_dir
+
+    args = SimpleNamespace(project=str(project) if project else None, name=name, task="detect", mode="val",
+                           exist_ok=bool(name))  # fmt: skip
+    return Path(get_save_dir(args)).resolve()
 
 
 def predict_split(
@@ -192,12 +202,14 @@ def predict_split(
 
     Raises:
         MissingFileError: The weights do not exist.
+        UnsafePickleError: A checkpoint whose pickle names anything outside the allow-list (nothing in it was run).
         IbraYoloError: The weights cannot be loaded, or ``spike_driven`` was asked for and not every spike-fed conv
             ran on ``{0, 1}`` planes.
     """
+    from ibra_yolo.checkpoints import load_yolo
     from ibra_yolo.spike_mode import set_spike_driven
 
-    model = _load_model(weights)
+    model = load_yolo(weights)
     if spike_driven:
         set_spike_driven(model, True)
     seen = {}

@@ -15,7 +15,7 @@ from torch import nn
 from ibra_yolo.energy.meter import EnergyMeter
 from ibra_yolo.energy.presets import DEFAULT_PRESET, energy_constants
 from ibra_yolo.energy.report import EnergyReport
-from ibra_yolo.errors import IbraYoloError, MissingFileError
+from ibra_yolo.errors import IbraYoloError, MissingFileError, NonFiniteError
 from ibra_yolo.sources import image_batches, list_images, select_device
 from ibra_yolo.spike_mode import torch_model
 
@@ -27,16 +27,16 @@ def load_model(weights: str | Path) -> nn.Module:
 
     Raises:
         MissingFileError: The checkpoint or YAML does not exist.
+        UnsafePickleError: A checkpoint whose pickle names anything outside the allow-list (nothing in it was run).
         IbraYoloError: The file is not an ibra-yolo YAML, or cannot be loaded.
     """
-    from ultralytics import YOLO
-
+    from ibra_yolo.checkpoints import load_yolo
     from ibra_yolo.plugin import model_yaml_path
 
     p = Path(weights)
     suffix = p.suffix.lower()
     if suffix == ".pt":
-        if not p.is_file():  # checked first: YOLO() would try to download a name
+        if not p.exists():  # checked first: YOLO() would try to download a name; a folder is named by the loader
             raise MissingFileError(f"weights file {p} does not exist")
     elif suffix in (".yaml", ".yml"):
         if model_yaml_path(p) is None:
@@ -47,13 +47,7 @@ def load_model(weights: str | Path) -> nn.Module:
             raise IbraYoloError(f"model {p} is not an ibra-yolo model YAML (no 'neuron:' key)")
     else:
         raise IbraYoloError(f"--weights {p} must be a .pt checkpoint or a model .yaml")
-    try:
-        return YOLO(str(p)).model
-    except IbraYoloError:
-        raise
-    except Exception as e:  # noqa: BLE001 - a corrupt or foreign file: one line, not a traceback
-        first_line = str(e).splitlines()[0] if str(e) else ""
-        raise IbraYoloError(f"cannot load {p}: {type(e).__name__}: {first_line}") from None
+    return load_yolo(p).model  # a .pt is read safely first: its pickle never runs code
 
 
 def _check_int(name: str, value, minimum: int = 1) -> None:
@@ -92,7 +86,19 @@ def _progress(batches: Iterable, total: int, enabled: bool) -> Iterator[torch.Te
             bar.update(len(x))
 
 
-def _run(net: nn.Module, meter: EnergyMeter, batches, total: int, spike_driven, device, progress: bool) -> int:
+def _check_finite(x: torch.Tensor, first: int, source: str) -> None:
+    """A batch of float images holds only finite values; else a ``NonFiniteError`` names the first bad image."""
+    if x.is_floating_point():
+        bad = ~torch.isfinite(x).flatten(1).all(1)
+        if bool(bad.any()):
+            i = int(bad.nonzero()[0])
+            kinds = " and ".join(k for k, f in (("NaN", torch.isnan), ("inf", torch.isinf)) if bool(f(x[i]).any()))
+            must = "images must be finite (uint8, or floats in [0, 1])"
+            raise NonFiniteError(f"image {first + i} of {source} holds {kinds}: {must}")
+
+
+def _run(net: nn.Module, meter: EnergyMeter, batches, total: int, spike_driven, device, progress: bool,
+         source: str = "the images") -> int:  # fmt: skip
     """Run ``net`` in eval mode over the batches with the meter attached; returns the number of images.
 
     The model's mode (training/eval, integer/spike-driven) and device are restored afterwards.
@@ -115,6 +121,7 @@ def _run(net: nn.Module, meter: EnergyMeter, batches, total: int, spike_driven, 
             net.eval()
         with meter, torch.no_grad():
             for x in _progress(batches, total, progress):
+                _check_finite(x, seen, source)
                 x = x.to(device)
                 net(x.to(param.dtype) / 255 if x.dtype == torch.uint8 else x.to(param.dtype))
                 seen += len(x)
@@ -195,6 +202,7 @@ def measure(
         for other energy constants.
 
     Raises:
+        NonFiniteError: An image holds NaN or inf (the first is named), or a neuron's output is NaN (NaN weights).
         IbraYoloError: Bad arguments, no images, a model without ``NeuronConv`` units, or spike-driven mode asked
             of a model without spiking neurons.
     """
@@ -209,7 +217,7 @@ def measure(
         imgsz = -(-imgsz // 32) * 32  # up to a multiple of the largest stride, as Ultralytics does
     meter = EnergyMeter(net, counting)
     batches, total, source = _batches(images, imgsz, batch, max_images)
-    seen = _run(net, meter, batches, total, spike_driven, device, progress)
+    seen = _run(net, meter, batches, total, spike_driven, device, progress, source)
     counts = meter.counts()
     meta = {
         "model": name or _model_name(net),

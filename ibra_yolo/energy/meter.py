@@ -28,8 +28,8 @@ from dataclasses import dataclass, field
 import torch
 from torch import nn
 
-from ibra_yolo.errors import IbraYoloError
-from ibra_yolo.neurons import NAN_CODE, IntegerLIF, NonFiniteError
+from ibra_yolo.errors import IbraYoloError, NonFiniteError
+from ibra_yolo.neurons import IntegerLIF
 from ibra_yolo.nn.blocks import NeuronConv, RepConv, SepRep, Synapse, Tap, conv_macs_per_pixel
 
 __all__ = ("COUNTING_MODES", "LayerCounts", "EnergyMeter", "codes_from_outputs", "executed_macs_per_pixel")
@@ -272,20 +272,17 @@ class _LayerCounter:
     def _count_codes(self, flat: torch.Tensor) -> torch.Tensor | int:
         """Add the codes of neuron outputs (or the codes themselves) to the histogram; return the spikes they need."""
         n = self.neuron
-        if not flat.is_floating_point() and flat.numel() and int(flat.min()) == NAN_CODE:  # spike-driven codes
-            raise NonFiniteError(f"{self.name}: a membrane potential is NaN, it has no code (check the image)")
         if n.max_code >= DENSE_HISTOGRAM_MAX:
             codes = codes_from_outputs(flat, n.scale, n.max_code) if flat.is_floating_point() else flat
             values, counts = torch.unique(codes, return_counts=True)
+            if len(values) and int(values[0]) < 0:  # the int cast of a NaN output
+                raise self._non_finite()
             for v, c in zip(values.tolist(), counts.tolist()):
                 self.sparse[v] = self.sparse.get(v, 0) + c
             return int((n.spikes_per_code(values).to(torch.int64) * counts).sum())
         hist = None  # of this call
         for part in flat.split(CHUNK):
-            if part.is_floating_point():
-                h = self._histogram_of_outputs(part)
-            else:
-                h = torch.bincount(part, minlength=n.max_code + 1)
+            h = self._histogram_of_outputs(part) if part.is_floating_point() else self._bincount(part, n.max_code + 1)
             hist = h if hist is None else hist.add_(h)
         if self.hist is None:
             self.hist = torch.zeros_like(hist)
@@ -304,7 +301,7 @@ class _LayerCounter:
         precision = _precision(s.dtype, n.max_code, (LANES - 1) * bins) if n.scale != 1 else None
         codes = self.scratch.like(s, torch.int32)
         if precision is None:  # N = 1 (the outputs are the codes: one pass fewer beats the lanes) or a tight dtype
-            return torch.bincount(codes_from_outputs(s, n.scale, n.max_code, codes), minlength=bins)
+            return self._bincount(codes_from_outputs(s, n.scale, n.max_code, codes), bins)
         work = self.scratch.like(s, precision)
         if s.dtype != precision:  # float16 / bfloat16: widen first
             s = work.copy_(s)
@@ -315,7 +312,25 @@ class _LayerCounter:
             offsets = self.scratch.buffers[key] = (lanes * bins).to(precision).add_(0.5)
         torch.add(offsets[: len(s)], s, alpha=n.scale, out=work)  # lane * (M + 1) + S * N + 1/2 in one pass
         codes.copy_(work)  # truncation: lane * (M + 1) + code
-        return torch.bincount(codes, minlength=LANES * bins).view(LANES, bins).sum(0)
+        return self._bincount(codes, LANES * bins).view(LANES, bins).sum(0)
+
+    def _bincount(self, codes: torch.Tensor, bins: int) -> torch.Tensor:
+        """``bincount`` of codes; a negative code (a NaN output cast to int) is a ``NonFiniteError`` naming the layer.
+
+        The check costs nothing on valid codes: ``bincount`` itself refuses negative values.
+        """
+        try:
+            return torch.bincount(codes, minlength=bins)
+        except RuntimeError:
+            if bool((codes < 0).any()):
+                raise self._non_finite() from None
+            raise
+
+    def _non_finite(self) -> NonFiniteError:
+        return NonFiniteError(
+            f"layer {self.index} ({self.name}): neuron outputs hold NaN and have no code (a non-finite image or "
+            f"NaN/inf weights)"
+        )
 
     def on_plane(self, module: Synapse, args: tuple) -> None:
         self._pending = self._pending + torch.count_nonzero(args[0])  # a {0, 1} plane: its spikes are its ones

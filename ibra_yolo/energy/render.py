@@ -14,8 +14,8 @@ from pathlib import Path
 
 import numpy as np
 
-from ibra_yolo.errors import IbraYoloError, OutputExistsError
-from ibra_yolo.files import write_atomic
+from ibra_yolo.errors import IbraYoloError
+from ibra_yolo.files import check_outputs, write_atomic
 
 __all__ = ("table", "to_csv", "plot", "save", "output_paths")
 
@@ -119,16 +119,13 @@ def output_paths(out_dir: str | Path, stem: str = "energy", overwrite: bool = Fa
 
     Raises:
         OutputExistsError: A file exists and ``overwrite`` is False.
-        IbraYoloError: ``out_dir`` is a file.
+        IbraYoloError: ``out_dir`` is a file, or cannot be created or written (``ibra_yolo.files.check_outputs``).
     """
     out = Path(out_dir)
     if out.exists() and not out.is_dir():
         raise IbraYoloError(f"--out {out} is a file, not a folder")
     paths = {"json": out / f"{stem}.json", "csv": out / f"{stem}_layers.csv", "png": out / f"{stem}.png"}
-    existing = [str(p) for p in paths.values() if p.exists()]
-    if existing and not overwrite:
-        verb = "already exists" if len(existing) == 1 else "already exist"
-        raise OutputExistsError(f"{', '.join(existing)} {verb}: choose another --out folder or pass --overwrite")
+    check_outputs(paths.values(), overwrite, flag="--out folder")
     return paths
 
 

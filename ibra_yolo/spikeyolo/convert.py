@@ -12,8 +12,6 @@ from __future__ import annotations
 import copy
 import logging
 import math
-import os
-import uuid
 from datetime import datetime
 from pathlib import Path
 
@@ -21,6 +19,7 @@ import torch
 from torch import nn
 
 from ibra_yolo.errors import CheckpointError, IbraYoloError, ModelConfigError
+from ibra_yolo.files import check_output, write_atomic
 from ibra_yolo.spikeyolo.architecture import spikeyolo_neuron, to_our_model_dict
 from ibra_yolo.spikeyolo.names import ModulePair, module_pairs
 from ibra_yolo.spikeyolo.unpickle import StandIn, read_checkpoint
@@ -247,28 +246,9 @@ def load_spikeyolo(path: str | Path, neuron=None, verbose: bool = True) -> nn.Mo
 def _check_output(dst: Path, src: Path, overwrite: bool) -> None:
     if dst.suffix != ".pt":
         raise IbraYoloError(f"output {dst} must end in .pt (Ultralytics loads checkpoints by that suffix)")
-    if dst.is_dir():
-        raise IbraYoloError(f"output {dst} is a folder: name a .pt file")
     if dst.exists() and src.exists() and dst.resolve() == src.resolve():
         raise IbraYoloError(f"output {dst} is the input checkpoint: choose another file name")
-    if dst.exists() and not overwrite:
-        raise IbraYoloError(f"{dst} exists: choose another file name or pass --overwrite")
-    if dst.parent.exists() and not dst.parent.is_dir():
-        raise IbraYoloError(f"output folder {dst.parent} is a file")
-
-
-def _save_atomic(obj, dst: Path, overwrite: bool) -> None:
-    """``torch.save`` to a new, uniquely named file beside ``dst``, then rename it onto ``dst``."""
-    dst.parent.mkdir(parents=True, exist_ok=True)
-    tmp = dst.with_name(f".{dst.name}.{os.getpid()}.{uuid.uuid4().hex[:8]}.tmp")
-    try:
-        with open(tmp, "xb") as f:  # x: never an existing file; the mode follows the umask, as torch.save's would
-            torch.save(obj, f)
-        if dst.exists() and not overwrite:  # appeared while we worked
-            raise IbraYoloError(f"{dst} exists: choose another file name or pass --overwrite")
-        os.replace(tmp, dst)
-    finally:
-        tmp.unlink(missing_ok=True)
+    check_output(dst, overwrite, flag="file name")
 
 
 def convert_spikeyolo(src: str | Path, dst: str | Path, neuron=None, overwrite: bool = False) -> Path:
@@ -314,5 +294,4 @@ def convert_spikeyolo(src: str | Path, dst: str | Path, neuron=None, overwrite: 
         "train_args": dict(model.args),
         "spikeyolo": info,  # provenance: converted from SpikeYOLO's checkpoint by ibra-yolo
     }
-    _save_atomic(ckpt, dst, overwrite)
-    return dst
+    return write_atomic(dst, lambda tmp: torch.save(ckpt, tmp), overwrite)

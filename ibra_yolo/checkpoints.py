@@ -1,0 +1,163 @@
+"""Reading checkpoints without running their code: every ``.pt`` ibra-yolo opens is loaded here.
+
+A ``.pt`` file is a pickle, and a pickle can name any function to call while it is read (``os.system`` included).
+Ultralytics checkpoints are therefore read the way Ultralytics reads them with ``ULTRALYTICS_SAFE_LOAD=1``, whatever
+that variable says: ``ultralytics.nn.tasks.torch_safe_load(path, safe_only=True)``, i.e. ``torch.load(
+weights_only=True)`` against an allow-list of Ultralytics' and torch's classes plus ours (``ibra_yolo.nn`` registers
+its neurons, blocks and head as safe globals on import). A file that names anything else is refused before anything
+in it runs. ``load_yolo`` then builds the ``YOLO`` object from a file that has passed this check.
+
+SpikeYOLO's released checkpoints pickle classes of their own repository, which do not exist here; they are read by
+the restricted unpickler of ``ibra_yolo.spikeyolo.unpickle``, which is just as strict.
+"""
+
+from __future__ import annotations
+
+import pickle
+import re
+import warnings
+from pathlib import Path
+
+from torch import nn
+
+from ibra_yolo.errors import CheckpointError, IbraYoloError, MissingFileError, UnsafePickleError
+
+__all__ = ("load_checkpoint", "checkpoint_model", "load_yolo")
+
+
+def _one_line(e: BaseException) -> str:
+    return "; ".join(s.strip() for s in str(e).splitlines() if s.strip())
+
+
+def _check_file(path: Path) -> None:
+    if not path.exists():
+        raise MissingFileError(f"checkpoint {path} does not exist")
+    if path.is_dir():
+        raise CheckpointError(f"checkpoint {path} is a folder: name a .pt file")
+    if path.suffix.lower() != ".pt":
+        raise CheckpointError(f"checkpoint {path} must be a .pt file (an Ultralytics checkpoint)")
+
+
+def _refusal(e: BaseException) -> str | None:
+    """Why torch's ``weights_only`` unpickler refused a file (the globals it names, else its reason), or None."""
+    chain = []
+    while e is not None:
+        chain.append(e)
+        e = e.__cause__ or e.__context__
+    if not any(isinstance(x, pickle.UnpicklingError) for x in chain):
+        return None
+    text = "\n".join(str(x) for x in chain)
+    names = list(dict.fromkeys(re.findall(r"GLOBAL ([\w.]+)", text)))
+    if names:
+        return f"refers to {', '.join(names)}, which a checkpoint may not use"
+    reason = re.search(r"WeightsUnpickler error:\s*(.+?)(?:\n\n|$)", text, re.S)
+    return (
+        f"holds a pickle that cannot be read safely ({reason.group(1).strip() if reason else 'not a torch.save file'})"
+    )
+
+
+def load_checkpoint(path: str | Path) -> dict:
+    """Read an Ultralytics checkpoint safely (``weights_only=True`` and the allow-list), never running its code.
+
+    Args:
+        path (str | Path): The ``.pt`` file.
+
+    Returns:
+        (dict): The checkpoint (``{"model": ..., "train_args": ..., ...}``), on the CPU.
+
+    Raises:
+        MissingFileError: ``path`` does not exist.
+        UnsafePickleError: The pickle names a function or class outside the allow-list; nothing it names was called.
+        CheckpointError: Not a ``.pt`` file, a folder, or a file torch cannot read (empty, truncated, not a pickle).
+    """
+    from ultralytics.nn.tasks import torch_safe_load
+
+    import ibra_yolo.nn  # noqa: F401 - registers our classes as safe globals
+
+    path = Path(path)
+    _check_file(path)
+    try:
+        with warnings.catch_warnings():  # torch warns about the pickle protocol of files it then refuses
+            warnings.filterwarnings("ignore", "Detected pickle protocol", UserWarning)
+            ckpt, _ = torch_safe_load(str(path), safe_only=True)
+    except OSError as e:  # permission denied, an unreadable disk
+        raise CheckpointError(f"cannot read checkpoint {path}: {e.strerror or _one_line(e)}") from None
+    except Exception as e:  # noqa: BLE001 - whatever the loader raises on a foreign file: one line, no traceback
+        refusal = _refusal(e)
+        if refusal:
+            raise UnsafePickleError(
+                f"checkpoint {path} {refusal}: not loaded, nothing in it was run (only Ultralytics checkpoints of "
+                f"known models are read)"
+            ) from None
+        held = re.fullmatch(
+            r"'(\w+)' object has no attribute 'model'", str(e)
+        )  # Ultralytics reads obj.model of a non-dict
+        if isinstance(e, AttributeError) and held:
+            raise CheckpointError(
+                f"{path} is not an Ultralytics checkpoint: it holds a {held[1]}, not a dict"
+            ) from None
+        root = e
+        while root.__cause__ is not None:  # Ultralytics wraps torch's error in a long TypeError: name the original
+            root = root.__cause__
+        raise CheckpointError(
+            f"cannot read checkpoint {path}: it is empty, truncated or not a torch.save file "
+            f"({type(root).__name__}: {_one_line(root)[:200] or 'no detail'})"
+        ) from None
+    if not isinstance(ckpt, dict):
+        raise CheckpointError(f"{path} is not an Ultralytics checkpoint: it holds a {type(ckpt).__name__}, not a dict")
+    return ckpt
+
+
+def checkpoint_model(ckpt: dict, path: str | Path, need: str = "model") -> nn.Module:
+    """The model a checkpoint holds (``ema`` if present, else ``model``, as Ultralytics picks), checked for ``need``.
+
+    Args:
+        ckpt (dict): From ``load_checkpoint``.
+        path (str | Path): The file, for messages.
+        need (str): ``"model"`` (any torch module), ``"ibra-yolo"`` (a model with our layers) or ``"spiking"`` (with
+            integer spiking neurons: IBRA-LIF, IB-LIF, I-LIF).
+
+    Raises:
+        CheckpointError: No model in it, or not the model needed.
+    """
+    from ibra_yolo.nn.blocks import NeuronConv
+
+    model = ckpt.get("ema") if ckpt.get("ema") is not None else ckpt.get("model")
+    if not isinstance(model, nn.Module):
+        keys = ", ".join(map(repr, list(ckpt)[:5])) or "no keys"
+        raise CheckpointError(f"{path} is not an Ultralytics checkpoint: it holds no 'model' module ({keys})")
+    units = [m for m in model.modules() if isinstance(m, NeuronConv)]
+    if need != "model" and not units:
+        raise CheckpointError(f"{path} holds a {type(model).__name__} without ibra-yolo layers, not an ibra-yolo model")
+    if need == "spiking" and not any(u.spiking for u in units):
+        raise CheckpointError(
+            f"{path} holds a model without integer spiking neurons (an ANN twin?): spike-driven mode needs an "
+            f"IBRA-LIF, IB-LIF or I-LIF model"
+        )
+    return model
+
+
+def load_yolo(path: str | Path):
+    """A ``YOLO`` object for a weights file or model YAML; a ``.pt`` file is first read safely (``load_checkpoint``).
+
+    Other files (ONNX, TorchScript, a model YAML) are not pickles; they go to ``YOLO`` as they are.
+
+    Raises:
+        MissingFileError: A ``.pt`` file does not exist.
+        UnsafePickleError: A ``.pt`` file whose pickle names anything outside the allow-list.
+        CheckpointError: A ``.pt`` file that cannot be read or holds no model.
+        IbraYoloError: Ultralytics cannot load the file (its one-line reason).
+    """
+    from ultralytics import YOLO
+
+    path = Path(path)
+    if path.suffix.lower() == ".pt":
+        if not path.exists():  # checked first: YOLO() would try to download a name
+            raise MissingFileError(f"weights file {path} does not exist")
+        checkpoint_model(load_checkpoint(path), path)  # allow-listed classes only: YOLO's own load runs nothing else
+    try:
+        return YOLO(str(path))
+    except IbraYoloError:
+        raise
+    except Exception as e:  # noqa: BLE001 - a corrupt or foreign file: say which, without the loader's traceback
+        raise IbraYoloError(f"cannot load weights {path}: {type(e).__name__}: {_one_line(e)[:300]}") from None

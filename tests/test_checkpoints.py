@@ -1,0 +1,156 @@
+"""Checkpoints are read without running their code (ibra_yolo.checkpoints), by every command that opens a ``.pt``."""
+
+import os
+import pickle
+
+import cv2
+import numpy as np
+import pytest
+import torch
+from conftest import run
+
+from ibra_yolo.checkpoints import checkpoint_model, load_checkpoint, load_yolo
+from ibra_yolo.cli import energy as energy_cli
+from ibra_yolo.cli import eval as eval_cli
+from ibra_yolo.errors import CheckpointError, MissingFileError, OutputExistsError, UnsafePickleError
+from ibra_yolo.spike_mode import convert_checkpoint, is_spike_driven
+
+
+class Evil:
+    """Unpickling this calls ``os.system``, which creates ``MARKER`` in the folder it names."""
+
+    def __init__(self, folder):
+        self.folder = folder
+
+    def __reduce__(self):
+        return os.system, (f"touch {self.folder}/MARKER",)
+
+
+@pytest.fixture
+def evil(tmp_path):
+    """Two hostile files: torch.save's zip format and a plain pickle, each with ``Evil`` where the model goes."""
+    torch.save({"model": Evil(tmp_path), "train_args": {}}, tmp_path / "evil.pt")
+    with open(tmp_path / "evil_plain.pt", "wb") as f:
+        pickle.dump({"model": Evil(tmp_path)}, f)
+    return tmp_path
+
+
+@pytest.fixture(scope="module")
+def spiking_ckpt(tmp_path_factory):
+    """An Ultralytics checkpoint of an untrained I-LIF n model (3 classes)."""
+    from ultralytics.nn.tasks import DetectionModel
+
+    path = tmp_path_factory.mktemp("ckpt") / "best.pt"
+    torch.save({"model": DetectionModel("spike-yolo-ilif-n.yaml", nc=3, verbose=False), "train_args": {}}, path)
+    return path
+
+
+def test_malicious_pickle_never_runs(evil):
+    for name in ("evil.pt", "evil_plain.pt"):
+        with pytest.raises(UnsafePickleError) as e:
+            convert_checkpoint(evil / name, evil / "out.pt")
+        assert str(e.value).startswith(f"checkpoint {evil / name} ") and "nothing in it was run" in str(e.value)
+        assert "\n" not in str(e.value)
+        assert not (evil / "MARKER").exists() and not (evil / "out.pt").exists()
+    # the zip file names the function it wanted to call (os.system is posix.system on Linux)
+    with pytest.raises(UnsafePickleError, match=r"evil\.pt refers to posix\.system, which a checkpoint may not use"):
+        load_checkpoint(evil / "evil.pt")
+    with pytest.raises(UnsafePickleError):
+        load_yolo(evil / "evil.pt")
+    assert not (evil / "MARKER").exists()
+
+
+def test_malicious_pickle_in_every_command(evil, python):
+    # eval and energy refuse it with one line, before Ultralytics' own (unrestricted, by default) load could run it
+    cv2.imwrite(str(evil / "img.png"), np.zeros((32, 32, 3), np.uint8))
+    from ibra_yolo.data import make_shapes_dataset
+
+    data = make_shapes_dataset(evil / "data", n_train=1, n_val=1, imgsz=32, seed=0)
+    commands = (
+        ["energy", "--weights", evil / "evil.pt", "--source", evil / "img.png", "--out", evil / "e"],
+        ["eval", "--weights", evil / "evil.pt", "--data", data, "--imgsz", 32, "--project", evil, "--name", "v"],
+    )
+    for argv in commands:
+        p = run([python, "-m", "ibra_yolo", *map(str, argv)], check=False, env={"ULTRALYTICS_SAFE_LOAD": "0"})
+        assert p.returncode == 2 and p.stderr.startswith(f"error: checkpoint {evil / 'evil.pt'} refers to posix.system")
+        assert p.stderr.count("\n") == 1, p.stderr
+        assert not (evil / "MARKER").exists()
+
+
+@pytest.mark.parametrize(
+    "content, cls, message",
+    [
+        ({"hello": 1}, CheckpointError, "is not an Ultralytics checkpoint: it holds no 'model' module ('hello')"),
+        ({"model": None, "ema": None}, CheckpointError, "it holds no 'model' module ('model', 'ema')"),
+        ([1, 2], CheckpointError, "is not an Ultralytics checkpoint: it holds a list, not a dict"),
+        ({"model": torch.nn.Linear(1, 1)}, CheckpointError, "holds a Linear without ibra-yolo layers"),
+    ],
+)
+def test_only_checkpoints_of_spiking_models_convert(tmp_path, content, cls, message):
+    torch.save(content, tmp_path / "x.pt")
+    with pytest.raises(cls) as e:
+        convert_checkpoint(tmp_path / "x.pt", tmp_path / "y.pt")
+    assert type(e.value) is cls and message in str(e.value) and str(tmp_path / "x.pt") in str(e.value)
+    assert not (tmp_path / "y.pt").exists()
+
+
+def test_ann_twin_does_not_convert(tmp_path):
+    from ultralytics.nn.tasks import DetectionModel
+
+    torch.save({"model": DetectionModel("spike-yolo-ann-n.yaml", nc=3, verbose=False)}, tmp_path / "ann.pt")
+    with pytest.raises(CheckpointError, match="holds a model without integer spiking neurons"):
+        convert_checkpoint(tmp_path / "ann.pt", tmp_path / "y.pt")
+
+
+@pytest.mark.parametrize("content, detail", [(b"", "EOFError"), (b"hello", "KeyError: 101"), (b"PK\x03\x04", "")])
+def test_unreadable_files(tmp_path, content, detail):
+    (tmp_path / "x.pt").write_bytes(content)
+    with pytest.raises(CheckpointError) as e:
+        load_checkpoint(tmp_path / "x.pt")
+    msg = str(e.value)
+    assert type(e.value) is CheckpointError and "\n" not in msg and detail in msg
+    assert msg.startswith(f"cannot read checkpoint {tmp_path / 'x.pt'}: it is empty, truncated or not a torch.save")
+
+
+def test_paths(tmp_path, spiking_ckpt):
+    with pytest.raises(MissingFileError, match=f"^checkpoint {tmp_path / 'no.pt'} does not exist$"):
+        load_checkpoint(tmp_path / "no.pt")
+    (tmp_path / "d.pt").mkdir()
+    with pytest.raises(CheckpointError, match="is a folder: name a .pt file"):
+        load_checkpoint(tmp_path / "d.pt")
+    torch.save({"model": None}, tmp_path / "w.pth")
+    with pytest.raises(CheckpointError, match=f"^checkpoint {tmp_path / 'w.pth'} must be a .pt file"):
+        load_checkpoint(tmp_path / "w.pth")
+    with pytest.raises(Exception, match=r"must end in \.pt"):
+        convert_checkpoint(spiking_ckpt, tmp_path / "out.pth")
+
+
+def test_convert_keeps_users_tmp_file(tmp_path, spiking_ckpt):
+    # a file of the user's named like a temporary file is neither read, nor replaced, nor deleted
+    dst = tmp_path / "best-spike.pt"
+    user_tmp = tmp_path / "best-spike.pt.tmp"
+    user_tmp.write_text("mine")
+    assert convert_checkpoint(spiking_ckpt, dst) == dst
+    assert user_tmp.read_text() == "mine"
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["best-spike.pt", "best-spike.pt.tmp"]  # no temp left
+    ckpt = load_checkpoint(dst)  # the output reads safely too
+    assert is_spike_driven(checkpoint_model(ckpt, dst, need="spiking"))
+    with pytest.raises(OutputExistsError):
+        convert_checkpoint(spiking_ckpt, dst)
+    assert is_spike_driven(load_yolo(dst))
+
+
+def test_eval_cli_refuses_hello(tmp_path, capsys):
+    # {'hello': 1} is not a model: one line from eval too (the data check comes first, so give it a dataset)
+    from ibra_yolo.data import make_shapes_dataset
+
+    data = make_shapes_dataset(tmp_path / "data", n_train=1, n_val=1, imgsz=32, seed=0)
+    torch.save({"hello": 1}, tmp_path / "hello.pt")
+    argv = ["--weights", tmp_path / "hello.pt", "--data", data, "--imgsz", 32, "--project", tmp_path, "--name", "v"]
+    assert eval_cli.main([str(a) for a in argv]) == 2
+    msg = f"error: {tmp_path / 'hello.pt'} is not an Ultralytics checkpoint: it holds no 'model' module ('hello')\n"
+    assert capsys.readouterr().err == msg
+    assert (
+        energy_cli.main(["--weights", str(tmp_path / "hello.pt"), "--source", str(data), "--out", str(tmp_path)]) == 2
+    )
+    assert capsys.readouterr().err == msg

@@ -1,0 +1,141 @@
+"""Malformed COCO files never score: each bad record of a predictions or annotation file stops ``ibra-yolo eval``
+with one line naming the record (index), the field and the value, before pycocotools sees it."""
+
+import copy
+import json
+import math
+
+import pytest
+from test_eval_coco import GT, PRED
+
+from ibra_yolo import coco
+from ibra_yolo.cli import eval as eval_coco
+from ibra_yolo.coco.validator import ValidationRun
+from ibra_yolo.errors import IbraYoloError, NonFiniteError
+
+NAN, INF = float("nan"), float("inf")
+
+
+def _run(tmp_path, capsys, pred=PRED, gt=GT):
+    """``ibra-yolo eval --pred --ann`` on these lists; returns (status, stderr, results file)."""
+    (tmp_path / "gt.json").write_text(json.dumps(gt))  # json writes NaN/Infinity, and reads them back as floats
+    (tmp_path / "pred.json").write_text(json.dumps(pred))
+    out = tmp_path / "scores.json"
+    rc = eval_coco.main(["--pred", str(tmp_path / "pred.json"), "--ann", str(tmp_path / "gt.json"), "--out", str(out)])
+    return rc, capsys.readouterr().err, out
+
+
+def _bad(index: int, **changes) -> list[dict]:
+    pred = copy.deepcopy(PRED)
+    pred[index].update(changes)
+    return pred
+
+
+# (predictions, exact error class, the message after "<file>: detection <i> has ")
+BAD_PREDICTIONS = [
+    # NaN everywhere scored 92.6 % mAP@50:95 on this GT before the check (PRED itself scores 66.5 %)
+    ([{**d, "bbox": [NAN] * 4} for d in PRED], NonFiniteError,
+     "detection 0 has bbox[0] (x)=nan: every number must be finite"),
+    (_bad(4, bbox=[1, 2, 3, INF]), NonFiniteError, "detection 4 has bbox[3] (h)=inf: every number must be finite"),
+    (_bad(2, score=NAN), NonFiniteError, "detection 2 has score=nan: every number must be finite"),
+    (_bad(3, score=-INF), NonFiniteError, "detection 3 has score=-inf: every number must be finite"),
+    (_bad(1, image_id=NAN), NonFiniteError, "detection 1 has image_id=nan: every number must be finite"),
+    (_bad(5, category_id=INF), NonFiniteError, "detection 5 has category_id=inf: every number must be finite"),
+    (_bad(6, bbox=[10, 10, -5, 20]), IbraYoloError, "detection 6 has bbox[2] (w)=-5: it must be >= 0"),
+    (_bad(0, bbox=[10, 10, 5, -0.5]), IbraYoloError, "detection 0 has bbox[3] (h)=-0.5: it must be >= 0"),
+    (_bad(7, bbox=[10, 10, 5]), IbraYoloError, "detection 7 has bbox=[10, 10, 5]: expected [x, y, w, h] (4 numbers)"),
+    (_bad(8, bbox=[1, "2", 3, 4]), IbraYoloError, "detection 8 has bbox[1] (y)='2': expected a number"),
+    (_bad(0, bbox=[1, 2, True, 4]), IbraYoloError, "detection 0 has bbox[2] (w)=True: expected a number"),
+    (_bad(1, score="0.5"), IbraYoloError, "detection 1 has score='0.5': expected a number"),
+    (_bad(2, category_id=1.0), IbraYoloError, "detection 2 has category_id=1.0: expected an integer"),
+    (_bad(2, category_id=True), IbraYoloError, "detection 2 has category_id=True: expected an integer"),
+    (_bad(3, image_id=[1]), IbraYoloError, "detection 3 has image_id=[1]: expected an integer or a file stem"),
+    (_bad(3, image_id=None), IbraYoloError, "detection 3 has image_id=None: expected an integer or a file stem"),
+    (PRED[:4] + [[1, 1, [0, 0, 1, 1], 0.5]], IbraYoloError,
+     "detection 4 is [1, 1, [0, 0, 1, 1], 0.5]: expected an object"),
+    (PRED[:2] + [{"image_id": 1, "bbox": [0, 0, 1, 1], "score": 1}], IbraYoloError, "detection 2 has no 'category_id'"),
+]  # fmt: skip
+
+
+@pytest.mark.parametrize("pred, cls, message", BAD_PREDICTIONS)
+def test_bad_prediction_is_named(tmp_path, capsys, pred, cls, message):
+    rc, err, out = _run(tmp_path, capsys, pred)
+    assert rc == 2 and err.startswith(f"error: {tmp_path / 'pred.json'}: {message}") and err.count("\n") == 1, err
+    assert not out.exists()  # nothing was scored, nothing written
+    with pytest.raises(IbraYoloError) as e:  # the same check for a list handed to the API
+        coco.check_predictions(pred, GT)
+    assert type(e.value) is cls and f"predictions: {message}" in str(e.value)
+
+
+def test_first_bad_record_is_named():
+    # two bad records: the message names the first (index 1), not the worst or the last
+    pred = _bad(1, bbox=[0, 0, -1, 1])
+    pred[5]["score"] = NAN
+    with pytest.raises(IbraYoloError, match=r"detection 1 has bbox\[2\] \(w\)=-1: it must be >= 0$"):
+        coco.check_detections(pred)
+
+
+def test_zero_size_and_negative_corner_are_valid(tmp_path, capsys):
+    # w = h = 0 (a point) and x, y < 0 (a box leaving the image) are legal COCO boxes: scored, not refused
+    pred = _bad(0, bbox=[-3.0, -2.0, 0.0, 0.0])
+    rc, err, out = _run(tmp_path, capsys, pred)
+    assert rc == 0, err
+    assert json.loads(out.read_text())["metrics"] == coco.score(GT, pred)
+
+
+def test_not_a_list(tmp_path, capsys):
+    rc, err, _ = _run(tmp_path, capsys, {"annotations": PRED})
+    assert (
+        rc == 2
+        and err == f"error: {tmp_path / 'pred.json'} is not a COCO results file: expected a JSON list of detections\n"
+    )
+
+
+def test_unknown_ids_are_refused(tmp_path, capsys):
+    rc, err, _ = _run(tmp_path, capsys, _bad(2, image_id=42))
+    assert rc == 2 and err.startswith("error: 1 image ids in the predictions are not in the annotation file (42; ")
+    rc, err, _ = _run(tmp_path, capsys, _bad(2, category_id=7))
+    assert rc == 2 and err.startswith("error: category ids 7 in the predictions are not in the annotation file")
+
+
+def _bad_gt(index: int, **changes) -> dict:
+    gt = copy.deepcopy(GT)
+    gt["annotations"][index].update(changes)
+    return gt
+
+
+BAD_ANNOTATIONS = [
+    (_bad_gt(2, bbox=[0, 0, NAN, 10]), NonFiniteError, "annotation 2 has bbox[2] (w)=nan: every number must be finite"),
+    (_bad_gt(1, bbox=[0, 0, 10, -10]), IbraYoloError, "annotation 1 has bbox[3] (h)=-10: it must be >= 0"),
+    (_bad_gt(3, area=INF), NonFiniteError, "annotation 3 has area=inf: every number must be finite"),
+    (_bad_gt(0, iscrowd=2), IbraYoloError, "annotation 0 has iscrowd=2: expected 0 or 1"),
+    # without these pycocotools fails with KeyError, or silently leaves the box out of every metric
+    ({**GT, "annotations": [{k: v for k, v in a.items() if k != "area"} for a in GT["annotations"]]},
+     IbraYoloError, "annotation 0 has no 'area'"),
+    (_bad_gt(4, image_id=99), IbraYoloError, "annotation 4 has image_id=99, which is not in its image list"),
+    (_bad_gt(5, category_id=3), IbraYoloError, "annotation 5 has category_id=3, which is not in its category list"),
+]  # fmt: skip
+
+
+@pytest.mark.parametrize("gt, cls, message", BAD_ANNOTATIONS)
+def test_bad_annotation_is_named(tmp_path, capsys, gt, cls, message):
+    rc, err, out = _run(tmp_path, capsys, PRED, gt)
+    assert rc == 2 and err.startswith(f"error: {tmp_path / 'gt.json'}: {message}") and err.count("\n") == 1, err
+    assert not out.exists()
+    with pytest.raises(IbraYoloError) as e:
+        coco.load_annotations(tmp_path / "gt.json")
+    assert type(e.value) is cls
+
+
+def test_model_mode_refuses_non_finite_boxes():
+    # a model that computes NaN (diverged weights) gives NaN boxes: they are refused, never scored
+    dets = [
+        {"image_id": 1, "category_id": 1, "bbox": [1.0, 2.0, 3.0, 4.0], "score": 0.9, "file_name": "1.jpg"},
+        {"image_id": 2, "category_id": 2, "bbox": [NAN, 2.0, 3.0, 4.0], "score": 0.8, "file_name": "2.jpg"},
+    ]
+    run = ValidationRun(dets, [1, 2], {0: "cat", 1: "dog"}, ["1.jpg", "2.jpg", "3.jpg"], None, {})
+    with pytest.raises(NonFiniteError, match=r"^the model's predictions: detection 1 has bbox\[0\] \(x\)=nan: ") as e:
+        coco.run_detections(run, GT)
+    assert "check its weights" in str(e.value)
+    dets[1]["bbox"][0] = 5.0
+    assert math.isfinite(coco.run_detections(run, GT).detections[1]["bbox"][0])

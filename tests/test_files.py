@@ -1,0 +1,139 @@
+"""Output files: every path checked before any work, atomic no-clobber writes, file-system errors in one line."""
+
+import json
+import os
+
+import pytest
+import torch
+from test_eval_coco import GT, PRED
+
+from ibra_yolo.cli import energy as energy_cli
+from ibra_yolo.cli import eval as eval_cli
+from ibra_yolo.cli.convert_spikeyolo import main as convert_spikeyolo_main
+from ibra_yolo.cli.parser import ArgumentParser, run_command
+from ibra_yolo.errors import IbraYoloError, OutputExistsError
+from ibra_yolo.files import check_output, check_outputs, write_atomic, write_json
+from ibra_yolo.spike_mode import convert_checkpoint
+
+
+def _one_line(capsys) -> str:
+    err = capsys.readouterr().err
+    assert err.startswith("error: ") and err.count("\n") == 1, err
+    return err
+
+
+def test_check_output_paths(tmp_path):
+    (tmp_path / "file").write_text("x")
+    with pytest.raises(IbraYoloError, match=f"^cannot write {tmp_path}/file/sub/o.json: {tmp_path}/file is a file, "):
+        check_output(tmp_path / "file" / "sub" / "o.json")
+    with pytest.raises(IbraYoloError, match=f"^{tmp_path} is a folder: --out must name a file$"):
+        check_output(tmp_path)
+    with pytest.raises(OutputExistsError, match=f"^{tmp_path}/file exists: choose another --out or pass --overwrite$"):
+        check_output(tmp_path / "file")
+    assert check_output(tmp_path / "file", overwrite=True) == tmp_path / "file"
+    assert check_output(tmp_path / "new" / "deeper" / "o.json") == tmp_path / "new" / "deeper" / "o.json"  # created
+    (tmp_path / "b").write_text("y")
+    with pytest.raises(OutputExistsError, match=f"^{tmp_path}/file, {tmp_path}/b exist: choose another --name "):
+        check_outputs([tmp_path / "file", tmp_path / "a", tmp_path / "b"], flag="--name")
+
+
+@pytest.mark.skipif(hasattr(os, "geteuid") and os.geteuid() == 0, reason="root may write anywhere")
+def test_check_output_permission(tmp_path):
+    ro = tmp_path / "ro"
+    ro.mkdir(mode=0o500)
+    with pytest.raises(IbraYoloError, match=f"^cannot write {ro}/o.json: permission denied: cannot write in {ro}$"):
+        check_output(ro / "o.json")
+
+
+def test_write_atomic_never_clobbers(tmp_path):
+    dst = tmp_path / "o.json"
+
+    def racing_writer(tmp):  # another program creates dst while we write
+        tmp.write_text("ours")
+        dst.write_text("theirs")
+
+    with pytest.raises(OutputExistsError, match="o.json exists"):
+        write_atomic(dst, racing_writer)
+    assert dst.read_text() == "theirs"
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["o.json"]  # our temporary file is gone
+
+    def failing_writer(tmp):
+        tmp.write_text("half")
+        raise KeyboardInterrupt
+
+    with pytest.raises(KeyboardInterrupt):
+        write_atomic(tmp_path / "p.json", failing_writer)
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["o.json"]  # nothing half-written, no temporary left
+
+
+def test_write_atomic_leaves_users_tmp_files(tmp_path):
+    # files named like the temporary files of a naive writer belong to the user
+    for name in ("o.json.tmp", ".o.json.tmp"):
+        (tmp_path / name).write_text("mine")
+    write_json(tmp_path / "o.json", {"a": 1})
+    assert json.loads((tmp_path / "o.json").read_text()) == {"a": 1}
+    assert all((tmp_path / n).read_text() == "mine" for n in ("o.json.tmp", ".o.json.tmp"))
+    assert len(list(tmp_path.iterdir())) == 3
+
+
+def test_write_atomic_file_system_error(tmp_path):
+    (tmp_path / "file").write_text("x")
+    with pytest.raises(IbraYoloError, match="is a file, not a folder"):
+        write_json(tmp_path / "file" / "o.json", {})
+
+
+def test_run_command_os_error_is_one_line(capsys):
+    def body(args):
+        raise PermissionError(13, "Permission denied", "/data/x.json")
+
+    assert run_command(ArgumentParser(prog="t"), body, []) == 2
+    assert capsys.readouterr().err == "error: Permission denied: /data/x.json\n"
+
+
+def test_eval_checks_run_folder_before_work(tmp_path, capsys):
+    # a second run into the same --project/--name used to overwrite predictions.json first and refuse only at the
+    # end; now the run folder's files are checked before the weights are even looked at (an empty file here)
+    run_dir = tmp_path / "v"
+    run_dir.mkdir()
+    (run_dir / "predictions.json").write_text("[]")
+    (tmp_path / "best.pt").write_bytes(b"")
+    argv = ["--weights", tmp_path / "best.pt", "--data", tmp_path / "no.yaml", "--project", tmp_path, "--name", "v"]
+    assert eval_cli.main([str(a) for a in argv]) == 2
+    msg = f"error: {run_dir}/predictions.json exists: choose another --project/--name or pass --overwrite\n"
+    assert capsys.readouterr().err == msg
+    assert (run_dir / "predictions.json").read_text() == "[]"
+    (run_dir / "predictions.json").unlink()
+    (run_dir / "coco_eval.json").write_text("{}")
+    assert eval_cli.main([str(a) for a in argv]) == 2
+    assert _one_line(capsys) == f"error: {run_dir}/coco_eval.json exists: choose another --out or pass --overwrite\n"
+
+
+def test_eval_file_system_errors(tmp_path, capsys):
+    (tmp_path / "gt.json").write_text(json.dumps(GT))
+    (tmp_path / "pred.json").write_text(json.dumps(PRED))
+    (tmp_path / "dir.json").mkdir()
+    assert eval_cli.main(["--pred", str(tmp_path / "pred.json"), "--ann", str(tmp_path / "dir.json")]) == 2
+    assert _one_line(capsys) == f"error: annotation file {tmp_path}/dir.json is a folder: name a JSON file\n"
+    (tmp_path / "file").write_text("x")
+    out = tmp_path / "file" / "scores.json"
+    argv = ["--pred", tmp_path / "pred.json", "--ann", tmp_path / "gt.json", "--out", out]
+    assert eval_cli.main([str(a) for a in argv]) == 2
+    assert _one_line(capsys) == f"error: cannot write {out}: {tmp_path}/file is a file, not a folder\n"
+
+
+def test_energy_and_convert_outputs_checked_first(tmp_path, capsys):
+    (tmp_path / "file").write_text("x")
+    # energy: its --out folder is checked before the weights (which do not exist) are looked at
+    argv = ["--weights", tmp_path / "no.pt", "--source", tmp_path, "--out", tmp_path / "file" / "e"]
+    assert energy_cli.main([str(a) for a in argv]) == 2
+    assert (
+        _one_line(capsys)
+        == f"error: cannot write {tmp_path}/file/e/energy.json: {tmp_path}/file is a file, not a folder\n"
+    )
+    # convert-spikeyolo: the output before the (missing) source
+    assert convert_spikeyolo_main([str(tmp_path / "no.pt"), str(tmp_path / "file" / "o.pt")]) == 2
+    assert _one_line(capsys) == f"error: cannot write {tmp_path}/file/o.pt: {tmp_path}/file is a file, not a folder\n"
+    # convert_checkpoint likewise, before the source is read
+    torch.save({"hello": 1}, tmp_path / "h.pt")
+    with pytest.raises(IbraYoloError, match="is a file, not a folder"):
+        convert_checkpoint(tmp_path / "h.pt", tmp_path / "file" / "o.pt")
