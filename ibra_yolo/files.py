@@ -14,9 +14,9 @@ import uuid
 from pathlib import Path
 from typing import Callable
 
-from ibra_yolo.errors import IbraYoloError, OutputExistsError
+from ibra_yolo.errors import IbraYoloError, OutputExistsError, PathError
 
-__all__ = ("check_output", "check_outputs", "write_atomic", "write_json", "describe_os_error")
+__all__ = ("check_output", "check_outputs", "check_folder", "write_atomic", "write_json", "describe_os_error")
 
 
 def _folder_problem(folder: Path) -> str | None:
@@ -29,6 +29,23 @@ def _folder_problem(folder: Path) -> str | None:
     if not os.access(existing, os.W_OK | os.X_OK):
         return f"permission denied: cannot write in {existing}"
     return None
+
+
+def check_folder(path: str | Path, flag: str = "--out") -> Path:
+    """Refuse an output folder that cannot be created or written in, before any work; return it as a ``Path``.
+
+    Args:
+        path (str | Path): The output folder (it need not exist).
+        flag (str): The option or argument that names it, for the message.
+
+    Raises:
+        PathError: ``path`` or a parent is a file, or the nearest existing one is not writable.
+    """
+    path = Path(path)
+    problem = _folder_problem(path)
+    if problem:
+        raise PathError(f"{flag} {path}: {problem}")
+    return path
 
 
 def check_output(path: str | Path, overwrite: bool = False, flag: str = "--out") -> Path:
