@@ -59,14 +59,15 @@ def check_output(path: str | Path, overwrite: bool = False, flag: str = "--out")
 
     Raises:
         OutputExistsError: ``path`` exists and ``overwrite`` is False.
-        IbraYoloError: ``path`` is a folder, a folder above it is a file, or the folder is not writable.
+        IbraYoloError: ``path`` is a folder.
+        PathError: A folder above ``path`` is a file, or its folder is not writable.
     """
     path = Path(path)
     if path.is_dir():
         raise IbraYoloError(f"{path} is a folder: {flag} must name a file")
     problem = _folder_problem(path.parent)
     if problem:
-        raise IbraYoloError(f"cannot write {path}: {problem}")
+        raise PathError(f"cannot write {path}: {problem}")
     if path.exists() and not overwrite:
         raise OutputExistsError(f"{path} exists: choose another {flag} or pass --overwrite")
     return path

@@ -107,6 +107,16 @@ def test_unwritable_folder_is_one_line(tmp_path, monkeypatch):
         make_shapes_dataset(tmp_path / "d", 1, 1, 32)
 
 
+def test_output_file_under_a_file_is_refused_before_work(tmp_path):
+    # every command checks its output files with check_output before it starts; a parent that is a file fails there
+    from ibra_yolo.files import check_output
+
+    f = tmp_path / "file"
+    f.write_text("x")
+    with pytest.raises(PathError, match=rf"^--csv {f}/sub/x.csv: {f} is a file, not a folder$"):
+        check_output(f / "sub" / "x.csv", flag="--csv")
+
+
 def test_os_errors_in_a_command_are_one_line(capsys):
     def body(args):
         raise PermissionError(13, "Permission denied", "/data/out.json")

@@ -13,7 +13,6 @@ import sys
 from typing import Callable
 
 from ibra_yolo.errors import IbraYoloError
-from ibra_yolo.files import describe_os_error
 
 __all__ = ("ArgumentParser", "UsageError", "run_command", "positive_int")
 
