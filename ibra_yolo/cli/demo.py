@@ -236,6 +236,10 @@ def run(args: argparse.Namespace) -> int:
 
     m = json.loads(results.read_text())
     curve = learning_curve(best.parents[1])
+    from ultralytics.utils import NUM_THREADS  # what the stock trainer gave torch: min(8, CPUs - 1)
+
+    print(f"\ntraining ran on {NUM_THREADS} torch thread(s): the same code, settings and thread count give the same "
+          "weights bit for bit; another thread count rounds sums differently and gives other numbers")  # fmt: skip
     if curve:
         print("\nmAP@50 after each epoch (stock trainer's validation): " + " ".join(f"{v:.3f}" for v in curve))
     print(f"\ndemo finished in {(time.time() - t0) / 60:.1f} min (data {times['data']:.0f} s, training "
