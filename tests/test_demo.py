@@ -103,7 +103,7 @@ def test_dataset_never_replaces_another(tmp_path):
 def test_unwritable_folder_is_one_line(tmp_path, monkeypatch):
     # as root every folder is writable, so the permission answer is faked; the real refusal is the next test's
     monkeypatch.setattr(os, "access", lambda path, mode: False)
-    with pytest.raises(PathError, match=rf"^root {tmp_path / 'd'}: no permission to write in {tmp_path}$"):
+    with pytest.raises(PathError, match=rf"^root {tmp_path / 'd'}: permission denied: cannot write in {tmp_path}$"):
         make_shapes_dataset(tmp_path / "d", 1, 1, 32)
 
 
@@ -113,7 +113,7 @@ def test_output_file_under_a_file_is_refused_before_work(tmp_path):
 
     f = tmp_path / "file"
     f.write_text("x")
-    with pytest.raises(PathError, match=rf"^--csv {f}/sub/x.csv: {f} is a file, not a folder$"):
+    with pytest.raises(PathError, match=rf"^cannot write {f}/sub/x.csv: {f} is a file, not a folder$"):
         check_output(f / "sub" / "x.csv", flag="--csv")
 
 
@@ -122,7 +122,7 @@ def test_os_errors_in_a_command_are_one_line(capsys):
         raise PermissionError(13, "Permission denied", "/data/out.json")
 
     assert run_command(ArgumentParser(prog="x"), body, []) == 2
-    assert capsys.readouterr().err == "error: Permission denied: '/data/out.json'\n"
+    assert capsys.readouterr().err == "error: Permission denied: /data/out.json\n"
 
 
 # ---------------------------------------------------------------------------------------------------- reproducibility
