@@ -10,15 +10,16 @@ from __future__ import annotations
 
 import json
 import math
-import shutil
 from pathlib import Path
 
 import cv2
 import numpy as np
 
 from ibra_yolo.coco.annotations import yolo_labels_to_coco
+from ibra_yolo.errors import OutputExistsError, PathError
+from ibra_yolo.files import check_folder, describe_os_error
 
-__all__ = ("SHAPES", "make_shapes_dataset")
+__all__ = ("SHAPES", "make_shapes_dataset", "check_dataset_root")
 
 SHAPES = ("circle", "square", "triangle")
 _MANIFEST = "ibra_yolo_dataset.json"
@@ -68,6 +69,53 @@ def _image(rng: np.random.Generator, imgsz: int, max_objects: int) -> tuple[np.n
     return img, labels
 
 
+def _params(n_train: int, n_val: int, imgsz: int, max_objects: int, seed: int) -> dict:
+    params = {"n_train": n_train, "n_val": n_val, "imgsz": imgsz, "max_objects": max_objects, "seed": seed}
+    for k in ("n_train", "n_val", "imgsz", "max_objects"):
+        if not isinstance(params[k], int) or isinstance(params[k], bool) or params[k] < 1:
+            raise ValueError(f"{k}={params[k]!r} is invalid: must be an integer >= 1")
+    if imgsz < 32:
+        raise ValueError(f"imgsz={imgsz} is invalid: must be >= 32")
+    return params
+
+
+def check_dataset_root(
+    root: str | Path, n_train: int = 512, n_val: int = 128, imgsz: int = 160, max_objects: int = 4, seed: int = 0
+) -> bool:
+    """Whether ``root`` already holds this dataset (True: reuse it) or may receive it (False: absent or empty).
+
+    Args:
+        root (str | Path): The dataset folder.
+        n_train, n_val, imgsz, max_objects, seed: As for ``make_shapes_dataset``.
+
+    Returns:
+        (bool): True when ``root`` holds the dataset made with these arguments.
+
+    Raises:
+        PathError: ``root`` or a parent is a file, or it cannot be written.
+        OutputExistsError: ``root`` holds anything else (another demo dataset, or other files).
+        ValueError: An argument out of range.
+    """
+    root = check_folder(root, "root")
+    params = _params(n_train, n_val, imgsz, max_objects, seed)
+    try:
+        manifest = root / _MANIFEST
+        made = json.loads(manifest.read_text()) if manifest.is_file() else None
+        if made == params and (root / "data.yaml").is_file():
+            return True
+        if root.is_dir() and any(root.iterdir()):
+            what = f"the demo dataset made with {made}" if isinstance(made, dict) else "files of its own"
+            raise OutputExistsError(
+                f"{root} holds {what}, not the one asked for ({params}): choose another folder (nothing in it is "
+                "deleted or replaced)"
+            )
+    except (OSError, ValueError) as e:
+        if isinstance(e, OutputExistsError):
+            raise
+        raise PathError(f"cannot read {root}: {describe_os_error(e) if isinstance(e, OSError) else e}") from None
+    return False
+
+
 def make_shapes_dataset(
     root: str | Path,
     n_train: int = 512,
@@ -75,12 +123,11 @@ def make_shapes_dataset(
     imgsz: int = 160,
     max_objects: int = 4,
     seed: int = 0,
-    overwrite: bool = False,
 ) -> Path:
     """Write the demo dataset under ``root`` and return its ``data.yaml``.
 
-    Deterministic for a given set of arguments. An existing dataset made with the same arguments is reused; a
-    different one (or any other content in ``root``) is left untouched and reported unless ``overwrite=True``.
+    Deterministic for a given set of arguments. An existing dataset made with the same arguments is reused; a folder
+    holding anything else (another dataset, other files) is refused and never changed.
 
     Args:
         root (str | Path): Output folder.
@@ -89,38 +136,39 @@ def make_shapes_dataset(
         imgsz (int): Square image size in pixels.
         max_objects (int): Most shapes per image.
         seed (int): Random seed.
-        overwrite (bool): Replace ``root`` if it holds something else.
 
     Returns:
         (Path): The dataset YAML, usable as ``data=`` with the stock CLI.
+
+    Raises:
+        PathError: ``root`` or a parent is a file, or writing failed (e.g. no permission, disk full).
+        OutputExistsError: ``root`` holds anything else.
+        ValueError: An argument out of range.
     """
     root = Path(root).resolve()
-    params = {"n_train": n_train, "n_val": n_val, "imgsz": imgsz, "max_objects": max_objects, "seed": seed}
-    for k in ("n_train", "n_val", "imgsz", "max_objects"):
-        if not isinstance(params[k], int) or params[k] < 1:
-            raise ValueError(f"{k}={params[k]!r} is invalid: must be an integer >= 1")
-    if imgsz < 32:
-        raise ValueError(f"imgsz={imgsz} is invalid: must be >= 32")
-    manifest = root / _MANIFEST
-    if manifest.exists() and json.loads(manifest.read_text()) == params and (root / "data.yaml").exists():
+    if check_dataset_root(root, n_train, n_val, imgsz, max_objects, seed):
         return root / "data.yaml"
-    if root.exists() and any(root.iterdir()):
-        if not overwrite:
-            raise FileExistsError(
-                f"{root} is not empty and is not a demo dataset made with {params}; "
-                f"choose another folder or pass overwrite=True (--overwrite) to replace it"
-            )
-        shutil.rmtree(root)
-    rng = np.random.default_rng(seed)
+    try:
+        _write_dataset(root, _params(n_train, n_val, imgsz, max_objects, seed))
+    except OSError as e:
+        raise PathError(f"cannot write the demo dataset in {root}: {describe_os_error(e)}") from None
+    return root / "data.yaml"
+
+
+def _write_dataset(root: Path, params: dict) -> None:
+    """Write every file of the dataset; the manifest last, so a partial dataset is never reused."""
+    rng = np.random.default_rng(params["seed"])
+    imgsz, max_objects = params["imgsz"], params["max_objects"]
     names = dict(enumerate(SHAPES))
     first_id = 1
-    for split, n in (("train", n_train), ("val", n_val)):
+    for split, n in (("train", params["n_train"]), ("val", params["n_val"])):
         img_dir, lbl_dir = root / "images" / split, root / "labels" / split
         img_dir.mkdir(parents=True, exist_ok=True)
         lbl_dir.mkdir(parents=True, exist_ok=True)
         for k in range(first_id, first_id + n):
             img, labels = _image(rng, imgsz, max_objects)
-            cv2.imwrite(str(img_dir / f"{k:06d}.png"), img)
+            if not cv2.imwrite(str(img_dir / f"{k:06d}.png"), img):  # OpenCV reports a failed write as False
+                raise OSError(f"OpenCV could not write {img_dir / f'{k:06d}.png'}")
             lines = []
             for c, x1, y1, x2, y2 in labels:
                 xc, yc, w, h = (x1 + x2) / 2 / imgsz, (y1 + y2) / 2 / imgsz, (x2 - x1) / imgsz, (y2 - y1) / imgsz
@@ -133,5 +181,4 @@ def make_shapes_dataset(
     yaml_lines = [f"path: {root}", "train: images/train", "val: images/val", "names:"]
     yaml_lines += [f"  {i}: {n}" for i, n in names.items()]
     (root / "data.yaml").write_text("\n".join(yaml_lines) + "\n")
-    manifest.write_text(json.dumps(params))
-    return root / "data.yaml"
+    (root / _MANIFEST).write_text(json.dumps(params))

@@ -2,7 +2,8 @@
 
 Our command-line tools print them as one ``error: ...`` line (``ibra_yolo.cli``); a Python caller gets a normal
 exception with that message. Only errors that a caller may want to tell apart have their own class; the two file
-errors are also the matching built-in errors, so ``except FileNotFoundError`` works as usual.
+errors are also the matching built-in errors, so ``except FileNotFoundError`` works as usual (``PathError`` is an
+``OSError``).
 """
 
 __all__ = (
@@ -14,6 +15,7 @@ __all__ = (
     "OutputExistsError",
     "FoldedModelError",
     "NonFiniteError",
+    "PathError",
 )
 
 
@@ -43,5 +45,11 @@ class OutputExistsError(IbraYoloError, FileExistsError):
 
 class FoldedModelError(IbraYoloError):
     """A model folded for inference (``fuse()`` or ``ibra_yolo.deploy()``) used where its training graph is needed."""
+
+
 class NonFiniteError(IbraYoloError, ValueError):
     """A NaN or infinite number where only finite ones are valid (an image, a box, a score, a membrane potential)."""
+
+
+class PathError(IbraYoloError, OSError):
+    """A path that cannot be used: a file where a folder is needed (or the reverse), no permission, a failed write."""

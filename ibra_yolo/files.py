@@ -14,9 +14,9 @@ import uuid
 from pathlib import Path
 from typing import Callable
 
-from ibra_yolo.errors import IbraYoloError, OutputExistsError
+from ibra_yolo.errors import IbraYoloError, OutputExistsError, PathError
 
-__all__ = ("check_output", "check_outputs", "write_atomic", "write_json", "describe_os_error")
+__all__ = ("check_output", "check_outputs", "check_folder", "write_atomic", "write_json", "describe_os_error")
 
 
 def _folder_problem(folder: Path) -> str | None:
@@ -31,6 +31,23 @@ def _folder_problem(folder: Path) -> str | None:
     return None
 
 
+def check_folder(path: str | Path, flag: str = "--out") -> Path:
+    """Refuse an output folder that cannot be created or written in, before any work; return it as a ``Path``.
+
+    Args:
+        path (str | Path): The output folder (it need not exist).
+        flag (str): The option or argument that names it, for the message.
+
+    Raises:
+        PathError: ``path`` or a parent is a file, or the nearest existing one is not writable.
+    """
+    path = Path(path)
+    problem = _folder_problem(path)
+    if problem:
+        raise PathError(f"{flag} {path}: {problem}")
+    return path
+
+
 def check_output(path: str | Path, overwrite: bool = False, flag: str = "--out") -> Path:
     """Refuse an output path that cannot be written: it exists (unless ``overwrite``), is a folder, or its folder
     cannot be created or written. Return it as a ``Path``. Call it before any work starts.
@@ -42,14 +59,15 @@ def check_output(path: str | Path, overwrite: bool = False, flag: str = "--out")
 
     Raises:
         OutputExistsError: ``path`` exists and ``overwrite`` is False.
-        IbraYoloError: ``path`` is a folder, a folder above it is a file, or the folder is not writable.
+        IbraYoloError: ``path`` is a folder.
+        PathError: A folder above ``path`` is a file, or its folder is not writable.
     """
     path = Path(path)
     if path.is_dir():
         raise IbraYoloError(f"{path} is a folder: {flag} must name a file")
     problem = _folder_problem(path.parent)
     if problem:
-        raise IbraYoloError(f"cannot write {path}: {problem}")
+        raise PathError(f"cannot write {path}: {problem}")
     if path.exists() and not overwrite:
         raise OutputExistsError(f"{path} exists: choose another {flag} or pass --overwrite")
     return path

@@ -11,7 +11,12 @@
   (``ibra_yolo.deployment.fuse_bn``), then runs the stock method. Ultralytics' ``fuse()`` only folds its own classes
   (``Conv``, ``RepConv``, ...) and offers no protocol for others, so this is the one way in.
 
-Every Ultralytics module that bound one of the two names before registration gets the wrapper too. Nothing else of the
+Every Ultralytics module that bound one of the two names before registration gets the wrapper too. A model YAML that
+cannot be a model (not valid YAML, empty, not a mapping, a spiking YAML with a bad key or row, a scale suffix its file
+does not have, a file that does not exist) fails there as one ``IbraYoloError`` line, before Ultralytics reads it.
+
+With the autoload switched off (``IBRA_YOLO_AUTOLOAD=0``) nothing is registered; ``register_hint()`` only makes a
+failure to load one of our models say that the plugin is not registered and how to register it. Nothing else of the
 process changes: our classes allow-list themselves for ``ULTRALYTICS_SAFE_LOAD=1`` when ``ibra_yolo.nn`` is imported
 (``register()`` imports it), and our input errors (``IbraYoloError``) are normal exceptions whose message is one line.
 Only inside Ultralytics' own ``yolo`` console script does ``register()`` also print such an error as that one line
@@ -28,9 +33,13 @@ import re
 import sys
 from pathlib import Path
 
-__all__ = ("register", "model_yaml_path", "cfg_dir", "available_models")
+__all__ = ("register", "register_hint", "model_yaml_path", "cfg_dir", "available_models")
 
-_SCALE_SUFFIX = re.compile(r"^(?P<base>.+)-(?P<scale>[nsmlx])$")
+_SCALE_SUFFIX = re.compile(r"^(?P<base>.+)-(?P<scale>[^-]+)$")  # spike-yolo-ibra-n: any suffix, checked later
+_NOT_REGISTERED = (
+    "ibra-yolo's plugin is not registered in this process (IBRA_YOLO_AUTOLOAD={value}): call "
+    "`import ibra_yolo; ibra_yolo.register()` before building the model, or unset IBRA_YOLO_AUTOLOAD"
+)
 
 
 def cfg_dir() -> Path:
@@ -50,9 +59,32 @@ def available_models() -> list[str]:
 
 
 def _load_yaml(path: Path) -> dict:
+    """The YAML file as a dict; one ``ModelConfigError`` line when it is not valid YAML or not a mapping."""
     from ultralytics.utils import YAML
 
-    return YAML.load(path)
+    try:
+        return YAML.load(path)
+    except ValueError:  # Ultralytics' several-line message (also UnicodeDecodeError): say it in one
+        raise _yaml_problem(Path(path)) from None
+
+
+def _yaml_problem(path: Path) -> Exception:
+    """The one-line ``ModelConfigError`` for a YAML file Ultralytics' loader refused."""
+    import yaml
+
+    from ibra_yolo.errors import ModelConfigError
+
+    try:
+        d = yaml.safe_load(path.read_text(encoding="utf-8"))
+    except UnicodeDecodeError as e:
+        return ModelConfigError(f"{path} is not UTF-8 text (byte {e.start}): a model YAML must be text")
+    except yaml.YAMLError as e:
+        mark, problem = getattr(e, "problem_mark", None), getattr(e, "problem", None) or str(e).splitlines()[0]
+        where = f" at line {mark.line + 1}, column {mark.column + 1}" if mark else ""
+        return ModelConfigError(f"{path} is not valid YAML{where}: {problem}")
+    return ModelConfigError(
+        f"{path}: a model YAML must be a mapping (nc, backbone, head, ...), got a {type(d).__name__}"
+    )
 
 
 def _find_model_yaml(name: str | Path) -> tuple[Path, str | None, dict] | None:
@@ -65,13 +97,36 @@ def _find_model_yaml(name: str | Path) -> tuple[Path, str | None, dict] | None:
     m = _SCALE_SUFFIX.match(p.stem)
     if m:
         candidates += [(folder / f"{m['base']}{p.suffix}", m["scale"]) for folder in folders]
+    from ibra_yolo.errors import ModelConfigError
     from ibra_yolo.nn.builder import is_spiking_yaml
 
     for file, scale in candidates:
         if file.is_file():
             d = _load_yaml(file)
-            return (file, scale, d) if is_spiking_yaml(d) else None
+            if not d:
+                raise ModelConfigError(f"{file} is empty: a model YAML needs nc, backbone and head (and neuron)")
+            if is_spiking_yaml(d):
+                return file, scale, d
+            ours = sorted({r[2] for r in _rows(d)} & _our_modules())
+            if ours:
+                raise ModelConfigError(f"{file} uses ibra-yolo's {ours} but has no 'neuron' key, e.g. {_NEURON_HINT}")
+            return None
     return None
+
+
+_NEURON_HINT = "neuron: {kind: IBRALIF, D: 5.11, N: 100, beta: 0.25}"
+
+
+def _rows(d: dict) -> list:
+    """The well-formed rows of a model dict (for a hint only; the builder checks rows)."""
+    rows = [*(d.get("backbone") or []), *(d.get("head") or [])] if isinstance(d, dict) else []
+    return [r for r in rows if isinstance(r, (list, tuple)) and len(r) == 4 and isinstance(r[2], str)]
+
+
+def _our_modules() -> set[str]:
+    from ibra_yolo.nn.builder import MODULES
+
+    return set(MODULES) - {"Concat", "Upsample"}  # names Ultralytics' own YAMLs also use
 
 
 def model_yaml_path(name: str | Path) -> tuple[Path, str | None] | None:
@@ -86,18 +141,49 @@ def model_yaml_path(name: str | Path) -> tuple[Path, str | None] | None:
 
 
 def _spiking_yaml_model_load(original, path):
-    """``yaml_model_load`` that knows our model names and scale suffixes."""
-    from ibra_yolo.errors import ModelConfigError
+    """``yaml_model_load`` that knows our model names and scale suffixes and checks our YAMLs completely."""
+    from ibra_yolo.errors import MissingFileError, ModelConfigError
+    from ibra_yolo.nn.rows import plan_model
 
     found = _find_model_yaml(path)
     if found is None:
-        return original(path)
+        try:
+            return original(path)
+        except FileNotFoundError as e:
+            raise MissingFileError(f"{e}: {_missing_hint()}") from None
     file, scale, d = found
     if scale:
-        if scale not in (d.get("scales") or {}):
-            raise ModelConfigError(f"{path}: scale '{scale}' is not one of {sorted(d.get('scales') or {})} in {file}")
+        scales = d.get("scales") if isinstance(d.get("scales"), dict) else {}
+        if scale not in scales:
+            raise ModelConfigError(f"{path}: scale '{scale}' is not one of {sorted(scales)} in {file}")
         d["scale"] = scale
     d["yaml_file"] = str(path)
+    plan_model(d, d.get("channels", 3))  # every key and row, before Ultralytics reads the dict
+    return d
+
+
+def _missing_hint() -> str:
+    names = ", ".join(sorted({f.stem for f in cfg_dir().glob("spike-yolo-*.yaml")}))
+    return f"not a file, nor an Ultralytics model; ibra-yolo's models are {names} (.yaml, or -n/-s/-m/-l.yaml)"
+
+
+def _unregistered_yaml_model_load(original, path):
+    """``yaml_model_load`` while the plugin is off: the stock loader, plus a hint when the name is one of ours."""
+    try:
+        d = original(path)
+    except FileNotFoundError:
+        if _find_model_yaml(path) is None:
+            raise
+        from ibra_yolo.errors import MissingFileError
+
+        raise MissingFileError(
+            f"{path}: {_NOT_REGISTERED.format(value=os.environ.get('IBRA_YOLO_AUTOLOAD'))}"
+        ) from None
+    if isinstance(d, dict) and "neuron" in d:  # ibra_yolo.nn.builder.is_spiking_yaml, without importing our model code
+        from ibra_yolo.errors import ModelConfigError
+
+        value = os.environ.get("IBRA_YOLO_AUTOLOAD")
+        raise ModelConfigError(f"{path} is an ibra-yolo model YAML, but {_NOT_REGISTERED.format(value=value)}")
     return d
 
 
@@ -174,24 +260,46 @@ def _one_line_errors(previous):
     return hook
 
 
+def _replace_everywhere(replacements: dict) -> None:
+    """In tasks and every Ultralytics module that bound a name (``from ultralytics.nn.tasks import ...``), replace
+    each of the given old function objects with its new one: ``{name: (old objects, new)}``."""
+    for modname, module in list(sys.modules.items()):
+        namespace = getattr(module, "__dict__", None)
+        if modname.partition(".")[0] == "ultralytics" and isinstance(namespace, dict):
+            for attr, (old, new) in replacements.items():
+                if any(namespace.get(attr) is o for o in old):
+                    setattr(module, attr, new)
+
+
+def register_hint() -> None:
+    """While the plugin is off, make a failed load of one of our model names say so (nothing else changes)."""
+    from ultralytics.nn import tasks
+
+    current = tasks.yaml_model_load
+    if hasattr(current, "__ibra_yolo_original__") or hasattr(current, "__ibra_yolo_hint_for__"):
+        return  # registered, or hinted already
+    hint = functools.wraps(current)(functools.partial(_unregistered_yaml_model_load, current))
+    hint.__ibra_yolo_hint_for__ = current
+    _replace_everywhere({"yaml_model_load": ((current,), hint)})
+
+
 def register() -> None:
     """Hook the spiking builder into Ultralytics (idempotent; safe to call after Ultralytics was imported)."""
     from ultralytics.nn import tasks
 
     if hasattr(tasks.parse_model, "__ibra_yolo_original__"):
         return  # registered already
-    originals = {"parse_model": tasks.parse_model, "yaml_model_load": tasks.yaml_model_load}
-    wrappers = {
-        "parse_model": _wrap(tasks.parse_model, _spiking_parse_model),
-        "yaml_model_load": _wrap(tasks.yaml_model_load, _spiking_yaml_model_load),
-    }
-    # tasks itself, and every Ultralytics module that bound these names (`from ultralytics.nn.tasks import ...`)
-    for modname, module in list(sys.modules.items()):
-        namespace = getattr(module, "__dict__", None)
-        if modname.partition(".")[0] == "ultralytics" and isinstance(namespace, dict):
-            for attr, wrapper in wrappers.items():
-                if namespace.get(attr) is originals[attr]:
-                    setattr(module, attr, wrapper)
+    hinted = tasks.yaml_model_load
+    stock = {"parse_model": tasks.parse_model, "yaml_model_load": getattr(hinted, "__ibra_yolo_hint_for__", hinted)}
+    _replace_everywhere(
+        {
+            "parse_model": ((stock["parse_model"],), _wrap(stock["parse_model"], _spiking_parse_model)),
+            "yaml_model_load": (
+                (stock["yaml_model_load"], hinted),
+                _wrap(stock["yaml_model_load"], _spiking_yaml_model_load),
+            ),
+        }
+    )
     if not hasattr(tasks.BaseModel.fuse, "__ibra_yolo_original__"):
         tasks.BaseModel.fuse = _wrap_method(tasks.BaseModel.fuse, _spiking_fuse)
     import ibra_yolo.nn  # noqa: F401 - our classes exist, allow-listed for ULTRALYTICS_SAFE_LOAD=1 (see ibra_yolo.nn)

@@ -424,5 +424,6 @@ def test_demo_end_to_end(tmp_path, python):
     assert r["execution"]["mode"] == "integer" and r["annotations_source"] == "dataset"
     assert "<== mAP@50:95" in p.stdout and "demo finished in" in p.stdout
     assert (out / "runs" / "train" / "weights" / "best.pt").is_file()
-    # a second run reuses its own folder
-    assert demo.prepare_out(out, demo.parse_args(["--out", str(out)])) == out.resolve()
+    # a second run into the same folder needs --overwrite and then trains into a new folder (tests/test_demo.py)
+    paths = demo.prepare_out(out, demo.parse_args(["--out", str(out), "--overwrite", *map(str, args[2:])]))
+    assert (paths.train_name, paths.val_name) == ("train2", "val2")

@@ -13,23 +13,26 @@ import shutil
 import subprocess
 import sys
 import time
+from dataclasses import dataclass
 from pathlib import Path
 
 from ibra_yolo.cli.parser import ArgumentParser, run_command
-from ibra_yolo.errors import IbraYoloError
+from ibra_yolo.errors import IbraYoloError, OutputExistsError
+from ibra_yolo.files import check_folder, check_output, write_json
 
 __all__ = (
     "DEFAULTS",
     "TRAIN_SETTINGS",
     "build_parser",
     "parse_args",
+    "RunPaths",
     "prepare_out",
     "train_command",
     "learning_curve",
     "main",
 )
 
-MARKER = "ibra_yolo_demo.json"  # marks a folder this command created, so it may reuse and overwrite inside it
+MARKER = "ibra_yolo_demo.json"  # marks a folder this command created (its settings of the latest run)
 
 # Calibrated on a shared 2-core CPU: an epoch of 512 images at 64 px, batch 8, takes ~65 s there when lightly loaded,
 # so 8 epochs finish in about 10 minutes end to end; a 10-epoch run reached COCO mAP@50 0.356 (0.329 after epoch 8).
@@ -49,7 +52,15 @@ def build_parser() -> ArgumentParser:
         formatter_class=argparse.ArgumentDefaultsHelpFormatter,
     )
     p.add_argument(
-        "--out", default="demo_out", help="output folder (refused if non-empty and not made by this command)"
+        "--out",
+        default="demo_out",
+        help="output folder: new or empty; an earlier demo folder only with --overwrite and the same dataset settings",
+    )
+    p.add_argument(
+        "--overwrite",
+        action="store_true",
+        help="rerun into an earlier demo folder: replaces its coco_eval.json; training and evaluation go to new "
+        "runs/trainN, runs/valN folders (earlier weights are kept) and data/ is reused, never deleted",
     )
     p.add_argument("--model", default="spike-yolo-ibra-n.yaml", help="model YAML (any shipped spike-yolo-* name)")
     p.add_argument("--epochs", type=int, default=DEFAULTS["epochs"], help="training epochs")
@@ -90,17 +101,57 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     return args
 
 
-def prepare_out(out: Path, args: argparse.Namespace) -> Path:
-    """Create or reuse the output folder; refuse one that holds anything this command did not make."""
-    out = out.resolve()
-    if out.exists() and not out.is_dir():
-        raise IbraYoloError(f"--out {out} is a file, not a folder")
-    if out.exists() and any(out.iterdir()) and not (out / MARKER).is_file():
-        raise IbraYoloError(f"--out {out} is not empty and was not made by ibra-yolo demo: choose another folder")
-    out.mkdir(parents=True, exist_ok=True)
+@dataclass
+class RunPaths:
+    """Where one demo run writes, all checked before any work starts."""
+
+    out: Path  # the --out folder
+    data: Path  # the dataset folder (reused when it holds this run's dataset)
+    train_name: str  # runs/<train_name>: a folder no earlier run wrote
+    val_name: str  # runs/<val_name>: likewise
+    results: Path  # coco_eval.json
+
+
+def _fresh_name(folder: Path, name: str) -> str:
+    """``name``, or ``name2``, ``name3``, ... : the first that does not exist in ``folder``."""
+    k = 1
+    while (folder / (name if k == 1 else f"{name}{k}")).exists():
+        k += 1
+    return name if k == 1 else f"{name}{k}"
+
+
+def prepare_out(out: Path, args: argparse.Namespace) -> RunPaths:
+    """Check every output path of the run before any work, then mark the folder as the demo's.
+
+    A new or empty folder is used; a folder the demo made earlier only with ``--overwrite`` (its ``coco_eval.json``
+    is replaced, nothing else: training and evaluation get fresh ``runs/`` folders) and only when its ``data/``
+    holds the dataset this run asks for, since ``data/`` is never deleted.
+
+    Raises:
+        PathError: ``--out`` (or a parent) is a file, or not writable.
+        OutputExistsError: An earlier run without ``--overwrite``, a folder the demo did not make, or a ``data/``
+            holding something else.
+    """
+    from ibra_yolo.data import check_dataset_root
+
+    out = check_folder(Path(out).resolve(), "--out")
+    earlier = (out / MARKER).is_file()
+    if out.is_dir() and any(out.iterdir()) and not earlier:
+        raise OutputExistsError(f"--out {out} is not empty and was not made by ibra-yolo demo: choose another folder")
+    if earlier and not args.overwrite:
+        raise OutputExistsError(
+            f"--out {out} holds an earlier demo run: choose another --out, or pass --overwrite (replaces its "
+            "coco_eval.json; earlier weights and data are kept)"
+        )
+    try:
+        check_dataset_root(out / "data", args.n_train, args.n_val, args.imgsz, seed=args.seed)
+    except OutputExistsError as e:
+        raise OutputExistsError(f"--out {out}: {e}".replace("choose another folder", "choose another --out")) from None
+    results = check_output(out / "coco_eval.json", overwrite=args.overwrite, flag="--out")
+    paths = RunPaths(out, out / "data", _fresh_name(out / "runs", "train"), _fresh_name(out / "runs", "val"), results)
     settings = {k: getattr(args, k) for k in ("model", "epochs", "imgsz", "n_train", "n_val", "batch", "seed")}
-    (out / MARKER).write_text(json.dumps({"made_by": "ibra-yolo demo", **settings}, indent=2))
-    return out
+    write_json(out / MARKER, {"made_by": "ibra-yolo demo", **settings}, overwrite=True)
+    return paths
 
 
 def yolo_executable() -> str:
@@ -111,8 +162,8 @@ def yolo_executable() -> str:
     return exe
 
 
-def train_command(args: argparse.Namespace, data: Path, out: Path) -> list[str]:
-    """The stock ``yolo train`` command line of the demo."""
+def train_command(args: argparse.Namespace, data: Path, out: Path, name: str = "train") -> list[str]:
+    """The stock ``yolo train`` command line of the demo (into ``out/runs/<name>``)."""
     settings = {
         "model": args.model,
         "data": str(data),
@@ -122,19 +173,22 @@ def train_command(args: argparse.Namespace, data: Path, out: Path) -> list[str]:
         "workers": 0,
         "device": args.device,
         "project": str(out / "runs"),
-        "name": "train",
-        "exist_ok": True,
+        "name": name,
+        "exist_ok": True,  # a fresh name (prepare_out): Ultralytics must not pick another one
         **TRAIN_SETTINGS,
     }
     settings.update(a.split("=", 1) for a in args.yolo_arg)
     return [yolo_executable(), "train", *(f"{k}={v}" for k, v in settings.items())]
 
 
-def eval_command(args: argparse.Namespace, weights: Path, data: Path, out: Path, results: Path) -> list[str]:
+def eval_command(
+    args: argparse.Namespace, weights: Path, data: Path, out: Path, results: Path, name: str = "val"
+) -> list[str]:
     """The ``ibra-yolo eval`` command line of the demo, run with this Python (``python -m ibra_yolo eval``)."""
     return [sys.executable, "-m", "ibra_yolo", "eval", "--weights", str(weights), "--data", str(data),
             "--imgsz", str(args.imgsz), "--batch", str(args.batch), "--device", args.device,
-            "--project", str(out / "runs"), "--name", "val", "--out", str(results), "--overwrite",
+            "--project", str(out / "runs"), "--name", name, "--out", str(results),
+            *(["--overwrite"] if args.overwrite else []),
             *(["--spike-driven"] if args.spike_driven else [])]  # fmt: skip
 
 
@@ -162,25 +216,30 @@ def run(args: argparse.Namespace) -> int:
 
     t0 = time.time()
     times = {}
-    out = prepare_out(Path(args.out), args)
+    paths = prepare_out(Path(args.out), args)
+    out = paths.out
     print(f"[1/3] demo dataset: {args.n_train} train / {args.n_val} val images at {args.imgsz} px", flush=True)
-    data = make_shapes_dataset(out / "data", args.n_train, args.n_val, args.imgsz, seed=args.seed, overwrite=True)
+    data = make_shapes_dataset(paths.data, args.n_train, args.n_val, args.imgsz, seed=args.seed)
     times["data"] = time.time() - t0
 
     print(f"[2/3] training {args.model} for {args.epochs} epochs with the stock yolo CLI", flush=True)
-    _run(train_command(args, data, out), out, "training")
-    best = out / "runs" / "train" / "weights" / "best.pt"
+    _run(train_command(args, data, out, paths.train_name), out, "training")
+    best = out / "runs" / paths.train_name / "weights" / "best.pt"
     if not best.is_file():
         raise IbraYoloError(f"training finished without writing {best}")
     times["train"] = time.time() - t0 - sum(times.values())
 
     print("[3/3] COCO evaluation of best.pt with ibra-yolo eval", flush=True)
-    results = out / "coco_eval.json"
-    _run(eval_command(args, best, data, out, results), out, "evaluation")
+    results = paths.results
+    _run(eval_command(args, best, data, out, results, paths.val_name), out, "evaluation")
     times["eval"] = time.time() - t0 - sum(times.values())
 
     m = json.loads(results.read_text())
     curve = learning_curve(best.parents[1])
+    from ultralytics.utils import NUM_THREADS  # what the stock trainer gave torch: min(8, CPUs - 1)
+
+    print(f"\ntraining ran on {NUM_THREADS} torch thread(s): the same code, settings and thread count give the same "
+          "weights bit for bit; another thread count rounds sums differently and gives other numbers")  # fmt: skip
     if curve:
         print("\nmAP@50 after each epoch (stock trainer's validation): " + " ".join(f"{v:.3f}" for v in curve))
     print(f"\ndemo finished in {(time.time() - t0) / 60:.1f} min (data {times['data']:.0f} s, training "

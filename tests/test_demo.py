@@ -1,0 +1,147 @@
+"""The demo never loses or replaces a user's files, file-system errors are one line, and two runs are bit-identical.
+
+The fast tests fake an earlier run's files (no training); the slow test trains twice at a tiny size.
+"""
+
+import json
+import os
+
+import pytest
+import torch
+from conftest import ROOT, run
+
+from ibra_yolo.cli import demo
+from ibra_yolo.cli.parser import ArgumentParser, run_command
+from ibra_yolo.data import make_shapes_dataset
+from ibra_yolo.errors import OutputExistsError, PathError
+
+TINY = ["--n-train", "1", "--n-val", "1", "--imgsz", "32"]
+
+
+def earlier_run(out, seed=0):
+    """The files an earlier demo run leaves in ``out``, plus one a user added to ``out/data``; returns their bytes."""
+    paths = demo.prepare_out(out, demo.parse_args(["--out", str(out), "--seed", str(seed), *TINY]))
+    make_shapes_dataset(paths.data, 1, 1, 32, seed=seed)
+    files = {
+        out / "runs" / "train" / "weights" / "best.pt": b"earlier weights",
+        out / "coco_eval.json": b'{"mAP50": 0.5}',
+        out / "data" / "notes.txt": b"the user's notes",
+    }
+    for path, content in files.items():
+        path.parent.mkdir(parents=True, exist_ok=True)
+        path.write_bytes(content)
+    return {p: p.read_bytes() for p in out.rglob("*") if p.is_file()}
+
+
+def unchanged(before: dict) -> bool:
+    return all(p.is_file() and p.read_bytes() == b for p, b in before.items())
+
+
+def test_fresh_folder_gets_fresh_run_names(tmp_path):
+    paths = demo.prepare_out(tmp_path / "d", demo.parse_args(["--out", str(tmp_path / "d"), *TINY]))
+    assert (paths.train_name, paths.val_name, paths.results) == ("train", "val", tmp_path / "d" / "coco_eval.json")
+    assert json.loads((tmp_path / "d" / demo.MARKER).read_text())["made_by"] == "ibra-yolo demo"
+
+
+def test_rerun_into_an_earlier_folder_is_refused_and_changes_nothing(tmp_path):
+    out = tmp_path / "demo_out"
+    before = earlier_run(out)
+    with pytest.raises(OutputExistsError) as e:
+        demo.prepare_out(out, demo.parse_args(["--out", str(out), "--seed", "1", *TINY]))
+    assert str(e.value).startswith(f"--out {out} holds an earlier demo run: choose another --out, or pass --overwrite")
+    assert unchanged(before)
+
+
+def test_overwrite_never_touches_weights_or_data_of_another_dataset(tmp_path):
+    # Another --seed asks for another dataset: data/ would have to be deleted, so even --overwrite is refused
+    out = tmp_path / "demo_out"
+    before = earlier_run(out)
+    with pytest.raises(OutputExistsError) as e:
+        demo.prepare_out(out, demo.parse_args(["--out", str(out), "--seed", "1", "--overwrite", *TINY]))
+    assert str(e.value).startswith(f"--out {out}: {out / 'data'} holds the demo dataset made with ")
+    assert "'seed': 0" in str(e.value) and "'seed': 1" in str(e.value) and "choose another --out" in str(e.value)
+    assert unchanged(before)
+    # The same dataset with --overwrite: data/ reused as is, training and evaluation get folders no run wrote
+    paths = demo.prepare_out(out, demo.parse_args(["--out", str(out), "--overwrite", *TINY]))
+    assert (paths.train_name, paths.val_name) == ("train2", "val")  # the faked run wrote runs/train only
+    assert make_shapes_dataset(paths.data, 1, 1, 32, seed=0) == out / "data" / "data.yaml"
+    assert unchanged(before)
+
+
+def test_demo_cli_reports_a_file_as_out_in_one_line(tmp_path, capsys):
+    f = tmp_path / "results.txt"
+    f.write_text("mine")
+    assert demo.main(["--out", str(f), *TINY]) == 2
+    assert capsys.readouterr().err == f"error: --out {f}: {f} is a file, not a folder\n"
+    assert f.read_text() == "mine"
+
+
+def test_dataset_root_that_is_a_file_or_under_a_file(tmp_path):
+    f = tmp_path / "file"
+    f.write_text("x")
+    for root in (f, f / "sub"):
+        with pytest.raises(PathError) as e:
+            make_shapes_dataset(root, 1, 1, 32)
+        assert str(e.value) == f"root {root}: {f} is a file, not a folder" and isinstance(e.value, OSError)
+
+
+def test_dataset_never_replaces_another(tmp_path):
+    root = tmp_path / "data"
+    make_shapes_dataset(root, 1, 1, 32, seed=0)
+    (root / "mine.txt").write_text("keep")
+    files = {p: p.read_bytes() for p in root.rglob("*") if p.is_file()}
+    with pytest.raises(OutputExistsError, match=r"holds the demo dataset made with .*'seed': 0.*'seed': 3"):
+        make_shapes_dataset(root, 1, 1, 32, seed=3)
+    assert unchanged(files)
+    other = tmp_path / "other"
+    other.mkdir()
+    (other / "a.txt").write_text("a")
+    with pytest.raises(OutputExistsError, match="holds files of its own"):
+        make_shapes_dataset(other, 1, 1, 32)
+
+
+def test_unwritable_folder_is_one_line(tmp_path, monkeypatch):
+    # as root every folder is writable, so the permission answer is faked; the real refusal is the next test's
+    monkeypatch.setattr(os, "access", lambda path, mode: False)
+    with pytest.raises(PathError, match=rf"^root {tmp_path / 'd'}: permission denied: cannot write in {tmp_path}$"):
+        make_shapes_dataset(tmp_path / "d", 1, 1, 32)
+
+
+def test_output_file_under_a_file_is_refused_before_work(tmp_path):
+    # every command checks its output files with check_output before it starts; a parent that is a file fails there
+    from ibra_yolo.files import check_output
+
+    f = tmp_path / "file"
+    f.write_text("x")
+    with pytest.raises(PathError, match=rf"^cannot write {f}/sub/x.csv: {f} is a file, not a folder$"):
+        check_output(f / "sub" / "x.csv", flag="--csv")
+
+
+def test_os_errors_in_a_command_are_one_line(capsys):
+    def body(args):
+        raise PermissionError(13, "Permission denied", "/data/out.json")
+
+    assert run_command(ArgumentParser(prog="x"), body, []) == 2
+    assert capsys.readouterr().err == "error: Permission denied: /data/out.json\n"
+
+
+# ---------------------------------------------------------------------------------------------------- reproducibility
+def state(path):
+    ckpt = torch.load(path, map_location="cpu", weights_only=False)
+    return (ckpt.get("ema") or ckpt["model"]).state_dict()
+
+
+@pytest.mark.slow
+def test_two_demo_runs_are_bit_identical(tmp_path, python):
+    # The same settings in two folders, from two working directories, in two processes: the trained weights must be
+    # equal bit for bit. (Ultralytics trains on min(8, CPUs - 1) torch threads; another thread count changes the sums
+    # and so the weights: the README states the figure with its thread count.)
+    args = ["--epochs", "2", "--n-train", "32", "--n-val", "8", "--imgsz", "32", "--batch", "8"]
+    weights = []
+    for name in ("a", "b"):
+        cwd = tmp_path / f"cwd-{name}"
+        cwd.mkdir()
+        run([python, str(ROOT / "tools" / "demo.py"), "--out", str(tmp_path / name), *args], cwd=cwd, timeout=600)
+        weights.append(state(tmp_path / name / "runs" / "train" / "weights" / "last.pt"))
+    a, b = weights
+    assert a.keys() == b.keys() and [k for k in a if not torch.equal(a[k], b[k])] == []

@@ -1,0 +1,215 @@
+"""Malformed model YAMLs: each fails as one ModelConfigError (or MissingFileError) line naming the bad key, row, value.
+
+Files go through ``YOLO(...)`` as a user's would (the plugin checks them before Ultralytics guesses the task from the
+last row); dicts go through the builder. Valid shipped YAMLs building at every scale is tested in test_model.py.
+"""
+
+import copy
+import re
+
+import pytest
+import yaml
+from conftest import CFG, run
+from conftest import model_dict as load
+
+from ibra_yolo.errors import MissingFileError, ModelConfigError
+from ibra_yolo.nn import build_spiking_model
+from ibra_yolo.nn.rows import SCHEMAS, plan_model
+
+
+def yolo_error(path, cls=ModelConfigError) -> str:
+    from ultralytics import YOLO
+
+    with pytest.raises(cls) as e:
+        YOLO(str(path))
+    assert type(e.value) is cls and "\n" not in str(e.value)  # exactly this class, one line
+    return str(e.value)
+
+
+def write(tmp_path, d=None, text=None, name="bad.yaml"):
+    path = tmp_path / name
+    path.write_text(text if text is not None else yaml.safe_dump(d, sort_keys=False))
+    return path
+
+
+def with_row(section: str, j: int, row) -> dict:
+    d = load(scale="n")
+    d[section][j] = row
+    return d
+
+
+# ---------------------------------------------------------------------------------------------------- file level
+def test_not_a_model_yaml(tmp_path):
+    msg = yolo_error(write(tmp_path, text=""))
+    assert msg == f"{tmp_path / 'bad.yaml'} is empty: a model YAML needs nc, backbone and head (and neuron)"
+    msg = yolo_error(write(tmp_path, text="- TimeRepeat\n- SpikeDetect\n"))
+    assert msg.endswith("bad.yaml: a model YAML must be a mapping (nc, backbone, head, ...), got a list")
+    # an unclosed flow mapping: PyYAML stops at line 3, column 9 (1-based), where "backbone:" meets ':'
+    msg = yolo_error(write(tmp_path, text="nc: 80\nneuron: {kind: IBRALIF\nbackbone: [\n"))
+    assert msg.endswith("bad.yaml is not valid YAML at line 3, column 9: expected ',' or '}', but got ':'")
+
+
+def test_missing_file_names_the_file_and_our_models(tmp_path, monkeypatch):
+    monkeypatch.chdir(tmp_path)
+    msg = yolo_error("spike-yolo-ibrra-n.yaml", MissingFileError)  # a typo in the family
+    assert msg.startswith("'spike-yolo-ibrra-n.yaml' does not exist") and "spike-yolo-ibra" in msg
+    assert isinstance(MissingFileError(), FileNotFoundError)  # `except FileNotFoundError` still catches it
+
+
+def test_scale_suffix_that_the_file_lacks():
+    msg = yolo_error("spike-yolo-ibra-q.yaml")
+    assert (
+        msg == f"spike-yolo-ibra-q.yaml: scale 'q' is not one of ['l', 'm', 'n', 's'] in {CFG / 'spike-yolo-ibra.yaml'}"
+    )
+
+
+def test_spiking_modules_without_neuron_key(tmp_path):
+    d = load(scale="n")
+    del d["neuron"]
+    assert "has no 'neuron' key" in yolo_error(write(tmp_path, d))
+
+
+@pytest.mark.parametrize("key", ["backbone", "head"])
+@pytest.mark.parametrize("value", [None, []])
+def test_empty_backbone_or_head(tmp_path, key, value):
+    msg = yolo_error(write(tmp_path, load(scale="n", **{key: value})))
+    rule = "it must be a non-empty list of rows [from, n, module, args]"
+    assert msg == f"{tmp_path / 'bad.yaml'}: {key}={value!r} is invalid: {rule}"
+
+
+@pytest.mark.parametrize(
+    "key, value, says",
+    [
+        ("nc", True, "nc=True is invalid"),  # a bool is not a class count
+        ("scales", {"n": [0.33, 0.25]}, "scales.n=[0.33, 0.25] is invalid"),
+        ("scale_args", [1], "scale_args=[1] is invalid"),
+    ],
+)
+def test_bad_top_level_keys(key, value, says):
+    with pytest.raises(ModelConfigError, match=re.escape(says)):
+        build_spiking_model(load(scale="n", **{key: value}), verbose=False)
+
+
+# ---------------------------------------------------------------------------------------------------- rows
+def test_row_after_spike_detect(tmp_path):
+    # Through YOLO(): Ultralytics guesses the task from the last row, so the check runs before that guess
+    d = load(scale="n")
+    d["head"].append([-1, 1, "SConv", [64, 1]])
+    msg = yolo_error(write(tmp_path, d))
+    assert re.search(r"head row 17 \(layer 27\) .*no row may follow SpikeDetect \(layer 26\)", msg)
+
+
+def test_row_with_missing_fields_or_args():
+    d = with_row("backbone", 1, [-1, 1, "Downsample"])
+    with pytest.raises(ModelConfigError, match=r"backbone row 1 \(layer 1\).*a row must be \[from, repeats, module"):
+        build_spiking_model(d, verbose=False)
+    d = with_row("backbone", 1, [-1, 1, "Downsample", []])
+    with pytest.raises(ModelConfigError, match=r"backbone row 1 .*Downsample needs argument c2 \(an integer >= 1\)"):
+        build_spiking_model(d, verbose=False)
+
+
+@pytest.mark.parametrize(
+    "section, j, row, says",
+    [
+        ("backbone", 3, [-1, 1, "Downsample", [256, 0, 2, 1]], "Downsample k=0 is invalid: it must be an integer >= 1"),
+        ("backbone", 3, [-1, 1, "Downsample", [256, 3, -2, 1]], "Downsample s=-2 is invalid"),
+        ("head", 0, [-1, 1, "SConv", [512, 1, 0]], "SConv s=0 is invalid: it must be an integer >= 1"),
+        ("head", 0, [-1, 1, "SConv", [512, -1]], "SConv k=-1 is invalid"),
+        ("backbone", 9, [-1, 1, "SPPF", [1024, 0]], "SPPF k=0 is invalid: it must be an odd integer >= 1"),
+        ("backbone", 9, [-1, 1, "SPPF", [1024, 4]], "SPPF k=4 is invalid"),  # even: would change the map size
+        ("backbone", 2, [-1, 3, "AllConvBlock", [4, 0]], "AllConvBlock k=0 is invalid"),
+        ("backbone", 2, [-1, 3, "AllConvBlock", [0]], "AllConvBlock r=0 is invalid: it must be a number > 0"),
+        ("backbone", 6, [-1, 9, "ConvBlock", [3, 6]], "ConvBlock k=6 is invalid"),
+        ("head", 0, [-1, 1, "SConv", [512, 1, 1, None, 7]], "SConv g=7 must divide its 384 input and 192 output"),
+        ("head", 0, [-1, 1, "SConv", [512, 1, 1, -1]], "SConv p=-1 is invalid: it must be an integer or null >= 0"),
+        ("head", -1, [[19, 22, 25], 1, "SpikeDetect", [0]], "SpikeDetect nc=0 is invalid"),
+        ("backbone", 1, [-1, 1, "Downsample", [128, 7, 4, 2, "yes"]], "unknown name 'yes' for Downsample first"),
+        ("backbone", 1, [-1, 1, "Downsample", [128.5, 7, 4]], "Downsample c2=128.5 is invalid"),
+        ("backbone", 1, [-1, 1, "Downsample", ["1e2", 7, 4]], "c2='1e2' is a string, not a number: YAML reads"),
+    ],
+)
+def test_bad_row_argument_names_its_row_and_value(section, j, row, says):
+    # the n-scale IBRA YAML has 10 backbone rows, so head row j is layer 10 + j (the last is layer 26). At the n scale
+    # (width 0.375) SPPF outputs make_divisible(1024 * 0.375, 8) = 384 channels and SConv 512 makes 192.
+    layer = j if section == "backbone" else (10 + j if j >= 0 else 26)
+    with pytest.raises(ModelConfigError) as e:
+        build_spiking_model(with_row(section, j, row), verbose=False)
+    assert f"{section} row {j if j >= 0 else 16} (layer {layer}) {row}: " in str(e.value) and says in str(e.value)
+
+
+def test_upsample_is_blamed_not_the_next_concat(tmp_path):
+    # Upsample [-2] would give the next Concat a /32 and a /16 input; the error belongs to the Upsample row
+    msg = yolo_error(write(tmp_path, with_row("head", 1, [-1, 1, "Upsample", [-2]])))
+    rule = "Upsample scale=-2 is invalid: it must be an integer >= 1"
+    assert msg.endswith(f"head row 1 (layer 11) [-1, 1, 'Upsample', [-2]]: {rule}")
+
+
+def bad_values(spec) -> list:
+    """Values outside an argument's schema: wrong kind, and below its range."""
+    out = ["no_such_name", [1]]
+    out += [1] if spec.kind == "bool" else [True]  # an int is not a bool, a bool is not a number
+    if spec.kind in ("int", "int?"):
+        out += [2.5]
+    if spec.minimum is not None:
+        out += [spec.minimum - 1 if spec.kind != "number" else spec.minimum]
+    if spec.odd:
+        out += [spec.minimum + 1]
+    return out
+
+
+SHIPPED_ROWS = {}  # module -> (section, j, row) of its first use in the shipped YAML
+for _section in ("backbone", "head"):
+    for _j, _row in enumerate(load()[_section]):
+        SHIPPED_ROWS.setdefault(_row[2], (_section, _j, _row))
+
+
+@pytest.mark.parametrize("module", sorted(SCHEMAS))
+def test_every_schema_rule_fails_at_its_row(module):
+    # For each argument of each module: every value outside its schema, put into the first shipped row using the
+    # module, fails at that row, naming the argument and the value (or the unknown name); one extra argument too.
+    section, j, row = SHIPPED_ROWS[module]
+    schema = SCHEMAS[module]
+    defaults = [row[3][k] if k < len(row[3]) else a.default for k, a in enumerate(schema)]
+    for k, spec in enumerate(schema):
+        for bad in bad_values(spec):
+            args = [*defaults[:k], bad, *defaults[k + 1 :]]
+            with pytest.raises(ModelConfigError) as e:
+                build_spiking_model(with_row(section, j, [row[0], row[1], module, args]), verbose=False)
+            msg = str(e.value)
+            named = f"{spec.name}={bad!r}" in msg or f"unknown name {bad!r} for {module} {spec.name}" in msg
+            assert f"{section} row {j} " in msg and named, (module, spec.name, bad, msg)
+    with pytest.raises(ModelConfigError, match=rf"{section} row {j} .*{module} takes at most {len(schema)} arg"):
+        build_spiking_model(with_row(section, j, [row[0], row[1], module, [*defaults, 1]]), verbose=False)
+
+
+def test_plan_matches_the_built_model():
+    # plan_model predicts every layer's output channels without building; the built layers must agree
+    import torch
+
+    d = load(scale="s")
+    plan = plan_model(copy.deepcopy(d))
+    layers, _ = build_spiking_model(d, verbose=False)
+    x, outs = torch.zeros(1, 3, 64, 64), []
+    for m, (_, _, p) in zip(layers, plan.rows):
+        f = m.f
+        x = m(x if f == -1 else [outs[i] for i in f]) if m.type != "SpikeDetect" else None
+        if x is None:
+            break
+        outs.append(x)
+        assert x.shape[2] == p.out.c and 64 / x.shape[-1] == p.out.stride, (m.i, m.type)
+
+
+# ---------------------------------------------------------------------------------------------------- plugin off
+def test_plugin_off_says_so_and_stock_models_still_load(python, tmp_path):
+    code = (
+        "import sys; from ultralytics import YOLO\n"
+        "try:\n    YOLO(sys.argv[1])\nexcept Exception as e:\n    print(type(e).__name__, '|', e)\n"
+        "print(sum(p.numel() for p in YOLO('yolov8n.yaml').model.parameters()))"
+    )
+    for name in ("spike-yolo-ibra-n.yaml", str(CFG / "spike-yolo-ilif.yaml")):
+        out = run([python, "-c", code, name], cwd=tmp_path, env={"IBRA_YOLO_AUTOLOAD": "0"}).stdout.splitlines()
+        error, params = out[-2], out[-1]
+        kind = "MissingFileError" if name.endswith("-n.yaml") else "ModelConfigError"
+        assert error.startswith(f"{kind} | {name}") and "plugin is not registered" in error
+        assert "import ibra_yolo; ibra_yolo.register()" in error and "unset IBRA_YOLO_AUTOLOAD" in error
+        assert params == "3157200"  # the stock YOLOv8n, untouched (Ultralytics' published count for nc=80)
