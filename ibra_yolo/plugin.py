@@ -124,9 +124,14 @@ def _rows(d: dict) -> list:
 
 
 def _our_modules() -> set[str]:
+    """Module names only ibra-yolo defines: a YAML using one of them is ours (names that the stock parser also
+    resolves, such as ``SPPF``, ``Concat`` or ``nn.Upsample``, say nothing)."""
+    import torch
+    from ultralytics.nn import tasks
+
     from ibra_yolo.nn.builder import MODULES
 
-    return set(MODULES) - {"Concat", "Upsample"}  # names Ultralytics' own YAMLs also use
+    return {name for name in MODULES if not hasattr(tasks, name) and not hasattr(torch.nn, name)}
 
 
 def model_yaml_path(name: str | Path) -> tuple[Path, str | None] | None:

@@ -6,6 +6,8 @@ last row); dicts go through the builder. Valid shipped YAMLs building at every s
 
 import copy
 import re
+import shutil
+from pathlib import Path
 
 import pytest
 import yaml
@@ -213,3 +215,15 @@ def test_plugin_off_says_so_and_stock_models_still_load(python, tmp_path):
         assert error.startswith(f"{kind} | {name}") and "plugin is not registered" in error
         assert "import ibra_yolo; ibra_yolo.register()" in error and "unset IBRA_YOLO_AUTOLOAD" in error
         assert params == "3157200"  # the stock YOLOv8n, untouched (Ultralytics' published count for nc=80)
+
+
+def test_stock_yaml_files_still_load_with_the_plugin(tmp_path):
+    # A copy of Ultralytics' own yolov8.yaml (it uses SPPF, Concat and nn.Upsample, names our builder also knows) is a
+    # stock model: the plugin must hand it to the stock parser. yolov8n has 3,157,200 parameters (Ultralytics' table).
+    import ultralytics
+    from ultralytics import YOLO
+
+    stock = Path(ultralytics.__file__).parent / "cfg" / "models" / "v8" / "yolov8.yaml"
+    shutil.copy(stock, tmp_path / "my_v8n.yaml")
+    model = YOLO(str(tmp_path / "my_v8n.yaml")).model
+    assert sum(p.numel() for p in model.parameters()) == 3_157_200
