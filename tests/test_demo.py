@@ -145,3 +145,26 @@ def test_two_demo_runs_are_bit_identical(tmp_path, python):
         weights.append(state(tmp_path / name / "runs" / "train" / "weights" / "last.pt"))
     a, b = weights
     assert a.keys() == b.keys() and [k for k in a if not torch.equal(a[k], b[k])] == []
+
+
+def test_demo_refuses_checkpoints_and_owned_train_args_before_work(tmp_path, capsys):
+    # A .pt as --model (or model=... via --yolo-arg) would be unpickled by the stock trainer without any check: the
+    # demo takes model YAMLs only, and the arguments that name its own files are its own. A bad model YAML, and a
+    # negative seed, are refused before any work too: nothing is created in --out.
+    from ibra_yolo.cli import demo as demo_cli
+
+    out = tmp_path / "demo"
+    bad_yaml = tmp_path / "bad.yaml"
+    bad_yaml.write_text("nc: 2\nneuron: {kind: IBRALIF}\nbackbone: []\nhead: []\n")
+    cases = [
+        (["--model", str(tmp_path / "evil.pt")], "--model '" + str(tmp_path / "evil.pt") + "' is not a model YAML"),
+        (["--yolo-arg", "model=evil.pt"], "--yolo-arg 'model=evil.pt': the demo sets model, data, project"),
+        (["--yolo-arg", "name=../../escape"], "--yolo-arg 'name=../../escape'"),
+        (["--seed", "-1"], "--seed -1 is invalid"),
+        (["--model", str(bad_yaml)], "backbone"),
+    ]
+    for argv, message in cases:
+        assert demo_cli.main(["--out", str(out), *argv]) == 2, argv
+        err = capsys.readouterr().err
+        assert err.startswith("error: ") and message in err and err.count("\n") == 1, err
+        assert not out.exists(), argv

@@ -81,6 +81,9 @@ def build_parser() -> ArgumentParser:
     return p
 
 
+DEMO_OWNED = ("model", "data", "project", "name", "exist_ok", "resume")  # train arguments --yolo-arg may not set
+
+
 def check_args(p: ArgumentParser, args: argparse.Namespace) -> None:
     """The rules argparse cannot state; a violation is a ``UsageError``."""
     for k in ("epochs", "imgsz", "n_train", "n_val", "batch"):
@@ -88,9 +91,17 @@ def check_args(p: ArgumentParser, args: argparse.Namespace) -> None:
             p.error(f"--{k.replace('_', '-')} must be >= 1")
     if args.imgsz < 32 or args.imgsz % 32:
         p.error("--imgsz must be a multiple of 32 (the model's largest stride), at least 32")
+    if args.seed < 0:
+        p.error(f"--seed {args.seed} is invalid: the dataset seed must be >= 0")
     bad = [a for a in args.yolo_arg if "=" not in a]
     if bad:
         p.error(f"--yolo-arg needs KEY=VALUE, got {bad[0]!r}")
+    fixed = [a for a in args.yolo_arg if a.split("=", 1)[0].strip() in DEMO_OWNED]
+    if fixed:  # the demo's own files and folders: a checkpoint here would be unpickled by the stock trainer
+        p.error(f"--yolo-arg {fixed[0]!r}: the demo sets {', '.join(DEMO_OWNED)} itself (use --model, --out)")
+    if Path(args.model).suffix.lower() not in (".yaml", ".yml"):
+        p.error(f"--model {args.model!r} is not a model YAML: the demo trains a model YAML from scratch (a .pt "
+                "checkpoint is not accepted: its pickle would be loaded unchecked by the stock trainer)")  # fmt: skip
 
 
 def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
@@ -212,8 +223,13 @@ def learning_curve(run_dir: Path) -> list[float]:
 
 def run(args: argparse.Namespace) -> int:
     """The three steps; prints the COCO metrics. Raises ``IbraYoloError`` on a problem the user can fix."""
+    from ultralytics.nn.tasks import yaml_model_load
+
+    import ibra_yolo
     from ibra_yolo.data import make_shapes_dataset
 
+    ibra_yolo.register()
+    yaml_model_load(args.model)  # the model YAML is checked completely before any work (one line if it is bad)
     t0 = time.time()
     times = {}
     paths = prepare_out(Path(args.out), args)
