@@ -48,21 +48,26 @@ def check_folder(path: str | Path, flag: str = "--out") -> Path:
     return path
 
 
-def check_output(path: str | Path, overwrite: bool = False, flag: str = "--out") -> Path:
-    """Refuse an output path that cannot be written: it exists (unless ``overwrite``), is a folder, or its folder
-    cannot be created or written. Return it as a ``Path``. Call it before any work starts.
+def check_output(path: str | Path, overwrite: bool = False, flag: str = "--out", inputs=()) -> Path:
+    """Refuse an output path that cannot be written: it exists (unless ``overwrite``), is a folder, is one of the
+    command's inputs (even with ``overwrite``), or its folder cannot be created or written. Return it as a ``Path``.
+    Call it before any work starts.
 
     Args:
         path (str | Path): The output file.
         overwrite (bool): Allow replacing an existing file.
         flag (str): The command-line option that names the file, for the message.
+        inputs (Iterable[str | Path | None]): The files the command reads (None entries are skipped).
 
     Raises:
         OutputExistsError: ``path`` exists and ``overwrite`` is False.
-        IbraYoloError: ``path`` is a folder.
+        IbraYoloError: ``path`` is a folder or an input.
         PathError: A folder above ``path`` is a file, or its folder is not writable.
     """
     path = Path(path)
+    for source in (Path(i) for i in inputs if i is not None):
+        if path.resolve() == source.resolve():
+            raise IbraYoloError(f"{flag} {path} is an input of this command: choose another {flag}")
     if path.is_dir():
         raise IbraYoloError(f"{path} is a folder: {flag} must name a file")
     problem = _folder_problem(path.parent)

@@ -137,3 +137,17 @@ def test_energy_and_convert_outputs_checked_first(tmp_path, capsys):
     torch.save({"hello": 1}, tmp_path / "h.pt")
     with pytest.raises(IbraYoloError, match="is a file, not a folder"):
         convert_checkpoint(tmp_path / "h.pt", tmp_path / "file" / "o.pt")
+
+
+def test_eval_never_writes_over_its_inputs(tmp_path, capsys):
+    # `--out` naming the predictions or the annotations would replace an input with the results, even with
+    # --overwrite: refused before any work, the inputs unchanged.
+    pred, ann = tmp_path / "pred.json", tmp_path / "ann.json"
+    pred.write_text(json.dumps(PRED))
+    ann.write_text(json.dumps(GT))
+    before = (pred.read_bytes(), ann.read_bytes())
+    for out in (pred, ann):
+        argv = ["--pred", str(pred), "--ann", str(ann), "--out", str(out), "--overwrite"]
+        assert eval_cli.main(argv) == 2
+        assert f"--out {out} is an input of this command" in _one_line(capsys)
+    assert (pred.read_bytes(), ann.read_bytes()) == before

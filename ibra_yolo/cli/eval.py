@@ -138,7 +138,8 @@ def _evaluate_file(args: argparse.Namespace) -> dict:
     from ibra_yolo import coco
     from ibra_yolo.files import check_output
 
-    out = check_output(args.out or Path(args.pred).with_name("coco_eval.json"), args.overwrite)
+    out = check_output(args.out or Path(args.pred).with_name("coco_eval.json"), args.overwrite,
+                       inputs=(args.pred, args.ann))  # fmt: skip
     gt = coco.load_annotations(args.ann)
     dets, notes = coco.check_predictions(coco.load_predictions(args.pred), gt, remap=args.remap)
     metrics = coco.score(gt, dets)
@@ -168,7 +169,8 @@ def _evaluate_model(args: argparse.Namespace) -> dict:
 
     # every file this run writes is checked before any work: the validator's folder is known before it runs
     folder = coco.validation_folder(args.project, args.name)
-    out = check_output(args.out or folder / "coco_eval.json", args.overwrite)
+    out = check_output(args.out or folder / "coco_eval.json", args.overwrite,
+                       inputs=(args.ann, args.weights, args.data))  # fmt: skip
     made = ("predictions.json", "predictions_coco.json", f"instances_{args.split}_from_labels.json")
     check_outputs([folder / f for f in made], args.overwrite, flag="--project/--name")
     if args.ann and not Path(args.ann).is_file():
