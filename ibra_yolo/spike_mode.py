@@ -80,8 +80,11 @@ def set_spike_driven(model, enabled: bool = True):
         The same ``model``.
 
     Raises:
-        IbraYoloError: The model has no spiking neurons (e.g. the ANN twin or a stock YOLO model).
+        IbraYoloError: The model has no spiking neurons (e.g. the ANN twin or a stock YOLO model), or ``enabled`` is
+            not a bool (``'no'`` would read as true).
     """
+    if not isinstance(enabled, bool):
+        raise IbraYoloError(f"enabled={enabled!r} is invalid: pass True (spike-driven) or False (integer)")
     units = spike_driven_units(model)
     if not units:
         raise IbraYoloError(
@@ -153,6 +156,9 @@ def convert_checkpoint(src: str | Path, dst: str | Path, enabled: bool = True, o
     import torch
 
     from ibra_yolo.checkpoints import checkpoint_model, load_checkpoint
+
+    if not isinstance(enabled, bool):  # before any work ('no' would read as true)
+        raise IbraYoloError(f"enabled={enabled!r} is invalid: pass True (spike-driven) or False (integer)")
 
     src, dst = Path(src), Path(dst)
     if not src.exists():

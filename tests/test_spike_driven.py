@@ -194,3 +194,17 @@ def test_convert_checkpoint(tmp_path):
     with pytest.raises(IbraYoloError, match="is the input checkpoint"):
         convert_checkpoint(src, src, overwrite=True)
     assert sum(isinstance(m, IntegerLIF) for m in loaded.model.modules()) > 0
+
+
+def test_mode_must_be_a_bool(tmp_path):
+    # bool('no') is True: a string (or 0/1) for the mode is refused instead of read as truthy, before any work.
+    y = make_model("ilif", 1)
+    for bad in ("no", "False", 0, None):
+        with pytest.raises(IbraYoloError, match=rf"enabled={bad!r} is invalid: pass True"):
+            set_spike_driven(y, bad)
+        with pytest.raises(IbraYoloError, match=rf"enabled={bad!r} is invalid"):
+            spike_driven(y, bad)
+    assert not is_spike_driven(y)
+    with pytest.raises(IbraYoloError, match="enabled='no' is invalid"):
+        convert_checkpoint(tmp_path / "missing.pt", tmp_path / "out.pt", enabled="no")
+    assert not (tmp_path / "out.pt").exists()
