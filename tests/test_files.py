@@ -151,3 +151,13 @@ def test_eval_never_writes_over_its_inputs(tmp_path, capsys):
         assert eval_cli.main(argv) == 2
         assert f"--out {out} is an input of this command" in _one_line(capsys)
     assert (pred.read_bytes(), ann.read_bytes()) == before
+
+
+@pytest.mark.parametrize("flag, value", [("--conf", "nan"), ("--conf", "2"), ("--iou", "-1"), ("--iou", "x")])
+def test_eval_thresholds_are_checked_first(capsys, flag, value):
+    # A threshold outside [0, 1] (NaN included) used to reach the validator after the model loaded: a traceback.
+    assert eval_cli.main(["--pred", "p.json", "--ann", "a.json", flag, value]) == 2
+    err = _one_line(capsys)
+    assert f"argument {flag}: " in err and (
+        f"{value} is invalid: it must be a number in [0, 1]" in err or "not a number" in err
+    ), err

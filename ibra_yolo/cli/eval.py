@@ -12,7 +12,7 @@ import sys
 import time
 from pathlib import Path
 
-from ibra_yolo.cli.parser import ArgumentParser, run_command
+from ibra_yolo.cli.parser import ArgumentParser, run_command, unit_interval
 
 __all__ = ("build_parser", "parse_args", "main", "energy_summary")
 
@@ -53,8 +53,8 @@ def build_parser() -> ArgumentParser:
     p.add_argument("--split", default="val", help="dataset split to evaluate (default: val)")
     p.add_argument("--imgsz", type=int, default=640, help="inference image size in pixels (default: 640)")
     p.add_argument("--batch", type=int, default=16, help="inference batch size (default: 16)")
-    p.add_argument("--conf", type=float, default=0.001, help="confidence threshold (default: 0.001, COCO practice)")
-    p.add_argument("--iou", type=float, default=0.7, help="NMS IoU threshold (default: 0.7, Ultralytics' val default)")
+    p.add_argument("--conf", type=unit_interval, default=0.001, help="confidence threshold in [0, 1] (default: 0.001)")
+    p.add_argument("--iou", type=unit_interval, default=0.7, help="NMS IoU threshold in [0, 1] (default: 0.7, as val)")
     p.add_argument("--device", default="", help="Ultralytics device: '' auto, 'cpu', '0', ... (default: auto)")
     p.add_argument(
         "--spike-driven",

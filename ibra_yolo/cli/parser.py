@@ -14,7 +14,7 @@ from typing import Callable
 
 from ibra_yolo.errors import IbraYoloError
 
-__all__ = ("ArgumentParser", "UsageError", "run_command", "positive_int")
+__all__ = ("ArgumentParser", "UsageError", "run_command", "positive_int", "unit_interval")
 
 
 class UsageError(IbraYoloError):
@@ -54,6 +54,17 @@ def run_command(parser: ArgumentParser, body: Callable[[argparse.Namespace], int
 
         print(f"error: {describe_os_error(e)}", file=sys.stderr)
         return 2
+
+
+def unit_interval(text: str) -> float:
+    """An argparse ``type`` for a finite number in ``[0, 1]`` (a threshold such as ``--conf`` or ``--iou``)."""
+    try:
+        value = float(text)
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"{text!r} is not a number") from None
+    if not 0.0 <= value <= 1.0:  # also false for NaN
+        raise argparse.ArgumentTypeError(f"{text} is invalid: it must be a number in [0, 1]")
+    return value
 
 
 def positive_int(minimum: int = 1, multiple: int = 1) -> Callable[[str], int]:
