@@ -19,12 +19,22 @@ The module keeps no state between calls: the membrane is a local variable of ``f
 from __future__ import annotations
 
 import math
-from typing import Callable
 
 import torch
 from torch import nn
 
-from ibra_yolo import bitmask, precision
+from ibra_yolo import precision
+from ibra_yolo.coding import (  # the functional core, re-exported here
+    _codes_to_values,
+    _QuantizeSTE,
+    from_planes,
+    lif_multistep,
+    num_planes,
+    plane,
+    plane_weights,
+    quantize_codes,
+    to_planes,
+)
 from ibra_yolo.errors import NonFiniteError  # a NaN membrane has no code; also ibra_yolo.neurons.NonFiniteError
 
 __all__ = (
@@ -48,119 +58,6 @@ __all__ = (
 
 ENCODINGS = ("binary", "unary")
 MAX_CODE_LIMIT = 2**24  # float32 holds every integer up to 2**24 exactly: the quantiser computes codes in float32
-
-
-# ----------------------------------------------------------------------------------------------------------------------
-# Functional core
-# ----------------------------------------------------------------------------------------------------------------------
-def quantize_codes(u: torch.Tensor, scale: float, max_code: int) -> torch.Tensor:
-    """Return the integer codes ``clip(round(scale * u), 0, max_code)`` as a float tensor of whole numbers.
-
-    The product is formed in float32 (float64 for float64 input) whatever the input dtype (an fp16 ``100 * u`` would
-    round codes above 256 wrongly), and ``torch.round`` rounds half to even. Clipping before rounding gives the same
-    codes because the bounds are integers.
-    """
-    return _scaled(u, scale).clamp_(0, max_code).round_()
-
-
-def _scaled(u: torch.Tensor, scale: float) -> torch.Tensor:
-    """A new float32 (float64 for float64 input) tensor ``scale * u``: the quantiser never computes in fp16/bf16."""
-    wide = u if u.dtype in (torch.float32, torch.float64) else u.float()
-    return wide * scale if scale != 1 else wide.clone()
-
-
-def _codes_to_values(codes: torch.Tensor, scale: float, dtype: torch.dtype) -> torch.Tensor:
-    """Map codes (float32/float64, a tensor this function may overwrite) to the real output ``code / scale``."""
-    out = codes if scale == 1 else codes.div_(scale)
-    return out.to(dtype)
-
-
-class _QuantizeSTE(torch.autograd.Function):
-    """Quantiser with a straight-through gradient: 1 where ``0 <= scale*u <= max_code``, ``above`` where
-    ``scale*u > max_code`` (0 by default: the rectangular window), and 0 below 0 (and for NaN).
-
-    Saves the window as a bit-packed mask (1 bit per element, ``ibra_yolo.bitmask``) instead of the float input, plus a
-    second one only when ``above`` is not 0, and reuses one buffer for the clip, round and division.
-    """
-
-    @staticmethod
-    def forward(ctx, u: torch.Tensor, scale: float, max_code: int, above: float = 0.0) -> torch.Tensor:
-        scaled = _scaled(u, scale)
-        codes = scaled.clamp(0, max_code)
-        masks = (codes == scaled,) if above == 0 else (codes == scaled, scaled > max_code)  # inside; above the range
-        ctx.save_for_backward(*(bitmask.pack(m) for m in masks))
-        ctx.shape, ctx.above = u.shape, above
-        return _codes_to_values(codes.round_(), scale, u.dtype)
-
-    @staticmethod
-    def backward(ctx, grad: torch.Tensor):
-        inside, *over = (bitmask.unpack(p, ctx.shape) for p in ctx.saved_tensors)
-        if not over:
-            return grad * inside, None, None, None
-        return torch.where(inside, grad, grad * ctx.above * over[0]), None, None, None
-
-
-def lif_multistep(
-    x: torch.Tensor, fire: Callable[[torch.Tensor], torch.Tensor], beta: float, steps: int | None = None
-) -> torch.Tensor:
-    """Run the multi-step LIF dynamics over the leading time dimension of ``x``.
-
-    ``U[t] = H[t-1] + X[t]``, ``S[t] = fire(U[t])``, ``H[t] = beta * (U[t] - S[t].detach())`` with ``H[0] = 0``.
-
-    Args:
-        x (torch.Tensor): Input currents ``[T, B, ...]``.
-        fire (Callable): The quantiser ``U -> S``.
-        beta (float): Membrane decay in ``[0, 1]``.
-        steps (int, optional): ``T`` when known in advance (keeps traces free of shape-dependent branches).
-
-    Returns:
-        (torch.Tensor): Outputs ``S`` with the shape of ``x``.
-    """
-    if (x.shape[0] if steps is None else steps) == 1:
-        return fire(x)
-    h, out = None, []
-    for xt in x.unbind(0):
-        u = xt if h is None else h + xt
-        s = fire(u)
-        h = beta * (u - s.detach())
-        out.append(s)
-    return torch.stack(out)
-
-
-def num_planes(max_code: int, encoding: str) -> int:
-    """Number of virtual timesteps needed to send codes ``0..max_code``: ``bit_length`` (binary) or ``max_code``."""
-    return int(max_code).bit_length() if encoding == "binary" else int(max_code)
-
-
-def plane(codes: torch.Tensor, j: int, encoding: str, dtype: torch.dtype | None = None) -> torch.Tensor:
-    """Return virtual timestep ``j`` of ``codes`` as a ``{0, 1}`` tensor.
-
-    Binary: bit ``j`` of the code (weight ``2**j``). Unary (thermometer): 1 where ``code > j`` (weight 1).
-    """
-    c = codes.to(torch.int32)
-    b = (c >> j) & 1 if encoding == "binary" else (c > j)
-    if dtype is None:
-        dtype = codes.dtype if codes.is_floating_point() else torch.float32
-    return b.to(dtype)
-
-
-def plane_weights(max_code: int, encoding: str, scale: float = 1.0) -> list[float]:
-    """Weights ``w_j`` with ``code / scale == sum_j w_j * plane_j``: ``2**j / scale`` (binary) or ``1 / scale``."""
-    p = num_planes(max_code, encoding)
-    return [(2**j if encoding == "binary" else 1) / scale for j in range(p)]
-
-
-def to_planes(codes: torch.Tensor, max_code: int, encoding: str) -> torch.Tensor:
-    """Encode integer codes as ``[P, *codes.shape]`` ``{0, 1}`` planes (all planes at once; see ``plane``)."""
-    return torch.stack([plane(codes, j, encoding) for j in range(num_planes(max_code, encoding))])
-
-
-def from_planes(planes: torch.Tensor, encoding: str) -> torch.Tensor:
-    """Decode ``[P, ...]`` planes back to codes: ``sum_j 2**j b_j`` (binary) or ``sum_j b_j`` (unary)."""
-    if encoding == "binary":
-        w = torch.tensor([2**j for j in range(planes.shape[0])], dtype=planes.dtype, device=planes.device)
-        return torch.tensordot(w, planes, dims=1)
-    return planes.sum(0)
 
 
 # ----------------------------------------------------------------------------------------------------------------------
@@ -389,12 +286,7 @@ class IBRALIF(IntegerLIF):
         _check("D", D, _is_number(D) and D > 0, "a finite number > 0")
         _check("N", N, _is_number(N) and N > 0, "a finite number > 0")
         nd = N * D
-        _check(
-            "N*D",
-            nd,
-            nd <= MAX_CODE_LIMIT + 0.5,
-            f"at most 2**24 = {MAX_CODE_LIMIT} (codes are exact float32 integers)",
-        )
+        _check("N*D", nd, nd <= MAX_CODE_LIMIT + 0.5, f"at most 2**24 = {MAX_CODE_LIMIT} (exact float32 integers)")
         m = round(nd)
         _check("D", D, m >= 1, f"large enough that round(N*D) >= 1 (N={N} gives {m})")
         super().__init__(max_code=int(m), scale=float(N), encoding="binary", T=T, beta=beta, ste_above=ste_above)
@@ -418,9 +310,7 @@ class IBLIF(IntegerLIF):
     """
 
     def __init__(self, bits: int = 9, T: int = 1, beta: float = 0.25, ste_above: float = 0.0):
-        _check(
-            "bits", bits, _is_int(bits) and 1 <= bits <= 24, "an integer in [1, 24] (codes are exact float32 integers)"
-        )
+        _check("bits", bits, _is_int(bits) and 1 <= bits <= 24, "an integer in [1, 24] (exact float32 integers)")
         super().__init__(max_code=2**bits - 1, scale=1.0, encoding="binary", T=T, beta=beta, ste_above=ste_above)
 
     def _public_args(self) -> dict:
