@@ -13,7 +13,18 @@ import torch
 
 from ibra_yolo import bitmask
 
-__all__ = ("quantize_codes", "lif_multistep", "to_planes", "from_planes", "plane", "plane_weights", "num_planes")
+__all__ = (
+    "quantize_codes",
+    "lif_multistep",
+    "to_planes",
+    "from_planes",
+    "check_codes",
+    "plane",
+    "plane_weights",
+    "num_planes",
+)
+
+NAN_CODE = -1  # what IntegerLIF.spike_codes() gives a NaN membrane: not a code (valid codes are 0..M)
 
 
 def quantize_codes(u: torch.Tensor, scale: float, max_code: int) -> torch.Tensor:
@@ -113,13 +124,56 @@ def plane_weights(max_code: int, encoding: str, scale: float = 1.0) -> list[floa
     return [(2**j if encoding == "binary" else 1) / scale for j in range(p)]
 
 
+def check_codes(codes: torch.Tensor, max_code: int, what: str = "codes") -> tuple[int, int]:
+    """``(min, max)`` of ``codes``, checked to be whole numbers in ``0..max_code`` (one host sync).
+
+    Raises:
+        NonFiniteError: NaN or inf, or ``NAN_CODE`` (-1: a NaN membrane, see ``IntegerLIF.spike_codes``).
+        ValueError: Not a real tensor, a fraction, or a code outside ``0..max_code``.
+    """
+    from ibra_yolo.errors import NonFiniteError
+
+    if codes.is_complex() or codes.dtype == torch.bool:
+        raise ValueError(f"{what} must be a real integer or float tensor of codes 0..{max_code}, got {codes.dtype}")
+    if codes.is_floating_point():
+        if not torch.isfinite(codes).all():
+            raise NonFiniteError(f"{what} hold NaN or inf; valid codes are integers 0..{max_code}")
+        if (codes != codes.round()).any():
+            bad = codes[codes != codes.round()].flatten()[0].item()
+            raise ValueError(f"{what} hold {bad!r}, not a whole number; valid codes are integers 0..{max_code}")
+    if not codes.numel():
+        return 0, 0
+    lo, hi = int(codes.min()), int(codes.max())
+    if lo == NAN_CODE:
+        raise NonFiniteError(f"{what} hold {NAN_CODE} (NAN_CODE): a membrane was NaN")
+    if lo < 0 or hi > max_code:
+        raise ValueError(f"{what}: code {lo if lo < 0 else hi} is outside 0..{max_code}")
+    return lo, hi
+
+
 def to_planes(codes: torch.Tensor, max_code: int, encoding: str) -> torch.Tensor:
-    """Encode integer codes as ``[P, *codes.shape]`` ``{0, 1}`` planes (all planes at once; see ``plane``)."""
+    """Encode integer codes as ``[P, *codes.shape]`` ``{0, 1}`` planes (all planes at once; see ``plane``).
+
+    Raises:
+        ValueError: A code that is not a whole number in ``0..max_code`` (``check_codes``): it has no planes.
+    """
+    check_codes(codes, max_code)
     return torch.stack([plane(codes, j, encoding) for j in range(num_planes(max_code, encoding))])
 
 
 def from_planes(planes: torch.Tensor, encoding: str) -> torch.Tensor:
-    """Decode ``[P, ...]`` planes back to codes: ``sum_j 2**j b_j`` (binary) or ``sum_j b_j`` (unary)."""
+    """Decode ``[P, ...]`` planes back to codes: ``sum_j 2**j b_j`` (binary) or ``sum_j b_j`` (unary).
+
+    Raises:
+        ValueError: A plane value other than 0 or 1 (spikes are binary), or no plane dimension.
+    """
+    if planes.dim() < 1 or planes.is_complex():
+        raise ValueError(
+            f"planes must be a real [P, ...] tensor of 0s and 1s, got {planes.dtype} {tuple(planes.shape)}"
+        )
+    off = planes[(planes != 0) & (planes != 1)]
+    if off.numel():
+        raise ValueError(f"planes hold {off.flatten()[0].item()!r}: spikes are 0 or 1")
     if encoding == "binary":
         w = torch.tensor([2**j for j in range(planes.shape[0])], dtype=planes.dtype, device=planes.device)
         return torch.tensordot(w, planes, dims=1)

@@ -25,8 +25,10 @@ from torch import nn
 
 from ibra_yolo import precision
 from ibra_yolo.coding import (  # the functional core, re-exported here
+    NAN_CODE,
     _codes_to_values,
     _QuantizeSTE,
+    check_codes,
     from_planes,
     lif_multistep,
     num_planes,
@@ -57,6 +59,7 @@ __all__ = (
 )
 
 ENCODINGS = ("binary", "unary")
+FLOAT32_MAX = float(torch.finfo(torch.float32).max)  # N beyond it is inf in float32, and 0 * inf = NaN
 MAX_CODE_LIMIT = 2**24  # float32 holds every integer up to 2**24 exactly: the quantiser computes codes in float32
 
 
@@ -75,9 +78,6 @@ def _is_number(v) -> bool:
 
 def _is_int(v) -> bool:
     return isinstance(v, int) and not isinstance(v, bool)
-
-
-NAN_CODE = -1  # what spike_codes() gives a NaN membrane: not a code (valid codes are 0..M)
 
 
 class IntegerLIF(nn.Module):
@@ -115,7 +115,8 @@ class IntegerLIF(nn.Module):
         ste_above: float = 0.0,
     ):
         super().__init__()
-        _check("scale (N)", scale, _is_number(scale) and scale > 0, "a finite number > 0")
+        fits = _is_number(scale) and 0 < scale <= FLOAT32_MAX  # the quantiser multiplies by N in float32
+        _check("scale (N)", scale, fits, f"a number > 0 and <= {FLOAT32_MAX:.4g} (float32 holds it)")
         limit = f"an integer in [1, 2**24 = {MAX_CODE_LIMIT}] (codes are exact float32 integers)"
         _check("max_code (M)", max_code, _is_int(max_code) and 1 <= max_code <= MAX_CODE_LIMIT, limit)
         _check("T", T, _is_int(T) and T >= 1, "an integer >= 1")
@@ -154,25 +155,18 @@ class IntegerLIF(nn.Module):
         return top.bit_length() if self.encoding == "binary" else top
 
     def _check_codes(self, codes: torch.Tensor) -> tuple[int, int]:
-        """``(min, max)`` of integer codes, checked to lie in ``0..M`` (a counting path never counts invalid codes)."""
-        if codes.is_floating_point() and not torch.isfinite(codes).all():
-            raise NonFiniteError(
-                f"{type(self).__name__}: codes hold NaN or inf; valid codes are integers 0..{self.max_code}"
-            )
-        if not codes.numel():
-            return 0, 0
-        lo, hi = int(codes.min()), int(codes.max())
-        if lo == NAN_CODE:
-            raise NonFiniteError(f"{type(self).__name__}: codes hold {NAN_CODE} (NAN_CODE): a membrane was NaN")
-        if lo < 0 or hi > self.max_code:
-            raise ValueError(f"{type(self).__name__}: code {lo if lo < 0 else hi} is outside 0..{self.max_code}")
-        return lo, hi
+        """``(min, max)`` of codes, checked to be whole numbers in ``0..M`` (counting never counts invalid ones)."""
+        return check_codes(codes, self.max_code, f"{type(self).__name__}: codes")
 
     def plane_weights(self) -> list[float]:
         """Weights ``w_j`` such that ``output = sum_j w_j * plane_j``."""
         return plane_weights(self.max_code, self.encoding, self.scale)
 
     def _check_input(self, x: torch.Tensor) -> None:
+        if not x.is_floating_point():  # an int tensor would take the output back to int (5.11 -> 5), complex drops j
+            raise ValueError(
+                f"{type(self).__name__} expects real floating-point input currents (float32, ...), got {x.dtype}"
+            )
         if torch.jit.is_tracing():  # shapes are fixed in a trace; a Python check would only emit TracerWarnings
             return
         if x.dim() < 1 or x.shape[0] != self.T:
@@ -284,7 +278,9 @@ class IBRALIF(IntegerLIF):
 
     def __init__(self, D: float = 5.11, N: float = 100, T: int = 1, beta: float = 0.25, ste_above: float = 0.0):
         _check("D", D, _is_number(D) and D > 0, "a finite number > 0")
-        _check("N", N, _is_number(N) and N > 0, "a finite number > 0")
+        _check(
+            "N", N, _is_number(N) and 0 < N <= FLOAT32_MAX, f"a number > 0 and <= {FLOAT32_MAX:.4g} (float32 holds it)"
+        )
         nd = N * D
         _check("N*D", nd, nd <= MAX_CODE_LIMIT + 0.5, f"at most 2**24 = {MAX_CODE_LIMIT} (exact float32 integers)")
         m = round(nd)
@@ -353,6 +349,7 @@ class Activation(nn.Module):
     def __init__(self, kind: str = "ReLU", T: int = 1, D: float | None = None):
         super().__init__()
         _check("activation kind", kind, kind in self._FUNCS, f"one of {sorted(self._FUNCS)}")
+        _check("T", T, _is_int(T) and T >= 1, "an integer >= 1")
         if D is not None:
             _check("D", D, kind == "ReLU", "unset: only ReLU takes a clip value D")
             _check("D", D, _is_number(D) and D > 0, "a finite number > 0")
@@ -444,8 +441,14 @@ def make_neuron(spec: dict, T: int = 1) -> nn.Module:
         raise ValueError(f"neuron kind={kind!r} is unknown: choose one of {kinds}")
     import inspect
 
-    allowed = set(inspect.signature(cls.__init__).parameters) - {"self", "T"}
+    params = inspect.signature(cls.__init__).parameters
+    allowed = set(params) - {"self", "T"}
     unknown = sorted(set(kwargs) - allowed)
     if unknown:
         raise ValueError(f"neuron parameter(s) {unknown} unknown for kind={kind!r}: allowed {sorted(allowed)}")
+    missing = [k for k in sorted(allowed - set(kwargs)) if params[k].default is inspect.Parameter.empty]
+    if missing:
+        raise ValueError(
+            f"neuron kind={kind!r} needs {', '.join(missing)} (no default), e.g. {{kind: {kind}, max_code: 511}}"
+        )
     return cls(**kwargs, T=T)

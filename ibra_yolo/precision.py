@@ -18,6 +18,8 @@ __all__ = ("LOW_PRECISION", "low_precision_dtype", "holds_levels", "check_levels
 
 LOW_PRECISION = (torch.float16, torch.bfloat16)
 
+_AUTOCAST_DEVICES = frozenset({"cpu", "cuda", "xpu", "mps", "hpu", "mtia"})  # others (meta) have no autocast state
+
 
 def low_precision_dtype(x: torch.Tensor) -> torch.dtype | None:
     """The low-precision dtype (float16/bfloat16) the conv after a neuron will see for its output, else None.
@@ -28,7 +30,7 @@ def low_precision_dtype(x: torch.Tensor) -> torch.dtype | None:
     if x.dtype in LOW_PRECISION:
         return x.dtype
     device = x.device.type
-    if torch.is_autocast_enabled(device):
+    if device in _AUTOCAST_DEVICES and torch.is_autocast_enabled(device):
         dtype = torch.get_autocast_dtype(device)
         return dtype if dtype in LOW_PRECISION else None
     return None

@@ -2,6 +2,7 @@
 
 import copy
 import io
+import re
 
 import numpy as np
 import pytest
@@ -254,7 +255,10 @@ def test_torchscript_trace():
         (lambda: IntegerLIF(max_code=2**70), r"max_code \(M\)"),
         (lambda: IntegerLIF(max_code=2**24 + 1), r"max_code \(M\)"),
         (lambda: IBRALIF(D=2e5, N=100), r"N\*D"),  # M = 2e7 > 2**24
-        (lambda: IBRALIF(D=1e300, N=1e300), r"N\*D"),  # N*D overflows to inf
+        (lambda: IBRALIF(D=1e300, N=1e30), r"N\*D"),  # N*D overflows to inf
+        # N is multiplied in float32: 1e39 is inf there, and 0 * inf = NaN made every zero membrane NaN
+        (lambda: IBRALIF(D=1e-38, N=1e39), "N"),
+        (lambda: IntegerLIF(max_code=10, scale=1e39), r"scale \(N\)"),
         (lambda: ILIF(D=2**25), "D"),
         (lambda: IBRALIF(ste_above=-0.1), "ste_above"),
         (lambda: IBRALIF(ste_above=1.5), "ste_above"),
@@ -278,6 +282,77 @@ def test_make_neuron():
     relu = make_neuron({"kind": "ReLU"})
     x = torch.tensor([-1.0, 2.0])
     assert relu(x).tolist() == [0.0, 2.0] and x.tolist() == [-1.0, 2.0]  # never in-place
+
+
+def test_largest_float32_scale_still_gives_finite_outputs():
+    # N = 3e38 < float32 max (3.4e38) is accepted: 0 * N = 0, and any positive membrane clips to M = round(3e38 * 1e-38)
+    n = IBRALIF(D=1e-38, N=3e38)
+    assert n.max_code == 3
+    out = n(t1([0.0, 1.0, -1.0]))
+    assert torch.isfinite(out).all() and n.codes(t1([0.0, 1.0, -1.0])).tolist() == [[0, 3, 0]]
+
+
+@pytest.mark.parametrize(
+    "spec, T, says",
+    [
+        ({"kind": "ReLU"}, 0, "T=0 is invalid: T must be an integer >= 1"),  # the ANN twin refused nothing before
+        ({"kind": "SiLU"}, "x", "T='x' is invalid"),
+        # IntegerLIF has no default max_code: a TypeError from its constructor escaped every check before
+        ({"kind": "IntegerLIF"}, 1, "neuron kind='IntegerLIF' needs max_code (no default)"),
+    ],
+)
+def test_make_neuron_refuses_what_the_class_would_not_say(spec, T, says):
+    with pytest.raises(ValueError) as e:
+        make_neuron(spec, T=T)
+    assert says in str(e.value)
+
+
+@pytest.mark.parametrize(
+    "x",
+    [
+        torch.tensor([[1, 2, 7]]),  # int64: the output was cast back to int, 5.11 -> 5
+        torch.tensor([[255, 3]], dtype=torch.uint8),
+        torch.tensor([[True, False]]),
+        torch.tensor([[1 + 2j, 3 - 1j]]),  # complex: the imaginary part was dropped with only a torch warning
+    ],
+)
+def test_input_currents_must_be_real_floats(x):
+    for call in (IBRALIF(), IBRALIF().codes, IBRALIF().spike_codes):
+        with pytest.raises(ValueError, match=rf"^IBRALIF expects real floating-point input currents .*got {x.dtype}$"):
+            call(x)
+
+
+def test_meta_tensors_pass_shape_only():
+    # a meta tensor has no autocast state; the neuron must still propagate shapes (used to trace model sizes)
+    out = IBRALIF()(torch.empty(1, 3, device="meta"))
+    assert out.device.type == "meta" and out.shape == (1, 3)
+
+
+@pytest.mark.parametrize(
+    "codes, error, says",
+    [
+        (torch.tensor([600, 3]), ValueError, "code 600 is outside 0..511"),  # bit 9 was silently dropped
+        (torch.tensor([-3, 3]), ValueError, "code -3 is outside 0..511"),  # became all ones
+        (torch.tensor([-1]), NonFiniteError, "NAN_CODE"),  # a NaN membrane's mark
+        (torch.tensor([3.7]), ValueError, "hold 3.7"),  # a fraction was truncated to 3
+        (torch.tensor([float("nan")]), NonFiniteError, "hold NaN or inf"),
+        (torch.tensor([1 + 1j]), ValueError, "complex64"),
+    ],
+)
+def test_to_planes_refuses_invalid_codes(codes, error, says):
+    with pytest.raises(error, match=re.escape(says)):
+        to_planes(codes, 511, "binary")
+    with pytest.raises(error, match=re.escape(says)):
+        IBRALIF().planes_used(codes)
+
+
+def test_from_planes_refuses_non_binary_planes():
+    # spikes are 0 or 1: a 2 or a 0.5 was decoded as if it were one (2 * 1 + 0.5 * 2 = 3)
+    with pytest.raises(ValueError, match=r"^planes hold 2\.0: spikes are 0 or 1$"):
+        from_planes(torch.tensor([[2.0], [0.5]]), "binary")
+    with pytest.raises(ValueError, match=r"^planes must be a real \[P, \.\.\.\] tensor"):
+        from_planes(torch.tensor(1.0), "binary")
+    assert from_planes(to_planes(torch.tensor([5, 511]), 511, "binary"), "binary").tolist() == [5, 511]
 
 
 def test_planes_used():
