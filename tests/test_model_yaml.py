@@ -139,6 +139,64 @@ def test_bad_row_argument_names_its_row_and_value(section, j, row, says):
     assert f"{section} row {j if j >= 0 else 16} (layer {layer}) {row}: " in str(e.value) and says in str(e.value)
 
 
+@pytest.mark.parametrize(
+    "edit, says",
+    [
+        # sizes that are typos, not models: each exhausted memory in Ultralytics' 256-px probe, or failed there with a
+        # torch error about an unrelated layer
+        ({"T": 10**6}, "T=1000000 is invalid: the number of timesteps must be an integer in [1, 64]"),
+        ({"scale": ["n"]}, "scale=['n'] is not in this model's scales"),  # a list was an unhashable-type TypeError
+        # a scale_args name 'nc' silently replaced the model's nc in the head only
+        ({"scale_args": {"nc": dict.fromkeys("nsml", 5)}}, "scale_args.nc is not a usable name"),
+        ({"neuron": {"kind": "IntegerLIF"}}, "neuron: neuron kind='IntegerLIF' needs max_code (no default)"),
+        ({"neuron": {"kind": "IBRALIF", "D": 1e-38, "N": 1e39}}, "neuron: N=1e+39 is invalid"),
+        (("head", -1, [-1, 1, "SpikeDetect", ["nc"]]), "SpikeDetect reads a list of layers: write from=[-1]"),
+        (("head", 3, [6, 1, "Concat", []]), "Concat reads a list of layers: write from=[6]"),
+        (("backbone", 7, [-1, 500, "ConvBlock", [3]]), "repeats=500 must be an integer in [1, 100]"),
+        (
+            ("backbone", 3, [-1, 1, "Downsample", [256, 3, 2, 100000]]),
+            "Downsample p=100000 is invalid: padding must be <= k // 2 = 1",
+        ),
+        (
+            ("backbone", 3, [-1, 1, "Downsample", [256, 65, 2, 32]]),
+            "Downsample k=65 is invalid: kernels larger than 63",
+        ),
+        (
+            ("backbone", 3, [-1, 1, "Downsample", [10**9, 3, 2, 1]]),
+            "Downsample c2=1000000000 scales to 375000000 channels (width 0.375): it must be in [1, 65536]",
+        ),
+        # layer 9 (SPPF) is 8x8 at the 256-px probe (strides 4, 2, 2, 2): a 31x31 kernel without padding cannot fit
+        (("head", 0, [-1, 1, "SConv", [512, 31, 1, 0]]), "SConv k=31 is larger than its 8x8 input (padding 0)"),
+        (("head", 1, [-1, 1, "Upsample", [64]]), "Upsample scale=64 makes its 8x8 input larger than the 256x256 input"),
+        # stride 10000 makes every map 1x1; the upsampled 2x2 then meets layer 6's 1x1 at the Concat (layer 13), which
+        # the strides alone (both /40000) did not show: torch's "Sizes of tensors must match" came from the Concat
+        (
+            ("backbone", 1, [-1, 1, "Downsample", [128, 7, 10000, 2, True]]),
+            "head row 3 (layer 13) [[-1, 6], 1, "
+            "'Concat', []]: Concat inputs have different spatial sizes at a 256-px input (-1: /40000 (2 px), 6: /40000 "
+            "(1 px))",
+        ),
+    ],
+)
+def test_sizes_and_names_that_cannot_be_a_model(edit, says):
+    d = with_row(*edit) if isinstance(edit, tuple) else {**load(scale="n"), **edit}
+    with pytest.raises(ModelConfigError) as e:
+        build_spiking_model(d, verbose=False)
+    assert says in str(e.value), str(e.value)
+
+
+@pytest.mark.parametrize("key, value", [("nc", 7), ("neuron", "{kind: ILIF, D: 4}")])
+def test_repeated_yaml_keys_are_refused(tmp_path, key, value):
+    # PyYAML keeps the last of two equal keys: a second 'nc' or 'neuron' silently replaced the first
+    text = (CFG / "spike-yolo-ibra.yaml").read_text()
+    first = next(i for i, line in enumerate(text.splitlines()) if line.startswith(f"{key}:"))
+    lines = text.splitlines()
+    lines.insert(first + 1, f"{key}: {value}")
+    msg = yolo_error(write(tmp_path, text="\n".join(lines)))
+    path = tmp_path / "bad.yaml"
+    assert msg == f"{path} repeats the key {key!r} at line {first + 2}: keep one (YAML keeps only the last)"
+
+
 def test_upsample_is_blamed_not_the_next_concat(tmp_path):
     # Upsample [-2] would give the next Concat a /32 and a /16 input; the error belongs to the Upsample row
     msg = yolo_error(write(tmp_path, with_row("head", 1, [-1, 1, "Upsample", [-2]])))
@@ -185,20 +243,22 @@ def test_every_schema_rule_fails_at_its_row(module):
 
 
 def test_plan_matches_the_built_model():
-    # plan_model predicts every layer's output channels without building; the built layers must agree
+    # plan_model predicts every layer's output channels, stride and size at Ultralytics' 256-px probe without
+    # building; the built layers must agree
     import torch
 
     d = load(scale="s")
     plan = plan_model(copy.deepcopy(d))
     layers, _ = build_spiking_model(d, verbose=False)
-    x, outs = torch.zeros(1, 3, 64, 64), []
+    x, outs = torch.zeros(1, 3, 256, 256), []
     for m, (_, _, p) in zip(layers, plan.rows):
         f = m.f
         x = m(x if f == -1 else [outs[i] for i in f]) if m.type != "SpikeDetect" else None
         if x is None:
             break
         outs.append(x)
-        assert x.shape[2] == p.out.c and 64 / x.shape[-1] == p.out.stride, (m.i, m.type)
+        assert x.shape[2] == p.out.c and 256 / x.shape[-1] == p.out.stride, (m.i, m.type)
+        assert x.shape[-2:] == (p.out.size, p.out.size), (m.i, m.type)
 
 
 # ---------------------------------------------------------------------------------------------------- plugin off

@@ -22,6 +22,13 @@ __all__ = ("Arg", "SCHEMAS", "RowPlan", "ModelPlan", "check_top_level", "plan_mo
 
 _REQUIRED = object()
 REPEATABLE = ("AllConvBlock", "ConvBlock")
+PROBE = 256  # Ultralytics builds a model by running a PROBE x PROBE image through it (its stride probe)
+LIMITS = {  # sizes beyond these are typos, not models: they would exhaust memory in the probe instead of failing here
+    "T": 64,  # timesteps (the paper trains T = 1 with virtual timesteps; SpikeYOLO T <= 4)
+    "channels": 2**16,  # output or expanded channels of one layer
+    "k": 63,  # kernel size
+    "repeats": 100,  # repeats of one row, after the scale's depth multiplier
+}
 
 
 @dataclass(frozen=True)
@@ -87,6 +94,7 @@ class _Out:
     c: int  # channels
     stride: float  # spatial reduction relative to the input image
     timed: bool  # has the leading T dimension
+    size: int = PROBE  # height and width for Ultralytics' PROBE x PROBE stride probe
 
 
 @dataclass
@@ -167,8 +175,8 @@ def check_top_level(d) -> tuple[dict, float, float, float]:
     if not isinstance(d, dict):
         raise ModelConfigError(f"a model YAML must be a mapping (nc, neuron, backbone, head), got a {type(d).__name__}")
     T = d.get("T", 1)
-    if not isinstance(T, int) or isinstance(T, bool) or T < 1:
-        raise ModelConfigError(f"T={T!r} is invalid: the number of timesteps must be an integer >= 1")
+    if not isinstance(T, int) or isinstance(T, bool) or not 1 <= T <= LIMITS["T"]:
+        raise ModelConfigError(f"T={T!r} is invalid: the number of timesteps must be an integer in [1, {LIMITS['T']}]")
     try:
         make_neuron(d.get("neuron"), T)  # a throw-away neuron checks every parameter
     except ValueError as e:
@@ -192,13 +200,15 @@ def check_top_level(d) -> tuple[dict, float, float, float]:
         if not (isinstance(value, list) and len(value) == 3 and all(_number(v) and v > 0 for v in value)):
             raise ModelConfigError(f"scales.{name}={value!r} is invalid: it must be [depth, width, max_channels] > 0")
     scale = d.get("scale") or next(iter(scales))
-    if scale not in scales:
+    if not isinstance(scale, str) or scale not in scales:
         raise ModelConfigError(f"scale={scale!r} is not in this model's scales {sorted(scales)}")
     depth, width, max_channels = scales[scale]
     scale_args = d.get("scale_args") or {}
     if not isinstance(scale_args, dict):
         raise ModelConfigError(f"scale_args={scale_args!r} is invalid: it must map names to {{scale: value}}")
     for key, per_scale in scale_args.items():
+        if key in names or not isinstance(key, str) or not key.isidentifier():
+            raise ModelConfigError(f"scale_args.{key} is not a usable name: names are words other than {sorted(names)}")
         if not isinstance(per_scale, dict) or scale not in per_scale:
             raise ModelConfigError(f"scale_args.{key} must map every scale to a value; missing '{scale}'")
         names[key] = per_scale[scale]
@@ -248,8 +258,8 @@ def _plan_row(i: int, row, outs: list, names: dict, depth: float, width: float, 
     f, n, name, args = row
     if not isinstance(name, str) or name not in SCHEMAS:
         raise ModelConfigError(f"module {name!r} is unknown: spiking YAMLs may use {', '.join(SCHEMAS)}")
-    if not isinstance(n, int) or isinstance(n, bool) or n < 1:
-        raise ModelConfigError(f"repeats={n!r} must be an integer >= 1")
+    if not isinstance(n, int) or isinstance(n, bool) or not 1 <= n <= LIMITS["repeats"]:
+        raise ModelConfigError(f"repeats={n!r} must be an integer in [1, {LIMITS['repeats']}]")
     a = check_args(name, args, names)
 
     sources = [f] if isinstance(f, int) else list(f) if isinstance(f, (list, tuple)) else None
@@ -272,43 +282,74 @@ def _plan_row(i: int, row, outs: list, names: dict, depth: float, width: float, 
         raise ModelConfigError(f"{name} needs [T, B, C, H, W] input: put TimeRepeat before the first spiking layer")
     if name not in ("Concat", "SpikeDetect") and len(ins) != 1:
         raise ModelConfigError(f"{name} takes one input, got from={f}")
-    c1, s1 = ins[0].c, ins[0].stride
+    if name in ("Concat", "SpikeDetect") and not isinstance(f, (list, tuple)):
+        raise ModelConfigError(f"{name} reads a list of layers: write from=[{f}] (or list several, e.g. [-1, 6])")
+    c1, s1, size = ins[0].c, ins[0].stride, ins[0].size
 
     n_eff = max(round(n * depth), 1) if n > 1 else n
     if n_eff > 1 and name not in REPEATABLE:
         raise ModelConfigError(f"{name} cannot be repeated (repeats={n})")
 
     def channels(c) -> int:
-        if int(c) < 1:
-            raise ModelConfigError(f"{name} c2={a['c2']} scales to {int(c)} channels (width {width}): at least 1")
+        if not 1 <= int(c) <= LIMITS["channels"]:
+            raise ModelConfigError(
+                f"{name} c2={a['c2']} scales to {int(c)} channels (width {width}): "
+                f"it must be in [1, {LIMITS['channels']}]"
+            )
         return int(c)
+
+    def conv_size(k: int, s: int, p: int) -> int:
+        """Output size of a k x k, stride s, padding p conv on this layer's input at the probe."""
+        if k > LIMITS["k"]:
+            raise ModelConfigError(f"{name} k={k} is invalid: kernels larger than {LIMITS['k']} are not supported")
+        if p > k // 2:
+            raise ModelConfigError(
+                f"{name} p={p} is invalid: padding must be <= k // 2 = {k // 2} (more adds only zeros)"
+            )
+        if size + 2 * p < k:
+            raise ModelConfigError(
+                f"{name} k={k} is larger than its {size}x{size} input (padding {p}) for Ultralytics' {PROBE}-px probe "
+                f"image: use a smaller kernel or fewer downsamplings"
+            )
+        return (size + 2 * p - k) // s + 1
 
     if name == "TimeRepeat":
         build, out = [], _Out(c1, s1, True)
     elif name == "Downsample":
         c2 = channels(a["c2"] * width)
-        build, out = [c2, a["k"], a["s"], a["p"], a["first"]], _Out(c2, s1 * a["s"], True)
+        out = _Out(c2, s1 * a["s"], True, conv_size(a["k"], a["s"], a["p"]))
+        build = [c2, a["k"], a["s"], a["p"], a["first"]]
     elif name in REPEATABLE:
-        if int(c1 * a["r"]) < 1:
-            raise ModelConfigError(f"{name} r={a['r']!r} expands {c1} channels to {int(c1 * a['r'])}: at least 1")
-        build, out = [a["r"], a["k"]], _Out(c1, s1, True)
+        if not 1 <= int(c1 * a["r"]) <= LIMITS["channels"]:
+            raise ModelConfigError(
+                f"{name} r={a['r']!r} expands {c1} channels to {int(c1 * a['r'])}: "
+                f"it must be in [1, {LIMITS['channels']}]"
+            )
+        conv_size(a["k"], 1, a["k"] // 2)
+        build, out = [a["r"], a["k"]], _Out(c1, s1, True, size)
     elif name == "SConv":
         c2 = channels(min(a["c2"] * width, max_channels * width))
         if c1 % a["g"] or c2 % a["g"]:
             raise ModelConfigError(f"SConv g={a['g']} must divide its {c1} input and {c2} output channels")
-        build, out = [c2, a["k"], a["s"], a["p"], a["g"]], _Out(c2, s1 * a["s"], True)
+        p = a["k"] // 2 if a["p"] is None else a["p"]  # autopad
+        build, out = [c2, a["k"], a["s"], a["p"], a["g"]], _Out(c2, s1 * a["s"], True, conv_size(a["k"], a["s"], p))
     elif name == "SPPF":
         if c1 < 2:
             raise ModelConfigError(f"SPPF needs at least 2 input channels, got {c1}")
-        c2 = make_divisible(min(a["c2"], max_channels) * width, 8)  # Ultralytics' rule for SPPF widths
-        build, out = [c2, a["k"]], _Out(c2, s1, True)
+        c2 = channels(make_divisible(min(a["c2"], max_channels) * width, 8))  # Ultralytics' rule for SPPF widths
+        conv_size(a["k"], 1, a["k"] // 2)
+        build, out = [c2, a["k"]], _Out(c2, s1, True, size)
     elif name == "Upsample":
-        build, out = [a["scale"]], _Out(c1, s1 / a["scale"], True)
+        if size * a["scale"] > PROBE:
+            raise ModelConfigError(
+                f"Upsample scale={a['scale']} makes its {size}x{size} input larger than the {PROBE}x{PROBE} input image"
+            )
+        build, out = [a["scale"]], _Out(c1, s1 / a["scale"], True, size * a["scale"])
     elif name == "Concat":
-        if len({o.stride for o in ins}) != 1:
-            strides = ", ".join(f"{x}: /{o.stride:g}" for x, o in zip(sources, ins))
-            raise ModelConfigError(f"Concat inputs have different spatial strides ({strides})")
-        build, out = [], _Out(sum(o.c for o in ins), s1, True)
+        if len({(o.stride, o.size) for o in ins}) != 1:
+            sizes = ", ".join(f"{x}: /{o.stride:g} ({o.size} px)" for x, o in zip(sources, ins))
+            raise ModelConfigError(f"Concat inputs have different spatial sizes at a {PROBE}-px input ({sizes})")
+        build, out = [], _Out(channels(sum(o.c for o in ins)), s1, True, size)
     else:  # SpikeDetect
-        build, out = [a["nc"], [o.c for o in ins]], _Out(0, s1, False)
+        build, out = [a["nc"], [o.c for o in ins]], _Out(0, s1, False, size)
     return RowPlan(f, n_eff, name, build, c1, out)
