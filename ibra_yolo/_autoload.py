@@ -10,11 +10,12 @@ not registered and how to register it; stock models load exactly as without ibra
 
 from __future__ import annotations
 
+import functools
 import importlib.abc
 import os
 import sys
 
-__all__ = ("install", "enabled")
+__all__ = ("install", "enabled", "after_import")
 
 TARGET = "ultralytics.nn.tasks"
 
@@ -25,11 +26,11 @@ def enabled() -> bool:
 
 
 class _Loader(importlib.abc.Loader):
-    """Delegates to the real loader, then registers the plugin (or only its hint, with the autoload off)."""
+    """Delegates to the real loader, then calls ``callback()`` once the module has executed."""
 
-    def __init__(self, loader, hint_only: bool = False):
+    def __init__(self, loader, callback):
         self.loader = loader
-        self.hint_only = hint_only
+        self.callback = callback
 
     def __getattr__(self, name):  # get_source, get_resource_reader, ... of the real loader
         return getattr(self.loader, name)
@@ -39,38 +40,45 @@ class _Loader(importlib.abc.Loader):
 
     def exec_module(self, module):
         self.loader.exec_module(module)
-        from ibra_yolo import plugin
-
-        plugin.register_hint() if self.hint_only else plugin.register()
+        self.callback()
 
 
 class _Finder(importlib.abc.MetaPathFinder):
-    """Finds ``ultralytics.nn.tasks`` with the other finders and wraps its loader."""
+    """Finds one module (``target``) with the other finders and wraps its loader to call ``callback`` after it."""
 
-    def __init__(self, hint_only: bool = False):
-        self.hint_only = hint_only
+    def __init__(self, target: str, callback):
+        self.target = target
+        self.callback = callback
 
     def find_spec(self, fullname, path=None, target=None):
-        if fullname != TARGET:
+        if fullname != self.target:
             return None
         sys.meta_path.remove(self)  # one shot; also keeps the lookup below from recursing into us
         for finder in sys.meta_path:
             spec = getattr(finder, "find_spec", lambda *a: None)(fullname, path, target)
             if spec is not None:
                 if spec.loader is not None:
-                    spec.loader = _Loader(spec.loader, self.hint_only)
+                    spec.loader = _Loader(spec.loader, self.callback)
                 return spec
         return None
 
 
+def after_import(module: str, callback) -> None:
+    """Call ``callback()`` right after ``module`` is first imported (now, if it is imported already)."""
+    if module in sys.modules:
+        callback()
+    elif not any(isinstance(f, _Finder) and f.target == module and f.callback == callback for f in sys.meta_path):
+        sys.meta_path.insert(0, _Finder(module, callback))
+
+
+def _register(hint_only: bool) -> None:
+    from ibra_yolo import plugin
+
+    plugin.register_hint() if hint_only else plugin.register()
+
+
 def install() -> None:
     """Arm the finder (or register at once if Ultralytics' tasks module is already imported)."""
-    if any(isinstance(f, _Finder) for f in sys.meta_path):
+    if any(isinstance(f, _Finder) and f.target == TARGET for f in sys.meta_path):
         return
-    hint_only = not enabled()
-    if TARGET in sys.modules:
-        from ibra_yolo import plugin
-
-        plugin.register_hint() if hint_only else plugin.register()
-        return
-    sys.meta_path.insert(0, _Finder(hint_only))
+    after_import(TARGET, functools.partial(_register, not enabled()))

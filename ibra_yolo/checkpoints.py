@@ -22,7 +22,7 @@ from torch import nn
 
 from ibra_yolo.errors import CheckpointError, IbraYoloError, MissingFileError, UnsafePickleError
 
-__all__ = ("load_checkpoint", "checkpoint_model", "load_yolo")
+__all__ = ("load_checkpoint", "checkpoint_model", "check_finite_weights", "load_yolo")
 
 
 def _one_line(e: BaseException) -> str:
@@ -34,6 +34,8 @@ def _check_file(path: Path) -> None:
         raise MissingFileError(f"checkpoint {path} does not exist")
     if path.is_dir():
         raise CheckpointError(f"checkpoint {path} is a folder: name a .pt file")
+    if not path.is_file():  # a FIFO or a device: reading it could block forever or never end
+        raise CheckpointError(f"checkpoint {path} is not a regular file: name a .pt file")
     if path.suffix.lower() != ".pt":
         raise CheckpointError(f"checkpoint {path} must be a .pt file (an Ultralytics checkpoint)")
 
@@ -120,12 +122,17 @@ def checkpoint_model(ckpt: dict, path: str | Path, need: str = "model") -> nn.Mo
     Raises:
         CheckpointError: No model in it, or not the model needed.
     """
+    from ultralytics.nn.tasks import BaseModel
+
     from ibra_yolo.nn.blocks import NeuronConv
 
     model = ckpt.get("ema") if ckpt.get("ema") is not None else ckpt.get("model")
     if not isinstance(model, nn.Module):
         keys = ", ".join(map(repr, list(ckpt)[:5])) or "no keys"
         raise CheckpointError(f"{path} is not an Ultralytics checkpoint: it holds no 'model' module ({keys})")
+    if not isinstance(model, BaseModel):
+        raise CheckpointError(f"{path} holds a {type(model).__name__}, not an Ultralytics model (DetectionModel, ...)")
+    check_finite_weights(model, path)
     units = [m for m in model.modules() if isinstance(m, NeuronConv)]
     if need != "model" and not units:
         raise CheckpointError(f"{path} holds a {type(model).__name__} without ibra-yolo layers, not an ibra-yolo model")
@@ -135,6 +142,22 @@ def checkpoint_model(ckpt: dict, path: str | Path, need: str = "model") -> nn.Mo
             f"IBRA-LIF, IB-LIF or I-LIF model"
         )
     return model
+
+
+def check_finite_weights(model: nn.Module, path: str | Path) -> None:
+    """Refuse a model with a NaN or infinite weight or buffer (it would predict nothing, or NaN, without a word).
+
+    Raises:
+        NonFiniteError: Naming the first such tensor and how many of its values are not finite.
+    """
+    from ibra_yolo.errors import NonFiniteError
+
+    for name, t in [*model.named_parameters(), *model.named_buffers()]:
+        if t.is_floating_point() and not t.isfinite().all():
+            bad = int((~t.isfinite()).sum())
+            raise NonFiniteError(
+                f"{path}: {name} holds {bad} NaN or infinite value(s) of {t.numel()}: the weights are broken"
+            )
 
 
 def load_yolo(path: str | Path):
@@ -151,6 +174,8 @@ def load_yolo(path: str | Path):
     from ultralytics import YOLO
 
     path = Path(path)
+    if path.suffix.lower() in {".pth", ".ckpt", ".pkl", ".bin", ".safetensors"}:
+        raise CheckpointError(f"weights {path} must be an Ultralytics .pt checkpoint, an export or a model YAML")
     if path.suffix.lower() == ".pt":
         if not path.exists():  # checked first: YOLO() would try to download a name
             raise MissingFileError(f"weights file {path} does not exist")

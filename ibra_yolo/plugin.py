@@ -16,13 +16,17 @@ cannot be a model (not valid YAML, empty, not a mapping, a spiking YAML with a b
 does not have, a file that does not exist) fails there as one ``IbraYoloError`` line, before Ultralytics reads it.
 
 With the autoload switched off (``IBRA_YOLO_AUTOLOAD=0``) nothing is registered; ``register_hint()`` only makes a
-failure to load one of our models say that the plugin is not registered and how to register it. Nothing else of the
-process changes: our classes allow-list themselves for ``ULTRALYTICS_SAFE_LOAD=1`` when ``ibra_yolo.nn`` is imported
-(``register()`` imports it), and our input errors (``IbraYoloError``) are normal exceptions whose message is one line.
-Only inside Ultralytics' own ``yolo`` console script does ``register()`` also print such an error as that one line
-instead of a traceback (set ``IBRA_YOLO_TRACEBACK=1`` for the traceback): that program is the stock CLI our models
-are built for, and no other program's ``sys.excepthook`` is touched. ``register()`` runs automatically when
-``ultralytics.nn.tasks`` is first imported (see ``ibra_yolo._autoload``), or explicitly via ``ibra_yolo.register()``.
+failure to load one of our models say that the plugin is not registered and how to register it.
+
+``register()`` changes three more things, so that the stock pipeline is safe with our models: it turns Ultralytics'
+restricted checkpoint loading on (``tasks.SAFE_LOAD``) unless ``ULTRALYTICS_SAFE_LOAD`` is set (a checkpoint is a
+pickle; our classes allow-list themselves when ``ibra_yolo.nn`` is imported); it wraps the detection predictor's
+``postprocess`` and the validator's ``init_metrics``/``postprocess`` when their modules are first imported, so that
+NaN/inf raw predictions of a model with our head stop with ``NonFiniteError`` instead of vanishing in NMS; and inside
+Ultralytics' own ``yolo`` console script only, it prints our input errors (``IbraYoloError``, one-line messages) as
+that one line instead of a traceback (``IBRA_YOLO_TRACEBACK=1`` for the traceback); no other program's
+``sys.excepthook`` is touched. ``register()`` runs automatically when ``ultralytics.nn.tasks`` is first imported (see
+``ibra_yolo._autoload``), or explicitly via ``ibra_yolo.register()``.
 """
 
 from __future__ import annotations
@@ -106,12 +110,37 @@ def _find_model_yaml(name: str | Path) -> tuple[Path, str | None, dict] | None:
             if not d:
                 raise ModelConfigError(f"{file} is empty: a model YAML needs nc, backbone and head (and neuron)")
             if is_spiking_yaml(d):
+                _check_unique_keys(file)
                 return file, scale, d
             ours = sorted({r[2] for r in _rows(d)} & _our_modules())
             if ours:
                 raise ModelConfigError(f"{file} uses ibra-yolo's {ours} but has no 'neuron' key, e.g. {_NEURON_HINT}")
             return None
     return None
+
+
+def _check_unique_keys(path: Path) -> None:
+    """Refuse a YAML that repeats a key in one mapping (PyYAML silently keeps the last, e.g. a second ``nc``)."""
+    import yaml
+
+    from ibra_yolo.errors import ModelConfigError
+
+    class _Unique(yaml.SafeLoader):
+        def construct_mapping(self, node, deep=False):
+            seen = set()
+            for key_node, _ in node.value:
+                key = self.construct_object(key_node, deep=True)
+                if isinstance(key, (list, dict)):
+                    continue  # unhashable: PyYAML's own construct_mapping names it
+                if key in seen:
+                    line = key_node.start_mark.line + 1
+                    raise ModelConfigError(
+                        f"{path} repeats the key {key!r} at line {line}: keep one (YAML keeps only the last)"
+                    )
+                seen.add(key)
+            return super().construct_mapping(node, deep)
+
+    yaml.load(path.read_text(encoding="utf-8"), Loader=_Unique)  # noqa: S506 - a SafeLoader subclass
 
 
 _NEURON_HINT = "neuron: {kind: IBRALIF, D: 5.11, N: 100, beta: 0.25}"
@@ -227,6 +256,79 @@ def _wrap_method(original, replacement):
     return method
 
 
+def _is_ours(model) -> bool:
+    """True for one of our models, also inside Ultralytics' wrappers (AutoBackend keeps it as ``.model`` of a backend
+    object, not as a submodule; torch.compile and DDP hold it as a submodule)."""
+    from torch import nn
+
+    from ibra_yolo.nn.head import SpikeDetect
+
+    for _ in range(3):
+        if isinstance(model, nn.Module) and any(isinstance(m, SpikeDetect) for m in model.modules()):
+            return True
+        model = getattr(model, "model", None)
+    return False
+
+
+def check_finite_predictions(preds) -> None:
+    """Raise ``NonFiniteError`` when a model's raw boxes or scores hold NaN or inf (NMS would drop them silently).
+
+    One reduction on the device and one host sync per batch, right before NMS, which syncs anyway.
+    """
+    import torch
+
+    from ibra_yolo.errors import NonFiniteError
+
+    p = preds[0] if isinstance(preds, (list, tuple)) else preds
+    if isinstance(p, torch.Tensor) and p.is_floating_point() and not bool(torch.isfinite(p).all()):
+        bad = int((~torch.isfinite(p)).sum())
+        raise NonFiniteError(
+            f"the model's raw predictions hold {bad} NaN or infinite value(s) of {p.numel()}: NMS would drop them and "
+            "report no detections; check the input image and the weights"
+        )
+
+
+def _predictor_postprocess(original, self, preds, *args, **kwargs):
+    if _is_ours(self.model):
+        check_finite_predictions(preds)
+    return original(self, preds, *args, **kwargs)
+
+
+def _validator_init_metrics(original, self, model, *args, **kwargs):
+    self.__ibra_yolo_checks__ = not self.training and _is_ours(model)  # training: the trainer handles NaN itself
+    return original(self, model, *args, **kwargs)
+
+
+def _validator_postprocess(original, self, preds, *args, **kwargs):
+    if getattr(self, "__ibra_yolo_checks__", False):
+        check_finite_predictions(preds)
+    return original(self, preds, *args, **kwargs)
+
+
+def _wrap_methods(module: str, cls: str, replacements: dict) -> None:
+    """Wrap methods of ``module.cls`` (once): ``{method name: replacement(original, self, ...)}``."""
+    klass = getattr(sys.modules[module], cls)
+    for name, replacement in replacements.items():
+        if not hasattr(getattr(klass, name), "__ibra_yolo_original__"):
+            setattr(klass, name, _wrap_method(getattr(klass, name), replacement))
+
+
+_PREDICTOR = {"postprocess": _predictor_postprocess}
+_VALIDATOR = {"init_metrics": _validator_init_metrics, "postprocess": _validator_postprocess}
+
+
+def _check_predictions_before_nms() -> None:
+    """Make the stock detection predictor and validator refuse NaN/inf raw predictions of our models.
+
+    Their modules import ``ultralytics.nn.tasks`` themselves, so they are wrapped when they are first imported.
+    """
+    from ibra_yolo._autoload import after_import
+
+    predict, val = "ultralytics.models.yolo.detect.predict", "ultralytics.models.yolo.detect.val"
+    after_import(predict, functools.partial(_wrap_methods, predict, "DetectionPredictor", _PREDICTOR))
+    after_import(val, functools.partial(_wrap_methods, val, "DetectionValidator", _VALIDATOR))
+
+
 def _running_ultralytics_cli() -> bool:
     """True when this process is Ultralytics' own console script (``yolo``, ``ultralytics``).
 
@@ -307,6 +409,9 @@ def register() -> None:
     )
     if not hasattr(tasks.BaseModel.fuse, "__ibra_yolo_original__"):
         tasks.BaseModel.fuse = _wrap_method(tasks.BaseModel.fuse, _spiking_fuse)
+    if os.environ.get("ULTRALYTICS_SAFE_LOAD") is None:  # unset: checkpoints are pickles, so load them restricted
+        tasks.SAFE_LOAD = True
+    _check_predictions_before_nms()
     import ibra_yolo.nn  # noqa: F401 - our classes exist, allow-listed for ULTRALYTICS_SAFE_LOAD=1 (see ibra_yolo.nn)
 
     if _running_ultralytics_cli() and not getattr(sys.excepthook, "__ibra_yolo__", False):

@@ -2,6 +2,7 @@
 
 import os
 import pickle
+import subprocess
 
 import cv2
 import numpy as np
@@ -83,7 +84,7 @@ def test_malicious_pickle_in_every_command(evil, python):
         ({"hello": 1}, CheckpointError, "is not an Ultralytics checkpoint: it holds no 'model' module ('hello')"),
         ({"model": None, "ema": None}, CheckpointError, "it holds no 'model' module ('model', 'ema')"),
         ([1, 2], CheckpointError, "is not an Ultralytics checkpoint: it holds a list, not a dict"),
-        ({"model": torch.nn.Linear(1, 1)}, CheckpointError, "holds a Linear without ibra-yolo layers"),
+        ({"model": torch.nn.Linear(1, 1)}, CheckpointError, "holds a Linear, not an Ultralytics model"),
     ],
 )
 def test_only_checkpoints_of_spiking_models_convert(tmp_path, content, cls, message):
@@ -154,3 +155,54 @@ def test_eval_cli_refuses_hello(tmp_path, capsys):
         energy_cli.main(["--weights", str(tmp_path / "hello.pt"), "--source", str(data), "--out", str(tmp_path)]) == 2
     )
     assert capsys.readouterr().err == msg
+
+
+def test_not_a_regular_file_is_refused_without_reading(tmp_path):
+    # a FIFO blocked `ibra-yolo deploy fifo.pt out.pt` forever in open(); it is refused before anything reads it
+    os.mkfifo(tmp_path / "fifo.pt")
+    with pytest.raises(CheckpointError, match=f"^checkpoint {tmp_path / 'fifo.pt'} is not a regular file"):
+        load_checkpoint(tmp_path / "fifo.pt")
+
+
+@pytest.mark.parametrize("suffix", [".pth", ".ckpt"])
+def test_load_yolo_names_a_foreign_suffix(tmp_path, suffix):
+    # Ultralytics' own check was an AssertionError traceback ("acceptable suffix is {'.pt'}")
+    torch.save({"model": None}, tmp_path / f"w{suffix}")
+    with pytest.raises(CheckpointError, match=rf"^weights {tmp_path / ('w' + suffix)} must be an Ultralytics \.pt"):
+        load_yolo(tmp_path / f"w{suffix}")
+
+
+def test_non_finite_weights_are_refused_when_read(tmp_path):
+    # a diverged model predicted nothing and eval reported mAP 0 without a word; the tensor is now named on load
+    from ultralytics.nn.tasks import DetectionModel
+
+    model = DetectionModel("spike-yolo-ibra-n.yaml", nc=3, verbose=False)
+    with torch.no_grad():
+        model.model[3].bn.running_var[5] = float("inf")
+    torch.save({"model": model, "train_args": {}}, tmp_path / "inf.pt")
+    from ibra_yolo.errors import NonFiniteError
+
+    with pytest.raises(NonFiniteError) as e:
+        load_yolo(tmp_path / "inf.pt")
+    assert str(e.value) == (
+        f"{tmp_path / 'inf.pt'}: model.3.bn.running_var holds 1 NaN or infinite value(s) of 96: the weights are broken"
+    )
+
+
+def test_stock_loading_is_restricted_by_default(evil, python):
+    # With the plugin registered, Ultralytics' own YOLO("x.pt") loads restricted (ULTRALYTICS_SAFE_LOAD unset reads as
+    # on): the malicious pickle ran os.system through YOLO() before. Setting the variable to 0 is the user's opt-out.
+    code = "import sys\nfrom ultralytics import YOLO\ntry:\n    YOLO(sys.argv[1])\nexcept Exception as e:\n    print(e)"
+    env = {k: v for k, v in os.environ.items() if k != "ULTRALYTICS_SAFE_LOAD"}
+    out = subprocess.run([python, "-c", code, evil / "evil.pt"], env=env, capture_output=True, text=True).stdout
+    assert "references types outside the supported Ultralytics checkpoint format" in out
+    assert not (evil / "MARKER").exists()
+    # a trusted stock checkpoint still loads restricted: an Ultralytics YOLOv8n saved as the trainer saves it
+    from ultralytics.nn.tasks import DetectionModel
+
+    torch.save({"model": DetectionModel("yolov8n.yaml", nc=3, verbose=False).half(), "train_args": {}}, evil / "v8.pt")
+    code = (
+        "import sys\nfrom ultralytics import YOLO\nprint(sum(p.numel() for p in YOLO(sys.argv[1]).model.parameters()))"
+    )
+    out = subprocess.run([python, "-c", code, evil / "v8.pt"], env=env, capture_output=True, text=True).stdout
+    assert out.splitlines()[-1] == "3011433"  # YOLOv8n with 3 classes: Ultralytics' summary prints 3,011,433

@@ -1,0 +1,70 @@
+"""What the plugin checks inside the stock pipeline (``YOLO(...).predict/val``, ``yolo val``) and our CLIs' one-line
+promise for odd values: NaN predictions, devices that do not exist, file names with line breaks."""
+
+import numpy as np
+import pytest
+import torch
+from conftest import yolo_model
+
+from ibra_yolo.errors import NonFiniteError
+
+MESSAGE = r"^the model's raw predictions hold \d+ NaN or infinite value\(s\) of \d+: NMS would drop them"
+
+
+def test_predict_refuses_a_nan_image():
+    # a float image holding NaN gave 0 detections without a word (NMS drops NaN scores); the neurons pass NaN on, so
+    # the raw predictions show it. 84 = 4 box + 80 class values per anchor, 3 strides at 64 px: 64 + 16 + 4 anchors.
+    model = yolo_model("ibra")
+    with pytest.raises(NonFiniteError, match=MESSAGE) as e:
+        model.predict(np.full((64, 64, 3), np.nan, np.float32), imgsz=64, conf=0.001, verbose=False)
+    assert str(e.value).startswith(f"the model's raw predictions hold {84 * 84} NaN or infinite value(s) of {84 * 84}")
+    assert len(model.predict(np.zeros((64, 64, 3), np.uint8), imgsz=64, verbose=False)) == 1  # a valid image runs
+
+
+def test_stock_val_refuses_nan_weights(tmp_path, shapes_data):
+    # Ultralytics' loader does not check weights: a diverged checkpoint validated to mAP 0 silently. The validator's
+    # raw predictions are checked before its NMS (not during training, where the trainer handles NaN itself).
+    from ultralytics import YOLO
+
+    model = yolo_model("ibra")
+    with torch.no_grad():
+        next(p for p in model.model.parameters() if p.dim() == 4)[0, 0, 0, 0] = float("nan")
+    model.save(tmp_path / "nan.pt")
+    with pytest.raises(NonFiniteError, match=MESSAGE):
+        YOLO(str(tmp_path / "nan.pt")).val(data=str(shapes_data), imgsz=64, batch=4, plots=False, project=str(tmp_path))
+
+
+def test_stock_models_are_not_checked():
+    # the check is ours, for our models: a stock YOLOv8n with NaN weights behaves as without the plugin (no detections)
+    from ultralytics import YOLO
+
+    model = YOLO("yolov8n.yaml")
+    with torch.no_grad():
+        next(model.model.parameters()).fill_(float("nan"))
+    results = model.predict(np.zeros((64, 64, 3), np.uint8), imgsz=64, verbose=False)
+    assert len(results[0].boxes) == 0
+
+
+def test_eval_checks_the_device_before_work(tmp_path, shapes_data, capsys):
+    # 'cpu,cpu' was Ultralytics' ValueError traceback after the model had loaded; now one line, nothing written
+    from ibra_yolo.cli import eval as eval_cli
+
+    yolo_model("ibra").save(tmp_path / "m.pt")
+    argv = ["--weights", tmp_path / "m.pt", "--data", shapes_data, "--imgsz", 64, "--device", "cpu,cpu"]
+    assert eval_cli.main([*map(str, argv), "--project", str(tmp_path / "p"), "--name", "v"]) == 2
+    err = capsys.readouterr().err
+    assert err.startswith("error: device='cpu,cpu' is not available: ") and err.count("\n") == 1, err
+    assert not (tmp_path / "p").exists()
+
+
+def test_a_line_break_in_a_file_name_stays_one_line(tmp_path, capsys):
+    # our messages quote paths; a name with a line break split the promised one line in two
+    from ibra_yolo.cli import eval as eval_cli
+    from ibra_yolo.errors import IbraYoloError
+
+    ann = tmp_path / "two\nlines.json"  # does not exist: the message names it
+    argv = ["--ann", str(ann), "--pred", str(tmp_path / "p.json"), "--out", str(tmp_path / "o.json")]
+    assert eval_cli.main(argv) == 2
+    err = capsys.readouterr().err
+    assert err.count("\n") == 1 and "two\\nlines.json" in err, err
+    assert str(IbraYoloError("a\nb\rc")) == "a\\nb\\rc"
