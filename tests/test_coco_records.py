@@ -4,6 +4,7 @@ with one line naming the record (index), the field and the value, before pycocot
 import copy
 import json
 import math
+import os
 
 import pytest
 from test_eval_coco import GT, PRED
@@ -114,13 +115,19 @@ BAD_ANNOTATIONS = [
      IbraYoloError, "annotation 0 has no 'area'"),
     (_bad_gt(4, image_id=99), IbraYoloError, "annotation 4 has image_id=99, which is not in its image list"),
     (_bad_gt(5, category_id=3), IbraYoloError, "annotation 5 has category_id=3, which is not in its category list"),
+    # pycocotools indexes boxes by id: with two boxes sharing id 1, perfect predictions scored AP 0.916, not 1.0
+    (_bad_gt(1, id=GT["annotations"][0]["id"]), IbraYoloError,
+     f"annotation id {GT['annotations'][0]['id']!r} is used more than once: every box needs its own id"),
+    # no boxes at all: COCOeval printed -100.0 % as the result
+    ({**GT, "annotations": []}, IbraYoloError, " has no annotations (an empty 'annotations' list)"),
 ]  # fmt: skip
 
 
 @pytest.mark.parametrize("gt, cls, message", BAD_ANNOTATIONS)
 def test_bad_annotation_is_named(tmp_path, capsys, gt, cls, message):
     rc, err, out = _run(tmp_path, capsys, PRED, gt)
-    assert rc == 2 and err.startswith(f"error: {tmp_path / 'gt.json'}: {message}") and err.count("\n") == 1, err
+    after = message if message.startswith(" has ") else f": {message}"  # "<file> has ..." or "<file>: annotation ..."
+    assert rc == 2 and err.startswith(f"error: {tmp_path / 'gt.json'}{after}") and err.count("\n") == 1, err
     assert not out.exists()
     with pytest.raises(IbraYoloError) as e:
         coco.load_annotations(tmp_path / "gt.json")
@@ -139,3 +146,26 @@ def test_model_mode_refuses_non_finite_boxes():
     assert "check its weights" in str(e.value)
     dets[1]["bbox"][0] = 5.0
     assert math.isfinite(coco.run_detections(run, GT).detections[1]["bbox"][0])
+
+
+def test_json_that_cannot_be_a_coco_file(tmp_path, capsys):
+    # 200,000 nested lists: json.loads raised RecursionError, a traceback
+    (tmp_path / "deep.json").write_text("[" * 200_000 + "]" * 200_000)
+    (tmp_path / "gt.json").write_text(json.dumps(GT))
+    argv = [
+        "--pred",
+        str(tmp_path / "deep.json"),
+        "--ann",
+        str(tmp_path / "gt.json"),
+        "--out",
+        str(tmp_path / "o.json"),
+    ]
+    assert eval_coco.main(argv) == 2
+    assert (
+        capsys.readouterr().err
+        == f"error: predictions file {tmp_path / 'deep.json'} nests its JSON too deeply to be a COCO file\n"
+    )
+    # a FIFO would block read_text() forever: refused without opening it
+    os.mkfifo(tmp_path / "fifo.json")
+    with pytest.raises(IbraYoloError, match=f"^annotation file {tmp_path / 'fifo.json'} is not a regular file"):
+        coco.load_annotations(tmp_path / "fifo.json")

@@ -49,10 +49,14 @@ def _load_json(path: str | Path, what: str):
         raise MissingFileError(f"{what} file {path} does not exist")
     if path.is_dir():
         raise IbraYoloError(f"{what} file {path} is a folder: name a JSON file")
+    if not path.is_file():  # a FIFO or a device: reading it could block forever
+        raise IbraYoloError(f"{what} file {path} is not a regular file: name a JSON file")
     try:
         return json.loads(path.read_text())
     except (json.JSONDecodeError, UnicodeDecodeError) as e:
         raise IbraYoloError(f"{what} file {path} is not valid JSON ({e})") from None
+    except RecursionError:
+        raise IbraYoloError(f"{what} file {path} nests its JSON too deeply to be a COCO file") from None
     except OSError as e:
         raise IbraYoloError(f"cannot read {what} file {path}: {e.strerror or type(e).__name__}") from None
 
@@ -94,7 +98,20 @@ def load_annotations(path: str | Path) -> dict:
         _id_type_check(ids[key], key[:-1] if key == "images" else "category", path)
         if len(set(ids[key])) != len(ids[key]):
             raise IbraYoloError(f"{path}: duplicate {key} ids")
+    if not gt["annotations"]:
+        raise IbraYoloError(
+            f"{path} has no annotations (an empty 'annotations' list): there is nothing to score against"
+        )
     check_annotations(gt["annotations"], str(path))
+    ann_ids = [a["id"] for a in gt["annotations"]]
+    if len(set(ann_ids)) != len(ann_ids):  # pycocotools indexes boxes by id: one would be lost, another counted twice
+        seen, dup = set(), None
+        for i in ann_ids:
+            if i in seen:
+                dup = i
+                break
+            seen.add(i)
+        raise IbraYoloError(f"{path}: annotation id {dup!r} is used more than once: every box needs its own id")
     images, categories = set(ids["images"]), set(ids["categories"])
     for i, a in enumerate(gt["annotations"]):  # pycocotools would silently leave such a box out of every metric
         for key, known in (("image_id", images), ("category_id", categories)):
