@@ -16,11 +16,23 @@ __all__ = (
     "FoldedModelError",
     "NonFiniteError",
     "PathError",
+    "one_line",
 )
 
 
+def one_line(text: str) -> str:
+    """``text`` with its line breaks written as ``\\n`` / ``\\r``, so that it prints as one line."""
+    return text.replace("\r", "\\r").replace("\n", "\\n")
+
+
 class IbraYoloError(Exception):
-    """Base class of ibra-yolo's user-facing errors: the message says what is wrong and how to fix it."""
+    """Base class of ibra-yolo's user-facing errors: the message says what is wrong and how to fix it.
+
+    The message is one line whatever it quotes: a line break inside it (a file name may hold one) reads as ``\\n``.
+    """
+
+    def __str__(self) -> str:
+        return one_line(super().__str__())
 
 
 class ModelConfigError(IbraYoloError, ValueError):

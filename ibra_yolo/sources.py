@@ -22,7 +22,9 @@ import torch
 
 from ibra_yolo.errors import IbraYoloError, MissingFileError
 
-__all__ = ("load_dataset", "list_images", "image_batches", "select_device")
+__all__ = ("load_dataset", "list_images", "image_batches", "select_device", "MAX_IMGSZ")
+
+MAX_IMGSZ = 8192  # the largest image size our tools take: a 16k square would need tens of GB in the first layer alone
 
 _YAML = {".yaml", ".yml"}
 
@@ -107,11 +109,22 @@ def image_batches(files: list[str], imgsz: int, batch: int) -> Iterator[torch.Te
     Images are read by ``LoadImagesAndVideos`` (in threads for large batches); one that cannot be decoded is skipped
     with Ultralytics' warning, so count the images of the batches, not ``files``.
     """
+    import cv2
     from ultralytics.data.augment import LetterBox
     from ultralytics.data.loaders import LoadImagesAndVideos
 
     letterbox = LetterBox((imgsz, imgsz), auto=False)
-    for _, images, _ in LoadImagesAndVideos(list(files), batch=batch):
+    files, done = list(files), 0
+    loader = iter(LoadImagesAndVideos(files, batch=batch))
+    while True:
+        try:
+            paths, images, _ = next(loader)
+        except StopIteration:
+            return
+        except (cv2.error, MemoryError) as e:  # e.g. a PNG header claiming 60000 x 60000 pixels
+            what = ", ".join(files[done : done + batch][:3]) + (" ..." if len(files) - done > 3 else "")
+            raise IbraYoloError(f"cannot decode an image of {what}: {_one_line(e)[:200]}") from None
+        done += len(paths)
         arrays = [np.ascontiguousarray(letterbox(image=im)[..., ::-1].transpose(2, 0, 1)) for im in images]
         yield torch.from_numpy(np.stack(arrays))
 

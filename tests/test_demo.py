@@ -162,6 +162,15 @@ def test_demo_refuses_checkpoints_and_owned_train_args_before_work(tmp_path, cap
         (["--yolo-arg", "name=../../escape"], "--yolo-arg 'name=../../escape'"),
         (["--seed", "-1"], "--seed -1 is invalid"),
         (["--model", str(bad_yaml)], "backbone"),
+        # checked as the stock trainer checks them, before any work (each was the child's traceback after the data)
+        (["--yolo-arg", "epochs=abc"], "--yolo-arg epochs=...: use the demo's own --epochs"),
+        (["--yolo-arg", "lr0=abc"], "--yolo-arg: 'lr0=abc' is of invalid type str"),
+        (["--yolo-arg", "lr0=1e999"], "--yolo-arg 'lr0=1e999': the value must be finite"),  # YAML reads inf
+        (["--yolo-arg", "lr0="], "--yolo-arg 'lr0=': missing 'lr0' value"),
+        (["--yolo-arg", "mosiac=0"], "--yolo-arg 'mosiac=0': 'mosiac' is not a `yolo train` argument"),
+        (["--yolo-arg", "device=0"], "--yolo-arg device=...: use the demo's own --device"),
+        (["--device", "banana"], "device='banana' is not available"),
+        (["--imgsz", "100000"], "--imgsz 100000 is invalid: at most 8192"),
     ]
     for argv, message in cases:
         assert demo_cli.main(["--out", str(out), *argv]) == 2, argv

@@ -42,7 +42,7 @@ def tiny(second: nn.Module, neuron: nn.Module, T: int = 1, currents=CURRENTS) ->
 
 
 def images(n: int = 2, size: int = 8) -> torch.Tensor:
-    return torch.rand(n, 3, size, size, generator=torch.Generator().manual_seed(0)) + 0.1  # no zero pixels
+    return torch.rand(n, 3, size, size, generator=torch.Generator().manual_seed(0)) * 0.9 + 0.1  # in [0.1, 1]: no 0s
 
 
 def lif7(encoding: str = "binary", T: int = 1) -> IntegerLIF:

@@ -1,4 +1,5 @@
-"""measure() and ``ibra-yolo energy`` on non-finite input: one NonFiniteError naming the image or the layer."""
+"""measure() and ``ibra-yolo energy`` on bad input: non-finite images or weights (one NonFiniteError naming the image,
+layer or tensor), images of the wrong dtype, range or shape, and sizes no image can have."""
 
 import cv2
 import numpy as np
@@ -8,7 +9,7 @@ from conftest import detection_model
 
 from ibra_yolo.cli import energy as energy_cli
 from ibra_yolo.energy import measure
-from ibra_yolo.errors import NonFiniteError
+from ibra_yolo.errors import IbraYoloError, NonFiniteError
 
 NAN, INF = float("nan"), float("inf")
 
@@ -29,7 +30,7 @@ def test_non_finite_image_is_named(model, spike_driven, value, kind):
         measure(model, x, progress=False, spike_driven=spike_driven)
     assert (
         str(e.value)
-        == f"image 1 of tensor (3, 3, 64, 64) holds {kind}: images must be finite (uint8, or floats in [0, 1])"
+        == f"image 1 of tensor (3, 3, 64, 64) holds {kind}: images must be uint8 (0..255) or floats in [0, 1]"
     )
 
 
@@ -68,5 +69,61 @@ def test_energy_cli_nan_weights_one_line(tmp_path, capsys):
     argv = ["--weights", tmp_path / "nan.pt", "--source", tmp_path / "img.png", "--imgsz", 64, "--out", tmp_path / "e"]
     assert energy_cli.main([str(a) for a in argv]) == 2
     err = capsys.readouterr().err
-    assert err.startswith("error: layer ") and "neuron outputs hold NaN" in err and err.count("\n") == 1, err
+    # refused when the checkpoint is read, naming the tensor (_nan_weights puts one NaN in model.1's conv weight)
+    expected = "model.1.conv.op.weight holds 1 NaN or infinite value(s) of 7056: the weights are broken"
+    assert err == f"error: {tmp_path / 'nan.pt'}: {expected}\n", err
     assert not (tmp_path / "e").exists()  # nothing written
+
+
+@pytest.mark.parametrize(
+    "make, says",
+    [
+        # floats 0..255 were counted as images 255x brighter: 2.5x the SOPs and energy of the same uint8 image
+        (lambda u8: u8.float(), "image 0 of tensor (2, 3, 64, 64) holds floats in [0, 255]: images must be uint8 "
+         "(0..255) or floats in [0, 1] (divide by 255)"),
+        (lambda u8: u8.long(), "tensor (2, 3, 64, 64): images must be uint8 (0..255) or floats in [0, 1], got "
+         "torch.int64"),
+        (lambda u8: torch.complex(u8.float() / 255, u8.float()), "got torch.complex64"),  # the j part was dropped
+        (lambda u8: u8[:, :1], "tensor (2, 1, 64, 64): a batch must be [N, 3, H, W], got shape (2, 1, 64, 64)"),
+    ],
+)  # fmt: skip
+def test_images_of_the_wrong_kind_are_refused(model, make, says):
+    u8 = torch.zeros(2, 3, 64, 64, dtype=torch.uint8)
+    u8[:, :, 10:20, 10:20] = 255
+    with pytest.raises(IbraYoloError) as e:
+        measure(model, make(u8), progress=False)
+    assert type(e.value) is IbraYoloError and says in str(e.value), str(e.value)
+    # the two valid forms of the same image count the same
+    a = measure(model, u8, progress=False).summary()
+    b = measure(model, u8.float() / 255, progress=False).summary()
+    assert a["SOPs"] == b["SOPs"] and a["energy_mJ"] == b["energy_mJ"]
+
+
+def test_image_sizes_no_image_can_have(model, tmp_path, capsys):
+    # --imgsz 100000 asked cv2 for 30 GB and failed with its traceback; 8192 is the largest size our tools take
+    with pytest.raises(IbraYoloError, match=r"^imgsz=100000 is invalid: it must be at most 8192$"):
+        measure(model, [str(tmp_path / "x.png")], imgsz=100000, progress=False)
+    cv2.imwrite(str(tmp_path / "x.png"), np.zeros((8, 8, 3), np.uint8))
+    argv = ["--weights", "spike-yolo-ibra-n.yaml", "--source", str(tmp_path / "x.png"), "--imgsz", "100000"]
+    assert energy_cli.main([*argv, "--out", str(tmp_path / "e")]) == 2
+    err = capsys.readouterr().err
+    assert err.startswith(
+        "error: argument --imgsz: 100000 is invalid: it must be >= 32 and a multiple of 32 and <= 8192"
+    )
+
+
+def test_image_that_claims_too_many_pixels(model, tmp_path):
+    # a valid PNG whose header claims 60000 x 60000 pixels: cv2 refuses to decode it; that is one line naming the file
+    import struct
+    import zlib
+
+    def chunk(kind, data):
+        return struct.pack(">I", len(data)) + kind + data + struct.pack(">I", zlib.crc32(kind + data))
+
+    header = struct.pack(">IIBBBBB", 60000, 60000, 8, 2, 0, 0, 0)
+    idat = zlib.compress(b"\0" * 100)
+    (tmp_path / "bomb.png").write_bytes(
+        b"\x89PNG\r\n\x1a\n" + chunk(b"IHDR", header) + chunk(b"IDAT", idat) + chunk(b"IEND", b"")
+    )
+    with pytest.raises(IbraYoloError, match=rf"^cannot decode an image of {tmp_path / 'bomb.png'}: "):
+        measure(model, [str(tmp_path / "bomb.png")], imgsz=64, progress=False)

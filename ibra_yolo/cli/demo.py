@@ -16,9 +16,10 @@ import time
 from dataclasses import dataclass
 from pathlib import Path
 
-from ibra_yolo.cli.parser import ArgumentParser, run_command
+from ibra_yolo.cli.parser import ArgumentParser, UsageError, run_command
 from ibra_yolo.errors import IbraYoloError, OutputExistsError
 from ibra_yolo.files import check_folder, check_output, write_json
+from ibra_yolo.sources import MAX_IMGSZ
 
 __all__ = (
     "DEFAULTS",
@@ -82,6 +83,39 @@ def build_parser() -> ArgumentParser:
 
 
 DEMO_OWNED = ("model", "data", "project", "name", "exist_ok", "resume")  # train arguments --yolo-arg may not set
+DEMO_OPTIONS = ("epochs", "imgsz", "batch", "device")  # set with the demo's own option of that name
+
+
+def check_yolo_args(pairs: list[str]) -> None:
+    """Check ``--yolo-arg KEY=VALUE`` pairs as the stock trainer will (known key, type, range), before any work.
+
+    Raises:
+        UsageError: An unknown key, or a value Ultralytics' configuration check refuses.
+    """
+    import logging
+    import math
+
+    from ultralytics.cfg import DEFAULT_CFG_DICT, get_cfg, parse_key_value_pair
+
+    overrides = {}
+    for pair in pairs:
+        try:
+            key, value = parse_key_value_pair(pair)
+        except (AssertionError, ValueError) as e:  # e.g. 'lr0=' (no value)
+            raise UsageError(f"--yolo-arg {pair!r}: {str(e).strip() or 'expected KEY=VALUE'}") from None
+        if key not in DEFAULT_CFG_DICT:
+            raise UsageError(f"--yolo-arg {pair!r}: {key!r} is not a `yolo train` argument (see `yolo cfg`)")
+        if isinstance(value, float) and not math.isfinite(value):
+            raise UsageError(f"--yolo-arg {pair!r}: the value must be finite")
+        overrides[key] = value
+    quiet = logging.getLogger("ultralytics")
+    level, quiet.level = quiet.level, logging.CRITICAL  # get_cfg logs a help block for what it refuses
+    try:
+        get_cfg(DEFAULT_CFG_DICT, overrides)
+    except (TypeError, ValueError, SyntaxError) as e:
+        raise UsageError(f"--yolo-arg: {' '.join(str(e).split())}") from None
+    finally:
+        quiet.level = level
 
 
 def check_args(p: ArgumentParser, args: argparse.Namespace) -> None:
@@ -99,6 +133,12 @@ def check_args(p: ArgumentParser, args: argparse.Namespace) -> None:
     fixed = [a for a in args.yolo_arg if a.split("=", 1)[0].strip() in DEMO_OWNED]
     if fixed:  # the demo's own files and folders: a checkpoint here would be unpickled by the stock trainer
         p.error(f"--yolo-arg {fixed[0]!r}: the demo sets {', '.join(DEMO_OWNED)} itself (use --model, --out)")
+    own = [a.split("=", 1)[0].strip() for a in args.yolo_arg if a.split("=", 1)[0].strip() in DEMO_OPTIONS]
+    if own:  # the evaluation uses them too: two values would disagree
+        p.error(f"--yolo-arg {own[0]}=...: use the demo's own --{own[0]} (training and evaluation share it)")
+    if args.imgsz > MAX_IMGSZ:
+        p.error(f"--imgsz {args.imgsz} is invalid: at most {MAX_IMGSZ}")
+    check_yolo_args(args.yolo_arg)
     if Path(args.model).suffix.lower() not in (".yaml", ".yml"):
         p.error(f"--model {args.model!r} is not a model YAML: the demo trains a model YAML from scratch (a .pt "
                 "checkpoint is not accepted: its pickle would be loaded unchecked by the stock trainer)")  # fmt: skip
@@ -227,9 +267,11 @@ def run(args: argparse.Namespace) -> int:
 
     import ibra_yolo
     from ibra_yolo.data import make_shapes_dataset
+    from ibra_yolo.sources import select_device
 
     ibra_yolo.register()
     yaml_model_load(args.model)  # the model YAML is checked completely before any work (one line if it is bad)
+    select_device(args.device)  # likewise the device: one line if it does not exist here
     t0 = time.time()
     times = {}
     paths = prepare_out(Path(args.out), args)

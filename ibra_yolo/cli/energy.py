@@ -10,6 +10,7 @@ import argparse
 import os
 
 from ibra_yolo.cli.parser import ArgumentParser, positive_int, run_command
+from ibra_yolo.sources import MAX_IMGSZ
 
 __all__ = ("build_parser", "main")
 
@@ -46,7 +47,7 @@ def build_parser() -> ArgumentParser:
     )
     p.add_argument("--weights", required=True, help="trained checkpoint (.pt) or model YAML (untrained, for counting)")
     p.add_argument("--source", required=True, help="image folder, image, .txt list, or data YAML (its val split)")
-    p.add_argument("--imgsz", type=positive_int(32, 32), default=640, help="square input size (default 640)")
+    p.add_argument("--imgsz", type=positive_int(32, 32, MAX_IMGSZ), default=640, help="square input size (default 640)")
     p.add_argument("--batch", type=positive_int(1), default=8, help="images per forward pass (default 8)")
     p.add_argument("--max-images", type=positive_int(1), default=None, help="use at most N images")
     p.add_argument(

@@ -13,6 +13,7 @@ import time
 from pathlib import Path
 
 from ibra_yolo.cli.parser import ArgumentParser, run_command, unit_interval
+from ibra_yolo.sources import MAX_IMGSZ
 
 __all__ = ("build_parser", "parse_args", "main", "energy_summary")
 
@@ -100,6 +101,8 @@ def check_args(p: ArgumentParser, args: argparse.Namespace) -> None:
     for k in ("imgsz", "batch", "energy_images"):
         if getattr(args, k) < 1:
             p.error(f"--{k.replace('_', '-')} must be >= 1")
+    if args.imgsz > MAX_IMGSZ:
+        p.error(f"--imgsz {args.imgsz} is invalid: at most {MAX_IMGSZ}")
 
 
 def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
@@ -177,6 +180,10 @@ def _evaluate_model(args: argparse.Namespace) -> dict:
         raise MissingFileError(f"annotation file {args.ann} does not exist")
     if not Path(args.weights).exists():  # a folder is named by the loader
         raise MissingFileError(f"weights file {args.weights} does not exist")
+    if args.device:
+        from ibra_yolo.sources import select_device
+
+        select_device(args.device)  # one line now, not Ultralytics' traceback after the model loaded
     data = load_dataset(args.data, args.split)
     run = coco.predict_split(
         args.weights, args.data, imgsz=args.imgsz, batch=args.batch, conf=args.conf, iou=args.iou,

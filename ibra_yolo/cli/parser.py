@@ -12,7 +12,7 @@ import argparse
 import sys
 from typing import Callable
 
-from ibra_yolo.errors import IbraYoloError
+from ibra_yolo.errors import IbraYoloError, one_line
 
 __all__ = ("ArgumentParser", "UsageError", "run_command", "positive_int", "unit_interval")
 
@@ -52,7 +52,7 @@ def run_command(parser: ArgumentParser, body: Callable[[argparse.Namespace], int
     except OSError as e:  # a file system that refuses (permission, a folder where a file is expected, a full disk)
         from ibra_yolo.files import describe_os_error
 
-        print(f"error: {describe_os_error(e)}", file=sys.stderr)
+        print(f"error: {one_line(describe_os_error(e))}", file=sys.stderr)
         return 2
 
 
@@ -67,16 +67,17 @@ def unit_interval(text: str) -> float:
     return value
 
 
-def positive_int(minimum: int = 1, multiple: int = 1) -> Callable[[str], int]:
-    """An argparse ``type`` for integers ``>= minimum`` (and multiples of ``multiple``)."""
+def positive_int(minimum: int = 1, multiple: int = 1, maximum: int | None = None) -> Callable[[str], int]:
+    """An argparse ``type`` for integers ``>= minimum`` (and multiples of ``multiple``, ``<= maximum``)."""
 
     def parse(text: str) -> int:
         try:
             value = int(text)
         except ValueError:
             raise argparse.ArgumentTypeError(f"{text!r} is not an integer") from None
-        if value < minimum or value % multiple:
+        if value < minimum or value % multiple or (maximum is not None and value > maximum):
             extra = f" and a multiple of {multiple}" if multiple > 1 else ""
+            extra += f" and <= {maximum}" if maximum is not None else ""
             raise argparse.ArgumentTypeError(f"{value} is invalid: it must be >= {minimum}{extra}")
         return value
 

@@ -16,7 +16,7 @@ from ibra_yolo.energy.meter import EnergyMeter
 from ibra_yolo.energy.presets import DEFAULT_PRESET, energy_constants
 from ibra_yolo.energy.report import EnergyReport
 from ibra_yolo.errors import IbraYoloError, MissingFileError, NonFiniteError
-from ibra_yolo.sources import image_batches, list_images, select_device
+from ibra_yolo.sources import MAX_IMGSZ, image_batches, list_images, select_device
 from ibra_yolo.spike_mode import torch_model
 
 __all__ = ("measure", "load_model")
@@ -50,9 +50,11 @@ def load_model(weights: str | Path) -> nn.Module:
     return load_yolo(p).model  # a .pt is read safely first: its pickle never runs code
 
 
-def _check_int(name: str, value, minimum: int = 1) -> None:
+def _check_int(name: str, value, minimum: int = 1, maximum: int | None = None) -> None:
     if not (isinstance(value, int) and not isinstance(value, bool) and value >= minimum):
         raise IbraYoloError(f"{name}={value!r} is invalid: it must be an integer >= {minimum}")
+    if maximum is not None and value > maximum:
+        raise IbraYoloError(f"{name}={value!r} is invalid: it must be at most {maximum}")
 
 
 def _is_tensor_list(images) -> bool:
@@ -86,15 +88,32 @@ def _progress(batches: Iterable, total: int, enabled: bool) -> Iterator[torch.Te
             bar.update(len(x))
 
 
-def _check_finite(x: torch.Tensor, first: int, source: str) -> None:
-    """A batch of float images holds only finite values; else a ``NonFiniteError`` names the first bad image."""
+def _check_images(x: torch.Tensor, first: int, source: str, channels: int) -> None:
+    """A batch is ``[B, channels, H, W]`` of uint8 or of finite floats in ``[0, 1]``; else the first bad image is named.
+
+    Raises:
+        NonFiniteError: A NaN or infinite pixel.
+        IbraYoloError: Another dtype (int64, bool, complex), another shape, or floats outside ``[0, 1]`` (e.g. 0..255
+            floats, which would be counted as 255x brighter images).
+    """
+    must = "images must be uint8 (0..255) or floats in [0, 1]"
+    if x.dtype != torch.uint8 and not x.is_floating_point():
+        raise IbraYoloError(f"{source}: {must}, got {x.dtype}")
+    if x.dim() != 4 or x.shape[1] != channels:
+        raise IbraYoloError(f"{source}: a batch must be [N, {channels}, H, W], got shape {tuple(x.shape)}")
     if x.is_floating_point():
         bad = ~torch.isfinite(x).flatten(1).all(1)
         if bool(bad.any()):
             i = int(bad.nonzero()[0])
             kinds = " and ".join(k for k, f in (("NaN", torch.isnan), ("inf", torch.isinf)) if bool(f(x[i]).any()))
-            must = "images must be finite (uint8, or floats in [0, 1])"
             raise NonFiniteError(f"image {first + i} of {source} holds {kinds}: {must}")
+        out = ((x < 0) | (x > 1)).flatten(1).any(1)
+        if bool(out.any()):
+            i = int(out.nonzero()[0])
+            lo, hi = float(x[i].min()), float(x[i].max())
+            raise IbraYoloError(
+                f"image {first + i} of {source} holds floats in [{lo:g}, {hi:g}]: {must} (divide by 255)"
+            )
 
 
 def _run(net: nn.Module, meter: EnergyMeter, batches, total: int, spike_driven, device, progress: bool,
@@ -108,6 +127,7 @@ def _run(net: nn.Module, meter: EnergyMeter, batches, total: int, spike_driven, 
     param = next(net.parameters())
     device = select_device(device) if device is not None else param.device
     was_training, was_device, seen = net.training, param.device, 0
+    channels = (getattr(net, "yaml", None) or {}).get("channels", 3)
     units = [c.unit for c in meter.counters if c.spiking]
     previous = [u.spike_driven for u in units]
     switch_mode = any(m.training for m in net.modules())  # (re)setting the mode of ~1400 modules costs ~20 ms
@@ -121,7 +141,7 @@ def _run(net: nn.Module, meter: EnergyMeter, batches, total: int, spike_driven, 
             net.eval()
         with meter, torch.no_grad():
             for x in _progress(batches, total, progress):
-                _check_finite(x, seen, source)
+                _check_images(x, seen, source, channels)
                 x = x.to(device)
                 net(x.to(param.dtype) / 255 if x.dtype == torch.uint8 else x.to(param.dtype))
                 seen += len(x)
@@ -213,7 +233,7 @@ def measure(
         _check_int("max_images", max_images)
     tensors = isinstance(images, torch.Tensor) or _is_tensor_list(images)
     if not tensors:
-        _check_int("imgsz", imgsz, 1)
+        _check_int("imgsz", imgsz, 1, MAX_IMGSZ)
         imgsz = -(-imgsz // 32) * 32  # up to a multiple of the largest stride, as Ultralytics does
     meter = EnergyMeter(net, counting)
     batches, total, source = _batches(images, imgsz, batch, max_images)
