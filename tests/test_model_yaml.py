@@ -165,6 +165,8 @@ def test_bad_row_argument_names_its_row_and_value(section, j, row, says):
             ("backbone", 3, [-1, 1, "Downsample", [10**9, 3, 2, 1]]),
             "Downsample c2=1000000000 scales to 375000000 channels (width 0.375): it must be in [1, 65536]",
         ),
+        # layer 12 has 192 channels at n (512 * 0.375) and layer 6 also 192: 401 inputs make 76,992 > 65,536
+        (("head", 3, [[-1] + [6] * 400, 1, "Concat", []]), "Concat outputs 76992 channels: it must be in [1, 65536]"),
         # layer 9 (SPPF) is 8x8 at the 256-px probe (strides 4, 2, 2, 2): a 31x31 kernel without padding cannot fit
         (("head", 0, [-1, 1, "SConv", [512, 31, 1, 0]]), "SConv k=31 is larger than its 8x8 input (padding 0)"),
         (("head", 1, [-1, 1, "Upsample", [64]]), "Upsample scale=64 makes its 8x8 input larger than the 256x256 input"),

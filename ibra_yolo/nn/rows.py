@@ -292,10 +292,12 @@ def _plan_row(i: int, row, outs: list, names: dict, depth: float, width: float, 
 
     def channels(c) -> int:
         if not 1 <= int(c) <= LIMITS["channels"]:
-            raise ModelConfigError(
-                f"{name} c2={a['c2']} scales to {int(c)} channels (width {width}): "
-                f"it must be in [1, {LIMITS['channels']}]"
+            what = (
+                f"c2={a['c2']} scales to {int(c)} channels (width {width})"
+                if "c2" in a
+                else f"outputs {int(c)} channels"
             )
+            raise ModelConfigError(f"{name} {what}: it must be in [1, {LIMITS['channels']}]")
         return int(c)
 
     def conv_size(k: int, s: int, p: int) -> int:
