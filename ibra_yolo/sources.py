@@ -22,9 +22,7 @@ import torch
 
 from ibra_yolo.errors import IbraYoloError, MissingFileError
 
-__all__ = ("load_dataset", "list_images", "image_batches", "select_device", "MAX_IMGSZ")
-
-MAX_IMGSZ = 8192  # the largest image size our tools take: a 16k square would need tens of GB in the first layer alone
+__all__ = ("load_dataset", "list_images", "image_batches", "select_device")
 
 _YAML = {".yaml", ".yml"}
 

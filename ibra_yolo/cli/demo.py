@@ -19,7 +19,7 @@ from pathlib import Path
 from ibra_yolo.cli.parser import ArgumentParser, UsageError, run_command
 from ibra_yolo.errors import IbraYoloError, OutputExistsError
 from ibra_yolo.files import check_folder, check_output, write_json
-from ibra_yolo.sources import MAX_IMGSZ
+from ibra_yolo.limits import MAX_IMGSZ
 
 __all__ = (
     "DEFAULTS",

@@ -10,7 +10,7 @@ import argparse
 import os
 
 from ibra_yolo.cli.parser import ArgumentParser, positive_int, run_command
-from ibra_yolo.sources import MAX_IMGSZ
+from ibra_yolo.limits import MAX_IMGSZ
 
 __all__ = ("build_parser", "main")
 

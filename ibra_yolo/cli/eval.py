@@ -13,7 +13,7 @@ import time
 from pathlib import Path
 
 from ibra_yolo.cli.parser import ArgumentParser, run_command, unit_interval
-from ibra_yolo.sources import MAX_IMGSZ
+from ibra_yolo.limits import MAX_IMGSZ
 
 __all__ = ("build_parser", "parse_args", "main", "energy_summary")
 

@@ -16,7 +16,8 @@ from ibra_yolo.energy.meter import EnergyMeter
 from ibra_yolo.energy.presets import DEFAULT_PRESET, energy_constants
 from ibra_yolo.energy.report import EnergyReport
 from ibra_yolo.errors import IbraYoloError, MissingFileError, NonFiniteError
-from ibra_yolo.sources import MAX_IMGSZ, image_batches, list_images, select_device
+from ibra_yolo.limits import MAX_IMGSZ
+from ibra_yolo.sources import image_batches, list_images, select_device
 from ibra_yolo.spike_mode import torch_model
 
 __all__ = ("measure", "load_model")
