@@ -22,7 +22,14 @@ from torch import nn
 
 from ibra_yolo.errors import CheckpointError, IbraYoloError, MissingFileError, UnsafePickleError
 
-__all__ = ("load_checkpoint", "checkpoint_model", "check_finite_weights", "load_yolo")
+__all__ = (
+    "load_checkpoint",
+    "checkpoint_model",
+    "check_finite_weights",
+    "load_yolo",
+    "refused_pickle",
+    "unsafe_pickle_error",
+)
 
 
 def _one_line(e: BaseException) -> str:
@@ -40,7 +47,7 @@ def _check_file(path: Path) -> None:
         raise CheckpointError(f"checkpoint {path} must be a .pt file (an Ultralytics checkpoint)")
 
 
-def _refusal(e: BaseException) -> str | None:
+def refused_pickle(e: BaseException) -> str | None:
     """Why torch's ``weights_only`` unpickler refused a file (the globals it names, else its reason), or None."""
     chain = []
     while e is not None:
@@ -55,6 +62,14 @@ def _refusal(e: BaseException) -> str | None:
     reason = re.search(r"WeightsUnpickler error:\s*(.+?)(?:\n\n|$)", text, re.S)
     return (
         f"holds a pickle that cannot be read safely ({reason.group(1).strip() if reason else 'not a torch.save file'})"
+    )
+
+
+def unsafe_pickle_error(path, refusal: str, hint: str = "") -> UnsafePickleError:
+    """The one-line error for a pickle the restricted loader refused (``refusal``: what it named, see ``_refusal``)."""
+    return UnsafePickleError(
+        f"checkpoint {path} {refusal}: not loaded, nothing in it was run (only Ultralytics checkpoints of known models "
+        f"are read{hint})"
     )
 
 
@@ -85,12 +100,9 @@ def load_checkpoint(path: str | Path) -> dict:
     except OSError as e:  # permission denied, an unreadable disk
         raise CheckpointError(f"cannot read checkpoint {path}: {e.strerror or _one_line(e)}") from None
     except Exception as e:  # noqa: BLE001 - whatever the loader raises on a foreign file: one line, no traceback
-        refusal = _refusal(e)
+        refusal = refused_pickle(e)
         if refusal:
-            raise UnsafePickleError(
-                f"checkpoint {path} {refusal}: not loaded, nothing in it was run (only Ultralytics checkpoints of "
-                f"known models are read)"
-            ) from None
+            raise unsafe_pickle_error(path, refusal) from None
         held = re.fullmatch(
             r"'(\w+)' object has no attribute 'model'", str(e)
         )  # Ultralytics reads obj.model of a non-dict

@@ -25,6 +25,12 @@ __all__ = (
 )
 
 NAN_CODE = -1  # what IntegerLIF.spike_codes() gives a NaN membrane: not a code (valid codes are 0..M)
+ENCODINGS = ("binary", "unary")  # bit planes (weights 2**j) or thermometer planes (weight 1)
+
+
+def _check_encoding(encoding) -> None:
+    if encoding not in ENCODINGS:  # anything else was read as unary
+        raise ValueError(f"encoding={encoding!r} is invalid: encoding must be one of {ENCODINGS}")
 
 
 def quantize_codes(u: torch.Tensor, scale: float, max_code: int) -> torch.Tensor:
@@ -103,6 +109,7 @@ def lif_multistep(
 
 def num_planes(max_code: int, encoding: str) -> int:
     """Number of virtual timesteps needed to send codes ``0..max_code``: ``bit_length`` (binary) or ``max_code``."""
+    _check_encoding(encoding)
     return int(max_code).bit_length() if encoding == "binary" else int(max_code)
 
 
@@ -111,6 +118,7 @@ def plane(codes: torch.Tensor, j: int, encoding: str, dtype: torch.dtype | None 
 
     Binary: bit ``j`` of the code (weight ``2**j``). Unary (thermometer): 1 where ``code > j`` (weight 1).
     """
+    _check_encoding(encoding)
     c = codes.to(torch.int32)
     b = (c >> j) & 1 if encoding == "binary" else (c > j)
     if dtype is None:
@@ -162,19 +170,25 @@ def to_planes(codes: torch.Tensor, max_code: int, encoding: str) -> torch.Tensor
 
 
 def from_planes(planes: torch.Tensor, encoding: str) -> torch.Tensor:
-    """Decode ``[P, ...]`` planes back to codes: ``sum_j 2**j b_j`` (binary) or ``sum_j b_j`` (unary).
+    """Decode ``[P, ...]`` planes back to ``int64`` codes: ``sum_j 2**j b_j`` (binary) or ``sum_j b_j`` (unary).
+
+    Planes may be of any real dtype (bool too); the sum is formed in int64, so no plane count overflows it.
 
     Raises:
-        ValueError: A plane value other than 0 or 1 (spikes are binary), or no plane dimension.
+        ValueError: An unknown encoding, no plane dimension, more than 62 binary planes, or a plane value other than
+            0 or 1 (spikes are binary).
     """
-    if planes.dim() < 1 or planes.is_complex():
-        raise ValueError(
-            f"planes must be a real [P, ...] tensor of 0s and 1s, got {planes.dtype} {tuple(planes.shape)}"
-        )
+    _check_encoding(encoding)
+    if not isinstance(planes, torch.Tensor) or planes.dim() < 1 or planes.is_complex() or planes.is_sparse:
+        what = f"{planes.dtype} {tuple(planes.shape)}" if isinstance(planes, torch.Tensor) else type(planes).__name__
+        raise ValueError(f"planes must be a real [P, ...] tensor of 0s and 1s, got {what}")
+    if encoding == "binary" and planes.shape[0] > 62:
+        raise ValueError(f"{planes.shape[0]} binary planes: codes of more than 62 bits do not fit int64")
     off = planes[(planes != 0) & (planes != 1)]
     if off.numel():
         raise ValueError(f"planes hold {off.flatten()[0].item()!r}: spikes are 0 or 1")
+    bits = planes.to(torch.int64)
     if encoding == "binary":
-        w = torch.tensor([2**j for j in range(planes.shape[0])], dtype=planes.dtype, device=planes.device)
-        return torch.tensordot(w, planes, dims=1)
-    return planes.sum(0)
+        weights = torch.tensor([1 << j for j in range(planes.shape[0])], dtype=torch.int64, device=planes.device)
+        return (bits * weights.view(-1, *[1] * (planes.dim() - 1))).sum(0)
+    return bits.sum(0)

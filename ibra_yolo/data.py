@@ -18,6 +18,7 @@ import numpy as np
 from ibra_yolo.coco.annotations import yolo_labels_to_coco
 from ibra_yolo.errors import OutputExistsError, PathError
 from ibra_yolo.files import check_folder, describe_os_error
+from ibra_yolo.limits import MAX_DEMO_IMAGES, MAX_IMGSZ
 
 __all__ = ("SHAPES", "make_shapes_dataset", "check_dataset_root")
 
@@ -71,9 +72,10 @@ def _image(rng: np.random.Generator, imgsz: int, max_objects: int) -> tuple[np.n
 
 def _params(n_train: int, n_val: int, imgsz: int, max_objects: int, seed: int) -> dict:
     params = {"n_train": n_train, "n_val": n_val, "imgsz": imgsz, "max_objects": max_objects, "seed": seed}
-    for k in ("n_train", "n_val", "imgsz", "max_objects"):
-        if not isinstance(params[k], int) or isinstance(params[k], bool) or params[k] < 1:
-            raise ValueError(f"{k}={params[k]!r} is invalid: must be an integer >= 1")
+    limits = {"n_train": MAX_DEMO_IMAGES, "n_val": MAX_DEMO_IMAGES, "imgsz": MAX_IMGSZ, "max_objects": 100}
+    for k, most in limits.items():
+        if not isinstance(params[k], int) or isinstance(params[k], bool) or not 1 <= params[k] <= most:
+            raise ValueError(f"{k}={params[k]!r} is invalid: must be an integer in [1, {most}]")
     if imgsz < 32:
         raise ValueError(f"imgsz={imgsz} is invalid: must be >= 32")
     return params

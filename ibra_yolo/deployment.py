@@ -31,7 +31,7 @@ from pathlib import Path
 import torch
 from torch import nn
 
-from ibra_yolo.errors import IbraYoloError
+from ibra_yolo.errors import IbraYoloError, NonFiniteError
 from ibra_yolo.files import check_output, write_atomic
 from ibra_yolo.nn.blocks import BNPad, ConvBlock, Downsample, NeuronConv, RepConv, SConv, SepConv, SepRep
 from ibra_yolo.nn.builder import FOLDED_KEY
@@ -65,8 +65,30 @@ MERGED_CONVS: dict[type[nn.Module], tuple[str, ...]] = {RepConv: ("pw1", "dw", "
 # ----------------------------------------------------------------------------------------------------------------------
 # Folding maths on single layers (float64, the result in the layer's dtype)
 # ----------------------------------------------------------------------------------------------------------------------
+def check_bn(bn: nn.BatchNorm2d, name: str) -> None:
+    """Refuse a BN whose eval-mode scale ``weight / sqrt(running_var + eps)`` or shift is not a finite number.
+
+    Raises:
+        NonFiniteError: Naming the BN (``name``), the first broken channel and its statistics.
+    """
+    var = bn.running_var.double() + bn.eps
+    broken = ~(var > 0) | ~var.isfinite()  # ~(NaN > 0) is True too
+    for t in (bn.weight, bn.bias, bn.running_mean):
+        broken |= ~t.isfinite()
+    if bool(broken.any()):
+        c = int(broken.nonzero()[0])
+        values = (
+            f"weight {float(bn.weight[c]):g}, bias {float(bn.bias[c]):g}, running_mean {float(bn.running_mean[c]):g}"
+        )
+        raise NonFiniteError(
+            f"cannot fold {name}: channel {c} has {values}, running_var + eps {float(var[c]):g} (all must be finite, "
+            "running_var + eps > 0): the BN statistics are broken"
+        )
+
+
 def _bn_affine64(bn: nn.BatchNorm2d) -> tuple[torch.Tensor, torch.Tensor]:
-    """Eval-mode BN as ``a * x + b`` per channel, in float64."""
+    """Eval-mode BN as ``a * x + b`` per channel, in float64 (``check_bn`` first: never a NaN or inf scale)."""
+    check_bn(bn, repr(bn))
     a = bn.weight.double() / torch.sqrt(bn.running_var.double() + bn.eps)
     return a, bn.bias.double() - bn.running_mean.double() * a
 
@@ -241,6 +263,7 @@ def _fold_plan(root: nn.Module) -> list[tuple[NeuronConv, nn.Module | None, str 
     Raises:
         IbraYoloError: An op other than Conv2d/RepConv/SepRep, or a BN that no known block pairs with a conv (e.g. in
             a custom block), named by its module path.
+        NonFiniteError: A BN whose statistics give a NaN or infinite scale (``check_bn``), named by its module path.
     """
     plan, folded = [], set()
     for block in root.modules():
@@ -257,6 +280,8 @@ def _fold_plan(root: nn.Module) -> list[tuple[NeuronConv, nn.Module | None, str 
     for name, m in root.named_modules():
         if isinstance(m, nn.BatchNorm2d) and id(m) not in folded:
             raise IbraYoloError(f"cannot fold {name} ({type(m).__name__}): no conv next to it is known to deploy")
+        if isinstance(m, nn.BatchNorm2d):
+            check_bn(m, name)
     return plan
 
 
@@ -409,9 +434,9 @@ def deploy_checkpoint(src: str | Path, dst: str | Path, spike_driven: bool = Fal
     from ibra_yolo.checkpoints import checkpoint_model, load_checkpoint
 
     src, dst = Path(src), Path(dst)
-    if dst.resolve() == src.resolve():
-        raise IbraYoloError(f"output {dst} is the input checkpoint: choose another file name")
-    check_output(dst, overwrite, flag="output file name")
+    if dst.suffix.lower() != ".pt":
+        raise IbraYoloError(f"output {dst} must end in .pt (Ultralytics loads checkpoints by that suffix)")
+    check_output(dst, overwrite, flag="output file name", inputs=(src,))
     ckpt = load_checkpoint(src)  # weights_only and the allow-list: nothing in the file can run
     model = checkpoint_model(ckpt, src, need="ibra-yolo")
     model = deploy(model.float()).eval()

@@ -25,6 +25,7 @@ from torch import nn
 
 from ibra_yolo import precision
 from ibra_yolo.coding import (  # the functional core, re-exported here
+    ENCODINGS,
     NAN_CODE,
     _codes_to_values,
     _QuantizeSTE,
@@ -58,8 +59,8 @@ __all__ = (
     "num_planes",
 )
 
-ENCODINGS = ("binary", "unary")
 FLOAT32_MAX = float(torch.finfo(torch.float32).max)  # N beyond it is inf in float32, and 0 * inf = NaN
+FLOAT32_TINY = float(torch.finfo(torch.float32).tiny)  # N below it is 0 (or subnormal) in float32: codes / 0 = NaN
 MAX_CODE_LIMIT = 2**24  # float32 holds every integer up to 2**24 exactly: the quantiser computes codes in float32
 
 
@@ -115,10 +116,13 @@ class IntegerLIF(nn.Module):
         ste_above: float = 0.0,
     ):
         super().__init__()
-        fits = _is_number(scale) and 0 < scale <= FLOAT32_MAX  # the quantiser multiplies by N in float32
-        _check("scale (N)", scale, fits, f"a number > 0 and <= {FLOAT32_MAX:.4g} (float32 holds it)")
+        # the quantiser multiplies by N and divides codes by N in float32: N, and the top level M / N, must fit it
+        fits = _is_number(scale) and FLOAT32_TINY <= scale <= FLOAT32_MAX
+        _check("scale (N)", scale, fits, f"a number in [{FLOAT32_TINY:.4g}, {FLOAT32_MAX:.4g}] (float32 holds it)")
         limit = f"an integer in [1, 2**24 = {MAX_CODE_LIMIT}] (codes are exact float32 integers)"
         _check("max_code (M)", max_code, _is_int(max_code) and 1 <= max_code <= MAX_CODE_LIMIT, limit)
+        top = max_code / scale
+        _check("M / N", top, top <= FLOAT32_MAX, f"<= {FLOAT32_MAX:.4g}: the largest output must fit float32")
         _check("T", T, _is_int(T) and T >= 1, "an integer >= 1")
         _check("beta", beta, _is_number(beta) and 0 <= beta <= 1, "a number in [0, 1]")
         _check("encoding", encoding, encoding in ENCODINGS, f"one of {ENCODINGS}")
@@ -163,6 +167,9 @@ class IntegerLIF(nn.Module):
         return plane_weights(self.max_code, self.encoding, self.scale)
 
     def _check_input(self, x: torch.Tensor) -> None:
+        if not isinstance(x, torch.Tensor) or x.layout != torch.strided:
+            what = f"a {x.layout} tensor" if isinstance(x, torch.Tensor) else f"a {type(x).__name__}"
+            raise ValueError(f"{type(self).__name__} expects a dense torch.Tensor of input currents, got {what}")
         if not x.is_floating_point():  # an int tensor would take the output back to int (5.11 -> 5), complex drops j
             raise ValueError(
                 f"{type(self).__name__} expects real floating-point input currents (float32, ...), got {x.dtype}"
@@ -226,8 +233,16 @@ class IntegerLIF(nn.Module):
         return to_planes(codes, self.max_code, self.encoding)
 
     def from_planes(self, planes: torch.Tensor) -> torch.Tensor:
-        """Decode ``[P, ...]`` planes back to integer codes."""
-        return from_planes(planes, self.encoding)
+        """Decode ``[P, ...]`` planes (``P = num_planes``) back to integer codes ``0..M``.
+
+        Raises:
+            ValueError: Another number of planes, planes that are not 0/1, or a decoded code above ``M``.
+        """
+        if isinstance(planes, torch.Tensor) and planes.dim() and planes.shape[0] != self.num_planes:
+            raise ValueError(f"{type(self).__name__} sends {self.num_planes} planes, got {planes.shape[0]}")
+        codes = from_planes(planes, self.encoding)
+        self._check_codes(codes)
+        return codes
 
     def spikes_per_code(self, codes: torch.Tensor) -> torch.Tensor:
         """Spikes needed to send each code: popcount (binary) or the code itself (unary).
@@ -278,9 +293,8 @@ class IBRALIF(IntegerLIF):
 
     def __init__(self, D: float = 5.11, N: float = 100, T: int = 1, beta: float = 0.25, ste_above: float = 0.0):
         _check("D", D, _is_number(D) and D > 0, "a finite number > 0")
-        _check(
-            "N", N, _is_number(N) and 0 < N <= FLOAT32_MAX, f"a number > 0 and <= {FLOAT32_MAX:.4g} (float32 holds it)"
-        )
+        fits = _is_number(N) and FLOAT32_TINY <= N <= FLOAT32_MAX
+        _check("N", N, fits, f"a number in [{FLOAT32_TINY:.4g}, {FLOAT32_MAX:.4g}] (float32 holds it)")
         nd = N * D
         _check("N*D", nd, nd <= MAX_CODE_LIMIT + 0.5, f"at most 2**24 = {MAX_CODE_LIMIT} (exact float32 integers)")
         m = round(nd)

@@ -110,7 +110,7 @@ def _find_model_yaml(name: str | Path) -> tuple[Path, str | None, dict] | None:
             if not d:
                 raise ModelConfigError(f"{file} is empty: a model YAML needs nc, backbone and head (and neuron)")
             if is_spiking_yaml(d):
-                _check_unique_keys(file)
+                check_unique_keys(file.read_text(encoding="utf-8"), str(file))
                 return file, scale, d
             ours = sorted({r[2] for r in _rows(d)} & _our_modules())
             if ours:
@@ -119,8 +119,14 @@ def _find_model_yaml(name: str | Path) -> tuple[Path, str | None, dict] | None:
     return None
 
 
-def _check_unique_keys(path: Path) -> None:
-    """Refuse a YAML that repeats a key in one mapping (PyYAML silently keeps the last, e.g. a second ``nc``)."""
+def check_unique_keys(text: str, where: str) -> None:
+    """Refuse YAML text that repeats a key in one mapping (PyYAML silently keeps the last, e.g. a second ``nc``).
+
+    Merge keys (``<<: *base``) are YAML's way to override on purpose and are left to PyYAML.
+
+    Raises:
+        ModelConfigError: Naming ``where``, the key and its line.
+    """
     import yaml
 
     from ibra_yolo.errors import ModelConfigError
@@ -129,18 +135,20 @@ def _check_unique_keys(path: Path) -> None:
         def construct_mapping(self, node, deep=False):
             seen = set()
             for key_node, _ in node.value:
+                if key_node.tag == "tag:yaml.org,2002:merge":
+                    continue
                 key = self.construct_object(key_node, deep=True)
                 if isinstance(key, (list, dict)):
                     continue  # unhashable: PyYAML's own construct_mapping names it
                 if key in seen:
                     line = key_node.start_mark.line + 1
                     raise ModelConfigError(
-                        f"{path} repeats the key {key!r} at line {line}: keep one (YAML keeps only the last)"
+                        f"{where} repeats the key {key!r} at line {line}: keep one (YAML keeps the last)"
                     )
                 seen.add(key)
             return super().construct_mapping(node, deep)
 
-    yaml.load(path.read_text(encoding="utf-8"), Loader=_Unique)  # noqa: S506 - a SafeLoader subclass
+    yaml.load(text, Loader=_Unique)  # noqa: S506 - a SafeLoader subclass
 
 
 _NEURON_HINT = "neuron: {kind: IBRALIF, D: 5.11, N: 100, beta: 0.25}"
@@ -254,6 +262,19 @@ def _wrap_method(original, replacement):
 
     method.__ibra_yolo_original__ = original
     return method
+
+
+def _one_line_refusal(original, weight, *args, **kwargs):
+    """``torch_safe_load`` whose refusal of a pickle is our one-line ``UnsafePickleError`` (not a chained traceback)."""
+    from ibra_yolo.checkpoints import refused_pickle, unsafe_pickle_error
+
+    try:
+        return original(weight, *args, **kwargs)
+    except Exception as e:
+        refusal = refused_pickle(e)
+        if refusal:
+            raise unsafe_pickle_error(weight, refusal, "; ULTRALYTICS_SAFE_LOAD=0 loads a file you trust") from None
+        raise
 
 
 def _is_ours(model) -> bool:
@@ -409,8 +430,11 @@ def register() -> None:
     )
     if not hasattr(tasks.BaseModel.fuse, "__ibra_yolo_original__"):
         tasks.BaseModel.fuse = _wrap_method(tasks.BaseModel.fuse, _spiking_fuse)
-    if os.environ.get("ULTRALYTICS_SAFE_LOAD") is None:  # unset: checkpoints are pickles, so load them restricted
+    if os.environ.get("ULTRALYTICS_SAFE_LOAD", "").strip() == "":  # unset or empty: checkpoints are pickles
         tasks.SAFE_LOAD = True
+    if not hasattr(tasks.torch_safe_load, "__ibra_yolo_original__"):
+        stock_load = tasks.torch_safe_load
+        _replace_everywhere({"torch_safe_load": ((stock_load,), _wrap(stock_load, _one_line_refusal))})
     _check_predictions_before_nms()
     import ibra_yolo.nn  # noqa: F401 - our classes exist, allow-listed for ULTRALYTICS_SAFE_LOAD=1 (see ibra_yolo.nn)
 

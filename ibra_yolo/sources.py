@@ -61,6 +61,8 @@ def _loader_files(source: str | list[str], what: str) -> list[str]:
 
     if isinstance(source, str) and "*" not in source and not Path(source).exists():
         raise MissingFileError(f"{what} {source} does not exist: pass an image folder, an image, a list or a data YAML")
+    if isinstance(source, str) and Path(source).exists() and not (Path(source).is_file() or Path(source).is_dir()):
+        raise IbraYoloError(f"{what} {source} is not a file or folder (a device or FIFO): pass images")
     try:
         loader = LoadImagesAndVideos(source)
     except FileNotFoundError as e:

@@ -163,11 +163,9 @@ def convert_checkpoint(src: str | Path, dst: str | Path, enabled: bool = True, o
     src, dst = Path(src), Path(dst)
     if not src.exists():
         raise MissingFileError(f"checkpoint {src} does not exist")
-    if dst.resolve() == src.resolve():
-        raise IbraYoloError(f"output {dst} is the input checkpoint: choose another file name")
     if dst.suffix.lower() != ".pt":
         raise IbraYoloError(f"output {dst} must end in .pt (Ultralytics loads checkpoints by that suffix)")
-    check_output(dst, overwrite, flag="file name")
+    check_output(dst, overwrite, flag="output file name", inputs=(src,))
     ckpt = load_checkpoint(src)
     checkpoint_model(ckpt, src, need="spiking")
     for key in ("model", "ema"):

@@ -3,6 +3,7 @@
 import os
 import pickle
 import subprocess
+from pathlib import Path
 
 import cv2
 import numpy as np
@@ -194,8 +195,18 @@ def test_stock_loading_is_restricted_by_default(evil, python):
     # on): the malicious pickle ran os.system through YOLO() before. Setting the variable to 0 is the user's opt-out.
     code = "import sys\nfrom ultralytics import YOLO\ntry:\n    YOLO(sys.argv[1])\nexcept Exception as e:\n    print(e)"
     env = {k: v for k, v in os.environ.items() if k != "ULTRALYTICS_SAFE_LOAD"}
-    out = subprocess.run([python, "-c", code, evil / "evil.pt"], env=env, capture_output=True, text=True).stdout
-    assert "references types outside the supported Ultralytics checkpoint format" in out
+    refusal = f"checkpoint {evil / 'evil.pt'} refers to posix.system, which a checkpoint may not use: not loaded"
+    for value in (None, "", " "):  # an empty value reads as unset: it left loading unrestricted and the pickle ran
+        e = env if value is None else {**env, "ULTRALYTICS_SAFE_LOAD": value}
+        out = subprocess.run([python, "-c", code, evil / "evil.pt"], env=e, capture_output=True, text=True).stdout
+        assert out.startswith(refusal) and out.count("\n") == 1, (value, out)
+        assert not (evil / "MARKER").exists(), value
+    # the stock yolo command prints that refusal as its one line (it was Ultralytics' chained TypeError traceback)
+    yolo = str(Path(python).with_name("yolo"))
+    p = subprocess.run(
+        [yolo, "predict", f"model={evil / 'evil.pt'}", "source=x.jpg"], env=env, capture_output=True, text=True
+    )
+    assert p.returncode == 1 and p.stderr.strip() == "UnsafePickleError: " + out.strip(), p.stderr
     assert not (evil / "MARKER").exists()
     # a trusted stock checkpoint still loads restricted: an Ultralytics YOLOv8n saved as the trainer saves it
     from ultralytics.nn.tasks import DetectionModel

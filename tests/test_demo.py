@@ -171,6 +171,8 @@ def test_demo_refuses_checkpoints_and_owned_train_args_before_work(tmp_path, cap
         (["--yolo-arg", "device=0"], "--yolo-arg device=...: use the demo's own --device"),
         (["--device", "banana"], "device='banana' is not available"),
         (["--imgsz", "100000"], "--imgsz 100000 is invalid: at most 8192"),
+        (["--n-val", "1000000000"], "--n-val 1000000000 is invalid: at most 100000 images"),  # it filled the disk
+        (["--yolo-arg", "pretrained=evil.pt"], "--yolo-arg 'pretrained=evil.pt': the demo sets model, data"),
     ]
     for argv, message in cases:
         assert demo_cli.main(["--out", str(out), *argv]) == 2, argv

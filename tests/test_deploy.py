@@ -247,6 +247,26 @@ def test_folded_model_cannot_be_trained(tmp_path, shapes_data):
         YOLO(resumable).train(resume=True, device="cpu", workers=0)
 
 
+def test_broken_bn_statistics_are_refused_before_any_change(tmp_path):
+    # A negative running_var (or eps 0 with variance 0) gave NaN folded weights, and `ibra-yolo deploy` wrote them with
+    # exit status 0. Every BN is checked first, so the model is left exactly as it was.
+    from ibra_yolo.errors import NonFiniteError
+
+    model = build("ibra")
+    model.model[3].bn.running_var[7] = -0.5
+    before = copy.deepcopy(model.state_dict())
+    with pytest.raises(NonFiniteError, match=r"^cannot fold model\.3\.bn: channel 7 has .*running_var \+ eps -0\.49"):
+        deploy(model)
+    assert all(torch.equal(before[k], v) for k, v in model.state_dict().items())
+    model = build("ibra")
+    model.model[3].bn.eps, model.model[3].bn.running_var[0] = 0.0, 0.0
+    with pytest.raises(NonFiniteError, match=r"channel 0 has .*running_var \+ eps 0 \(all must be finite"):
+        fuse_bn(model)
+    torch.save({"model": build("ibra").float()}, tmp_path / "m.pt")
+    with pytest.raises(IbraYoloError, match=r"must end in \.pt"):  # `yolo predict model=<that>` then failed
+        deploy_checkpoint(tmp_path / "m.pt", tmp_path / "m.deployed")
+
+
 def test_deploy_refuses_unknown_layers():
     with pytest.raises(IbraYoloError, match="no ibra-yolo spiking layers"):
         deploy(YOLO("yolov8n.yaml"))

@@ -84,7 +84,7 @@ def test_energy_cli_nan_weights_one_line(tmp_path, capsys):
         (lambda u8: u8.long(), "tensor (2, 3, 64, 64): images must be uint8 (0..255) or floats in [0, 1], got "
          "torch.int64"),
         (lambda u8: torch.complex(u8.float() / 255, u8.float()), "got torch.complex64"),  # the j part was dropped
-        (lambda u8: u8[:, :1], "tensor (2, 1, 64, 64): a batch must be [N, 3, H, W], got shape (2, 1, 64, 64)"),
+        (lambda u8: u8[:, :1], "tensor (2, 1, 64, 64): a batch must be [N, 3, H, W], N >= 1, got shape (2, 1, 64, 64)"),
     ],
 )  # fmt: skip
 def test_images_of_the_wrong_kind_are_refused(model, make, says):
@@ -97,6 +97,16 @@ def test_images_of_the_wrong_kind_are_refused(model, make, says):
     a = measure(model, u8, progress=False).summary()
     b = measure(model, u8.float() / 255, progress=False).summary()
     assert a["SOPs"] == b["SOPs"] and a["energy_mJ"] == b["energy_mJ"]
+
+
+def test_numpy_images_and_empty_batches_are_named(model):
+    # a numpy image was a pathlib TypeError (taken for a file list), an empty tensor an IndexError in the meter
+    with pytest.raises(IbraYoloError, match=r"^images are a numpy array \(64, 64, 3\): pass a torch tensor"):
+        measure(model, np.zeros((64, 64, 3), np.uint8), progress=False)
+    with pytest.raises(IbraYoloError, match=r"must be \[N, 3, H, W\] with N >= 1, got shape \(0, 3, 32, 32\)"):
+        measure(model, torch.zeros(0, 3, 32, 32), progress=False)
+    with pytest.raises(IbraYoloError, match=r"N >= 1, got shape \(0, 3, 32, 32\)"):
+        measure(model, [torch.zeros(1, 3, 32, 32), torch.zeros(0, 3, 32, 32)], progress=False)
 
 
 def test_image_sizes_no_image_can_have(model, tmp_path, capsys):

@@ -152,6 +152,8 @@ def test_bad_row_argument_names_its_row_and_value(section, j, row, says):
         ({"neuron": {"kind": "IBRALIF", "D": 1e-38, "N": 1e39}}, "neuron: N=1e+39 is invalid"),
         (("head", -1, [-1, 1, "SpikeDetect", ["nc"]]), "SpikeDetect reads a list of layers: write from=[-1]"),
         (("head", 3, [6, 1, "Concat", []]), "Concat reads a list of layers: write from=[6]"),
+        # nc: 3 with SpikeDetect [80] predicted class ids up to 78 for 3 names (a KeyError in Results.verbose)
+        (("head", -1, [[19, 22, 25], 1, "SpikeDetect", [7]]), "SpikeDetect nc=7 differs from the model's nc=80: write"),
         (("backbone", 7, [-1, 500, "ConvBlock", [3]]), "repeats=500 must be an integer in [1, 100]"),
         (
             ("backbone", 3, [-1, 1, "Downsample", [256, 3, 2, 100000]]),
@@ -196,7 +198,17 @@ def test_repeated_yaml_keys_are_refused(tmp_path, key, value):
     lines.insert(first + 1, f"{key}: {value}")
     msg = yolo_error(write(tmp_path, text="\n".join(lines)))
     path = tmp_path / "bad.yaml"
-    assert msg == f"{path} repeats the key {key!r} at line {first + 2}: keep one (YAML keeps only the last)"
+    assert msg == f"{path} repeats the key {key!r} at line {first + 2}: keep one (YAML keeps the last)"
+
+
+def test_yaml_merge_keys_are_not_repeats(tmp_path):
+    # `<<: *base` overrides on purpose (YAML 1.1 merge keys): it is read as PyYAML reads it, not refused
+    text = (CFG / "spike-yolo-ibra.yaml").read_text().replace("neuron:", "base: &base {kind: ILIF, D: 4}\nneuron:", 1)
+    text = re.sub(r"(?m)^neuron: .*$", "neuron: {<<: *base, D: 2}", text)
+    from ultralytics import YOLO
+
+    model = YOLO(str(write(tmp_path, text=text, name="merge.yaml"))).model
+    assert model.yaml["neuron"] == {"kind": "ILIF", "D": 2}
 
 
 def test_upsample_is_blamed_not_the_next_concat(tmp_path):

@@ -259,6 +259,11 @@ def test_torchscript_trace():
         # N is multiplied in float32: 1e39 is inf there, and 0 * inf = NaN made every zero membrane NaN
         (lambda: IBRALIF(D=1e-38, N=1e39), "N"),
         (lambda: IntegerLIF(max_code=10, scale=1e39), r"scale \(N\)"),
+        # 1e-46 is 0 in float32: codes / 0 made every output NaN
+        (lambda: IntegerLIF(max_code=10, scale=1e-46), r"scale \(N\)"),
+        (lambda: IBRALIF(D=1e46, N=1e-46), "N"),
+        # N = 1.2e-38 fits float32, but M / N = 2**24 / 1.2e-38 = 1.4e45 does not: the top output would be inf
+        (lambda: IntegerLIF(max_code=2**24, scale=1.2e-38), r"M / N"),
         (lambda: ILIF(D=2**25), "D"),
         (lambda: IBRALIF(ste_above=-0.1), "ste_above"),
         (lambda: IBRALIF(ste_above=1.5), "ste_above"),
@@ -344,6 +349,40 @@ def test_to_planes_refuses_invalid_codes(codes, error, says):
         to_planes(codes, 511, "binary")
     with pytest.raises(error, match=re.escape(says)):
         IBRALIF().planes_used(codes)
+
+
+def test_planes_decode_exactly_in_int64():
+    # 17 float16 planes of ones: 2**17 - 1 = 131071, which float16 cannot hold (it gave inf); uint8 and int32 planes
+    # overflowed in torch's dot product, and bool planes were refused. Codes are whole numbers: int64, any plane dtype.
+    for dtype in (torch.float16, torch.uint8, torch.int32, torch.bool):
+        assert from_planes(torch.ones(17, 1, dtype=dtype), "binary").tolist() == [2**17 - 1], dtype
+        assert from_planes(torch.ones(17, 1, dtype=dtype), "binary").dtype == torch.int64
+    assert from_planes(torch.ones(6, 2, dtype=torch.bool), "unary").tolist() == [6, 6]
+
+
+@pytest.mark.parametrize("encoding", ["Binary", "gray", None])
+def test_unknown_encoding_is_refused(encoding):
+    # any encoding but 'binary' was silently read as unary: from_planes(1, 1, 1, 'Binary') gave 3 instead of 7
+    for call in (lambda: from_planes(torch.ones(3, 1), encoding), lambda: to_planes(torch.tensor([3]), 7, encoding)):
+        with pytest.raises(ValueError, match=rf"^encoding={encoding!r} is invalid"):
+            call()
+
+
+def test_a_neuron_decodes_only_its_own_planes():
+    # IBRA-LIF sends 9 planes (M = 511): 10 planes of ones decoded to 1023; I-LIF D=4 sends 4 (6 ones gave 6)
+    with pytest.raises(ValueError, match=r"^IBRALIF sends 9 planes, got 10$"):
+        IBRALIF().from_planes(torch.ones(10, 1))
+    with pytest.raises(ValueError, match=r"^ILIF sends 4 planes, got 6$"):
+        ILIF(D=4).from_planes(torch.ones(6, 1))
+    codes = torch.tensor([0, 37, 511])
+    assert IBRALIF().from_planes(IBRALIF().to_planes(codes)).tolist() == [0, 37, 511]
+
+
+@pytest.mark.parametrize("x", [np.zeros((1, 3), np.float32), [[0.0, 1.0]], torch.zeros(1, 3).to_sparse()])
+def test_input_must_be_a_dense_tensor(x):
+    # a numpy array or a list was an AttributeError, a sparse tensor a 94-line NotImplementedError
+    with pytest.raises(ValueError, match=r"^IBRALIF expects a dense torch.Tensor of input currents, got a "):
+        IBRALIF()(x)
 
 
 def test_from_planes_refuses_non_binary_planes():

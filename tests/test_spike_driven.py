@@ -191,7 +191,7 @@ def test_convert_checkpoint(tmp_path):
     assert is_spike_driven(loaded) and not is_spike_driven(YOLO(src))
     with pytest.raises(IbraYoloError, match="exists"):
         convert_checkpoint(src, dst)  # never overwrites without being asked
-    with pytest.raises(IbraYoloError, match="is the input checkpoint"):
+    with pytest.raises(IbraYoloError, match="is an input of this command: choose another output file name"):
         convert_checkpoint(src, src, overwrite=True)
     assert sum(isinstance(m, IntegerLIF) for m in loaded.model.modules()) > 0
 

@@ -232,6 +232,9 @@ def test_neuron_swap_keeps_the_weights(tiny):
         ("lif", "--neuron must be one of ibra, ilif, iblif or a mapping"),
         ({"kind": "IBRALIF", "D": -1}, "neuron: D=-1 is invalid: D must be a finite number > 0"),
         ("{kind: Foo}", "neuron: neuron kind='Foo' is unknown"),
+        # PyYAML keeps the last of two equal keys: D 2.0 was used without a word
+        ("{kind: IBRALIF, D: 5.11, D: 2.0}", "--neuron repeats the key 'D' at line 1: keep one"),
+        ("{kind: IntegerLIF}", "neuron: neuron kind='IntegerLIF' needs max_code"),  # was a TypeError traceback
     ],
 )
 def test_bad_neuron_is_one_line(neuron, message):
@@ -266,7 +269,7 @@ def test_cli_never_overwrites_and_checks_the_output_first(tmp_path, capsys):
     for args, message in [
         ([str(TINY), str(tmp_path / "x.pth")], f"error: output {tmp_path / 'x.pth'} must end in .pt"),
         ([str(TINY), str(tmp_path)], f"error: output {tmp_path} must end in .pt"),
-        ([str(TINY), str(TINY), "--overwrite"], f"error: output {TINY} is the input checkpoint"),
+        ([str(TINY), str(TINY), "--overwrite"], f"error: file name {TINY} is an input of this command"),
         ([str(tmp_path / "missing.pt"), str(tmp_path / "y.pt")], f"error: checkpoint {tmp_path / 'missing.pt'} does"),
         ([str(dst), str(tmp_path / "y.pt"), "--overwrite"], f"error: {dst} is not a torch zip checkpoint"),
     ]:

@@ -10,7 +10,7 @@ import pytest
 import torch
 from conftest import ROOT
 
-from ibra_yolo.errors import CheckpointError, UnsafePickleError
+from ibra_yolo.errors import CheckpointError, MissingFileError, UnsafePickleError
 from ibra_yolo.spikeyolo.unpickle import StandIn, read_checkpoint
 
 
@@ -145,5 +145,9 @@ def test_damaged_and_foreign_files_are_one_line_errors(tmp_path):
         z.writestr("readme.txt", "hi")
     with pytest.raises(CheckpointError, match=r"is a zip file but not a torch checkpoint"):
         read_checkpoint(tmp_path / "other.zip")
-    with pytest.raises(CheckpointError, match=r"checkpoint .*missing.pt does not exist"):
+    with pytest.raises(MissingFileError, match=r"checkpoint .*missing.pt does not exist"):
         read_checkpoint(tmp_path / "missing.pt")
+    # a folder or a FIFO was reported as "does not exist"
+    (tmp_path / "folder.pt").mkdir()
+    with pytest.raises(CheckpointError, match=r"folder.pt is not a regular file: name a .pt file"):
+        read_checkpoint(tmp_path / "folder.pt")

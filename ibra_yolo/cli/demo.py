@@ -19,7 +19,7 @@ from pathlib import Path
 from ibra_yolo.cli.parser import ArgumentParser, UsageError, run_command
 from ibra_yolo.errors import IbraYoloError, OutputExistsError
 from ibra_yolo.files import check_folder, check_output, write_json
-from ibra_yolo.limits import MAX_IMGSZ
+from ibra_yolo.limits import MAX_DEMO_IMAGES, MAX_IMGSZ
 
 __all__ = (
     "DEFAULTS",
@@ -82,7 +82,8 @@ def build_parser() -> ArgumentParser:
     return p
 
 
-DEMO_OWNED = ("model", "data", "project", "name", "exist_ok", "resume")  # train arguments --yolo-arg may not set
+# train arguments --yolo-arg may not set: the demo's own files and folders, and files the stock trainer would unpickle
+DEMO_OWNED = ("model", "data", "project", "name", "exist_ok", "resume", "pretrained")
 DEMO_OPTIONS = ("epochs", "imgsz", "batch", "device")  # set with the demo's own option of that name
 
 
@@ -138,6 +139,9 @@ def check_args(p: ArgumentParser, args: argparse.Namespace) -> None:
         p.error(f"--yolo-arg {own[0]}=...: use the demo's own --{own[0]} (training and evaluation share it)")
     if args.imgsz > MAX_IMGSZ:
         p.error(f"--imgsz {args.imgsz} is invalid: at most {MAX_IMGSZ}")
+    for k in ("n_train", "n_val"):
+        if getattr(args, k) > MAX_DEMO_IMAGES:
+            p.error(f"--{k.replace('_', '-')} {getattr(args, k)} is invalid: at most {MAX_DEMO_IMAGES} images")
     check_yolo_args(args.yolo_arg)
     if Path(args.model).suffix.lower() not in (".yaml", ".yml"):
         p.error(f"--model {args.model!r} is not a model YAML: the demo trains a model YAML from scratch (a .pt "

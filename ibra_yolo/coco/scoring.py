@@ -40,7 +40,8 @@ def score(gt: dict, dets: list[dict], img_ids: list | None = None) -> dict[str, 
     """The 12 COCO box metrics of pycocotools' ``COCOeval`` (values in 0..1; -1 where a metric has no GT).
 
     Exactly ``COCO(gt)``, ``loadRes(dets)``, ``COCOeval(..., "bbox")``, ``evaluate/accumulate/summarize``; the inputs
-    are copied, not modified. An empty ``dets`` scores as a model that detected nothing.
+    are copied, not modified. An empty ``dets`` scores as a model that detected nothing. The copy's box ids are
+    renumbered 1..n: pycocotools marks matches by box id, so a box with id 0 would count as never matched.
 
     Args:
         gt (dict): COCO annotations.
@@ -53,7 +54,10 @@ def score(gt: dict, dets: list[dict], img_ids: list | None = None) -> dict[str, 
     from pycocotools.cocoeval import COCOeval
 
     with contextlib.redirect_stdout(io.StringIO()):  # pycocotools prints progress; we print our own table
-        coco_gt = _coco_api(copy.deepcopy(gt))
+        gt = copy.deepcopy(gt)
+        for k, a in enumerate(gt["annotations"], 1):  # pycocotools reads a matched box id 0 as "unmatched"
+            a["id"] = k  # box ids name nothing else, so 1..n scores the same boxes (and id 0 correctly)
+        coco_gt = _coco_api(gt)
         if dets:
             coco_dt = coco_gt.loadRes(copy.deepcopy(dets))
         else:

@@ -9,6 +9,7 @@ from __future__ import annotations
 from collections.abc import Iterable, Iterator
 from pathlib import Path
 
+import numpy as np
 import torch
 from torch import nn
 
@@ -64,9 +65,16 @@ def _is_tensor_list(images) -> bool:
 
 def _batches(images, imgsz: int, batch: int, max_images: int | None) -> tuple[Iterable[torch.Tensor], int, str]:
     """(batches, number of images, description) for a tensor, a list of tensors or an image source."""
+    if isinstance(images, np.ndarray):
+        raise IbraYoloError(
+            f"images are a numpy array {images.shape}: pass a torch tensor [N, 3, H, W] (torch.from_numpy, channels "
+            "first, RGB) or image files"
+        )
+    if _is_tensor_list(images) and not all(isinstance(x, torch.Tensor) for x in images):
+        raise IbraYoloError("a list of image batches must hold only torch tensors [B, 3, H, W]")
     if isinstance(images, torch.Tensor):
-        if images.dim() != 4:
-            raise IbraYoloError(f"an image tensor must be [N, 3, H, W], got shape {tuple(images.shape)}")
+        if images.dim() != 4 or not len(images):
+            raise IbraYoloError(f"an image tensor must be [N, 3, H, W] with N >= 1, got shape {tuple(images.shape)}")
         images = images[:max_images] if max_images else images
         return list(images.split(batch)), len(images), f"tensor {tuple(images.shape)}"
     if _is_tensor_list(images):
@@ -100,8 +108,8 @@ def _check_images(x: torch.Tensor, first: int, source: str, channels: int) -> No
     must = "images must be uint8 (0..255) or floats in [0, 1]"
     if x.dtype != torch.uint8 and not x.is_floating_point():
         raise IbraYoloError(f"{source}: {must}, got {x.dtype}")
-    if x.dim() != 4 or x.shape[1] != channels:
-        raise IbraYoloError(f"{source}: a batch must be [N, {channels}, H, W], got shape {tuple(x.shape)}")
+    if x.dim() != 4 or x.shape[1] != channels or not len(x):
+        raise IbraYoloError(f"{source}: a batch must be [N, {channels}, H, W], N >= 1, got shape {tuple(x.shape)}")
     if x.is_floating_point():
         bad = ~torch.isfinite(x).flatten(1).all(1)
         if bool(bad.any()):

@@ -353,5 +353,7 @@ def _plan_row(i: int, row, outs: list, names: dict, depth: float, width: float, 
             raise ModelConfigError(f"Concat inputs have different spatial sizes at a {PROBE}-px input ({sizes})")
         build, out = [], _Out(channels(sum(o.c for o in ins)), s1, True, size)
     else:  # SpikeDetect
+        if a["nc"] != names["nc"]:  # the head would predict classes the dataset's names do not have
+            raise ModelConfigError(f"SpikeDetect nc={a['nc']} differs from the model's nc={names['nc']}: write [nc]")
         build, out = [a["nc"], [o.c for o in ins]], _Out(0, s1, False, size)
     return RowPlan(f, n_eff, name, build, c1, out)

@@ -54,7 +54,10 @@ def resolve_neuron(neuron) -> dict | None:
         shipped = cfg_dir() / f"spike-yolo-{neuron.strip().lower()}.yaml"
         return dict(yaml.safe_load(shipped.read_text())["neuron"])
     if isinstance(neuron, str):
+        from ibra_yolo.plugin import check_unique_keys
+
         try:
+            check_unique_keys(neuron, "--neuron")
             neuron = yaml.safe_load(neuron)
         except yaml.YAMLError:
             neuron = None
@@ -246,9 +249,7 @@ def load_spikeyolo(path: str | Path, neuron=None, verbose: bool = True) -> nn.Mo
 def _check_output(dst: Path, src: Path, overwrite: bool) -> None:
     if dst.suffix != ".pt":
         raise IbraYoloError(f"output {dst} must end in .pt (Ultralytics loads checkpoints by that suffix)")
-    if dst.exists() and src.exists() and dst.resolve() == src.resolve():
-        raise IbraYoloError(f"output {dst} is the input checkpoint: choose another file name")
-    check_output(dst, overwrite, flag="file name")
+    check_output(dst, overwrite, flag="file name", inputs=(src,))
 
 
 def convert_spikeyolo(src: str | Path, dst: str | Path, neuron=None, overwrite: bool = False) -> Path:

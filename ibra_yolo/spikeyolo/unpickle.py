@@ -29,7 +29,7 @@ from pathlib import Path
 
 import torch
 
-from ibra_yolo.errors import CheckpointError, UnsafePickleError
+from ibra_yolo.errors import CheckpointError, MissingFileError, UnsafePickleError
 
 __all__ = ("StandIn", "read_checkpoint")
 
@@ -259,8 +259,10 @@ def read_checkpoint(path: str | Path):
         CheckpointError: A missing, non-zip (legacy) or damaged file, or a big-endian one.
     """
     path = Path(path)
-    if not path.is_file():
-        raise CheckpointError(f"checkpoint {path} does not exist")
+    if not path.exists():
+        raise MissingFileError(f"checkpoint {path} does not exist")
+    if not path.is_file():  # a folder, a FIFO or a device
+        raise CheckpointError(f"checkpoint {path} is not a regular file: name a .pt file")
     if not zipfile.is_zipfile(path):
         raise CheckpointError(
             f"{path} is not a torch zip checkpoint (torch.save of torch >= 1.6); legacy or other formats are not read"
