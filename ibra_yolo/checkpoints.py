@@ -29,6 +29,8 @@ __all__ = (
     "load_yolo",
     "refused_pickle",
     "unsafe_pickle_error",
+    "is_damaged",
+    "damaged_file_error",
 )
 
 
@@ -73,6 +75,31 @@ def unsafe_pickle_error(path, refusal: str, hint: str = "") -> UnsafePickleError
     )
 
 
+def _root(e: BaseException) -> BaseException:
+    while e.__cause__ is not None:  # Ultralytics wraps torch's error in a long TypeError: the original says more
+        e = e.__cause__
+    return e
+
+
+def is_damaged(e: BaseException) -> bool:
+    """True when a load failed because the file is empty, truncated or not a torch.save file at all."""
+    import zipfile
+
+    root = _root(e)
+    return isinstance(root, (EOFError, pickle.UnpicklingError, zipfile.BadZipFile)) or (
+        isinstance(root, RuntimeError) and "PytorchStreamReader" in str(root)
+    )
+
+
+def damaged_file_error(path, e: BaseException) -> CheckpointError:
+    """The one-line error for a file torch cannot read, naming the original error."""
+    root = _root(e)
+    return CheckpointError(
+        f"cannot read checkpoint {path}: it is empty, truncated or not a torch.save file "
+        f"({type(root).__name__}: {_one_line(root)[:200] or 'no detail'})"
+    )
+
+
 def load_checkpoint(path: str | Path) -> dict:
     """Read an Ultralytics checkpoint safely (``weights_only=True`` and the allow-list), never running its code.
 
@@ -110,13 +137,7 @@ def load_checkpoint(path: str | Path) -> dict:
             raise CheckpointError(
                 f"{path} is not an Ultralytics checkpoint: it holds a {held[1]}, not a dict"
             ) from None
-        root = e
-        while root.__cause__ is not None:  # Ultralytics wraps torch's error in a long TypeError: name the original
-            root = root.__cause__
-        raise CheckpointError(
-            f"cannot read checkpoint {path}: it is empty, truncated or not a torch.save file "
-            f"({type(root).__name__}: {_one_line(root)[:200] or 'no detail'})"
-        ) from None
+        raise damaged_file_error(path, e) from None
     if not isinstance(ckpt, dict):
         raise CheckpointError(f"{path} is not an Ultralytics checkpoint: it holds a {type(ckpt).__name__}, not a dict")
     return ckpt

@@ -78,6 +78,8 @@ def _params(n_train: int, n_val: int, imgsz: int, max_objects: int, seed: int) -
             raise ValueError(f"{k}={params[k]!r} is invalid: must be an integer in [1, {most}]")
     if imgsz < 32:
         raise ValueError(f"imgsz={imgsz} is invalid: must be >= 32")
+    if not isinstance(seed, int) or isinstance(seed, bool) or seed < 0:
+        raise ValueError(f"seed={seed!r} is invalid: must be an integer >= 0")
     return params
 
 

@@ -48,6 +48,15 @@ def check_folder(path: str | Path, flag: str = "--out") -> Path:
     return path
 
 
+def _resolved(path: Path, what: str) -> Path:
+    try:
+        return path.resolve()
+    except (RuntimeError, OSError) as e:  # a symlink loop (RuntimeError before Python 3.13)
+        raise PathError(
+            f"{what} {path} cannot be resolved: {describe_os_error(e) if isinstance(e, OSError) else e}"
+        ) from None
+
+
 def check_output(path: str | Path, overwrite: bool = False, flag: str = "--out", inputs=()) -> Path:
     """Refuse an output path that cannot be written: it exists (unless ``overwrite``), is a folder, is one of the
     command's inputs (even with ``overwrite``), or its folder cannot be created or written. Return it as a ``Path``.
@@ -66,7 +75,7 @@ def check_output(path: str | Path, overwrite: bool = False, flag: str = "--out",
     """
     path = Path(path)
     for source in (Path(i) for i in inputs if i is not None):
-        if path.resolve() == source.resolve():
+        if _resolved(path, flag) == _resolved(source, "input"):
             raise IbraYoloError(f"{flag} {path} is an input of this command: choose another {flag}")
     if path.is_dir():
         raise IbraYoloError(f"{path} is a folder: {flag} must name a file")

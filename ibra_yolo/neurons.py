@@ -19,6 +19,7 @@ The module keeps no state between calls: the membrane is a local variable of ``f
 from __future__ import annotations
 
 import math
+import reprlib
 
 import torch
 from torch import nn
@@ -59,6 +60,7 @@ __all__ = (
     "num_planes",
 )
 
+_FLOAT_DTYPES = (torch.float16, torch.bfloat16, torch.float32, torch.float64)  # input currents the neurons take
 FLOAT32_MAX = float(torch.finfo(torch.float32).max)  # N beyond it is inf in float32, and 0 * inf = NaN
 FLOAT32_TINY = float(torch.finfo(torch.float32).tiny)  # N below it is 0 (or subnormal) in float32: codes / 0 = NaN
 MAX_CODE_LIMIT = 2**24  # float32 holds every integer up to 2**24 exactly: the quantiser computes codes in float32
@@ -67,10 +69,14 @@ MAX_CODE_LIMIT = 2**24  # float32 holds every integer up to 2**24 exactly: the q
 # ----------------------------------------------------------------------------------------------------------------------
 # Modules
 # ----------------------------------------------------------------------------------------------------------------------
+_REPR = reprlib.Repr()  # a value is quoted in bounded size (at most 4**2 items), whatever YAML aliases built
+_REPR.maxlevel, _REPR.maxlist, _REPR.maxdict, _REPR.maxstring, _REPR.maxother = 2, 4, 4, 80, 80
+
+
 def _check(name: str, value, ok: bool, allowed: str) -> None:
     """Raise a ValueError naming the parameter, its value and the allowed range."""
     if not ok:
-        raise ValueError(f"{name}={value!r} is invalid: {name} must be {allowed}")
+        raise ValueError(f"{name}={_REPR.repr(value)} is invalid: {name} must be {allowed}")
 
 
 def _is_number(v) -> bool:
@@ -170,10 +176,8 @@ class IntegerLIF(nn.Module):
         if not isinstance(x, torch.Tensor) or x.layout != torch.strided:
             what = f"a {x.layout} tensor" if isinstance(x, torch.Tensor) else f"a {type(x).__name__}"
             raise ValueError(f"{type(self).__name__} expects a dense torch.Tensor of input currents, got {what}")
-        if not x.is_floating_point():  # an int tensor would take the output back to int (5.11 -> 5), complex drops j
-            raise ValueError(
-                f"{type(self).__name__} expects real floating-point input currents (float32, ...), got {x.dtype}"
-            )
+        if x.dtype not in _FLOAT_DTYPES:  # int would cut 5.11 to 5, complex drop j, float8 (3 bits) round 5.11 to 5
+            raise ValueError(f"{type(self).__name__} expects float16/32/64 or bfloat16 input currents, got {x.dtype}")
         if torch.jit.is_tracing():  # shapes are fixed in a trace; a Python check would only emit TracerWarnings
             return
         if x.dim() < 1 or x.shape[0] != self.T:

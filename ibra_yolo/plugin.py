@@ -37,6 +37,8 @@ import re
 import sys
 from pathlib import Path
 
+from ibra_yolo.yaml_files import check_regular, load_yaml, yaml_text_problem
+
 __all__ = ("register", "register_hint", "model_yaml_path", "cfg_dir", "available_models")
 
 _SCALE_SUFFIX = re.compile(r"^(?P<base>.+)-(?P<scale>[^-]+)$")  # spike-yolo-ibra-n: any suffix, checked later
@@ -58,37 +60,8 @@ def available_models() -> list[str]:
     out = []
     for f in sorted(cfg_dir().glob("spike-yolo-*.yaml")):
         out.append(f.name)
-        out += [f"{f.stem}-{s}.yaml" for s in (_load_yaml(f).get("scales") or {})]
+        out += [f"{f.stem}-{s}.yaml" for s in (load_yaml(f).get("scales") or {})]
     return out
-
-
-def _load_yaml(path: Path) -> dict:
-    """The YAML file as a dict; one ``ModelConfigError`` line when it is not valid YAML or not a mapping."""
-    from ultralytics.utils import YAML
-
-    try:
-        return YAML.load(path)
-    except ValueError:  # Ultralytics' several-line message (also UnicodeDecodeError): say it in one
-        raise _yaml_problem(Path(path)) from None
-
-
-def _yaml_problem(path: Path) -> Exception:
-    """The one-line ``ModelConfigError`` for a YAML file Ultralytics' loader refused."""
-    import yaml
-
-    from ibra_yolo.errors import ModelConfigError
-
-    try:
-        d = yaml.safe_load(path.read_text(encoding="utf-8"))
-    except UnicodeDecodeError as e:
-        return ModelConfigError(f"{path} is not UTF-8 text (byte {e.start}): a model YAML must be text")
-    except yaml.YAMLError as e:
-        mark, problem = getattr(e, "problem_mark", None), getattr(e, "problem", None) or str(e).splitlines()[0]
-        where = f" at line {mark.line + 1}, column {mark.column + 1}" if mark else ""
-        return ModelConfigError(f"{path} is not valid YAML{where}: {problem}")
-    return ModelConfigError(
-        f"{path}: a model YAML must be a mapping (nc, backbone, head, ...), got a {type(d).__name__}"
-    )
 
 
 def _find_model_yaml(name: str | Path) -> tuple[Path, str | None, dict] | None:
@@ -105,50 +78,21 @@ def _find_model_yaml(name: str | Path) -> tuple[Path, str | None, dict] | None:
     from ibra_yolo.nn.builder import is_spiking_yaml
 
     for file, scale in candidates:
+        check_regular(file)
         if file.is_file():
-            d = _load_yaml(file)
+            d = load_yaml(file)
             if not d:
                 raise ModelConfigError(f"{file} is empty: a model YAML needs nc, backbone and head (and neuron)")
             if is_spiking_yaml(d):
-                check_unique_keys(file.read_text(encoding="utf-8"), str(file))
+                problem = yaml_text_problem(file)  # repeated keys, alias bombs, text that is not UTF-8
+                if problem is not None:
+                    raise problem
                 return file, scale, d
             ours = sorted({r[2] for r in _rows(d)} & _our_modules())
             if ours:
                 raise ModelConfigError(f"{file} uses ibra-yolo's {ours} but has no 'neuron' key, e.g. {_NEURON_HINT}")
             return None
     return None
-
-
-def check_unique_keys(text: str, where: str) -> None:
-    """Refuse YAML text that repeats a key in one mapping (PyYAML silently keeps the last, e.g. a second ``nc``).
-
-    Merge keys (``<<: *base``) are YAML's way to override on purpose and are left to PyYAML.
-
-    Raises:
-        ModelConfigError: Naming ``where``, the key and its line.
-    """
-    import yaml
-
-    from ibra_yolo.errors import ModelConfigError
-
-    class _Unique(yaml.SafeLoader):
-        def construct_mapping(self, node, deep=False):
-            seen = set()
-            for key_node, _ in node.value:
-                if key_node.tag == "tag:yaml.org,2002:merge":
-                    continue
-                key = self.construct_object(key_node, deep=True)
-                if isinstance(key, (list, dict)):
-                    continue  # unhashable: PyYAML's own construct_mapping names it
-                if key in seen:
-                    line = key_node.start_mark.line + 1
-                    raise ModelConfigError(
-                        f"{where} repeats the key {key!r} at line {line}: keep one (YAML keeps the last)"
-                    )
-                seen.add(key)
-            return super().construct_mapping(node, deep)
-
-    yaml.load(text, Loader=_Unique)  # noqa: S506 - a SafeLoader subclass
 
 
 _NEURON_HINT = "neuron: {kind: IBRALIF, D: 5.11, N: 100, beta: 0.25}"
@@ -265,8 +209,9 @@ def _wrap_method(original, replacement):
 
 
 def _one_line_refusal(original, weight, *args, **kwargs):
-    """``torch_safe_load`` whose refusal of a pickle is our one-line ``UnsafePickleError`` (not a chained traceback)."""
-    from ibra_yolo.checkpoints import refused_pickle, unsafe_pickle_error
+    """``torch_safe_load`` whose refusal of a pickle (``UnsafePickleError``) or of a damaged file (``CheckpointError``)
+    is our one-line error, not a chained traceback."""
+    from ibra_yolo.checkpoints import damaged_file_error, is_damaged, refused_pickle, unsafe_pickle_error
 
     try:
         return original(weight, *args, **kwargs)
@@ -274,6 +219,8 @@ def _one_line_refusal(original, weight, *args, **kwargs):
         refusal = refused_pickle(e)
         if refusal:
             raise unsafe_pickle_error(weight, refusal, "; ULTRALYTICS_SAFE_LOAD=0 loads a file you trust") from None
+        if is_damaged(e):
+            raise damaged_file_error(weight, e) from None
         raise
 
 
@@ -334,6 +281,7 @@ def _wrap_methods(module: str, cls: str, replacements: dict) -> None:
             setattr(klass, name, _wrap_method(getattr(klass, name), replacement))
 
 
+_OFF = {"0", "false", "no", "off", "n", "f"}  # ULTRALYTICS_SAFE_LOAD values that keep Ultralytics' unrestricted load
 _PREDICTOR = {"postprocess": _predictor_postprocess}
 _VALIDATOR = {"init_metrics": _validator_init_metrics, "postprocess": _validator_postprocess}
 
@@ -430,8 +378,8 @@ def register() -> None:
     )
     if not hasattr(tasks.BaseModel.fuse, "__ibra_yolo_original__"):
         tasks.BaseModel.fuse = _wrap_method(tasks.BaseModel.fuse, _spiking_fuse)
-    if os.environ.get("ULTRALYTICS_SAFE_LOAD", "").strip() == "":  # unset or empty: checkpoints are pickles
-        tasks.SAFE_LOAD = True
+    if os.environ.get("ULTRALYTICS_SAFE_LOAD", "").strip().lower() not in _OFF:  # only an explicit "off" opts out
+        tasks.SAFE_LOAD = True  # checkpoints are pickles
     if not hasattr(tasks.torch_safe_load, "__ibra_yolo_original__"):
         stock_load = tasks.torch_safe_load
         _replace_everywhere({"torch_safe_load": ((stock_load,), _wrap(stock_load, _one_line_refusal))})

@@ -196,7 +196,9 @@ def test_stock_loading_is_restricted_by_default(evil, python):
     code = "import sys\nfrom ultralytics import YOLO\ntry:\n    YOLO(sys.argv[1])\nexcept Exception as e:\n    print(e)"
     env = {k: v for k, v in os.environ.items() if k != "ULTRALYTICS_SAFE_LOAD"}
     refusal = f"checkpoint {evil / 'evil.pt'} refers to posix.system, which a checkpoint may not use: not loaded"
-    for value in (None, "", " "):  # an empty value reads as unset: it left loading unrestricted and the pickle ran
+    # Unset, empty, or any value but an explicit off (0/false/no/off): "enabled" is off for Ultralytics' own parser,
+    # and the pickle ran
+    for value in (None, "", " ", "enabled", "1"):
         e = env if value is None else {**env, "ULTRALYTICS_SAFE_LOAD": value}
         out = subprocess.run([python, "-c", code, evil / "evil.pt"], env=e, capture_output=True, text=True).stdout
         assert out.startswith(refusal) and out.count("\n") == 1, (value, out)

@@ -148,6 +148,32 @@ def test_model_mode_refuses_non_finite_boxes():
     assert math.isfinite(coco.run_detections(run, GT).detections[1]["bbox"][0])
 
 
+def test_repeated_json_keys_and_symlink_loops(tmp_path, capsys):
+    # json keeps the last of two equal keys silently; an --out that is a symlink loop was a RuntimeError traceback
+    (tmp_path / "gt.json").write_text(json.dumps(GT))
+    (tmp_path / "pred.json").write_text(
+        '[{"image_id": 1, "image_id": 2, "category_id": 1, "bbox": [0, 0, 1, 1], "score": 1}]'
+    )
+    argv = [
+        "--pred",
+        str(tmp_path / "pred.json"),
+        "--ann",
+        str(tmp_path / "gt.json"),
+        "--out",
+        str(tmp_path / "o.json"),
+    ]
+    assert eval_coco.main(argv) == 2
+    assert capsys.readouterr().err == (
+        f"error: predictions file {tmp_path / 'pred.json'}: an object repeats the key 'image_id': keep one (JSON keeps "
+        "the last)\n"
+    )
+    (tmp_path / "loop.json").symlink_to(tmp_path / "loop.json")
+    argv[-1] = str(tmp_path / "loop.json")
+    assert eval_coco.main(argv) == 2
+    err = capsys.readouterr().err
+    assert err.startswith(f"error: --out {tmp_path / 'loop.json'} cannot be resolved: ") and err.count("\n") == 1, err
+
+
 def test_json_that_cannot_be_a_coco_file(tmp_path, capsys):
     # 200,000 nested lists: json.loads raised RecursionError, a traceback
     (tmp_path / "deep.json").write_text("[" * 200_000 + "]" * 200_000)

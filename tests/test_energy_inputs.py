@@ -99,6 +99,19 @@ def test_images_of_the_wrong_kind_are_refused(model, make, says):
     assert a["SOPs"] == b["SOPs"] and a["energy_mJ"] == b["energy_mJ"]
 
 
+def test_image_tensor_sizes_and_dtypes(model):
+    # 40x40 (not a multiple of the model's stride 32) and 8224 px failed deep in a Concat; float8 in isfinite
+    for shape in ((1, 3, 40, 40), (1, 3, 8224, 32)):
+        with pytest.raises(
+            IbraYoloError, match=r"must be multiples of 32 \(the model's largest stride\), at most 8192"
+        ):
+            measure(model, torch.zeros(shape, dtype=torch.uint8), progress=False)
+    with pytest.raises(
+        IbraYoloError, match=r"images must be uint8 \(0\.\.255\) or floats in \[0, 1\], got torch.float8"
+    ):
+        measure(model, torch.zeros(1, 3, 32, 32).to(torch.float8_e4m3fn), progress=False)
+
+
 def test_numpy_images_and_empty_batches_are_named(model):
     # a numpy image was a pathlib TypeError (taken for a file list), an empty tensor an IndexError in the meter
     with pytest.raises(IbraYoloError, match=r"^images are a numpy array \(64, 64, 3\): pass a torch tensor"):

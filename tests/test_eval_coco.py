@@ -115,6 +115,17 @@ def test_box_id_zero_scores_like_any_other():
     assert gt0["annotations"][0]["id"] == 0  # the caller's dict is not changed
 
 
+def test_score_checks_its_inputs_itself():
+    # score() is public: NaN scores were ranked (AP 0.5 instead of an error) and no images was an AssertionError
+    from ibra_yolo.errors import IbraYoloError, NonFiniteError
+
+    dets = [{"image_id": 1, "category_id": 1, "bbox": [0, 0, 10, 10], "score": float("nan")}]
+    with pytest.raises(NonFiniteError, match=r"^score\(\): detections: detection 0 has score=nan"):
+        coco.score(GT, dets)
+    with pytest.raises(IbraYoloError, match=r"^score\(\): the annotations hold no images"):
+        coco.score({"images": [], "annotations": [], "categories": []}, dets)
+
+
 def test_no_detections_scores_zero():
     m = coco.score(GT, [])
     assert all(m[k] == 0.0 for k in coco.COCO_METRICS)

@@ -5,6 +5,7 @@ last row); dicts go through the builder. Valid shipped YAMLs building at every s
 """
 
 import copy
+import os
 import re
 import shutil
 from pathlib import Path
@@ -199,6 +200,46 @@ def test_repeated_yaml_keys_are_refused(tmp_path, key, value):
     msg = yolo_error(write(tmp_path, text="\n".join(lines)))
     path = tmp_path / "bad.yaml"
     assert msg == f"{path} repeats the key {key!r} at line {first + 2}: keep one (YAML keeps the last)"
+
+
+def test_files_whose_text_cannot_be_a_model(tmp_path):
+    # Each hung, exhausted memory, or escaped as a multi-line or unnamed error before.
+    good = (CFG / "spike-yolo-ibra.yaml").read_text()
+    os.mkfifo(tmp_path / "fifo.yaml")  # reading it blocked forever
+    (tmp_path / "zero.yaml").symlink_to("/dev/zero")  # reading it never ended (MemoryError after 19 s)
+    cases = {
+        "fifo.yaml": "is not a regular file (a FIFO or a device): a model YAML must be a file",
+        "zero.yaml": "is not a regular file (a FIFO or a device)",
+        "nul.yaml": ("is not valid YAML", good.replace("nc: 80", "nc: 80\x00")),  # PyYAML's 2-line ReaderError
+        "latin1.yaml": ("is not UTF-8 text", None),  # a UnicodeDecodeError naming no file
+        "digits.yaml": ("holds a value YAML cannot read", good.replace("nc: 80", "nc: " + "9" * 5000)),
+        "deep.yaml": ("nests its YAML too deeply", good.replace("T: 1", "T: " + "[" * 20000 + "]" * 20000)),
+        # 9 ** 7 = 4.8 million values from 8 short lines: printing the value never ended
+        "laughs.yaml": (
+            "expands to more than 1,000,000 values through YAML aliases",
+            good.replace("T: 1", "T: 1\nx0: &x0 [1, 1, 1, 1, 1, 1, 1, 1, 1]\n"
+                         + "".join(f"x{i}: &x{i} [{', '.join([f'*x{i - 1}'] * 9)}]\n" for i in range(1, 7))),
+        ),
+    }  # fmt: skip
+    for name, case in cases.items():
+        if isinstance(case, tuple):
+            says, text = case
+            path = tmp_path / name
+            if text is None:
+                path.write_bytes(good.replace("# number of classes", "# clases n\u00famero").encode("latin-1"))
+            else:
+                path.write_text(text)
+        else:
+            says = case
+        assert says in yolo_error(tmp_path / name), name
+
+
+def test_class_count_is_bounded():
+    # nc: 1000000 asked for 4.1 GB in the head's stride probe
+    with pytest.raises(
+        ModelConfigError, match=r"nc=1000000 is invalid: the number of classes must be an integer in \[1, 65536\]"
+    ):
+        build_spiking_model(load(scale="n", nc=10**6), verbose=False)
 
 
 def test_yaml_merge_keys_are_not_repeats(tmp_path):

@@ -319,12 +319,27 @@ def test_make_neuron_refuses_what_the_class_would_not_say(spec, T, says):
         torch.tensor([[255, 3]], dtype=torch.uint8),
         torch.tensor([[True, False]]),
         torch.tensor([[1 + 2j, 3 - 1j]]),  # complex: the imaginary part was dropped with only a torch warning
+        torch.tensor([[0.03, 5.11, 2.5]]).to(torch.float8_e4m3fn),  # 3 mantissa bits: 5.11 became 5.0 without a word
     ],
 )
 def test_input_currents_must_be_real_floats(x):
     for call in (IBRALIF(), IBRALIF().codes, IBRALIF().spike_codes):
-        with pytest.raises(ValueError, match=rf"^IBRALIF expects real floating-point input currents .*got {x.dtype}$"):
+        with pytest.raises(
+            ValueError, match=rf"^IBRALIF expects float16/32/64 or bfloat16 input currents, got {x.dtype}$"
+        ):
             call(x)
+
+
+def test_a_huge_aliased_value_is_quoted_briefly():
+    # YAML aliases can build a value of 9**6 items from a few lines; quoting it in full never ended
+    bomb = [1] * 9
+    for _ in range(6):
+        bomb = [bomb] * 9
+    with pytest.raises(ValueError) as e:
+        make_neuron({"kind": "IBRALIF", "beta": bomb})
+    assert str(e.value).startswith("beta=[[[...], [...], [...], [...], ...], ") and len(str(e.value)) < 400, str(
+        e.value
+    )
 
 
 def test_meta_tensors_pass_shape_only():

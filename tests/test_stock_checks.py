@@ -45,6 +45,20 @@ def test_stock_models_are_not_checked():
     assert len(results[0].boxes) == 0
 
 
+def test_stock_yolo_says_a_damaged_checkpoint_in_one_line(tmp_path, python):
+    # an empty .pt was Ultralytics' chained EOFError -> TypeError traceback in `yolo predict`
+    import subprocess
+    from pathlib import Path
+
+    (tmp_path / "zero.pt").write_bytes(b"")
+    yolo = str(Path(python).with_name("yolo"))
+    p = subprocess.run(
+        [yolo, "predict", f"model={tmp_path / 'zero.pt'}", "source=x.jpg"], capture_output=True, text=True
+    )
+    expected = f"CheckpointError: cannot read checkpoint {tmp_path / 'zero.pt'}: it is empty, truncated or not a torch"
+    assert p.returncode == 1 and p.stderr.startswith(expected) and p.stderr.count("\n") == 1, p.stderr
+
+
 def test_eval_checks_the_device_before_work(tmp_path, shapes_data, capsys):
     # 'cpu,cpu' was Ultralytics' ValueError traceback after the model had loaded; now one line, nothing written
     from ibra_yolo.cli import eval as eval_cli

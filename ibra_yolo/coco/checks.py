@@ -43,6 +43,16 @@ def _examples(values) -> str:
     return head + (f" and {len(values) - _EXAMPLES} more" if len(values) > _EXAMPLES else "")
 
 
+def _unique_keys(pairs: list) -> dict:
+    """A JSON object whose keys are unique (``json`` would silently keep the last of two equal keys)."""
+    d = dict(pairs)
+    if len(d) != len(pairs):
+        seen = set()
+        key = next(k for k, _ in pairs if k in seen or seen.add(k))
+        raise IbraYoloError(f"an object repeats the key {key!r}: keep one (JSON keeps the last)")
+    return d
+
+
 def _load_json(path: str | Path, what: str):
     path = Path(path)
     if not path.exists():
@@ -52,11 +62,13 @@ def _load_json(path: str | Path, what: str):
     if not path.is_file():  # a FIFO or a device: reading it could block forever
         raise IbraYoloError(f"{what} file {path} is not a regular file: name a JSON file")
     try:
-        return json.loads(path.read_text())
+        return json.loads(path.read_text(), object_pairs_hook=_unique_keys)
     except (json.JSONDecodeError, UnicodeDecodeError) as e:
         raise IbraYoloError(f"{what} file {path} is not valid JSON ({e})") from None
     except RecursionError:
         raise IbraYoloError(f"{what} file {path} nests its JSON too deeply to be a COCO file") from None
+    except IbraYoloError as e:  # a repeated key (_unique_keys)
+        raise IbraYoloError(f"{what} file {path}: {e}") from None
     except OSError as e:
         raise IbraYoloError(f"cannot read {what} file {path}: {e.strerror or type(e).__name__}") from None
 

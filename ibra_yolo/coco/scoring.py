@@ -6,6 +6,8 @@ import contextlib
 import copy
 import io
 
+from ibra_yolo.errors import IbraYoloError
+
 __all__ = ("COCO_METRICS", "score", "format_metrics")
 
 # pycocotools' COCOeval.stats, in its order
@@ -50,9 +52,19 @@ def score(gt: dict, dets: list[dict], img_ids: list | None = None) -> dict[str, 
 
     Returns:
         (dict[str, float]): ``COCO_METRICS`` -> value.
+
+    Raises:
+        NonFiniteError: A NaN/inf number in a detection or annotation (checked again here: a NaN score was ranked).
+        IbraYoloError: No images, or a malformed record (``ibra_yolo.coco.records``).
     """
     from pycocotools.cocoeval import COCOeval
 
+    from ibra_yolo.coco.records import check_annotations, check_detections
+
+    if not isinstance(gt, dict) or not gt.get("images") or not isinstance(gt.get("annotations"), list):
+        raise IbraYoloError("score(): the annotations hold no images (or no 'annotations' list): nothing to score")
+    check_annotations(gt["annotations"], "score(): annotations")  # a NaN score or box was ranked silently
+    check_detections(dets, "score(): detections")
     with contextlib.redirect_stdout(io.StringIO()):  # pycocotools prints progress; we print our own table
         gt = copy.deepcopy(gt)
         for k, a in enumerate(gt["annotations"], 1):  # pycocotools reads a matched box id 0 as "unmatched"

@@ -97,7 +97,7 @@ def _progress(batches: Iterable, total: int, enabled: bool) -> Iterator[torch.Te
             bar.update(len(x))
 
 
-def _check_images(x: torch.Tensor, first: int, source: str, channels: int) -> None:
+def _check_images(x: torch.Tensor, first: int, source: str, channels: int, stride: int = 1) -> None:
     """A batch is ``[B, channels, H, W]`` of uint8 or of finite floats in ``[0, 1]``; else the first bad image is named.
 
     Raises:
@@ -106,10 +106,16 @@ def _check_images(x: torch.Tensor, first: int, source: str, channels: int) -> No
             floats, which would be counted as 255x brighter images).
     """
     must = "images must be uint8 (0..255) or floats in [0, 1]"
-    if x.dtype != torch.uint8 and not x.is_floating_point():
+    if x.dtype not in (torch.uint8, torch.float16, torch.bfloat16, torch.float32, torch.float64):
         raise IbraYoloError(f"{source}: {must}, got {x.dtype}")
     if x.dim() != 4 or x.shape[1] != channels or not len(x):
         raise IbraYoloError(f"{source}: a batch must be [N, {channels}, H, W], N >= 1, got shape {tuple(x.shape)}")
+    h, w = x.shape[2:]
+    if h % stride or w % stride or max(h, w) > MAX_IMGSZ:  # the stock letterbox makes both multiples of the stride
+        raise IbraYoloError(
+            f"{source}: images of {h}x{w} px: height and width must be multiples of {stride} (the model's largest "
+            f"stride), at most {MAX_IMGSZ}"
+        )
     if x.is_floating_point():
         bad = ~torch.isfinite(x).flatten(1).all(1)
         if bool(bad.any()):
@@ -137,6 +143,7 @@ def _run(net: nn.Module, meter: EnergyMeter, batches, total: int, spike_driven, 
     device = select_device(device) if device is not None else param.device
     was_training, was_device, seen = net.training, param.device, 0
     channels = (getattr(net, "yaml", None) or {}).get("channels", 3)
+    stride = int(net.stride.max()) if isinstance(getattr(net, "stride", None), torch.Tensor) else 1  # 1: not a detector
     units = [c.unit for c in meter.counters if c.spiking]
     previous = [u.spike_driven for u in units]
     switch_mode = any(m.training for m in net.modules())  # (re)setting the mode of ~1400 modules costs ~20 ms
@@ -150,7 +157,7 @@ def _run(net: nn.Module, meter: EnergyMeter, batches, total: int, spike_driven, 
             net.eval()
         with meter, torch.no_grad():
             for x in _progress(batches, total, progress):
-                _check_images(x, seen, source, channels)
+                _check_images(x, seen, source, channels, stride)
                 x = x.to(device)
                 net(x.to(param.dtype) / 255 if x.dtype == torch.uint8 else x.to(param.dtype))
                 seen += len(x)

@@ -182,8 +182,10 @@ def check_top_level(d) -> tuple[dict, float, float, float]:
     except ValueError as e:
         raise ModelConfigError(f"neuron: {e}") from None
     nc = d.get("nc")
-    if not isinstance(nc, int) or isinstance(nc, bool) or nc < 1:
-        raise ModelConfigError(f"nc={nc!r} is invalid: the number of classes must be an integer >= 1")
+    if not isinstance(nc, int) or isinstance(nc, bool) or not 1 <= nc <= LIMITS["channels"]:
+        raise ModelConfigError(
+            f"nc={nc!r} is invalid: the number of classes must be an integer in [1, {LIMITS['channels']}]"
+        )
     for key in ("backbone", "head"):
         rows = d.get(key)
         if not isinstance(rows, (list, tuple)) or not rows:

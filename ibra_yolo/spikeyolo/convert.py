@@ -54,11 +54,12 @@ def resolve_neuron(neuron) -> dict | None:
         shipped = cfg_dir() / f"spike-yolo-{neuron.strip().lower()}.yaml"
         return dict(yaml.safe_load(shipped.read_text())["neuron"])
     if isinstance(neuron, str):
-        from ibra_yolo.plugin import check_unique_keys
+        from ibra_yolo.yaml_files import check_expanded_size, check_unique_keys
 
         try:
             check_unique_keys(neuron, "--neuron")
             neuron = yaml.safe_load(neuron)
+            check_expanded_size(neuron, "--neuron")
         except yaml.YAMLError:
             neuron = None
         if not isinstance(neuron, dict):
