@@ -117,7 +117,18 @@ def plane(codes: torch.Tensor, j: int, encoding: str, dtype: torch.dtype | None 
     """Return virtual timestep ``j`` of ``codes`` as a ``{0, 1}`` tensor.
 
     Binary: bit ``j`` of the code (weight ``2**j``). Unary (thermometer): 1 where ``code > j`` (weight 1).
+
+    Raises:
+        ValueError: ``j`` is not an integer >= 0, or a code is not a whole number >= 0 (NaN, 3.7, -1 have no planes).
     """
+    if not isinstance(j, int) or isinstance(j, bool) or j < 0:
+        raise ValueError(f"plane index j={j!r} is invalid: it must be an integer >= 0")
+    check_codes(codes, 2**62 - 1)
+    return _plane(codes, j, encoding, dtype)
+
+
+def _plane(codes: torch.Tensor, j: int, encoding: str, dtype: torch.dtype | None = None) -> torch.Tensor:
+    """``plane`` without its checks (no host sync): for codes the neuron made, e.g. on a device's queue."""
     _check_encoding(encoding)
     c = codes.to(torch.int32)
     b = (c >> j) & 1 if encoding == "binary" else (c > j)
@@ -166,7 +177,7 @@ def to_planes(codes: torch.Tensor, max_code: int, encoding: str) -> torch.Tensor
         ValueError: A code that is not a whole number in ``0..max_code`` (``check_codes``): it has no planes.
     """
     check_codes(codes, max_code)
-    return torch.stack([plane(codes, j, encoding) for j in range(num_planes(max_code, encoding))])
+    return torch.stack([_plane(codes, j, encoding) for j in range(num_planes(max_code, encoding))])
 
 
 def from_planes(planes: torch.Tensor, encoding: str) -> torch.Tensor:

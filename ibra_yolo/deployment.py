@@ -396,6 +396,8 @@ def fuse_for_inference(root: nn.Module) -> bool:
         return False
     try:
         return _fuse_bn_root(root) > 0
+    except NonFiniteError:  # broken BN statistics: the unfused model would predict from them just as wrongly
+        raise
     except IbraYoloError as e:
         LOGGER.warning(f"fuse(): BNs left unfolded ({e})")
         return False

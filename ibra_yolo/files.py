@@ -157,7 +157,7 @@ def _move(tmp: Path, path: Path, overwrite: bool) -> None:
 
 def describe_os_error(e: OSError) -> str:
     """A file-system error in one line: ``<reason>: <file>`` (e.g. ``Permission denied: /data/x.json``)."""
-    reason = e.strerror or type(e).__name__
+    reason = e.strerror or " ".join(str(e).split()) or type(e).__name__
     return f"{reason}: {e.filename}" if e.filename else reason
 
 

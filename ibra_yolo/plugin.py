@@ -357,6 +357,7 @@ def register_hint() -> None:
     hint = functools.wraps(current)(functools.partial(_unregistered_yaml_model_load, current))
     hint.__ibra_yolo_hint_for__ = current
     _replace_everywhere({"yaml_model_load": ((current,), hint)})
+    _install_one_line_errors()  # the hint itself is one of our errors
 
 
 def register() -> None:
@@ -386,5 +387,10 @@ def register() -> None:
     _check_predictions_before_nms()
     import ibra_yolo.nn  # noqa: F401 - our classes exist, allow-listed for ULTRALYTICS_SAFE_LOAD=1 (see ibra_yolo.nn)
 
+    _install_one_line_errors()
+
+
+def _install_one_line_errors() -> None:
+    """Inside Ultralytics' own ``yolo`` console script only, print our errors as their one line."""
     if _running_ultralytics_cli() and not getattr(sys.excepthook, "__ibra_yolo__", False):
         sys.excepthook = _one_line_errors(sys.excepthook)

@@ -47,6 +47,8 @@ def load_dataset(data: str | Path, split: str = "val") -> dict:
     """
     from ultralytics.data.utils import check_det_dataset
 
+    if Path(data).exists() and not (Path(data).is_file() or Path(data).is_dir()):  # a FIFO would block the reader
+        raise IbraYoloError(f"dataset {data} is not a regular file (a FIFO or a device): name a data YAML")
     try:
         return check_det_dataset(str(data), autodownload=False, split=split)
     except FileNotFoundError as e:

@@ -120,6 +120,9 @@ BAD_ANNOTATIONS = [
      f"annotation id {GT['annotations'][0]['id']!r} is used more than once: every box needs its own id"),
     # no boxes at all: COCOeval printed -100.0 % as the result
     ({**GT, "annotations": []}, IbraYoloError, " has no annotations (an empty 'annotations' list)"),
+    # COCOeval ignores crowd regions: with only those every metric was -1, printed as -100.0 %
+    ({**GT, "annotations": [{**a, "iscrowd": 1} for a in GT["annotations"]]}, IbraYoloError,
+     "every annotation is a crowd region (iscrowd 1)"),
 ]  # fmt: skip
 
 
@@ -172,6 +175,13 @@ def test_repeated_json_keys_and_symlink_loops(tmp_path, capsys):
     assert eval_coco.main(argv) == 2
     err = capsys.readouterr().err
     assert err.startswith(f"error: --out {tmp_path / 'loop.json'} cannot be resolved: ") and err.count("\n") == 1, err
+
+
+def test_a_box_may_be_a_tuple():
+    # [x, y, w, h] as a tuple (Python callers of score()) was refused with a message that read as if it were valid
+    dets = [{"image_id": a["image_id"], "category_id": a["category_id"], "bbox": tuple(a["bbox"]), "score": 0.9}
+            for a in GT["annotations"]]  # fmt: skip
+    assert coco.score(GT, dets)["AP"] == pytest.approx(1.0, abs=1e-12)
 
 
 def test_json_that_cannot_be_a_coco_file(tmp_path, capsys):

@@ -147,8 +147,10 @@ def test_presets_and_custom_constants():
     with pytest.raises(IbraYoloError, match="positive"):
         energy_constants(e_mac=-1.0)
     # 1e308 pJ per operation made the totals inf and the ratio NaN, and the figure crashed: at most 1e6 pJ (1 uJ)
-    with pytest.raises(IbraYoloError, match=r"^e_ac=1e\+308 is invalid: .* at most 1e\+06"):
+    with pytest.raises(IbraYoloError, match=r"^e_ac=1e\+308 is invalid: .* in \[1e-06, 1e\+06\]"):
         energy_constants(e_ac=1e308)
+    with pytest.raises(IbraYoloError, match=r"^e_mac=1e-320 is invalid"):  # subnormal: rounded 11 % off
+        energy_constants(e_mac=1e-320)
 
 
 def test_range_use_ibra_uses_high_codes_iblif_does_not():

@@ -16,6 +16,7 @@ from ibra_yolo.neurons import (
     NonFiniteError,
     from_planes,
     make_neuron,
+    plane,
     plane_weights,
     to_planes,
 )
@@ -381,6 +382,20 @@ def test_unknown_encoding_is_refused(encoding):
     for call in (lambda: from_planes(torch.ones(3, 1), encoding), lambda: to_planes(torch.tensor([3]), 7, encoding)):
         with pytest.raises(ValueError, match=rf"^encoding={encoding!r} is invalid"):
             call()
+
+
+@pytest.mark.parametrize(
+    "codes, j, says",
+    [
+        (torch.tensor([5]), -1, "plane index j=-1 is invalid"),  # gave 0.0
+        (torch.tensor([3.7]), 0, "hold 3.7"),  # gave 1.0: 3.7 was cut to code 3
+        (torch.tensor([float("nan")]), 0, "hold NaN or inf"),  # a NaN code sent a 0 spike
+    ],
+)
+def test_plane_checks_its_arguments(codes, j, says):
+    with pytest.raises(ValueError, match=re.escape(says)):
+        plane(codes, j, "binary")
+    assert plane(torch.tensor([5.0]), 2, "binary").tolist() == [1.0]  # 5 = 0b101: bit 2 is set
 
 
 def test_a_neuron_decodes_only_its_own_planes():

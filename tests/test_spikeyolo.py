@@ -226,6 +226,12 @@ def test_neuron_swap_keeps_the_weights(tiny):
     assert resolve_neuron("ilif") == {"kind": "ILIF", "D": 4, "beta": 0.25} and resolve_neuron(None) is None
 
 
+def test_our_own_checkpoint_is_not_a_spikeyolo_one(converted):
+    # an Ultralytics checkpoint given as the SpikeYOLO source was "expected one neuron kind ..., found []"
+    with pytest.raises(IbraYoloError, match=r"not a SpikeYOLO checkpoint: its model has no mem_update neurons"):
+        load_spikeyolo(converted, verbose=False)
+
+
 @pytest.mark.parametrize(
     "neuron, message",
     [

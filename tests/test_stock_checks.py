@@ -59,6 +59,42 @@ def test_stock_yolo_says_a_damaged_checkpoint_in_one_line(tmp_path, python):
     assert p.returncode == 1 and p.stderr.startswith(expected) and p.stderr.count("\n") == 1, p.stderr
 
 
+def test_a_fifo_as_dataset_is_refused_without_reading(tmp_path, capsys):
+    # --data naming a FIFO blocked in Ultralytics' dataset check forever
+    import os
+
+    from ibra_yolo.cli import eval as eval_cli
+
+    os.mkfifo(tmp_path / "data.yaml")
+    yolo_model("ibra").save(tmp_path / "m.pt")
+    argv = [
+        "--weights",
+        tmp_path / "m.pt",
+        "--data",
+        tmp_path / "data.yaml",
+        "--imgsz",
+        64,
+        "--project",
+        tmp_path / "p",
+    ]
+    assert eval_cli.main([*map(str, argv), "--name", "v"]) == 2
+    assert (
+        capsys.readouterr().err
+        == f"error: dataset {tmp_path / 'data.yaml'} is not a regular file (a FIFO or a device): name a data YAML\n"
+    )
+
+
+def test_inf_bn_statistics_stop_the_stock_fuse():
+    # an inf running_mean: Ultralytics' fuse() only warned and the model then predicted from it (finite, wrong boxes)
+    from ibra_yolo.errors import NonFiniteError
+
+    model = yolo_model("ibra")
+    with torch.no_grad():
+        model.model.model[3].bn.running_mean[0] = float("inf")
+    with pytest.raises(NonFiniteError, match=r"^cannot fold model\.3\.bn: channel 0 has .*running_mean inf"):
+        model.model.fuse(verbose=False)
+
+
 def test_eval_checks_the_device_before_work(tmp_path, shapes_data, capsys):
     # 'cpu,cpu' was Ultralytics' ValueError traceback after the model had loaded; now one line, nothing written
     from ibra_yolo.cli import eval as eval_cli

@@ -115,6 +115,10 @@ def load_annotations(path: str | Path) -> dict:
             f"{path} has no annotations (an empty 'annotations' list): there is nothing to score against"
         )
     check_annotations(gt["annotations"], str(path))
+    if all(a["iscrowd"] for a in gt["annotations"]):  # COCOeval ignores crowd boxes: every metric would be -1
+        raise IbraYoloError(
+            f"{path}: every annotation is a crowd region (iscrowd 1): there is nothing to score against"
+        )
     ann_ids = [a["id"] for a in gt["annotations"]]
     if len(set(ann_ids)) != len(ann_ids):  # pycocotools indexes boxes by id: one would be lost, another counted twice
         seen, dup = set(), None

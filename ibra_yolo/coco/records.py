@@ -53,7 +53,7 @@ def _id(where: str, field: str, v, strings: bool) -> None:
 
 def _box(where: str, box) -> None:
     """``[x, y, w, h]``: four finite numbers, ``w, h >= 0``."""
-    if not (isinstance(box, list) and len(box) == 4):
+    if not (isinstance(box, (list, tuple)) and len(box) == 4):
         raise IbraYoloError(f"{where} has bbox={_short(box)}: expected [x, y, w, h] (4 numbers)")
     for k, (name, v) in enumerate(zip(_BOX, box)):
         _number(where, f"bbox[{k}] ({name})", v, 0 if name in "wh" else None)

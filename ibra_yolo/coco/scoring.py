@@ -68,10 +68,13 @@ def score(gt: dict, dets: list[dict], img_ids: list | None = None) -> dict[str, 
     with contextlib.redirect_stdout(io.StringIO()):  # pycocotools prints progress; we print our own table
         gt = copy.deepcopy(gt)
         for k, a in enumerate(gt["annotations"], 1):  # pycocotools reads a matched box id 0 as "unmatched"
-            a["id"] = k  # box ids name nothing else, so 1..n scores the same boxes (and id 0 correctly)
+            a["id"], a["bbox"] = (
+                k,
+                list(a["bbox"]),
+            )  # box ids name nothing else, so 1..n scores the same boxes (and id 0 correctly)
         coco_gt = _coco_api(gt)
         if dets:
-            coco_dt = coco_gt.loadRes(copy.deepcopy(dets))
+            coco_dt = coco_gt.loadRes([{**copy.deepcopy(d), "bbox": list(d["bbox"])} for d in dets])  # tuples too
         else:
             coco_dt = _coco_api({"images": gt["images"], "categories": gt["categories"], "annotations": []})
         ev = COCOeval(coco_gt, coco_dt, "bbox")

@@ -46,6 +46,7 @@ PRESETS: dict[str, EnergyPreset] = {name: _preset(name, *ops) for name, ops in _
 DEFAULT_PRESET = "45nm-fp32"
 
 
+MIN_OP_PJ = 1e-6  # the smallest: 1 zJ (subnormal values such as 1e-320 pJ were rounded 11 % off)
 MAX_OP_PJ = 1e6  # the largest energy per operation taken: 1 uJ, 200,000x a 45 nm MAC (1e308 made the totals inf)
 
 
@@ -72,11 +73,13 @@ def energy_constants(
     else:
         raise IbraYoloError(f"energy preset {preset!r} is unknown: choose one of {', '.join(PRESETS)}")
     for name, v in (("e_mac", e_mac), ("e_ac", e_ac), ("preset.e_mac", base.e_mac), ("preset.e_ac", base.e_ac)):
-        ok = isinstance(v, (int, float)) and not isinstance(v, bool) and math.isfinite(v) and 0 < v <= MAX_OP_PJ
+        ok = (
+            isinstance(v, (int, float)) and not isinstance(v, bool) and math.isfinite(v) and MIN_OP_PJ <= v <= MAX_OP_PJ
+        )
         if v is not None and not ok:
             raise IbraYoloError(
-                f"{name}={v!r} is invalid: it must be a positive number of picojoules, at most {MAX_OP_PJ:g} (1 uJ per "
-                "operation; a 45 nm float32 MAC costs 4.6)"
+                f"{name}={v!r} is invalid: it must be a positive number of picojoules in [{MIN_OP_PJ:g}, "
+                f"{MAX_OP_PJ:g}] (a 45 nm float32 MAC costs 4.6)"
             )
     if e_mac is None and e_ac is None:
         return base

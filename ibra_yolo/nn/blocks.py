@@ -16,7 +16,8 @@ import torch.nn.functional as F
 from torch import nn
 from ultralytics.nn.modules.conv import autopad
 
-from ibra_yolo.neurons import IBRALIF, is_spiking_neuron, num_planes, plane
+from ibra_yolo.coding import _plane
+from ibra_yolo.neurons import IBRALIF, is_spiking_neuron, num_planes
 from ibra_yolo.nn.ops import _bn_affine, _conv_kwargs, conv_macs_per_pixel, recording_graph
 
 __all__ = (
@@ -238,7 +239,7 @@ class NeuronConv(nn.Module):
         if not static and codes.device.type == "cpu":  # planes above the largest code are empty: no spikes, no work
             weights = weights[: max(num_planes(int(codes.max()), n.encoding), 1)]
         for j, w in enumerate(weights):
-            y = self.synapse(plane(codes, j, n.encoding, dtype=weight.dtype), weight, **kwargs)
+            y = self.synapse(_plane(codes, j, n.encoding, dtype=weight.dtype), weight, **kwargs)
             acc = y.mul_(w) if acc is None else acc.add_(y, alpha=w)
         # A NaN membrane has no spikes to send: its sample's output is NaN, so it never passes silently (as NaN does
         # through the integer path), decided on the device without a host sync.

@@ -129,7 +129,12 @@ def spikeyolo_neuron(root: StandIn) -> dict:
             q = m.children().get("qtrick")
             kinds.add(q.name if q is not None else "no quantiser")
     levels = {int(k[1]) for k in map(_QUANTISER.match, kinds) if k}
-    if not kinds or len(kinds) != 1 or len(levels) != 1:
+    if not kinds:
+        raise CheckpointError(
+            "not a SpikeYOLO checkpoint: its model has no mem_update neurons (an Ultralytics checkpoint of ours needs "
+            "no conversion)"
+        )
+    if len(kinds) != 1 or len(levels) != 1:
         raise CheckpointError(
             f"expected one neuron kind (mem_update with MultiSpike<D>) throughout the model, found {sorted(kinds)}"
         )
