@@ -16,7 +16,8 @@ cannot be a model (not valid YAML, empty, not a mapping, a spiking YAML with a b
 does not have, a file that does not exist) fails there as one ``IbraYoloError`` line, before Ultralytics reads it.
 
 With the autoload switched off (``IBRA_YOLO_AUTOLOAD=0``) nothing is registered; ``register_hint()`` only makes a
-failure to load one of our models say that the plugin is not registered and how to register it.
+failure to load one of our models say that the plugin is not registered and how to register it (inside the ``yolo``
+command, as that one line).
 
 ``register()`` changes three more things, so that the stock pipeline is safe with our models: it turns Ultralytics'
 restricted checkpoint loading on (``tasks.SAFE_LOAD``) unless ``ULTRALYTICS_SAFE_LOAD`` is set (a checkpoint is a
