@@ -40,6 +40,8 @@ def quantize_codes(u: torch.Tensor, scale: float, max_code: int) -> torch.Tensor
     round codes above 256 wrongly), and ``torch.round`` rounds half to even. Clipping before rounding gives the same
     codes because the bounds are integers.
     """
+    if max_code < 0:  # a static check (no host sync): the codes would all be max_code, outside 0..max_code
+        raise ValueError(f"max_code={max_code!r} is invalid: it must be >= 0")
     return _scaled(u, scale).clamp_(0, max_code).round_()
 
 

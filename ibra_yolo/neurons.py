@@ -409,9 +409,18 @@ def _looks_numeric(text: str) -> bool:
 
 
 def _yaml_float(text: str) -> str:
-    """``1e9`` -> ``1.0e9``: the spelling YAML 1.1 (PyYAML) reads as a float."""
+    """``1e9`` or ``1.0e9`` -> ``1.0e+9``: YAML 1.1 (PyYAML) reads an exponent as a float only with a decimal point in
+    the mantissa and a sign in the exponent."""
     mantissa, _, exponent = text.strip().lower().partition("e")
-    return f"{mantissa}.0e{exponent}"
+    mantissa = mantissa if "." in mantissa else f"{mantissa}.0"
+    return f"{mantissa}e{exponent if exponent[:1] in ('+', '-') else '+' + exponent}"
+
+
+def yaml_number_hint(text: str) -> str:
+    """How to write a number that YAML read as text: ``write 1.0e+9`` for exponents, else ``remove the quotes``."""
+    if "e" in text.lower():
+        return f"YAML 1.1 reads an exponent as text unless it is written like {_yaml_float(text)}; write that"
+    return "remove the quotes"
 
 
 def is_spiking_neuron(m: nn.Module) -> bool:
@@ -437,13 +446,7 @@ def make_neuron(spec: dict, T: int = 1) -> nn.Module:
     kwargs = {k: v for k, v in spec.items() if k != "kind"}
     for k, v in kwargs.items():
         if isinstance(v, str) and _looks_numeric(v):
-            exponent = "e" in v.lower() and "." not in v.lower().partition("e")[0]
-            fix = (
-                f"YAML reads an exponent without a decimal point as text; write {_yaml_float(v)}"
-                if exponent
-                else "remove the quotes"
-            )
-            raise ValueError(f"{k}={v!r} is a string, not a number: {fix}")
+            raise ValueError(f"{k}={v!r} is a string, not a number: {yaml_number_hint(v)}")
     kind = spec["kind"]
     key = str(kind).lower().replace("-", "").replace("_", "")
     activation = {k.lower(): k for k in ACTIVATION_KINDS}.get(key)

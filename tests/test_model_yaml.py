@@ -128,7 +128,12 @@ def test_row_with_missing_fields_or_args():
         ("head", -1, [[19, 22, 25], 1, "SpikeDetect", [0]], "SpikeDetect nc=0 is invalid"),
         ("backbone", 1, [-1, 1, "Downsample", [128, 7, 4, 2, "yes"]], "unknown name 'yes' for Downsample first"),
         ("backbone", 1, [-1, 1, "Downsample", [128.5, 7, 4]], "Downsample c2=128.5 is invalid"),
-        ("backbone", 1, [-1, 1, "Downsample", ["1e2", 7, 4]], "c2='1e2' is a string, not a number: YAML reads"),
+        (
+            "backbone",
+            1,
+            [-1, 1, "Downsample", ["1e2", 7, 4]],
+            "c2='1e2' is a string, not a number: YAML 1.1 reads an exponent as text unless it is written like 1.0e+2",
+        ),
     ],
 )
 def test_bad_row_argument_names_its_row_and_value(section, j, row, says):

@@ -470,8 +470,15 @@ def test_counting_helpers_refuse_codes_outside_the_range():
 
 def test_numbers_written_as_strings_are_named():
     # PyYAML (YAML 1.1) reads `D: 1e9` as the string '1e9': say so and how to write it, instead of "must be a number".
-    with pytest.raises(ValueError, match=r"^D='1e9' is a string, not a number: .* write 1\.0e9$"):
-        make_neuron({"kind": "IBRALIF", "D": "1e9"})
+    # YAML 1.1 needs both a decimal point and a signed exponent: '1.0e9' is text too (the old hint advised it)
+    for text in ("1e9", "1.0e9", "1e+9"):
+        with pytest.raises(
+            ValueError, match=rf"^D='{re.escape(text)}' is a string, not a number: .* 1\.0e\+9; write that$"
+        ):
+            make_neuron({"kind": "IBRALIF", "D": text})
+    import yaml
+
+    assert yaml.safe_load("D: 1.0e+9")["D"] == 1e9 and isinstance(yaml.safe_load("D: 1.0e9")["D"], str)
     with pytest.raises(ValueError, match=r"^N='100' is a string, not a number: remove the quotes$"):
         make_neuron({"kind": "IBRALIF", "N": "100"})
 

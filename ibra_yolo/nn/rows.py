@@ -16,7 +16,7 @@ from dataclasses import dataclass, field
 from ultralytics.utils.ops import make_divisible
 
 from ibra_yolo.errors import ModelConfigError
-from ibra_yolo.neurons import _looks_numeric, _yaml_float, make_neuron
+from ibra_yolo.neurons import _looks_numeric, make_neuron, yaml_number_hint
 
 __all__ = ("Arg", "SCHEMAS", "RowPlan", "ModelPlan", "check_top_level", "plan_model")
 
@@ -119,12 +119,6 @@ class ModelPlan:
     rows: list = field(default_factory=list)  # [(row name for messages, row as written, RowPlan)]
 
 
-def _string_hint(value: str) -> str:
-    if "e" in value.lower() and "." not in value.lower().partition("e")[0]:
-        return f"YAML reads an exponent without a decimal point as text; write {_yaml_float(value)}"
-    return "remove the quotes"
-
-
 def check_args(module: str, args: list, names: dict) -> dict:
     """Resolve names in a row's ``args``, check them against the module's schema and fill in defaults.
 
@@ -143,7 +137,7 @@ def check_args(module: str, args: list, names: dict) -> dict:
             a = names[a]
         elif isinstance(a, str):
             if _looks_numeric(a):
-                raise ModelConfigError(f"{module} {spec.name}={a!r} is a string, not a number: {_string_hint(a)}")
+                raise ModelConfigError(f"{module} {spec.name}={a!r} is a string, not a number: {yaml_number_hint(a)}")
             raise ModelConfigError(f"unknown name {a!r} for {module} {spec.name}: known names are {sorted(names)}")
         if not spec.valid(a):
             raise ModelConfigError(f"{module} {spec.name}={a!r} is invalid: it must be {spec.describe()}")
