@@ -39,7 +39,11 @@ from ibra_yolo.coding import (  # the functional core, re-exported here
     quantize_codes,
     to_planes,
 )
-from ibra_yolo.errors import NonFiniteError  # a NaN membrane has no code; also ibra_yolo.neurons.NonFiniteError
+from ibra_yolo.errors import NonFiniteError
+from ibra_yolo.yaml_files import (  # a NaN membrane has no code; also ibra_yolo.neurons.NonFiniteError
+    looks_numeric,
+    yaml_number_hint,
+)
 
 __all__ = (
     "IntegerLIF",
@@ -400,29 +404,6 @@ NEURON_KINDS: dict[str, type[nn.Module]] = {
 ACTIVATION_KINDS = tuple(Activation._FUNCS)  # real-valued activations for the ANN twin
 
 
-def _looks_numeric(text: str) -> bool:
-    try:
-        float(text)
-    except ValueError:
-        return False
-    return True
-
-
-def _yaml_float(text: str) -> str:
-    """``1e9`` or ``1.0e9`` -> ``1.0e+9``: YAML 1.1 (PyYAML) reads an exponent as a float only with a decimal point in
-    the mantissa and a sign in the exponent."""
-    mantissa, _, exponent = text.strip().lower().partition("e")
-    mantissa = mantissa if "." in mantissa else f"{mantissa}.0"
-    return f"{mantissa}e{exponent if exponent[:1] in ('+', '-') else '+' + exponent}"
-
-
-def yaml_number_hint(text: str) -> str:
-    """How to write a number that YAML read as text: ``write 1.0e+9`` for exponents, else ``remove the quotes``."""
-    if "e" in text.lower():
-        return f"YAML 1.1 reads an exponent as text unless it is written like {_yaml_float(text)}; write that"
-    return "remove the quotes"
-
-
 def is_spiking_neuron(m: nn.Module) -> bool:
     """Return True for integer spiking neurons (not the ANN twin's real-valued activations)."""
     return isinstance(m, IntegerLIF)
@@ -445,7 +426,7 @@ def make_neuron(spec: dict, T: int = 1) -> nn.Module:
         raise ValueError(f"neuron={spec!r} is invalid: expected a mapping with a 'kind' key, e.g. {{kind: IBRALIF}}")
     kwargs = {k: v for k, v in spec.items() if k != "kind"}
     for k, v in kwargs.items():
-        if isinstance(v, str) and _looks_numeric(v):
+        if isinstance(v, str) and looks_numeric(v):
             raise ValueError(f"{k}={v!r} is a string, not a number: {yaml_number_hint(v)}")
     kind = spec["kind"]
     key = str(kind).lower().replace("-", "").replace("_", "")

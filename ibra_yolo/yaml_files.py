@@ -17,6 +17,8 @@ __all__ = (
     "check_regular",
     "check_unique_keys",
     "check_expanded_size",
+    "looks_numeric",
+    "yaml_number_hint",
 )
 
 
@@ -132,3 +134,26 @@ def check_expanded_size(d, where: str) -> None:
         raise ModelConfigError(
             f"{where} expands to more than {MAX_YAML_VALUES:,} values through YAML aliases: a model YAML holds hundreds"
         )
+
+
+def looks_numeric(text: str) -> bool:
+    try:
+        float(text)
+    except ValueError:
+        return False
+    return True
+
+
+def _yaml_float(text: str) -> str:
+    """``1e9`` or ``1.0e9`` -> ``1.0e+9``: YAML 1.1 (PyYAML) reads an exponent as a float only with a decimal point in
+    the mantissa and a sign in the exponent."""
+    mantissa, _, exponent = text.strip().lower().partition("e")
+    mantissa = mantissa if "." in mantissa else f"{mantissa}.0"
+    return f"{mantissa}e{exponent if exponent[:1] in ('+', '-') else '+' + exponent}"
+
+
+def yaml_number_hint(text: str) -> str:
+    """How to write a number that YAML read as text: ``write 1.0e+9`` for exponents, else ``remove the quotes``."""
+    if "e" in text.lower():
+        return f"YAML 1.1 reads an exponent as text unless it is written like {_yaml_float(text)}; write that"
+    return "remove the quotes"

@@ -16,7 +16,8 @@ from dataclasses import dataclass, field
 from ultralytics.utils.ops import make_divisible
 
 from ibra_yolo.errors import ModelConfigError
-from ibra_yolo.neurons import _looks_numeric, make_neuron, yaml_number_hint
+from ibra_yolo.neurons import make_neuron
+from ibra_yolo.yaml_files import looks_numeric, yaml_number_hint
 
 __all__ = ("Arg", "SCHEMAS", "RowPlan", "ModelPlan", "check_top_level", "plan_model")
 
@@ -136,7 +137,7 @@ def check_args(module: str, args: list, names: dict) -> dict:
         if isinstance(a, str) and a in names:
             a = names[a]
         elif isinstance(a, str):
-            if _looks_numeric(a):
+            if looks_numeric(a):
                 raise ModelConfigError(f"{module} {spec.name}={a!r} is a string, not a number: {yaml_number_hint(a)}")
             raise ModelConfigError(f"unknown name {a!r} for {module} {spec.name}: known names are {sorted(names)}")
         if not spec.valid(a):
