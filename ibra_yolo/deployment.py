@@ -33,7 +33,8 @@ from torch import nn
 
 from ibra_yolo.errors import IbraYoloError, NonFiniteError
 from ibra_yolo.files import check_output, write_atomic
-from ibra_yolo.nn.blocks import BNPad, ConvBlock, Downsample, NeuronConv, RepConv, SConv, SepConv, SepRep
+from ibra_yolo.folding import check_bn, fold_bn_after, fold_bn_before, merge_convs
+from ibra_yolo.nn.blocks import ConvBlock, Downsample, NeuronConv, RepConv, SConv, SepConv, SepRep
 from ibra_yolo.nn.builder import FOLDED_KEY
 from ibra_yolo.spike_mode import set_spike_driven, torch_model
 
@@ -60,187 +61,6 @@ BN_AFTER: dict[type[nn.Module], tuple[tuple[str, str], ...]] = {
 }
 # Re-parameterisable op -> its convs in forward order once its BNs are folded (merged into one conv by ``deploy``).
 MERGED_CONVS: dict[type[nn.Module], tuple[str, ...]] = {RepConv: ("pw1", "dw", "pw2"), SepRep: ("pw", "dw")}
-
-
-# ----------------------------------------------------------------------------------------------------------------------
-# Folding maths on single layers (float64, the result in the layer's dtype)
-# ----------------------------------------------------------------------------------------------------------------------
-def check_bn(bn: nn.BatchNorm2d, name: str) -> None:
-    """Refuse a BN whose eval-mode scale ``weight / sqrt(running_var + eps)`` or shift is not a finite number.
-
-    Raises:
-        NonFiniteError: Naming the BN (``name``), the first broken channel and its statistics.
-    """
-    var = bn.running_var.double() + bn.eps
-    broken = ~(var > 0) | ~var.isfinite()  # ~(NaN > 0) is True too
-    for t in (bn.weight, bn.bias, bn.running_mean):
-        broken |= ~t.isfinite()
-    if bool(broken.any()):
-        c = int(broken.nonzero()[0])
-        values = (
-            f"weight {float(bn.weight[c]):g}, bias {float(bn.bias[c]):g}, running_mean {float(bn.running_mean[c]):g}"
-        )
-        raise NonFiniteError(
-            f"cannot fold {name}: channel {c} has {values}, running_var + eps {float(var[c]):g} (all must be finite, "
-            "running_var + eps > 0): the BN statistics are broken"
-        )
-
-
-def _bn_affine64(bn: nn.BatchNorm2d) -> tuple[torch.Tensor, torch.Tensor]:
-    """Eval-mode BN as ``a * x + b`` per channel, in float64 (``check_bn`` first: never a NaN or inf scale)."""
-    check_bn(bn, repr(bn))
-    a = bn.weight.double() / torch.sqrt(bn.running_var.double() + bn.eps)
-    return a, bn.bias.double() - bn.running_mean.double() * a
-
-
-def _conv_like(conv: nn.Conv2d, weight: torch.Tensor, bias: torch.Tensor, padding=None) -> nn.Conv2d:
-    """A new ``Conv2d`` with ``conv``'s geometry, dtype and device and the given float64 weight and bias."""
-    out = nn.utils.skip_init(  # no random initialisation: every value is overwritten
-        nn.Conv2d,
-        weight.shape[1] * conv.groups,
-        weight.shape[0],
-        weight.shape[2:],
-        stride=conv.stride,
-        padding=conv.padding if padding is None else padding,
-        dilation=conv.dilation,
-        groups=conv.groups,
-        bias=True,
-        device=conv.weight.device,
-        dtype=conv.weight.dtype,
-    )
-    with torch.no_grad():
-        out.weight.copy_(weight)
-        out.bias.copy_(bias)
-    out.requires_grad_(conv.weight.requires_grad)
-    return out
-
-
-def _bias64(conv: nn.Conv2d) -> torch.Tensor:
-    if conv.bias is None:
-        return torch.zeros(conv.out_channels, dtype=torch.float64, device=conv.weight.device)
-    return conv.bias.double()
-
-
-def _check_plain(conv: nn.Conv2d, what: str) -> None:
-    if conv.padding_mode != "zeros" or isinstance(conv.padding, str):
-        raise IbraYoloError(f"cannot fold {what}: {conv} must use numeric zero padding")
-
-
-def fold_bn_after(conv: nn.Conv2d, bn: nn.Module) -> nn.Conv2d:
-    """``conv`` followed by BN as one conv with bias: ``BN(conv(x)) == new(x)`` (eval mode).
-
-    Args:
-        conv (nn.Conv2d): The conv.
-        bn (nn.Module): A ``BatchNorm2d`` (not a ``BNPad``: its border is not a conv output), or ``nn.Identity``
-            (already folded; ``conv`` is returned).
-
-    Returns:
-        (nn.Conv2d): The folded conv.
-    """
-    if isinstance(bn, nn.Identity):
-        return conv
-    if isinstance(bn, BNPad) and bn.pad:
-        raise IbraYoloError(f"cannot fold {bn} into the conv before it: its padded border is not that conv's output")
-    a, b = _bn_affine64(bn)
-    return _conv_like(conv, conv.weight.double() * a.view(-1, 1, 1, 1), _bias64(conv) * a + b)
-
-
-def fold_bn_before(bn: nn.Module, conv: nn.Conv2d) -> nn.Conv2d:
-    """``BNPad`` (or BN) followed by ``conv`` as one conv: ``conv(BNPad(x)) == new(x)`` (eval mode).
-
-    ``BNPad(x) == BN(zero_pad(x))``, so the BN scales the conv's input channels, its shift enters the bias, and the new
-    conv zero-pads its input by the BNPad border. ``conv`` must not pad (its padding would use zeros, not BN(0)).
-
-    Args:
-        bn (nn.Module): ``BNPad``/``BatchNorm2d``, or ``nn.Identity`` (already folded; ``conv`` is returned).
-        conv (nn.Conv2d): The conv after it, any groups.
-
-    Returns:
-        (nn.Conv2d): The folded conv.
-    """
-    if isinstance(bn, nn.Identity):
-        return conv
-    _check_plain(conv, f"{bn} into the conv after it")
-    if any(conv.padding):
-        raise IbraYoloError(f"cannot fold {bn} into {conv}: the conv pads its input with zeros, not with BN(0)")
-    a, b = _bn_affine64(bn)
-    w = conv.weight.double()
-    g, (co, cig) = conv.groups, w.shape[:2]
-    wg = w.view(g, co // g, cig, *w.shape[2:])  # input channel of wg[i, :, j] is i * cig + j
-    w_new = (wg * a.view(g, 1, cig, 1, 1)).view_as(w)
-    bias = _bias64(conv) + (wg * b.view(g, 1, cig, 1, 1)).sum((2, 3, 4)).reshape(co)
-    pad = getattr(bn, "pad", 0)
-    return _conv_like(conv, w_new, bias, padding=(pad, pad))
-
-
-def _dense(w: torch.Tensor, groups: int) -> torch.Tensor:
-    """Grouped conv weight ``[co, ci/g, k, k]`` as the dense ``[co, ci, k, k]`` weight of the same conv."""
-    if groups == 1:
-        return w
-    co, cig = w.shape[:2]
-    out = w.new_zeros(co, cig * groups, *w.shape[2:])
-    for i in range(groups):
-        rows = slice(i * co // groups, (i + 1) * co // groups)
-        out[rows, i * cig : (i + 1) * cig] = w[rows]
-    return out
-
-
-def _compose(wa: torch.Tensor, ba: torch.Tensor, conv: nn.Conv2d) -> tuple[torch.Tensor, torch.Tensor]:
-    """Dense unpadded conv ``(wa, ba)`` followed by unpadded ``conv``, as one dense kernel and bias (float64).
-
-    ``K[o, i, u + v] = sum_m B[o, m, v] * A[m, i, u]`` (a full 2-D convolution of the kernels) and
-    ``b[o] = b_B[o] + sum_{m, v} B[o, m, v] * b_A[m]``; a depthwise ``conv`` (``m == o``) is used as it is.
-    """
-    wb, (kh, kw) = conv.weight.double(), conv.kernel_size
-    depthwise = conv.groups == conv.in_channels == conv.out_channels and conv.groups > 1
-    if not depthwise:
-        wb = _dense(wb, conv.groups)
-    ka = wa.shape[2:]
-    out = wa.new_zeros(wb.shape[0], wa.shape[1], ka[0] + kh - 1, ka[1] + kw - 1)
-    for v in range(kh):
-        for u in range(kw):
-            b_vu = wb[:, :, v, u]  # [o, 1] (depthwise) or [o, m]
-            term = b_vu.view(-1, 1, 1, 1) * wa if depthwise else torch.einsum("om,mikl->oikl", b_vu, wa)
-            out[:, :, v : v + ka[0], u : u + ka[1]] += term
-    shift = wb.sum((1, 2, 3)) * ba if depthwise else wb.sum((2, 3)) @ ba
-    return out, _bias64(conv) + shift
-
-
-def merge_convs(convs: list[nn.Conv2d]) -> nn.Conv2d:
-    """A chain of stride-1 convs as one dense conv with bias: ``convs[-1](...convs[0](x)) == new(x)``.
-
-    At most one conv of the chain may pad, and every conv before it must be a bias-free 1x1 (these commute with zero
-    padding), so the chain is a chain of unpadded convs on the zero-padded input, which compose pairwise (``_compose``).
-
-    Args:
-        convs (list[nn.Conv2d]): The chain, in forward order.
-
-    Returns:
-        (nn.Conv2d): One conv with ``groups=1``, stride 1 and the chain's padding.
-    """
-    padded = [i for i, c in enumerate(convs) if any(c.padding)]
-    for c in convs:
-        _check_plain(c, "a conv chain")
-        if c.stride != (1, 1) or c.dilation != (1, 1):
-            raise IbraYoloError(f"cannot merge {c}: only stride-1, undilated convs merge")
-    if len(padded) > 1:
-        raise IbraYoloError(f"cannot merge {len(padded)} padded convs of one chain exactly")
-    pad = convs[padded[0]].padding if padded else (0, 0)
-    for c in convs[: padded[0] if padded else 0]:
-        if c.kernel_size != (1, 1) or c.bias is not None:
-            raise IbraYoloError(f"cannot merge {c}: only a bias-free 1x1 conv may come before the padded conv")
-    w, b = _dense(convs[0].weight.double(), convs[0].groups), _bias64(convs[0])
-    for c in convs[1:]:
-        w, b = _compose(w, b, c)
-    first = convs[0]
-    out = nn.utils.skip_init(
-        nn.Conv2d, w.shape[1], w.shape[0], w.shape[2:], padding=pad, device=w.device, dtype=first.weight.dtype
-    )
-    with torch.no_grad():
-        out.weight.copy_(w)
-        out.bias.copy_(b)
-    out.requires_grad_(first.weight.requires_grad)
-    return out
 
 
 # ----------------------------------------------------------------------------------------------------------------------
@@ -276,7 +96,7 @@ def _fold_plan(root: nn.Module) -> list[tuple[NeuronConv, nn.Module | None, str 
         if not isinstance(unit.op, (nn.Conv2d, RepConv, SepRep)):
             op = type(unit.op).__name__
             raise IbraYoloError(f"cannot fold {op}: the op of a NeuronConv must be Conv2d, RepConv or SepRep")
-        folded |= {id(m) for m in unit.op.modules() if isinstance(m, nn.BatchNorm2d)}  # folded by _fuse_op
+        folded |= {id(m) for m in unit.op.modules() if isinstance(m, nn.BatchNorm2d)}  # folded by _unit_fold
     for name, m in root.named_modules():
         if isinstance(m, nn.BatchNorm2d) and id(m) not in folded:
             raise IbraYoloError(f"cannot fold {name} ({type(m).__name__}): no conv next to it is known to deploy")
@@ -294,50 +114,78 @@ def bn_after_units(root: nn.Module) -> dict[int, nn.Module]:
     return pairs
 
 
-def _fuse_op(op: nn.Module) -> tuple[nn.Module, str | None]:
-    """Fold the BNs inside ``op``; returns it and the attribute of its last conv (None when ``op`` is a conv)."""
+Change = tuple[nn.Module, str, nn.Module]  # (owner, attribute, new module): computed first, applied all at once
+
+
+def _fold_changes(root: nn.Module) -> list[Change]:
+    """Every BN of one torch model folded into a conv next to it, as changes to apply (nothing is changed here).
+
+    Raises:
+        IbraYoloError, NonFiniteError: As ``_fold_plan``; or a fold whose result overflows the conv's dtype, named by
+            the module path of its NeuronConv.
+    """
+    names = {id(m): name for name, m in root.named_modules()}
+    changes = []
+    for unit, block, bn_name in _fold_plan(root):
+        try:
+            changes += _unit_fold(unit, block, bn_name)
+        except NonFiniteError as e:
+            raise NonFiniteError(f"cannot fold the BNs of {names[id(unit)]}: {e}") from None
+    return changes
+
+
+def _unit_fold(unit: NeuronConv, block: nn.Module | None, bn_name: str | None) -> list[Change]:
+    """The BNs inside ``unit.op`` and the one after it in ``block`` (if any) folded, as changes."""
+    op, changes = unit.op, []
     if isinstance(op, RepConv):
-        op.pw2, op.bn2 = fold_bn_after(op.pw2, op.bn2), nn.Identity()
-        op.dw, op.bn1 = fold_bn_before(op.bn1, op.dw), nn.Identity()
-        return op, "pw2"
-    if isinstance(op, SepRep):
-        op.pw, op.bn = fold_bn_before(op.bn, op.pw), nn.Identity()
-        return op, "dw"
-    return op, None  # a Conv2d (_fold_plan checked)
+        changes += [(op, "dw", fold_bn_before(op.bn1, op.dw)), (op, "bn1", nn.Identity()), (op, "bn2", nn.Identity())]
+        owner, attr, last = op, "pw2", fold_bn_after(op.pw2, op.bn2)
+    elif isinstance(op, SepRep):
+        changes += [(op, "pw", fold_bn_before(op.bn, op.pw)), (op, "bn", nn.Identity())]
+        owner, attr, last = op, "dw", op.dw
+    else:  # a Conv2d (_fold_plan checked)
+        owner, attr, last = unit, "op", op
+    if block is not None:
+        last = fold_bn_after(last, getattr(block, bn_name))
+        changes.append((block, bn_name, nn.Identity()))
+    return [*changes, (owner, attr, last)]
 
 
-def _mark(root: nn.Module) -> None:
+def _merge_changes(root: nn.Module, pending: list[Change]) -> list[Change]:
+    """Each RepConv and SepRep of one torch model merged into one conv (from its convs as ``pending`` leaves them)."""
+    new = {(id(owner), attr): module for owner, attr, module in pending}
+    names = {id(m): name for name, m in root.named_modules()}
+    changes = []
+    for unit in [m for m in root.modules() if isinstance(m, NeuronConv)]:
+        convs = next((v for k, v in MERGED_CONVS.items() if isinstance(unit.op, k)), None)
+        if convs is not None:
+            try:
+                merged = merge_convs([new.get((id(unit.op), n), getattr(unit.op, n)) for n in convs])
+            except NonFiniteError as e:
+                raise NonFiniteError(f"cannot merge the convs of {names[id(unit)]}: {e}") from None
+            changes.append((unit, "op", merged))
+    return changes
+
+
+def _apply(root: nn.Module, changes: list[Change]) -> None:
+    for owner, attr, module in changes:
+        setattr(owner, attr, module)
     if isinstance(getattr(root, "yaml", None), dict):
         root.yaml[FOLDED_KEY] = folded_state(root)
 
 
 def _fuse_bn_root(root: nn.Module) -> int:
-    """Fold the BNs of one torch model; returns how many were folded."""
-    plan = _fold_plan(root)
+    """Fold the BNs of one torch model (all or, on an error, none); returns how many were folded."""
+    changes = _fold_changes(root)
     before = sum(isinstance(m, nn.BatchNorm2d) for m in root.modules())
-    for unit, block, bn_name in plan:
-        op, last = _fuse_op(unit.op)
-        if block is not None:
-            bn = getattr(block, bn_name)
-            if last is None:
-                unit.op = fold_bn_after(op, bn)
-            else:
-                setattr(op, last, fold_bn_after(getattr(op, last), bn))
-            setattr(block, bn_name, nn.Identity())
-    _mark(root)
+    _apply(root, changes)
     return before
 
 
-def _merge_root(root: nn.Module) -> int:
-    """Merge each (BN-folded) RepConv and SepRep of one torch model into one conv; returns how many were merged."""
-    merged = 0
-    for unit in [m for m in root.modules() if isinstance(m, NeuronConv)]:
-        names = next((v for k, v in MERGED_CONVS.items() if isinstance(unit.op, k)), None)
-        if names is not None:
-            unit.op = merge_convs([getattr(unit.op, n) for n in names])
-            merged += 1
-    _mark(root)
-    return merged
+def _deploy_root(root: nn.Module) -> None:
+    """Fold the BNs of one torch model and merge its RepConvs and SepReps (all or, on an error, nothing)."""
+    fold = _fold_changes(root)
+    _apply(root, fold + _merge_changes(root, fold))
 
 
 @torch.no_grad()
@@ -379,8 +227,7 @@ def deploy(model):
         IbraYoloError: The model has no spiking layers, or a layer that cannot be folded (nothing is changed then).
     """
     for root in _models(model):
-        _fuse_bn_root(root)
-        _merge_root(root)
+        _deploy_root(root)
     return model
 
 

@@ -267,6 +267,23 @@ def test_broken_bn_statistics_are_refused_before_any_change(tmp_path):
         deploy_checkpoint(tmp_path / "m.pt", tmp_path / "m.deployed")
 
 
+def test_a_fold_beyond_float32_is_refused_before_any_change():
+    # A finite BN with a tiny running_var and a large weight folds to ~1e43 in float64, which is inf in float32: it
+    # deployed to an inf weight. The folded result is checked, and every fold is computed before any is applied.
+    from ibra_yolo.errors import NonFiniteError
+
+    for fold in (fuse_bn, deploy):
+        model = build("ibra").float()  # float32, as trained and deployed
+        bn = model.model[3].bn
+        bn.running_var[0], bn.eps, bn.weight.data[0] = 1e-30, 1e-38, 1e30  # scale 1e30 / sqrt(1e-30) = 1e45
+        before = copy.deepcopy(model.state_dict())
+        with pytest.raises(NonFiniteError, match=r"^cannot fold the BNs of model\.3\.conv: the folded weight reaches "
+                           r"\S+e\+4\d, beyond float32 \(max 3\.4e\+38\)"):  # fmt: skip
+            fold(model)
+        after = model.state_dict()
+        assert after.keys() == before.keys() and all(torch.equal(before[k], v) for k, v in after.items())
+
+
 def test_deploy_refuses_unknown_layers():
     with pytest.raises(IbraYoloError, match="no ibra-yolo spiking layers"):
         deploy(YOLO("yolov8n.yaml"))
