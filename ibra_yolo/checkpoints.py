@@ -31,6 +31,7 @@ __all__ = (
     "unsafe_pickle_error",
     "is_damaged",
     "damaged_file_error",
+    "foreign_module_error",
 )
 
 
@@ -67,8 +68,27 @@ def refused_pickle(e: BaseException) -> str | None:
     )
 
 
+def _legacy_format(path) -> bool:
+    """True for a file torch wrote in its legacy (pre-1.6, non-zip) format, whose globals cannot be listed first."""
+    import zipfile
+
+    try:
+        with open(path, "rb") as f:
+            pickled = f.read(1) == b"\x80"  # the PROTO opcode that starts torch's legacy files (and any pickle)
+        return pickled and not zipfile.is_zipfile(path)
+    except OSError:
+        return False
+
+
 def unsafe_pickle_error(path, refusal: str, hint: str = "") -> UnsafePickleError:
-    """The one-line error for a pickle the restricted loader refused (``refusal``: what it named, see ``_refusal``)."""
+    """The one-line error for a pickle the restricted loader refused (``refusal``: what it named, see
+    ``refused_pickle``)."""
+    if _legacy_format(path):  # Ultralytics registers a checkpoint's classes from the zip's list of globals
+        return UnsafePickleError(
+            f"checkpoint {path} is a pickle in torch's legacy (non-zip) format, which the restricted loader cannot "
+            f"check (it {refusal}): not loaded, nothing in it was run (if you trust it, load it once and torch.save "
+            f"it again: torch writes the zip format{hint})"
+        )
     return UnsafePickleError(
         f"checkpoint {path} {refusal}: not loaded, nothing in it was run (only Ultralytics checkpoints of known models "
         f"are read{hint})"
@@ -97,6 +117,24 @@ def damaged_file_error(path, e: BaseException) -> CheckpointError:
     return CheckpointError(
         f"cannot read checkpoint {path}: it is empty, truncated or not a torch.save file "
         f"({type(root).__name__}: {_one_line(root)[:200] or 'no detail'})"
+    )
+
+
+def foreign_module_error(path, e: BaseException) -> CheckpointError | None:
+    """The one-line error for a pickle that names a module this Ultralytics lacks (a SpikeYOLO checkpoint, a file of
+    another Ultralytics fork or version), or None when ``e`` is not that."""
+    while e is not None and not (isinstance(e, ModuleNotFoundError) and e.name):
+        e = e.__cause__ or e.__context__
+    if e is None:
+        return None
+    if e.name.split(".")[-1] == "yolo_spikformer":  # SpikeYOLO's fork keeps its blocks in this module
+        return CheckpointError(
+            f"{path} is a SpikeYOLO checkpoint (its model is made of {e.name} classes): convert it first, "
+            f"`ibra-yolo convert-spikeyolo {path} <new.pt>`, then use the converted file"
+        )
+    return CheckpointError(
+        f"{path} needs the module {e.name}, which is not installed: it was made by another Ultralytics version or "
+        f"fork, or needs a package of its own"
     )
 
 
@@ -130,6 +168,9 @@ def load_checkpoint(path: str | Path) -> dict:
         refusal = refused_pickle(e)
         if refusal:
             raise unsafe_pickle_error(path, refusal) from None
+        foreign = foreign_module_error(path, e)
+        if foreign:
+            raise foreign from None
         held = re.fullmatch(
             r"'(\w+)' object has no attribute 'model'", str(e)
         )  # Ultralytics reads obj.model of a non-dict

@@ -210,9 +210,15 @@ def _wrap_method(original, replacement):
 
 
 def _one_line_refusal(original, weight, *args, **kwargs):
-    """``torch_safe_load`` whose refusal of a pickle (``UnsafePickleError``) or of a damaged file (``CheckpointError``)
-    is our one-line error, not a chained traceback."""
-    from ibra_yolo.checkpoints import damaged_file_error, is_damaged, refused_pickle, unsafe_pickle_error
+    """``torch_safe_load`` whose refusal of a pickle (``UnsafePickleError``), of a damaged file or of one that needs a
+    missing module (``CheckpointError``) is our one-line error, not a chained traceback."""
+    from ibra_yolo.checkpoints import (
+        damaged_file_error,
+        foreign_module_error,
+        is_damaged,
+        refused_pickle,
+        unsafe_pickle_error,
+    )
 
     try:
         return original(weight, *args, **kwargs)
@@ -222,6 +228,9 @@ def _one_line_refusal(original, weight, *args, **kwargs):
             raise unsafe_pickle_error(weight, refusal, "; ULTRALYTICS_SAFE_LOAD=0 loads a file you trust") from None
         if is_damaged(e):
             raise damaged_file_error(weight, e) from None
+        foreign = foreign_module_error(weight, e)
+        if foreign:
+            raise foreign from None
         raise
 
 

@@ -114,6 +114,31 @@ def test_unreadable_files(tmp_path, content, detail):
     assert msg.startswith(f"cannot read checkpoint {tmp_path / 'x.pt'}: it is empty, truncated or not a torch.save")
 
 
+def test_foreign_and_legacy_files_are_named(tmp_path, spiking_ckpt):
+    # SpikeYOLO's own checkpoint (its classes live in ultralytics.nn.modules.yolo_spikformer) was called "empty,
+    # truncated or not a torch.save file" by deploy, and a raw ModuleNotFoundError traceback in `yolo predict`
+    spikeyolo = Path(__file__).parent / "data" / "spikeyolo" / "spikeyolo-tiny.pt"
+    with pytest.raises(CheckpointError, match=r"is a SpikeYOLO checkpoint .*: convert it first, `ibra-yolo "
+                       r"convert-spikeyolo .*spikeyolo-tiny\.pt <new\.pt>`"):  # fmt: skip
+        load_checkpoint(spikeyolo)
+    # torch's legacy (non-zip) format: Ultralytics registers a file's classes from the zip's list, so every class is
+    # refused; the message says why instead of blaming DetectionModel
+    legacy = tmp_path / "legacy.pt"
+    torch.save(torch.load(spiking_ckpt, weights_only=False), legacy, _use_new_zipfile_serialization=False)
+    with pytest.raises(UnsafePickleError, match=r"legacy \(non-zip\) format, which the restricted loader cannot check"):
+        load_checkpoint(legacy)
+
+
+def test_stock_commands_name_a_spikeyolo_file(python, tmp_path):
+    # the stock `yolo predict` printed Ultralytics' ModuleNotFoundError traceback for the same file
+    spikeyolo = Path(__file__).parent / "data" / "spikeyolo" / "spikeyolo-tiny.pt"
+    src = Path(__file__).parent / "data"
+    yolo = str(Path(python).with_name("yolo"))
+    r = run([yolo, "predict", f"model={spikeyolo}", f"source={src}"], cwd=tmp_path, check=False)
+    assert r.returncode != 0 and "Traceback" not in r.stderr, r.stderr
+    assert "is a SpikeYOLO checkpoint" in r.stderr.strip().splitlines()[-1]
+
+
 def test_paths(tmp_path, spiking_ckpt):
     with pytest.raises(MissingFileError, match=f"^checkpoint {tmp_path / 'no.pt'} does not exist$"):
         load_checkpoint(tmp_path / "no.pt")
