@@ -184,6 +184,39 @@ def test_a_box_may_be_a_tuple():
     assert coco.score(GT, dets)["AP"] == pytest.approx(1.0, abs=1e-12)
 
 
+def test_numpy_and_torch_numbers_score_as_python_numbers():
+    # a numpy or torch pipeline hands over arrays and numpy scalars: 4 finite numbers were refused as "expected [x, y,
+    # w, h] (4 numbers)" and np.float32 scores as "expected a number". They score exactly as plain lists and floats.
+    import numpy as np
+    import torch
+
+    plain = [{"image_id": a["image_id"], "category_id": a["category_id"], "bbox": list(a["bbox"]), "score": 0.9}
+             for a in GT["annotations"]]  # fmt: skip
+    expected = coco.score(GT, plain)
+    assert expected["AP"] == pytest.approx(1.0, abs=1e-12)  # the boxes are the ground truth itself
+    for box, number, ident in ((np.array, np.float32, np.int64), (torch.tensor, torch.tensor, torch.tensor)):
+        dets = [{**d, "bbox": box(d["bbox"]), "score": number(d["score"]), "category_id": ident(d["category_id"])}
+                for d in plain]  # fmt: skip
+        assert coco.score(GT, dets) == expected
+    with pytest.raises(NonFiniteError, match=r"detection 0 has bbox\[2\] \(w\)=nan"):
+        coco.score(GT, [{**plain[0], "bbox": np.array([1.0, 2.0, np.nan, 3.0])}])
+    with pytest.raises(IbraYoloError, match=r"detection 0 has bbox=\[\[1\.0, 2\.0\], \[3\.0, 4\.0\]\]: expected"):
+        coco.score(GT, [{**plain[0], "bbox": np.array([[1.0, 2.0], [3.0, 4.0]])}])
+
+
+def test_img_ids_must_name_images_of_the_annotations():
+    # img_ids=[] and an unknown id scored every metric -1 (the "no ground truth" value) without a word
+    with pytest.raises(IbraYoloError, match=r"img_ids=\[\] names no image: pass None"):
+        coco.score(GT, PRED, img_ids=[])
+    with pytest.raises(IbraYoloError, match=r"img_ids holds 999, which is not an image of the annotations"):
+        coco.score(GT, PRED, img_ids=[GT["images"][0]["id"], 999])
+    one = GT["images"][0]["id"]
+    assert coco.score(GT, PRED, img_ids=[one]) == coco.score(
+        {**GT, "images": GT["images"][:1], "annotations": [a for a in GT["annotations"] if a["image_id"] == one]},
+        [d for d in PRED if d["image_id"] == one],
+    )  # scoring one image of the set equals scoring a set of that image alone
+
+
 def test_json_that_cannot_be_a_coco_file(tmp_path, capsys):
     # 200,000 nested lists: json.loads raised RecursionError, a traceback
     (tmp_path / "deep.json").write_text("[" * 200_000 + "]" * 200_000)

@@ -9,22 +9,29 @@ Whether the ids exist in the annotation file is checked in ``ibra_yolo.coco.chec
 from __future__ import annotations
 
 import math
+import numbers
 
 from ibra_yolo.errors import IbraYoloError, NonFiniteError
 
-__all__ = ("DETECTION_KEYS", "ANNOTATION_KEYS", "check_detections", "check_annotations")
+__all__ = ("DETECTION_KEYS", "ANNOTATION_KEYS", "check_detections", "check_annotations", "plain")
 
 DETECTION_KEYS = ("image_id", "category_id", "bbox", "score")
 ANNOTATION_KEYS = ("id", "image_id", "category_id", "bbox", "area", "iscrowd")  # the keys COCOeval reads
 _BOX = ("x", "y", "w", "h")
 
 
+def plain(v):
+    """``v`` as plain Python values: numpy and torch scalars and arrays (what a numpy or torch pipeline hands over) via
+    their ``tolist()``; anything else as it is."""
+    return v.tolist() if hasattr(v, "tolist") and not isinstance(v, (str, bytes, dict)) else v
+
+
 def _is_int(v) -> bool:
-    return isinstance(v, int) and not isinstance(v, bool)
+    return isinstance(v, numbers.Integral) and not isinstance(v, bool)
 
 
 def _is_number(v) -> bool:
-    return isinstance(v, (int, float)) and not isinstance(v, bool)
+    return isinstance(v, numbers.Real) and not isinstance(v, bool)
 
 
 def _short(v) -> str:
@@ -34,6 +41,7 @@ def _short(v) -> str:
 
 def _number(where: str, field: str, v, minimum: float | None = None) -> None:
     """A finite number (not a bool), ``>= minimum`` when given."""
+    v = plain(v)
     if not _is_number(v):
         raise IbraYoloError(f"{where} has {field}={_short(v)}: expected a number")
     if not math.isfinite(v):
@@ -44,6 +52,7 @@ def _number(where: str, field: str, v, minimum: float | None = None) -> None:
 
 def _id(where: str, field: str, v, strings: bool) -> None:
     """An integer id (or, where ``strings``, a non-empty string: Ultralytics names images by file stem)."""
+    v = plain(v)
     if isinstance(v, float) and not math.isfinite(v):
         raise NonFiniteError(f"{where} has {field}={v!r}: every number must be finite")
     if not (_is_int(v) or (strings and isinstance(v, str) and v)):
@@ -52,7 +61,8 @@ def _id(where: str, field: str, v, strings: bool) -> None:
 
 
 def _box(where: str, box) -> None:
-    """``[x, y, w, h]``: four finite numbers, ``w, h >= 0``."""
+    """``[x, y, w, h]``: four finite numbers, ``w, h >= 0`` (a list, a tuple or a 1-D numpy array or tensor)."""
+    box = plain(box)
     if not (isinstance(box, (list, tuple)) and len(box) == 4):
         raise IbraYoloError(f"{where} has bbox={_short(box)}: expected [x, y, w, h] (4 numbers)")
     for k, (name, v) in enumerate(zip(_BOX, box)):

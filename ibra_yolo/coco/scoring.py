@@ -38,24 +38,55 @@ def _coco_api(dataset: dict):
     return api
 
 
+def _plain_record(d: dict, box_id: int | None = None) -> dict:
+    """A copy of a checked record with plain Python numbers (numpy/torch values too) and ``[x, y, w, h]`` a list.
+
+    ``box_id`` renumbers an annotation: pycocotools marks matches by box id, so a box with id 0 would count as never
+    matched; box ids name nothing else, so 1..n scores the same boxes.
+    """
+    from ibra_yolo.coco.records import plain
+
+    out = {k: plain(v) for k, v in copy.deepcopy(d).items()}
+    out["bbox"] = [plain(v) for v in out["bbox"]]
+    if box_id is not None:
+        out["id"] = box_id
+    return out
+
+
+def _check_img_ids(gt: dict, img_ids) -> list:
+    """``img_ids`` as a sorted list of ids that ``gt`` has; an empty list, or an id it lacks, is refused."""
+    from ibra_yolo.coco.records import plain
+
+    ids = [plain(i) for i in plain(img_ids)] if not isinstance(img_ids, (str, bytes)) else None
+    if not ids:
+        raise IbraYoloError(f"score(): img_ids={img_ids!r:.80} names no image: pass None to score every image")
+    known = {im.get("id") for im in gt["images"] if isinstance(im, dict)}
+    unknown = [i for i in ids if i not in known]
+    if unknown:
+        raise IbraYoloError(f"score(): img_ids holds {unknown[0]!r:.80}, which is not an image of the annotations")
+    return sorted(ids, key=str) if any(isinstance(i, str) for i in ids) else sorted(ids)
+
+
 def score(gt: dict, dets: list[dict], img_ids: list | None = None) -> dict[str, float]:
     """The 12 COCO box metrics of pycocotools' ``COCOeval`` (values in 0..1; -1 where a metric has no GT).
 
     Exactly ``COCO(gt)``, ``loadRes(dets)``, ``COCOeval(..., "bbox")``, ``evaluate/accumulate/summarize``; the inputs
-    are copied, not modified. An empty ``dets`` scores as a model that detected nothing. The copy's box ids are
-    renumbered 1..n: pycocotools marks matches by box id, so a box with id 0 would count as never matched.
+    are copied, not modified (numpy and torch numbers become Python numbers). An empty ``dets`` scores as a model that
+    detected nothing. The copy's box ids are renumbered 1..n: pycocotools marks matches by box id, so a box with id 0
+    would count as never matched.
 
     Args:
         gt (dict): COCO annotations.
         dets (list[dict]): Detections, checked (see ``ibra_yolo.coco.check_predictions``).
-        img_ids (list | None): Images to evaluate (``params.imgIds``); None for every image of ``gt``.
+        img_ids (list | None): Images to evaluate (``params.imgIds``), ids of ``gt``'s images; None for every image.
 
     Returns:
         (dict[str, float]): ``COCO_METRICS`` -> value.
 
     Raises:
         NonFiniteError: A NaN/inf number in a detection or annotation (checked again here: a NaN score was ranked).
-        IbraYoloError: No images, or a malformed record (``ibra_yolo.coco.records``).
+        IbraYoloError: No images, a malformed record (``ibra_yolo.coco.records``), or ``img_ids`` empty or naming an
+            image ``gt`` does not have.
     """
     from pycocotools.cocoeval import COCOeval
 
@@ -65,21 +96,19 @@ def score(gt: dict, dets: list[dict], img_ids: list | None = None) -> dict[str, 
         raise IbraYoloError("score(): the annotations hold no images (or no 'annotations' list): nothing to score")
     check_annotations(gt["annotations"], "score(): annotations")  # a NaN score or box was ranked silently
     check_detections(dets, "score(): detections")
+    if img_ids is not None:
+        img_ids = _check_img_ids(gt, img_ids)
     with contextlib.redirect_stdout(io.StringIO()):  # pycocotools prints progress; we print our own table
-        gt = copy.deepcopy(gt)
-        for k, a in enumerate(gt["annotations"], 1):  # pycocotools reads a matched box id 0 as "unmatched"
-            a["id"], a["bbox"] = (
-                k,
-                list(a["bbox"]),
-            )  # box ids name nothing else, so 1..n scores the same boxes (and id 0 correctly)
+        rest = copy.deepcopy({k: v for k, v in gt.items() if k != "annotations"})
+        gt = {**rest, "annotations": [_plain_record(a, k) for k, a in enumerate(gt["annotations"], 1)]}
         coco_gt = _coco_api(gt)
         if dets:
-            coco_dt = coco_gt.loadRes([{**copy.deepcopy(d), "bbox": list(d["bbox"])} for d in dets])  # tuples too
+            coco_dt = coco_gt.loadRes([_plain_record(d) for d in dets])
         else:
             coco_dt = _coco_api({"images": gt["images"], "categories": gt["categories"], "annotations": []})
         ev = COCOeval(coco_gt, coco_dt, "bbox")
         if img_ids is not None:
-            ev.params.imgIds = sorted(img_ids)
+            ev.params.imgIds = img_ids
         ev.evaluate()
         ev.accumulate()
         ev.summarize()
