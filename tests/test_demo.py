@@ -173,9 +173,17 @@ def test_demo_refuses_checkpoints_and_owned_train_args_before_work(tmp_path, cap
         (["--imgsz", "100000"], "--imgsz 100000 is invalid: at most 8192"),
         (["--n-val", "1000000000"], "--n-val 1000000000 is invalid: at most 100000 images"),  # it filled the disk
         (["--yolo-arg", "pretrained=evil.pt"], "--yolo-arg 'pretrained=evil.pt': the demo sets model, data"),
+        # the stock configuration check takes any optimizer name; the trainer refused it after the dataset was made
+        (["--yolo-arg", "optimizer=Bogus"], "--yolo-arg 'optimizer=Bogus': Optimizer 'Bogus' not found"),
     ]
     for argv, message in cases:
         assert demo_cli.main(["--out", str(out), *argv]) == 2, argv
         err = capsys.readouterr().err
         assert err.startswith("error: ") and message in err and err.count("\n") == 1, err
         assert not out.exists(), argv
+
+
+@pytest.mark.parametrize("name", ["SGD", "sgd", "AdamW", "auto", "MuSGD", "RMSprop"])
+def test_demo_takes_every_optimizer_the_trainer_knows(name):
+    # the check asks the stock trainer's own build_optimizer, so it accepts what the trainer accepts (any case)
+    demo.check_yolo_args([f"optimizer={name}"])

@@ -113,10 +113,32 @@ def check_yolo_args(pairs: list[str]) -> None:
     level, quiet.level = quiet.level, logging.CRITICAL  # get_cfg logs a help block for what it refuses
     try:
         get_cfg(DEFAULT_CFG_DICT, overrides)
+        if "optimizer" in overrides:  # get_cfg does not check names; the trainer would refuse one after the data
+            _check_optimizer(overrides["optimizer"])
     except (TypeError, ValueError, SyntaxError) as e:
         raise UsageError(f"--yolo-arg: {' '.join(str(e).split())}") from None
     finally:
         quiet.level = level
+
+
+def _check_optimizer(name) -> None:
+    """Ask the stock trainer's ``build_optimizer`` whether it knows ``name`` (on a 1-parameter model, no trainer).
+
+    Raises:
+        UsageError: The trainer's refusal (its list of optimizers).
+    """
+    from types import SimpleNamespace
+
+    import torch
+    from ultralytics.engine.trainer import BaseTrainer
+
+    stub = SimpleNamespace(args=SimpleNamespace(lr0=0.01, optimizer=name, warmup_bias_lr=0.0), data={"nc": 1})
+    try:
+        BaseTrainer.build_optimizer(stub, torch.nn.Linear(1, 1), name=name, iterations=1)
+    except NotImplementedError as e:  # its refusal of an unknown name
+        raise UsageError(f"--yolo-arg 'optimizer={name}': {str(e).split('. ')[0]}") from None
+    except Exception:  # noqa: BLE001 - a known name whose set-up needs more than the stub holds: the trainer decides
+        pass
 
 
 def check_args(p: ArgumentParser, args: argparse.Namespace) -> None:
