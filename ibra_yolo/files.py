@@ -57,6 +57,13 @@ def _resolved(path: Path, what: str) -> Path:
         ) from None
 
 
+def _same_file(a: Path, b: Path) -> bool:
+    try:
+        return os.path.samefile(a, b)
+    except OSError:  # one of them does not exist (yet): not the same file
+        return False
+
+
 def check_output(path: str | Path, overwrite: bool = False, flag: str = "--out", inputs=()) -> Path:
     """Refuse an output path that cannot be written: it exists (unless ``overwrite``), is a folder, is one of the
     command's inputs (even with ``overwrite``), or its folder cannot be created or written. Return it as a ``Path``.
@@ -75,7 +82,7 @@ def check_output(path: str | Path, overwrite: bool = False, flag: str = "--out",
     """
     path = Path(path)
     for source in (Path(i) for i in inputs if i is not None):
-        if _resolved(path, flag) == _resolved(source, "input"):
+        if _resolved(path, flag) == _resolved(source, "input") or _same_file(path, source):  # also a hard link
             raise IbraYoloError(f"{flag} {path} is an input of this command: choose another {flag}")
     if path.is_dir():
         raise IbraYoloError(f"{path} is a folder: {flag} must name a file")

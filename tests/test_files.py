@@ -153,6 +153,16 @@ def test_eval_never_writes_over_its_inputs(tmp_path, capsys):
     assert (pred.read_bytes(), ann.read_bytes()) == before
 
 
+def test_a_hard_link_of_an_input_is_an_input(tmp_path):
+    # two names of one file: the resolved paths differ, so only os.path.samefile sees that the output is the input
+    src = tmp_path / "in.json"
+    src.write_text("{}")
+    os.link(src, tmp_path / "link.json")
+    with pytest.raises(IbraYoloError, match=r"link\.json is an input of this command"):
+        check_output(tmp_path / "link.json", overwrite=True, inputs=(src,))
+    assert check_output(tmp_path / "new.json", inputs=(src,)) == tmp_path / "new.json"  # a new name is fine
+
+
 @pytest.mark.parametrize("flag, value", [("--conf", "nan"), ("--conf", "2"), ("--iou", "-1"), ("--iou", "x")])
 def test_eval_thresholds_are_checked_first(capsys, flag, value):
     # A threshold outside [0, 1] (NaN included) used to reach the validator after the model loaded: a traceback.
