@@ -307,7 +307,7 @@ class _Evil:
         return (open, (self.marker, "w"))
 
 
-def test_deploy_command(tmp_path, shapes_data, python):
+def test_deploy_command(tmp_path, shapes_data, python, capsys):
     # `ibra-yolo deploy SRC DST [--spike-driven]` writes deploy() of the checkpoint's model (whose exactness the tests
     # above prove in float64) in float32: the same weights bit for bit, and the stored mode. The stock predictor and
     # validator load it, also with ULTRALYTICS_SAFE_LOAD=1 (weights_only and the allow-list).
@@ -340,6 +340,12 @@ def test_deploy_command(tmp_path, shapes_data, python):
     assert main(["deploy", str(src), str(tmp_path / "deploy.pt")]) == 2
     assert (tmp_path / "deploy.pt").read_bytes() == before
     assert main(["deploy", str(src), str(tmp_path / "deploy.pt"), "--overwrite"]) == 0
+    capsys.readouterr()
+    assert main(["deploy", str(src), str(tmp_path / "two\nlines.pt")]) == 0  # a file name may hold a line break
+    assert (
+        capsys.readouterr().out
+        == f"wrote {tmp_path}/two\\nlines.pt (integer mode); e.g. yolo predict model={tmp_path}/two\\nlines.pt\n"
+    )
     marker = tmp_path / "pwned"
     torch.save({"model": _Evil(marker)}, tmp_path / "evil.pt")
     torch.save({"hello": 1}, tmp_path / "hello.pt")

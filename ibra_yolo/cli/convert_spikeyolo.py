@@ -15,6 +15,7 @@ import argparse
 import os
 
 from ibra_yolo.cli.parser import ArgumentParser, run_command
+from ibra_yolo.errors import one_line
 
 __all__ = ("build_parser", "parse_args", "main")
 
@@ -49,7 +50,7 @@ def run(args: argparse.Namespace) -> int:
     from ibra_yolo.spikeyolo import convert_spikeyolo
 
     dst = convert_spikeyolo(args.src, args.dst, neuron=args.neuron, overwrite=args.overwrite)
-    print(f"wrote {dst}; e.g. yolo val model={dst} data=coco.yaml")
+    print(one_line(f"wrote {dst}; e.g. yolo val model={dst} data=coco.yaml"))
     return 0
 
 

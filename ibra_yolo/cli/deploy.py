@@ -16,6 +16,7 @@ import argparse
 import os
 
 from ibra_yolo.cli.parser import ArgumentParser, run_command
+from ibra_yolo.errors import one_line
 
 __all__ = ("build_parser", "main")
 
@@ -40,7 +41,8 @@ def run(args: argparse.Namespace) -> int:
     from ibra_yolo.deployment import deploy_checkpoint
 
     dst = deploy_checkpoint(args.src, args.dst, spike_driven=args.spike_driven, overwrite=args.overwrite)
-    print(f"wrote {dst} ({'spike-driven' if args.spike_driven else 'integer'} mode); e.g. yolo predict model={dst}")
+    mode = "spike-driven" if args.spike_driven else "integer"
+    print(one_line(f"wrote {dst} ({mode} mode); e.g. yolo predict model={dst}"))
     return 0
 
 

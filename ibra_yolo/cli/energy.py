@@ -10,6 +10,7 @@ import argparse
 import os
 
 from ibra_yolo.cli.parser import ArgumentParser, positive_int, run_command
+from ibra_yolo.errors import one_line
 from ibra_yolo.limits import MAX_IMGSZ
 
 __all__ = ("build_parser", "main")
@@ -87,7 +88,7 @@ def run(args: argparse.Namespace) -> int:
     )
     print(report.table())
     paths = report.save(args.out, overwrite=args.overwrite)
-    print("wrote " + ", ".join(str(p) for p in paths.values()))
+    print(one_line("wrote " + ", ".join(str(p) for p in paths.values())))
     return 0
 
 

@@ -13,6 +13,7 @@ import time
 from pathlib import Path
 
 from ibra_yolo.cli.parser import ArgumentParser, run_command, unit_interval
+from ibra_yolo.errors import one_line
 from ibra_yolo.limits import MAX_IMGSZ
 
 __all__ = ("build_parser", "parse_args", "main", "energy_summary")
@@ -195,7 +196,7 @@ def _evaluate_model(args: argparse.Namespace) -> dict:
     pred_file = run.save_dir / "predictions.json" if run.detections else None
     if dets and any(a != b for a, b in zip(dets, run.detections)):  # ids changed: keep what was scored
         pred_file = write_json(run.save_dir / "predictions_coco.json", dets, overwrite=args.overwrite)
-        notes.append(f"predictions in the annotation file's ids saved to {pred_file}")
+        notes.append(one_line(f"predictions in the annotation file's ids saved to {pred_file}"))
     if not dets:
         notes.append("the model made no detections above --conf: every metric is 0")
     metrics = coco.score(gt, dets, matched.image_ids)
@@ -234,7 +235,7 @@ def _report(result: dict) -> None:
     print(f"COCO box metrics, pycocotools ({result['images']} images, {result['detections']} detections, "
           f"annotations: {result['annotations']}):")  # fmt: skip
     print(format_metrics(result["metrics"]))
-    print(f"results written to {result['out']}")
+    print(one_line(f"results written to {result['out']}"))
 
 
 def main(argv: list[str] | None = None) -> int:
