@@ -1,6 +1,7 @@
 """Deployment: fold a trained spiking model into the network that runs (SPEC §2.5).
 
-Two re-parameterisations, both exact up to float rounding (every fold is computed in float64):
+Two re-parameterisations, both exact up to float rounding (every fold is computed in float64, by
+``ibra_yolo.folding``; all folds of a model are computed before any is applied, so an error changes nothing):
 
 - ``fuse_bn(model)`` folds every BatchNorm into a conv next to it. A BN after a conv scales that conv's output
   channels. The border-padding ``BNPad`` inside ``RepConv``/``SepRep`` folds into the conv after it, which then
