@@ -80,6 +80,8 @@ def check_output(path: str | Path, overwrite: bool = False, flag: str = "--out",
         IbraYoloError: ``path`` is a folder or an input.
         PathError: A folder above ``path`` is a file, or its folder is not writable.
     """
+    if isinstance(path, str) and path.endswith(("/", os.sep)):  # Path() drops the slash and would write a file there
+        raise IbraYoloError(f"{flag} {path} ends in a slash, so it names a folder: {flag} must name a file")
     path = Path(path)
     for source in (Path(i) for i in inputs if i is not None):
         if _resolved(path, flag) == _resolved(source, "input") or _same_file(path, source):  # also a hard link
@@ -94,19 +96,20 @@ def check_output(path: str | Path, overwrite: bool = False, flag: str = "--out",
     return path
 
 
-def check_outputs(paths, overwrite: bool = False, flag: str = "--out") -> list[Path]:
+def check_outputs(paths, overwrite: bool = False, flag: str = "--out", inputs=()) -> list[Path]:
     """``check_output`` for every file a command will write, naming all those that exist in one message.
 
     Raises:
         OutputExistsError: Some exist and ``overwrite`` is False.
-        IbraYoloError: One cannot be written (see ``check_output``).
+        IbraYoloError: One cannot be written, or is one of ``inputs`` (see ``check_output``).
     """
     paths = [Path(p) for p in paths]
     existing = [str(p) for p in paths if p.exists() and not p.is_dir()]
     if existing and not overwrite:
         verb = "exists" if len(existing) == 1 else "exist"
         raise OutputExistsError(f"{', '.join(existing)} {verb}: choose another {flag} or pass --overwrite")
-    return [check_output(p, overwrite, flag) for p in paths]
+    inputs = list(inputs)
+    return [check_output(p, overwrite, flag, inputs) for p in paths]
 
 
 def write_atomic(path: str | Path, write: Callable[[Path], object], overwrite: bool = False) -> Path:

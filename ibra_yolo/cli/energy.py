@@ -72,7 +72,8 @@ def run(args: argparse.Namespace) -> int:
     from ibra_yolo.sources import list_images
 
     output_paths(args.out, overwrite=args.overwrite)  # fail before the (long) measurement, not after it
-    list_images(args.source)  # likewise for a missing or empty source
+    inputs = [*list_images(args.source), args.weights]  # likewise for a missing or empty source
+    output_paths(args.out, overwrite=args.overwrite, inputs=inputs)  # an image may be named energy.png: never replaced
     report = measure(
         load_model(args.weights),
         args.source,
@@ -87,7 +88,7 @@ def run(args: argparse.Namespace) -> int:
         name=str(args.weights),
     )
     print(report.table())
-    paths = report.save(args.out, overwrite=args.overwrite)
+    paths = report.save(args.out, overwrite=args.overwrite, inputs=inputs)
     print(one_line("wrote " + ", ".join(str(p) for p in paths.values())))
     return 0
 

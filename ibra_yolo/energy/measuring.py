@@ -106,6 +106,8 @@ def _check_images(x: torch.Tensor, first: int, source: str, channels: int, strid
             floats, which would be counted as 255x brighter images).
     """
     must = "images must be uint8 (0..255) or floats in [0, 1]"
+    if x.is_meta or x.is_sparse:  # no values to measure
+        raise IbraYoloError(f"{source}: images must be dense tensors with values, got a {x.layout} {x.device} tensor")
     if x.dtype not in (torch.uint8, torch.float16, torch.bfloat16, torch.float32, torch.float64):
         raise IbraYoloError(f"{source}: {must}, got {x.dtype}")
     if x.dim() != 4 or x.shape[1] != channels or not len(x):
@@ -244,6 +246,8 @@ def measure(
     """
     net = torch_model(model)
     constants = energy_constants(preset, e_mac, e_ac)
+    if spike_driven is not None and not isinstance(spike_driven, bool):  # bool("no") is True
+        raise IbraYoloError(f"spike_driven={spike_driven!r} is invalid: pass True, False or None (the model's mode)")
     _check_int("batch", batch)
     if max_images is not None:
         _check_int("max_images", max_images)

@@ -114,28 +114,32 @@ def table(report) -> str:
                       *_footer(report)])  # fmt: skip
 
 
-def output_paths(out_dir: str | Path, stem: str = "energy", overwrite: bool = False) -> dict[str, Path]:
-    """Paths of the JSON, CSV and PNG a report writes; checks that none exists unless ``overwrite``.
+def output_paths(out_dir: str | Path, stem: str = "energy", overwrite: bool = False, inputs=()) -> dict[str, Path]:
+    """Paths of the JSON, CSV and PNG a report writes; checks that none exists unless ``overwrite``, and that none is
+    one of ``inputs`` (the measured images, the weights), even with ``overwrite``.
 
     Raises:
         OutputExistsError: A file exists and ``overwrite`` is False.
-        IbraYoloError: ``out_dir`` is a file, or cannot be created or written (``ibra_yolo.files.check_outputs``).
+        IbraYoloError: ``out_dir`` is a file, or cannot be created or written, or a path is an input
+            (``ibra_yolo.files.check_outputs``).
     """
     out = Path(out_dir)
     if out.exists() and not out.is_dir():
         raise IbraYoloError(f"--out {out} is a file, not a folder")
     paths = {"json": out / f"{stem}.json", "csv": out / f"{stem}_layers.csv", "png": out / f"{stem}.png"}
-    check_outputs(paths.values(), overwrite, flag="--out folder")
+    check_outputs(paths.values(), overwrite, flag="--out folder", inputs=inputs)
     return paths
 
 
-def save(report, out_dir: str | Path, overwrite: bool = False, stem: str = "energy") -> dict[str, Path]:
-    """Write JSON, CSV and PNG into ``out_dir``; returns their paths. Nothing is written if one exists (no overwrite).
+def save(report, out_dir: str | Path, overwrite: bool = False, stem: str = "energy", inputs=()) -> dict[str, Path]:
+    """Write JSON, CSV and PNG into ``out_dir``; returns their paths. Nothing is written if one exists (no overwrite)
+    or is one of ``inputs`` (files that must not be replaced, e.g. the measured images).
 
     Raises:
         OutputExistsError: One of the files exists and ``overwrite`` is False.
+        IbraYoloError: One of the files is one of ``inputs``.
     """
-    paths = output_paths(out_dir, stem, overwrite)
+    paths = output_paths(out_dir, stem, overwrite, inputs)
     text = json.dumps(report.to_dict(), indent=1)
     write_atomic(paths["json"], lambda tmp: tmp.write_text(text), overwrite)
     to_csv(report, paths["csv"], overwrite)

@@ -328,8 +328,9 @@ class EnergyReport:
 
         return render.plot(self, path, overwrite)
 
-    def save(self, out_dir: str | Path, overwrite: bool = False, stem: str = "energy") -> dict[str, Path]:
-        """Write ``<stem>.json``, ``<stem>_layers.csv`` and ``<stem>.png`` into ``out_dir`` (``render.save``)."""
+    def save(self, out_dir: str | Path, overwrite: bool = False, stem: str = "energy", inputs=()) -> dict[str, Path]:
+        """Write ``<stem>.json``, ``<stem>_layers.csv`` and ``<stem>.png`` into ``out_dir`` (``render.save``; none
+        may be one of ``inputs``, e.g. the measured images, even with ``overwrite``)."""
         from ibra_yolo.energy import render
 
-        return render.save(self, out_dir, overwrite, stem)
+        return render.save(self, out_dir, overwrite, stem, inputs)
