@@ -27,8 +27,7 @@ __all__ = (
     "checkpoint_model",
     "check_finite_weights",
     "load_yolo",
-    "refused_pickle",
-    "unsafe_pickle_error",
+    "refusal_error",
     "is_damaged",
     "damaged_file_error",
     "foreign_module_error",
@@ -50,47 +49,60 @@ def _check_file(path: Path) -> None:
         raise CheckpointError(f"checkpoint {path} must be a .pt file (an Ultralytics checkpoint)")
 
 
-def refused_pickle(e: BaseException) -> str | None:
-    """Why torch's ``weights_only`` unpickler refused a file (the globals it names, else its reason), or None."""
+def _refused_globals(e: BaseException) -> tuple[bool, list[str], str]:
+    """Whether torch's ``weights_only`` unpickler refused a file, the globals it named, and its reason."""
     chain = []
     while e is not None:
         chain.append(e)
         e = e.__cause__ or e.__context__
     if not any(isinstance(x, pickle.UnpicklingError) for x in chain):
-        return None
+        return False, [], ""
     text = "\n".join(str(x) for x in chain)
-    names = list(dict.fromkeys(re.findall(r"GLOBAL ([\w.]+)", text)))
-    if names:
-        return f"refers to {', '.join(names)}, which a checkpoint may not use"
     reason = re.search(r"WeightsUnpickler error:\s*(.+?)(?:\n\n|$)", text, re.S)
-    return (
-        f"holds a pickle that cannot be read safely ({reason.group(1).strip() if reason else 'not a torch.save file'})"
-    )
+    return True, list(dict.fromkeys(re.findall(r"GLOBAL ([\w.]+)", text))), reason.group(1).strip() if reason else ""
 
 
-def _legacy_format(path) -> bool:
-    """True for a file torch wrote in its legacy (pre-1.6, non-zip) format, whose globals cannot be listed first."""
+def _file_kind(path) -> str:
+    """``"zip"`` (torch.save's format), ``"pickle"`` (a plain pickle: torch's legacy format) or ``"other"``."""
     import zipfile
 
     try:
         with open(path, "rb") as f:
-            pickled = f.read(1) == b"\x80"  # the PROTO opcode that starts torch's legacy files (and any pickle)
-        return pickled and not zipfile.is_zipfile(path)
+            first = f.read(1)
+        return "zip" if zipfile.is_zipfile(path) else "pickle" if first == b"\x80" else "other"  # \x80: PROTO
     except OSError:
-        return False
+        return "other"
 
 
-def unsafe_pickle_error(path, refusal: str, hint: str = "") -> UnsafePickleError:
-    """The one-line error for a pickle the restricted loader refused (``refusal``: what it named, see
-    ``refused_pickle``)."""
-    if _legacy_format(path):  # Ultralytics registers a checkpoint's classes from the zip's list of globals
+def refusal_error(path, e: BaseException, hint: str = "") -> CheckpointError | None:
+    """The one-line error for a file the restricted loader refused, or None when ``e`` is not such a refusal.
+
+    A pickle naming globals outside the allow-list is an ``UnsafePickleError`` naming them (``hint``: how to opt out);
+    torch's legacy non-zip format says so (Ultralytics allow-lists a file's classes from the zip's list of globals, so
+    every class of such a file is refused); a file that is no pickle at all (e.g. a renamed ``.npy``) is damaged.
+    """
+    refused, names, reason = _refused_globals(e)
+    if not refused:
+        return None
+    kind = _file_kind(path)
+    if kind == "other":  # torch's own message is a paragraph about weights_only that does not apply
+        return CheckpointError(
+            f"cannot read checkpoint {path}: it is not a torch.save file (neither torch's zip format nor a pickle)"
+        )
+    if kind == "pickle":
+        named = f" (it names {', '.join(names)})" if names else ""
         return UnsafePickleError(
             f"checkpoint {path} is a pickle in torch's legacy (non-zip) format, which the restricted loader cannot "
-            f"check (it {refusal}): not loaded, nothing in it was run (if you trust it, load it once and torch.save "
-            f"it again: torch writes the zip format{hint})"
+            f"check{named}: not loaded, nothing in it was run (if you "
+            f"trust it, load it once and torch.save it again: torch writes the zip format{hint})"
         )
+    what = (
+        f"refers to {', '.join(names)}, which a checkpoint may not use"
+        if names
+        else f"holds a pickle that cannot be read safely ({reason or 'not a torch.save file'})"
+    )
     return UnsafePickleError(
-        f"checkpoint {path} {refusal}: not loaded, nothing in it was run (only Ultralytics checkpoints of known models "
+        f"checkpoint {path} {what}: not loaded, nothing in it was run (only Ultralytics checkpoints of known models "
         f"are read{hint})"
     )
 
@@ -156,18 +168,21 @@ def load_checkpoint(path: str | Path) -> dict:
 
     import ibra_yolo.nn  # noqa: F401 - registers our classes as safe globals
 
+    load = getattr(torch_safe_load, "__ibra_yolo_original__", torch_safe_load)  # our messages, not the plugin's
     path = Path(path)
     _check_file(path)
     try:
         with warnings.catch_warnings():  # torch warns about the pickle protocol of files it then refuses
             warnings.filterwarnings("ignore", "Detected pickle protocol", UserWarning)
-            ckpt, _ = torch_safe_load(str(path), safe_only=True)
+            ckpt, _ = load(str(path), safe_only=True)
+    except IbraYoloError:  # already ours (the plugin's torch_safe_load says what it refused)
+        raise
     except OSError as e:  # permission denied, an unreadable disk
         raise CheckpointError(f"cannot read checkpoint {path}: {e.strerror or _one_line(e)}") from None
     except Exception as e:  # noqa: BLE001 - whatever the loader raises on a foreign file: one line, no traceback
-        refusal = refused_pickle(e)
+        refusal = refusal_error(path, e)
         if refusal:
-            raise unsafe_pickle_error(path, refusal) from None
+            raise refusal from None
         foreign = foreign_module_error(path, e)
         if foreign:
             raise foreign from None

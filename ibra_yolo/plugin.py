@@ -216,16 +216,15 @@ def _one_line_refusal(original, weight, *args, **kwargs):
         damaged_file_error,
         foreign_module_error,
         is_damaged,
-        refused_pickle,
-        unsafe_pickle_error,
+        refusal_error,
     )
 
     try:
         return original(weight, *args, **kwargs)
     except Exception as e:
-        refusal = refused_pickle(e)
+        refusal = refusal_error(weight, e, "; ULTRALYTICS_SAFE_LOAD=0 loads a file you trust")
         if refusal:
-            raise unsafe_pickle_error(weight, refusal, "; ULTRALYTICS_SAFE_LOAD=0 loads a file you trust") from None
+            raise refusal from None
         if is_damaged(e):
             raise damaged_file_error(weight, e) from None
         foreign = foreign_module_error(weight, e)
@@ -291,7 +290,7 @@ def _wrap_methods(module: str, cls: str, replacements: dict) -> None:
             setattr(klass, name, _wrap_method(getattr(klass, name), replacement))
 
 
-_OFF = {"0", "false", "no", "off", "n", "f"}  # ULTRALYTICS_SAFE_LOAD values that keep Ultralytics' unrestricted load
+_OFF = {"0", "false", "no", "off"}  # the ULTRALYTICS_SAFE_LOAD values (any case, nothing else) that opt out
 _PREDICTOR = {"postprocess": _predictor_postprocess}
 _VALIDATOR = {"init_metrics": _validator_init_metrics, "postprocess": _validator_postprocess}
 
@@ -389,7 +388,7 @@ def register() -> None:
     )
     if not hasattr(tasks.BaseModel.fuse, "__ibra_yolo_original__"):
         tasks.BaseModel.fuse = _wrap_method(tasks.BaseModel.fuse, _spiking_fuse)
-    if os.environ.get("ULTRALYTICS_SAFE_LOAD", "").strip().lower() not in _OFF:  # only an explicit "off" opts out
+    if os.environ.get("ULTRALYTICS_SAFE_LOAD", "").lower() not in _OFF:  # only an explicit "off" opts out
         tasks.SAFE_LOAD = True  # checkpoints are pickles
     if not hasattr(tasks.torch_safe_load, "__ibra_yolo_original__"):
         stock_load = tasks.torch_safe_load
