@@ -7,6 +7,8 @@ the modules stay one job each (SPEC §2.1 for the maths).
 
 from __future__ import annotations
 
+import math
+from numbers import Real
 from typing import Callable
 
 import torch
@@ -33,6 +35,20 @@ def _check_encoding(encoding) -> None:
         raise ValueError(f"encoding={encoding!r} is invalid: encoding must be one of {ENCODINGS}")
 
 
+def _check_max_code(max_code) -> None:
+    """A static check (no host sync): ``max_code`` is a whole number >= 0 (a bool, 511.5, NaN or -3 gave codes outside
+    ``0..M`` or none)."""
+    ok = isinstance(max_code, Real) and not isinstance(max_code, bool) and math.isfinite(max_code)
+    if not (ok and max_code >= 0 and max_code == int(max_code)):
+        raise ValueError(f"max_code={max_code!r} is invalid: it must be a whole number >= 0")
+
+
+def _check_scale(scale) -> None:
+    ok = isinstance(scale, Real) and not isinstance(scale, bool) and math.isfinite(scale)
+    if not (ok and scale > 0):
+        raise ValueError(f"scale={scale!r} is invalid: it must be a finite number > 0")
+
+
 def quantize_codes(u: torch.Tensor, scale: float, max_code: int) -> torch.Tensor:
     """Return the integer codes ``clip(round(scale * u), 0, max_code)`` as a float tensor of whole numbers.
 
@@ -40,8 +56,7 @@ def quantize_codes(u: torch.Tensor, scale: float, max_code: int) -> torch.Tensor
     round codes above 256 wrongly), and ``torch.round`` rounds half to even. Clipping before rounding gives the same
     codes because the bounds are integers.
     """
-    if max_code < 0:  # a static check (no host sync): the codes would all be max_code, outside 0..max_code
-        raise ValueError(f"max_code={max_code!r} is invalid: it must be >= 0")
+    _check_max_code(max_code)
     return _scaled(u, scale).clamp_(0, max_code).round_()
 
 
@@ -98,6 +113,10 @@ def lif_multistep(
     Returns:
         (torch.Tensor): Outputs ``S`` with the shape of ``x``.
     """
+    if isinstance(beta, Real) and not 0 <= beta <= 1:  # NaN too
+        raise ValueError(f"beta={beta!r} is invalid: the membrane decay must be in [0, 1]")
+    if x.dim() < 1 or x.shape[0] < 1:
+        raise ValueError(f"x of shape {tuple(x.shape)} has no timesteps: expected [T, B, ...] with T >= 1")
     if (x.shape[0] if steps is None else steps) == 1:
         return fire(x)
     h, out = None, []
@@ -112,6 +131,7 @@ def lif_multistep(
 def num_planes(max_code: int, encoding: str) -> int:
     """Number of virtual timesteps needed to send codes ``0..max_code``: ``bit_length`` (binary) or ``max_code``."""
     _check_encoding(encoding)
+    _check_max_code(max_code)
     return int(max_code).bit_length() if encoding == "binary" else int(max_code)
 
 
@@ -126,13 +146,16 @@ def plane(codes: torch.Tensor, j: int, encoding: str, dtype: torch.dtype | None 
     if not isinstance(j, int) or isinstance(j, bool) or j < 0:
         raise ValueError(f"plane index j={j!r} is invalid: it must be an integer >= 0")
     check_codes(codes, 2**62 - 1)
-    return _plane(codes, j, encoding, dtype)
+    return _plane(codes, j, encoding, dtype, wide=True)
 
 
-def _plane(codes: torch.Tensor, j: int, encoding: str, dtype: torch.dtype | None = None) -> torch.Tensor:
-    """``plane`` without its checks (no host sync): for codes the neuron made, e.g. on a device's queue."""
+def _plane(
+    codes: torch.Tensor, j: int, encoding: str, dtype: torch.dtype | None = None, wide: bool = False
+) -> torch.Tensor:
+    """``plane`` without its checks (no host sync): for codes the neuron made, e.g. on a device's queue. The bits are
+    taken in int32 (a neuron's codes are at most 2**31 - 1), or in int64 where ``wide`` (any checked code)."""
     _check_encoding(encoding)
-    c = codes.to(torch.int32)
+    c = codes.to(torch.int64 if wide else torch.int32)
     b = (c >> j) & 1 if encoding == "binary" else (c > j)
     if dtype is None:
         dtype = codes.dtype if codes.is_floating_point() else torch.float32
@@ -141,6 +164,7 @@ def _plane(codes: torch.Tensor, j: int, encoding: str, dtype: torch.dtype | None
 
 def plane_weights(max_code: int, encoding: str, scale: float = 1.0) -> list[float]:
     """Weights ``w_j`` with ``code / scale == sum_j w_j * plane_j``: ``2**j / scale`` (binary) or ``1 / scale``."""
+    _check_scale(scale)
     p = num_planes(max_code, encoding)
     return [(2**j if encoding == "binary" else 1) / scale for j in range(p)]
 
@@ -179,7 +203,7 @@ def to_planes(codes: torch.Tensor, max_code: int, encoding: str) -> torch.Tensor
         ValueError: A code that is not a whole number in ``0..max_code`` (``check_codes``): it has no planes.
     """
     check_codes(codes, max_code)
-    return torch.stack([_plane(codes, j, encoding) for j in range(num_planes(max_code, encoding))])
+    return torch.stack([_plane(codes, j, encoding, wide=True) for j in range(num_planes(max_code, encoding))])
 
 
 def from_planes(planes: torch.Tensor, encoding: str) -> torch.Tensor:

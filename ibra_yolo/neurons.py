@@ -20,6 +20,7 @@ from __future__ import annotations
 
 import math
 import reprlib
+from collections.abc import Mapping
 
 import torch
 from torch import nn
@@ -422,7 +423,7 @@ def make_neuron(spec: dict, T: int = 1) -> nn.Module:
     Raises:
         ValueError: Unknown kind, unknown parameter or a parameter outside its range.
     """
-    if not isinstance(spec, dict) or "kind" not in spec:
+    if not isinstance(spec, Mapping) or "kind" not in spec:  # a dict, or any read-only mapping
         raise ValueError(f"neuron={spec!r} is invalid: expected a mapping with a 'kind' key, e.g. {{kind: IBRALIF}}")
     kwargs = {k: v for k, v in spec.items() if k != "kind"}
     for k, v in kwargs.items():
