@@ -84,8 +84,12 @@ def _fold_plan(root: nn.Module) -> list[tuple[NeuronConv, nn.Module | None, str 
     Raises:
         IbraYoloError: An op other than Conv2d/RepConv/SepRep, or a BN that no known block pairs with a conv (e.g. in
             a custom block), named by its module path.
-        NonFiniteError: A BN whose statistics give a NaN or infinite scale (``check_bn``), named by its module path.
+        NonFiniteError: A NaN or infinite weight or buffer, or a BN whose statistics give a NaN or infinite scale
+            (``check_bn``), named by its module path.
     """
+    from ibra_yolo.checkpoints import check_finite_weights
+
+    check_finite_weights(root, type(root).__name__)  # a NaN weight would be blamed on the fold
     plan, folded = [], set()
     for block in root.modules():
         for conv_name, bn_name in next((v for k, v in BN_AFTER.items() if isinstance(block, k)), ()):
@@ -284,6 +288,8 @@ def deploy_checkpoint(src: str | Path, dst: str | Path, spike_driven: bool = Fal
     from ibra_yolo.checkpoints import checkpoint_model, load_checkpoint
 
     src, dst = Path(src), Path(dst)
+    if not isinstance(spike_driven, bool):  # checked before the work, which set_spike_driven would refuse after it
+        raise IbraYoloError(f"spike_driven={spike_driven!r} is invalid: pass True (spike-driven) or False (integer)")
     if dst.suffix.lower() != ".pt":
         raise IbraYoloError(f"output {dst} must end in .pt (Ultralytics loads checkpoints by that suffix)")
     check_output(dst, overwrite, flag="output file name", inputs=(src,))

@@ -22,26 +22,38 @@ def check_bn(bn: nn.BatchNorm2d, name: str) -> None:
     Raises:
         NonFiniteError: Naming the BN (``name``), the first broken channel and its statistics.
     """
+    if bn.running_var is None or bn.running_mean is None:
+        raise IbraYoloError(
+            f"cannot fold {name}: it keeps no running statistics (track_running_stats=False), so it normalises every "
+            f"batch by that batch's own statistics, which no conv can hold"
+        )
+    weight, bias = _bn_weight_bias(bn)
     var = bn.running_var.double() + bn.eps
     broken = ~(var > 0) | ~var.isfinite()  # ~(NaN > 0) is True too
-    for t in (bn.weight, bn.bias, bn.running_mean):
+    for t in (weight, bias, bn.running_mean):
         broken |= ~t.isfinite()
     if bool(broken.any()):
         c = int(broken.nonzero()[0])
-        values = (
-            f"weight {float(bn.weight[c]):g}, bias {float(bn.bias[c]):g}, running_mean {float(bn.running_mean[c]):g}"
-        )
+        values = f"weight {float(weight[c]):g}, bias {float(bias[c]):g}, running_mean {float(bn.running_mean[c]):g}"
         raise NonFiniteError(
             f"cannot fold {name}: channel {c} has {values}, running_var + eps {float(var[c]):g} (all must be finite, "
             "running_var + eps > 0): the BN statistics are broken"
         )
 
 
+def _bn_weight_bias(bn: nn.BatchNorm2d) -> tuple[torch.Tensor, torch.Tensor]:
+    """The BN's affine weight and bias in float64 (1 and 0 for a BN without them, ``affine=False``)."""
+    ones = torch.ones(bn.num_features, dtype=torch.float64, device=bn.running_var.device)
+    weight = ones if bn.weight is None else bn.weight.double()
+    return weight, torch.zeros_like(ones) if bn.bias is None else bn.bias.double()
+
+
 def _bn_affine64(bn: nn.BatchNorm2d) -> tuple[torch.Tensor, torch.Tensor]:
     """Eval-mode BN as ``a * x + b`` per channel, in float64 (``check_bn`` first: never a NaN or inf scale)."""
     check_bn(bn, repr(bn))
-    a = bn.weight.double() / torch.sqrt(bn.running_var.double() + bn.eps)
-    return a, bn.bias.double() - bn.running_mean.double() * a
+    weight, bias = _bn_weight_bias(bn)
+    a = weight / torch.sqrt(bn.running_var.double() + bn.eps)
+    return a, bias - bn.running_mean.double() * a
 
 
 def _conv_like(conv: nn.Conv2d, weight: torch.Tensor, bias: torch.Tensor, padding=None) -> nn.Conv2d:
