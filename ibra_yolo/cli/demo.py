@@ -82,8 +82,9 @@ def build_parser() -> ArgumentParser:
     return p
 
 
-# train arguments --yolo-arg may not set: the demo's own files and folders, and files the stock trainer would unpickle
-DEMO_OWNED = ("model", "data", "project", "name", "exist_ok", "resume", "pretrained")
+# train arguments --yolo-arg may not set: the demo's own files and folders, files the stock trainer would unpickle, and
+# cfg (a YAML of arguments that would set all of these unchecked)
+DEMO_OWNED = ("model", "data", "project", "name", "exist_ok", "resume", "pretrained", "cfg")
 DEMO_OPTIONS = ("epochs", "imgsz", "batch", "device")  # set with the demo's own option of that name
 
 

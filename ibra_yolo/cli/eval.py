@@ -179,7 +179,8 @@ def _evaluate_model(args: argparse.Namespace) -> dict:
     check_outputs([folder / f for f in made], args.overwrite, flag="--project/--name")
     if args.ann and not Path(args.ann).is_file():
         raise MissingFileError(f"annotation file {args.ann} does not exist")
-    if not Path(args.weights).exists():  # a folder is named by the loader
+    is_yaml = Path(args.weights).suffix.lower() in (".yaml", ".yml")  # a shipped model name resolves without a file
+    if not is_yaml and not Path(args.weights).exists():  # a folder is named by the loader
         raise MissingFileError(f"weights file {args.weights} does not exist")
     if args.device:
         from ibra_yolo.sources import select_device

@@ -5,6 +5,7 @@ from __future__ import annotations
 import contextlib
 import copy
 import io
+from numbers import Integral
 
 from ibra_yolo.errors import IbraYoloError
 
@@ -60,6 +61,9 @@ def _check_img_ids(gt: dict, img_ids) -> list:
     ids = [plain(i) for i in plain(img_ids)] if not isinstance(img_ids, (str, bytes)) else None
     if not ids:
         raise IbraYoloError(f"score(): img_ids={img_ids!r:.80} names no image: pass None to score every image")
+    odd = [i for i in ids if not ((isinstance(i, Integral) and not isinstance(i, bool)) or (isinstance(i, str) and i))]
+    if odd:  # as a detection's image_id: 9.0 is not the id 9
+        raise IbraYoloError(f"score(): img_ids holds {odd[0]!r:.80}: ids are integers (or file stems)")
     known = {im.get("id") for im in gt["images"] if isinstance(im, dict)}
     unknown = [i for i in ids if i not in known]
     if unknown:

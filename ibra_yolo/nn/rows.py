@@ -281,6 +281,8 @@ def _plan_row(i: int, row, outs: list, names: dict, depth: float, width: float, 
         raise ModelConfigError(f"{name} takes one input, got from={f}")
     if name in ("Concat", "SpikeDetect") and not isinstance(f, (list, tuple)):
         raise ModelConfigError(f"{name} reads a list of layers: write from=[{f}] (or list several, e.g. [-1, 6])")
+    if name not in ("Concat", "SpikeDetect") and not isinstance(f, int):  # Ultralytics would hand it a list
+        raise ModelConfigError(f"{name} reads one layer: write from={sources[0]}, not from={list(f)}")
     c1, s1, size = ins[0].c, ins[0].stride, ins[0].size
 
     n_eff = max(round(n * depth), 1) if n > 1 else n
