@@ -3,6 +3,7 @@
 import os
 import pickle
 import subprocess
+import sys
 from pathlib import Path
 
 import cv2
@@ -121,12 +122,28 @@ def test_foreign_and_legacy_files_are_named(tmp_path, spiking_ckpt):
     with pytest.raises(CheckpointError, match=r"is a SpikeYOLO checkpoint .*: convert it first, `ibra-yolo "
                        r"convert-spikeyolo .*spikeyolo-tiny\.pt <new\.pt>`"):  # fmt: skip
         load_checkpoint(spikeyolo)
-    # torch's legacy (non-zip) format: Ultralytics registers a file's classes from the zip's list, so every class is
-    # refused; the message says why instead of blaming DetectionModel
+    # torch's legacy (non-zip) format: Ultralytics allow-lists a file's classes from the zip's list of globals, so in a
+    # fresh process every class of such a file is refused (a process that allow-listed them for an earlier file loads
+    # it); the message says why instead of blaming DetectionModel as a class "a checkpoint may not use"
     legacy = tmp_path / "legacy.pt"
     torch.save(torch.load(spiking_ckpt, weights_only=False), legacy, _use_new_zipfile_serialization=False)
-    with pytest.raises(UnsafePickleError, match=r"legacy \(non-zip\) format, which the restricted loader cannot check"):
-        load_checkpoint(legacy)
+    code = "import sys\nfrom ibra_yolo.checkpoints import load_checkpoint\ntry:\n    load_checkpoint(sys.argv[1])\n"
+    code += "except Exception as e:\n    print(type(e).__name__, e)"
+    out = run([sys.executable, "-c", code, str(legacy)]).stdout
+    assert out.startswith(
+        f"UnsafePickleError checkpoint {legacy} is a pickle in torch's legacy (non-zip) format, "
+        "which the restricted loader cannot check (it names ultralytics.nn.tasks.DetectionModel"
+    )
+    assert "ULTRALYTICS_SAFE_LOAD" not in out  # our commands always load restricted: no opt-out to advise
+    # a file that is no pickle at all (a renamed .npy) was an UnsafePickleError advising ULTRALYTICS_SAFE_LOAD=0
+    np.save(tmp_path / "array.npy", np.zeros(3))
+    (tmp_path / "array.pt").write_bytes((tmp_path / "array.npy").read_bytes())
+    with pytest.raises(CheckpointError) as e:
+        load_checkpoint(tmp_path / "array.pt")
+    assert type(e.value) is CheckpointError and str(e.value) == (
+        f"cannot read checkpoint {tmp_path / 'array.pt'}: it is not a torch.save file (neither torch's zip format nor "
+        f"a pickle)"
+    )
 
 
 def test_stock_commands_name_a_spikeyolo_file(python, tmp_path):
@@ -221,9 +238,9 @@ def test_stock_loading_is_restricted_by_default(evil, python):
     code = "import sys\nfrom ultralytics import YOLO\ntry:\n    YOLO(sys.argv[1])\nexcept Exception as e:\n    print(e)"
     env = {k: v for k, v in os.environ.items() if k != "ULTRALYTICS_SAFE_LOAD"}
     refusal = f"checkpoint {evil / 'evil.pt'} refers to posix.system, which a checkpoint may not use: not loaded"
-    # Unset, empty, or any value but an explicit off (0/false/no/off): "enabled" is off for Ultralytics' own parser,
-    # and the pickle ran
-    for value in (None, "", " ", "enabled", "1"):
+    # Unset, empty, or any value but an explicit off (0/false/no/off, as the README says): "enabled" is off for
+    # Ultralytics' own parser, and the pickle ran; so did "f" and "n", which the plugin read as off without saying so
+    for value in (None, "", " ", "enabled", "1", "f", "n", " off"):
         e = env if value is None else {**env, "ULTRALYTICS_SAFE_LOAD": value}
         out = subprocess.run([python, "-c", code, evil / "evil.pt"], env=e, capture_output=True, text=True).stdout
         assert out.startswith(refusal) and out.count("\n") == 1, (value, out)

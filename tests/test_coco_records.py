@@ -210,6 +210,8 @@ def test_img_ids_must_name_images_of_the_annotations():
         coco.score(GT, PRED, img_ids=[])
     with pytest.raises(IbraYoloError, match=r"img_ids holds 999, which is not an image of the annotations"):
         coco.score(GT, PRED, img_ids=[GT["images"][0]["id"], 999])
+    with pytest.raises(IbraYoloError, match=r"img_ids holds 1\.0: ids are integers"):  # as image_id: 1.0 is not 1
+        coco.score(GT, PRED, img_ids=[1.0])
     one = GT["images"][0]["id"]
     assert coco.score(GT, PRED, img_ids=[one]) == coco.score(
         {**GT, "images": GT["images"][:1], "annotations": [a for a in GT["annotations"] if a["image_id"] == one]},

@@ -175,6 +175,8 @@ def test_demo_refuses_checkpoints_and_owned_train_args_before_work(tmp_path, cap
         (["--yolo-arg", "pretrained=evil.pt"], "--yolo-arg 'pretrained=evil.pt': the demo sets model, data"),
         # the stock configuration check takes any optimizer name; the trainer refused it after the dataset was made
         (["--yolo-arg", "optimizer=Bogus"], "--yolo-arg 'optimizer=Bogus': Optimizer 'Bogus' not found"),
+        # a cfg= file sets any argument, pretrained= and model= too, past every check above
+        (["--yolo-arg", "cfg=args.yaml"], "--yolo-arg 'cfg=args.yaml': the demo sets model, data"),
     ]
     for argv, message in cases:
         assert demo_cli.main(["--out", str(out), *argv]) == 2, argv

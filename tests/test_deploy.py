@@ -284,6 +284,28 @@ def test_a_fold_beyond_float32_is_refused_before_any_change():
         assert after.keys() == before.keys() and all(torch.equal(before[k], v) for k, v in after.items())
 
 
+def test_bns_without_statistics_or_affine_and_nan_weights():
+    # a BN with track_running_stats=False has no running_var (an AttributeError on None); one with affine=False
+    # (weight 1, bias 0) folds exactly; a NaN conv weight was blamed on "a BN scale too large to fold"
+    from ibra_yolo.errors import NonFiniteError
+
+    model = build("ibra")
+    model.model[3].bn.running_var = model.model[3].bn.running_mean = None
+    with pytest.raises(IbraYoloError, match=r"^cannot fold model\.3\.bn: it keeps no running statistics"):
+        fuse_bn(model)
+    model = build("ibra")
+    bn = model.model[3].bn
+    bn.weight, bn.bias, bn.affine = None, None, False
+    x = torch.rand(1, 3, 64, 64, dtype=torch.float64)
+    expected = model(x)[0]
+    assert torch.allclose(deploy(model)(x)[0], expected, rtol=0, atol=1e-9)  # float64: the fold is exact
+    model = build("ibra")
+    with torch.no_grad():
+        model.model[5].conv.op.weight[0, 0, 0, 0] = float("nan")
+    with pytest.raises(NonFiniteError, match=r"^DetectionModel: model\.5\.conv\.op\.weight holds 1 NaN or infinite"):
+        deploy(model)
+
+
 def test_deploy_refuses_unknown_layers():
     with pytest.raises(IbraYoloError, match="no ibra-yolo spiking layers"):
         deploy(YOLO("yolov8n.yaml"))
@@ -349,6 +371,8 @@ def test_deploy_command(tmp_path, shapes_data, python, capsys):
     marker = tmp_path / "pwned"
     torch.save({"model": _Evil(marker)}, tmp_path / "evil.pt")
     torch.save({"hello": 1}, tmp_path / "hello.pt")
+    with pytest.raises(IbraYoloError, match=r"^spike_driven='no' is invalid"):  # was refused after the whole fold
+        deploy_checkpoint(src, tmp_path / "out-no.pt", spike_driven="no")
     for bad in ("evil.pt", "hello.pt", "missing.pt"):
         with pytest.raises(IbraYoloError):
             deploy_checkpoint(tmp_path / bad, tmp_path / f"out-{bad}")

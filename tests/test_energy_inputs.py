@@ -150,3 +150,11 @@ def test_image_that_claims_too_many_pixels(model, tmp_path):
     )
     with pytest.raises(IbraYoloError, match=rf"^cannot decode an image of {tmp_path / 'bomb.png'}: "):
         measure(model, [str(tmp_path / "bomb.png")], imgsz=64, progress=False)
+
+
+def test_measure_refuses_a_string_mode_and_meta_tensors(model):
+    # spike_driven="no" ran spike-driven (bool("no") is True); a meta tensor has no values (Tensor.item() traceback)
+    with pytest.raises(IbraYoloError, match=r"^spike_driven='no' is invalid: pass True, False or None"):
+        measure(model, torch.rand(1, 3, 64, 64), spike_driven="no", progress=False)
+    with pytest.raises(IbraYoloError, match=r"images must be dense tensors with values, got a torch\.strided meta"):
+        measure(model, torch.rand(1, 3, 64, 64, device="meta"), progress=False)

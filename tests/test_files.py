@@ -139,6 +139,27 @@ def test_energy_and_convert_outputs_checked_first(tmp_path, capsys):
         convert_checkpoint(tmp_path / "h.pt", tmp_path / "file" / "o.pt")
 
 
+def test_energy_never_writes_over_its_images(tmp_path, capsys):
+    # an image named energy.png in the --out folder (or given as --source itself) was replaced by the figure with
+    # --overwrite; the measured images are inputs, refused as outputs even then, and left unchanged
+    import cv2
+    import numpy as np
+
+    folder = tmp_path / "out"
+    folder.mkdir()
+    image = folder / "energy.png"
+    cv2.imwrite(str(image), np.full((32, 32, 3), 127, np.uint8))
+    before = image.read_bytes()
+    for source in (image, folder):
+        argv = ["--weights", "spike-yolo-ibra-n.yaml", "--source", str(source), "--imgsz", "32", "--out", str(folder)]
+        assert energy_cli.main([*argv, "--overwrite"]) == 2
+        assert (
+            _one_line(capsys)
+            == f"error: --out folder {image} is an input of this command: choose another --out folder\n"
+        )
+    assert image.read_bytes() == before and sorted(p.name for p in folder.iterdir()) == ["energy.png"]
+
+
 def test_eval_never_writes_over_its_inputs(tmp_path, capsys):
     # `--out` naming the predictions or the annotations would replace an input with the results, even with
     # --overwrite: refused before any work, the inputs unchanged.
@@ -151,6 +172,14 @@ def test_eval_never_writes_over_its_inputs(tmp_path, capsys):
         assert eval_cli.main(argv) == 2
         assert f"--out {out} is an input of this command" in _one_line(capsys)
     assert (pred.read_bytes(), ann.read_bytes()) == before
+    # an --out ending in a slash names a folder: it was written as a file of that name
+    argv = ["--pred", str(pred), "--ann", str(ann), "--out", f"{tmp_path}/results/"]
+    assert eval_cli.main(argv) == 2
+    assert (
+        _one_line(capsys)
+        == f"error: --out {tmp_path}/results/ ends in a slash, so it names a folder: --out must name a file\n"
+    )
+    assert not (tmp_path / "results").exists()
 
 
 def test_a_hard_link_of_an_input_is_an_input(tmp_path):
@@ -171,3 +200,11 @@ def test_eval_thresholds_are_checked_first(capsys, flag, value):
     assert f"argument {flag}: " in err and (
         f"{value} is invalid: it must be a number in [0, 1]" in err or "not a number" in err
     ), err
+
+
+def test_eval_weights_may_be_a_model_name(tmp_path, shapes_data, capsys):
+    # a model YAML name resolves without a file (as `yolo val model=...`): eval said it "does not exist"; now the name
+    # goes to the loader, which names what is wrong with it (here, a scale the YAML does not have)
+    argv = ["--weights", "spike-yolo-ibra-q.yaml", "--data", str(shapes_data), "--imgsz", "64"]
+    assert eval_cli.main([*argv, "--project", str(tmp_path / "p")]) == 2
+    assert "scale 'q' is not one of ['l', 'm', 'n', 's']" in _one_line(capsys)

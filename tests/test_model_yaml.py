@@ -128,6 +128,8 @@ def test_row_with_missing_fields_or_args():
         ("head", -1, [[19, 22, 25], 1, "SpikeDetect", [0]], "SpikeDetect nc=0 is invalid"),
         ("backbone", 1, [-1, 1, "Downsample", [128, 7, 4, 2, "yes"]], "unknown name 'yes' for Downsample first"),
         ("backbone", 1, [-1, 1, "Downsample", [128.5, 7, 4]], "Downsample c2=128.5 is invalid"),
+        # a one-layer module given a list: Ultralytics hands it a list, and the neuron failed deep inside the trainer
+        ("head", 0, [[-1], 1, "SConv", [512, 1]], "SConv reads one layer: write from=-1, not from=[-1]"),
         (
             "backbone",
             1,

@@ -367,6 +367,41 @@ def test_to_planes_refuses_invalid_codes(codes, error, says):
         IBRALIF().planes_used(codes)
 
 
+def test_public_plane_helpers_take_wide_codes_and_check_their_arguments():
+    # to_planes/plane took their bits in int32 while accepting codes up to 2**62: 2**33 + 5 came back as 5 and bit 32
+    # of 2**32 read 0. The checked helpers work in int64; the neurons' own hot path keeps int32 (codes <= 2**31 - 1).
+    from ibra_yolo.neurons import lif_multistep, num_planes, quantize_codes
+
+    codes = torch.tensor([2**33 + 5, 2**40])
+    assert from_planes(to_planes(codes, 2**40, "binary"), "binary").tolist() == [2**33 + 5, 2**40]
+    assert plane(torch.tensor([2**32]), 32, "binary").tolist() == [1.0]
+    # max_code must be a whole number >= 0: 511.5 let a code of 512 through, NaN gave NaN codes, True read as 1
+    for bad in (511.5, float("nan"), True, -3, "511"):
+        with pytest.raises(ValueError, match=re.escape(f"max_code={bad!r} is invalid: it must be a whole number >= 0")):
+            quantize_codes(torch.tensor([600.0]), 1.0, bad)
+        with pytest.raises(ValueError, match=re.escape(f"max_code={bad!r} is invalid")):
+            num_planes(bad, "binary")
+    assert quantize_codes(torch.tensor([600.0, 2.4]), 1.0, 511.0).tolist() == [511.0, 2.0]  # a whole float is fine
+    for scale in (0, -1.0, float("inf")):  # scale 0 divided by zero inside
+        with pytest.raises(ValueError, match=re.escape(f"scale={scale!r} is invalid: it must be a finite number > 0")):
+            plane_weights(511, "binary", scale)
+    fire = torch.relu
+    with pytest.raises(ValueError, match=r"x of shape \(0, 2\) has no timesteps"):  # torch.stack of nothing
+        lif_multistep(torch.ones(0, 2), fire, 0.25)
+    with pytest.raises(ValueError, match=r"beta=1\.5 is invalid: the membrane decay must be in \[0, 1\]"):
+        lif_multistep(torch.ones(2, 1), fire, 1.5)
+    # two steps with beta 0.5 and fire = relu: U1 = 1, S1 = 1, H1 = 0; U2 = 0 + 1, S2 = 1
+    assert lif_multistep(torch.ones(2, 1), fire, 0.5).tolist() == [[1.0], [1.0]]
+
+
+def test_make_neuron_takes_any_mapping():
+    # a read-only mapping (types.MappingProxyType) was refused as "expected a mapping with a 'kind' key"
+    from types import MappingProxyType
+
+    neuron = make_neuron(MappingProxyType({"kind": "IBRALIF", "D": 8.0}))
+    assert isinstance(neuron, IBRALIF) and neuron.max_code == 800  # D * N = 8.0 * 100
+
+
 def test_planes_decode_exactly_in_int64():
     # 17 float16 planes of ones: 2**17 - 1 = 131071, which float16 cannot hold (it gave inf); uint8 and int32 planes
     # overflowed in torch's dot product, and bool planes were refused. Codes are whole numbers: int64, any plane dtype.
