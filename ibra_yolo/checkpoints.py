@@ -31,6 +31,7 @@ __all__ = (
     "is_damaged",
     "damaged_file_error",
     "foreign_module_error",
+    "no_model_error",
 )
 
 
@@ -150,6 +151,29 @@ def foreign_module_error(path, e: BaseException) -> CheckpointError | None:
     )
 
 
+def held_model(ckpt) -> nn.Module | None:
+    """The model a checkpoint holds as Ultralytics picks it (``ema`` if present, else ``model``), or None."""
+    if not isinstance(ckpt, dict):
+        return None
+    model = ckpt.get("ema") if ckpt.get("ema") is not None else ckpt.get("model")
+    return model if isinstance(model, nn.Module) else None
+
+
+def no_model_error(path, ckpt) -> CheckpointError:
+    """The one-line error for a file that loaded but holds no model (``held_model`` is None): what it holds instead."""
+    import torch
+
+    if not isinstance(ckpt, dict):
+        return CheckpointError(f"{path} is not an Ultralytics checkpoint: it holds a {type(ckpt).__name__}, not a dict")
+    if ckpt and all(isinstance(v, torch.Tensor) for v in ckpt.values()):
+        return CheckpointError(
+            f"{path} holds a state_dict ({len(ckpt)} tensors by name), not an Ultralytics checkpoint: load it into a "
+            f"model built from its YAML (model.load_state_dict), or pass a file the trainer or YOLO(...).save() wrote"
+        )
+    keys = ", ".join(repr(k)[:40] for k in list(ckpt)[:5]) or "no keys"
+    return CheckpointError(f"{path} is not an Ultralytics checkpoint: it holds no 'model' module ({keys})")
+
+
 def load_checkpoint(path: str | Path) -> dict:
     """Read an Ultralytics checkpoint safely (``weights_only=True`` and the allow-list), never running its code.
 
@@ -195,7 +219,7 @@ def load_checkpoint(path: str | Path) -> dict:
             ) from None
         raise damaged_file_error(path, e) from None
     if not isinstance(ckpt, dict):
-        raise CheckpointError(f"{path} is not an Ultralytics checkpoint: it holds a {type(ckpt).__name__}, not a dict")
+        raise no_model_error(path, ckpt)
     return ckpt
 
 
@@ -215,10 +239,9 @@ def checkpoint_model(ckpt: dict, path: str | Path, need: str = "model") -> nn.Mo
 
     from ibra_yolo.nn.blocks import NeuronConv
 
-    model = ckpt.get("ema") if ckpt.get("ema") is not None else ckpt.get("model")
-    if not isinstance(model, nn.Module):
-        keys = ", ".join(map(repr, list(ckpt)[:5])) or "no keys"
-        raise CheckpointError(f"{path} is not an Ultralytics checkpoint: it holds no 'model' module ({keys})")
+    model = held_model(ckpt)
+    if model is None:
+        raise no_model_error(path, ckpt)
     if not isinstance(model, BaseModel):
         raise CheckpointError(f"{path} holds a {type(model).__name__}, not an Ultralytics model (DetectionModel, ...)")
     check_finite_weights(model, path)

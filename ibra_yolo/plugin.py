@@ -213,14 +213,17 @@ def _one_line_refusal(original, weight, *args, **kwargs):
     """``torch_safe_load`` whose refusal of a pickle (``UnsafePickleError``), of a damaged file or of one that needs a
     missing module (``CheckpointError``) is our one-line error, not a chained traceback."""
     from ibra_yolo.checkpoints import (
+        CheckpointError,
         damaged_file_error,
         foreign_module_error,
+        held_model,
         is_damaged,
+        no_model_error,
         refusal_error,
     )
 
     try:
-        return original(weight, *args, **kwargs)
+        loaded = original(weight, *args, **kwargs)
     except Exception as e:
         refusal = refusal_error(weight, e, "; ULTRALYTICS_SAFE_LOAD=0 loads a file you trust")
         if refusal:
@@ -230,7 +233,13 @@ def _one_line_refusal(original, weight, *args, **kwargs):
         foreign = foreign_module_error(weight, e)
         if foreign:
             raise foreign from None
+        if isinstance(e, (TypeError, ModuleNotFoundError)) and str(e).startswith("ERROR"):  # Ultralytics' own advice
+            advice = str(e).removeprefix("ERROR").lstrip(" \u274c\ufe0f").replace("\n", " ")  # "ERROR ❌️ " is its mark
+            raise CheckpointError(advice) from None  # e.g. a TorchScript archive, a YOLOv5 checkpoint
         raise
+    if held_model(loaded[0]) is None:  # a state_dict or a foreign dict: Ultralytics' own TypeError was a traceback
+        raise no_model_error(weight, loaded[0])
+    return loaded
 
 
 def _is_ours(model) -> bool:

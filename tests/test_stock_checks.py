@@ -122,3 +122,26 @@ def test_a_line_break_in_a_file_name_stays_one_line(tmp_path, capsys):
     err = capsys.readouterr().err
     assert err.count("\n") == 1 and "two\\nlines.json" in err, err
     assert str(IbraYoloError("a\nb\rc")) == "a\\nb\\rc"
+
+
+def test_stock_loading_names_what_a_file_holds_instead_of_a_model(tmp_path):
+    # YOLO("x.pt") on a state_dict, a dict without a model or a TorchScript archive saved as .pt was Ultralytics'
+    # TypeError traceback; with the plugin it is one CheckpointError line saying what the file holds
+    from ultralytics import YOLO
+
+    from ibra_yolo.errors import CheckpointError
+
+    model = yolo_model("ibra").model
+    torch.save(model.state_dict(), tmp_path / "sd.pt")
+    torch.save({"a": torch.zeros(2), "b": 3}, tmp_path / "mixed.pt")
+    torch.jit.trace(torch.nn.Linear(2, 2), torch.zeros(1, 2)).save(str(tmp_path / "ts.pt"))
+    n = len(model.state_dict())
+    cases = {
+        "sd.pt": f"holds a state_dict ({n} tensors by name), not an Ultralytics checkpoint: load it into a model",
+        "mixed.pt": "is not an Ultralytics checkpoint: it holds no 'model' module ('a', 'b')",
+        "ts.pt": "is a TorchScript archive, not an Ultralytics PyTorch checkpoint. Load the original .pt weights",
+    }
+    for name, says in cases.items():
+        with pytest.raises(CheckpointError) as e:
+            YOLO(str(tmp_path / name))
+        assert str(e.value).startswith(f"{tmp_path / name} {says}"), str(e.value)
