@@ -89,7 +89,6 @@ def _fold_plan(root: nn.Module) -> list[tuple[NeuronConv, nn.Module | None, str 
     """
     from ibra_yolo.checkpoints import check_finite_weights
 
-    check_finite_weights(root, type(root).__name__)  # a NaN weight would be blamed on the fold
     plan, folded = [], set()
     for block in root.modules():
         for conv_name, bn_name in next((v for k, v in BN_AFTER.items() if isinstance(block, k)), ()):
@@ -107,6 +106,7 @@ def _fold_plan(root: nn.Module) -> list[tuple[NeuronConv, nn.Module | None, str 
             raise IbraYoloError(f"cannot fold {name} ({type(m).__name__}): no conv next to it is known to deploy")
         if isinstance(m, nn.BatchNorm2d):
             check_bn(m, name)
+    check_finite_weights(root, type(root).__name__)  # the convs: a NaN weight would be blamed on the fold
     return plan
 
 
