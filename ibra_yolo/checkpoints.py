@@ -32,6 +32,7 @@ __all__ = (
     "damaged_file_error",
     "foreign_module_error",
     "no_model_error",
+    "advice_error",
 )
 
 
@@ -174,6 +175,14 @@ def no_model_error(path, ckpt) -> CheckpointError:
     return CheckpointError(f"{path} is not an Ultralytics checkpoint: it holds no 'model' module ({keys})")
 
 
+def advice_error(e: BaseException) -> CheckpointError | None:
+    """Ultralytics' own one-paragraph advice (a TorchScript archive, a YOLOv5 file: "ERROR ❌️ ...") as one line, or
+    None when ``e`` is not that."""
+    if isinstance(e, (TypeError, ModuleNotFoundError)) and str(e).startswith("ERROR"):
+        return CheckpointError(str(e).removeprefix("ERROR").lstrip(" \u274c\ufe0f").replace("\n", " "))
+    return None
+
+
 def load_checkpoint(path: str | Path) -> dict:
     """Read an Ultralytics checkpoint safely (``weights_only=True`` and the allow-list), never running its code.
 
@@ -207,7 +216,7 @@ def load_checkpoint(path: str | Path) -> dict:
         refusal = refusal_error(path, e)
         if refusal:
             raise refusal from None
-        foreign = foreign_module_error(path, e)
+        foreign = foreign_module_error(path, e) or advice_error(e)
         if foreign:
             raise foreign from None
         held = re.fullmatch(

@@ -57,6 +57,7 @@ def quantize_codes(u: torch.Tensor, scale: float, max_code: int) -> torch.Tensor
     codes because the bounds are integers.
     """
     _check_max_code(max_code)
+    _check_scale(scale)
     return _scaled(u, scale).clamp_(0, max_code).round_()
 
 

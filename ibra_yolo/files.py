@@ -77,7 +77,7 @@ def check_output(path: str | Path, overwrite: bool = False, flag: str = "--out",
 
     Raises:
         OutputExistsError: ``path`` exists and ``overwrite`` is False.
-        IbraYoloError: ``path`` is a folder or an input.
+        IbraYoloError: ``path`` is a folder, a device or FIFO, or an input.
         PathError: A folder above ``path`` is a file, or its folder is not writable.
     """
     if isinstance(path, str) and path.endswith(("/", os.sep)):  # Path() drops the slash and would write a file there
@@ -88,6 +88,8 @@ def check_output(path: str | Path, overwrite: bool = False, flag: str = "--out",
             raise IbraYoloError(f"{flag} {path} is an input of this command: choose another {flag}")
     if path.is_dir():
         raise IbraYoloError(f"{path} is a folder: {flag} must name a file")
+    if path.exists() and not path.is_file():  # a device or FIFO: --overwrite would replace the node itself
+        raise IbraYoloError(f"{path} is not a regular file (a device or FIFO): {flag} must name a file")
     problem = _folder_problem(path.parent)
     if problem:
         raise PathError(f"cannot write {path}: {problem}")

@@ -21,6 +21,7 @@ from __future__ import annotations
 import math
 import reprlib
 from collections.abc import Mapping
+from numbers import Integral, Real
 
 import torch
 from torch import nn
@@ -85,11 +86,13 @@ def _check(name: str, value, ok: bool, allowed: str) -> None:
 
 
 def _is_number(v) -> bool:
-    return isinstance(v, (int, float)) and not isinstance(v, bool) and math.isfinite(v)
+    """A finite real number: Python or numpy (stored as a Python float, so checkpoints pickle plain numbers)."""
+    return isinstance(v, Real) and not isinstance(v, bool) and math.isfinite(v)
 
 
 def _is_int(v) -> bool:
-    return isinstance(v, int) and not isinstance(v, bool)
+    """An integer: Python or numpy (stored as a Python int)."""
+    return isinstance(v, Integral) and not isinstance(v, bool)
 
 
 class IntegerLIF(nn.Module):
@@ -378,7 +381,7 @@ class Activation(nn.Module):
             _check("D", D, _is_number(D) and D > 0, "a finite number > 0")
             D = float(D)
         self.kind = kind
-        self.T = T
+        self.T = int(T)
         self.D = D
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:

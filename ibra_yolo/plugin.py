@@ -212,8 +212,11 @@ def _wrap_method(original, replacement):
 def _one_line_refusal(original, weight, *args, **kwargs):
     """``torch_safe_load`` whose refusal of a pickle (``UnsafePickleError``), of a damaged file or of one that needs a
     missing module (``CheckpointError``) is our one-line error, not a chained traceback."""
+    from ultralytics.nn import tasks
+
     from ibra_yolo.checkpoints import (
         CheckpointError,
+        advice_error,
         damaged_file_error,
         foreign_module_error,
         held_model,
@@ -233,12 +236,19 @@ def _one_line_refusal(original, weight, *args, **kwargs):
         foreign = foreign_module_error(weight, e)
         if foreign:
             raise foreign from None
-        if isinstance(e, (TypeError, ModuleNotFoundError)) and str(e).startswith("ERROR"):  # Ultralytics' own advice
-            advice = str(e).removeprefix("ERROR").lstrip(" \u274c\ufe0f").replace("\n", " ")  # "ERROR ❌️ " is its mark
-            raise CheckpointError(advice) from None  # e.g. a TorchScript archive, a YOLOv5 checkpoint
+        if isinstance(e, OSError):  # a folder named x.pt, no permission
+            raise CheckpointError(f"cannot read checkpoint {weight}: {e.strerror or e}") from None
+        advice = advice_error(e)  # Ultralytics' own (a TorchScript archive, a YOLOv5 checkpoint) in one line
+        if advice:
+            raise advice from None
         raise
-    if held_model(loaded[0]) is None:  # a state_dict or a foreign dict: Ultralytics' own TypeError was a traceback
+    model = held_model(loaded[0])
+    if model is None:  # a state_dict or a foreign dict: Ultralytics' own TypeError was a traceback
         raise no_model_error(weight, loaded[0])
+    if not isinstance(model, tasks.BaseModel):  # e.g. a bare nn.Linear: it failed deep inside the predictor
+        raise CheckpointError(
+            f"{weight} holds a {type(model).__name__}, not an Ultralytics model (DetectionModel, ...)"
+        )
     return loaded
 
 
@@ -304,6 +314,36 @@ _PREDICTOR = {"postprocess": _predictor_postprocess}
 _VALIDATOR = {"init_metrics": _validator_init_metrics, "postprocess": _validator_postprocess}
 
 
+# Ultralytics' model classes of other tasks -> their task: built from our YAML (YOLO(..., task=...)), a segmentation
+# model gave masks None and a classification model class scores from a detection head, without a word
+_OTHER_TASKS = {
+    "SegmentationModel": "segment",
+    "PoseModel": "pose",
+    "OBBModel": "obb",
+    "ClassificationModel": "classify",
+}
+
+
+def _detector_only(original, self, *args, **kwargs):
+    """A model class of another task: refuse our YAMLs before its own build (PoseModel reads keys ours lack) and our
+    models after it (a detection model given as ``cfg``)."""
+    from ultralytics.nn import tasks
+
+    from ibra_yolo.errors import ModelConfigError
+    from ibra_yolo.nn.builder import is_spiking_yaml
+
+    task = _OTHER_TASKS.get(type(self).__name__, type(self).__name__)
+    refusal = ModelConfigError(f"task={task!r} is invalid: ibra-yolo models are detectors (task=detect)")
+    cfg = args[0] if args else kwargs.get("cfg")
+    if isinstance(cfg, (str, Path)) and Path(cfg).suffix.lower() in (".yaml", ".yml"):
+        cfg = tasks.yaml_model_load(cfg)  # ours is hooked in: a spiking YAML is checked and read here
+    if is_spiking_yaml(cfg):
+        raise refusal
+    original(self, *args, **kwargs)
+    if _is_ours(self):
+        raise refusal
+
+
 def _check_predictions_before_nms() -> None:
     """Make the stock detection predictor and validator refuse NaN/inf raw predictions of our models.
 
@@ -345,7 +385,8 @@ def _one_line_errors(previous):
     def hook(exc_type, exc, tb):
         from ibra_yolo.errors import IbraYoloError
 
-        if issubclass(exc_type, IbraYoloError) and not os.environ.get("IBRA_YOLO_TRACEBACK"):
+        wanted = os.environ.get("IBRA_YOLO_TRACEBACK", "").strip().lower() not in {"", *_OFF}  # 0/false/no/off: off
+        if issubclass(exc_type, IbraYoloError) and not wanted:
             print(f"{exc_type.__name__}: {exc}", file=sys.stderr)
             return
         previous(exc_type, exc, tb)
@@ -397,6 +438,8 @@ def register() -> None:
     )
     if not hasattr(tasks.BaseModel.fuse, "__ibra_yolo_original__"):
         tasks.BaseModel.fuse = _wrap_method(tasks.BaseModel.fuse, _spiking_fuse)
+    for name in _OTHER_TASKS:
+        _wrap_methods("ultralytics.nn.tasks", name, {"__init__": _detector_only})
     if os.environ.get("ULTRALYTICS_SAFE_LOAD", "").lower() not in _OFF:  # only an explicit "off" opts out
         tasks.SAFE_LOAD = True  # checkpoints are pickles
     if not hasattr(tasks.torch_safe_load, "__ibra_yolo_original__"):

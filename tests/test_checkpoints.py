@@ -135,6 +135,12 @@ def test_foreign_and_legacy_files_are_named(tmp_path, spiking_ckpt):
         "which the restricted loader cannot check (it names ultralytics.nn.tasks.DetectionModel"
     )
     assert "ULTRALYTICS_SAFE_LOAD" not in out  # our commands always load restricted: no opt-out to advise
+    # a TorchScript archive saved as .pt: `energy`/`deploy` called it "empty, truncated or not a torch.save file"
+    torch.jit.trace(torch.nn.Linear(2, 2), torch.zeros(1, 2)).save(str(tmp_path / "ts.pt"))
+    with pytest.raises(
+        CheckpointError, match=r"ts\.pt is a TorchScript archive, not an Ultralytics PyTorch checkpoint"
+    ):
+        load_checkpoint(tmp_path / "ts.pt")
     # a file that is no pickle at all (a renamed .npy) was an UnsafePickleError advising ULTRALYTICS_SAFE_LOAD=0
     np.save(tmp_path / "array.npy", np.zeros(3))
     (tmp_path / "array.pt").write_bytes((tmp_path / "array.npy").read_bytes())

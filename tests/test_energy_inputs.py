@@ -158,3 +158,14 @@ def test_measure_refuses_a_string_mode_and_meta_tensors(model):
         measure(model, torch.rand(1, 3, 64, 64), spike_driven="no", progress=False)
     with pytest.raises(IbraYoloError, match=r"images must be dense tensors with values, got a torch\.strided meta"):
         measure(model, torch.rand(1, 3, 64, 64, device="meta"), progress=False)
+
+
+def test_measure_names_odd_image_lists_and_sparse_tensors(model):
+    # a list of numpy arrays was taken as file names (an 859-character "does not exist" line); a sparse COO tensor
+    # was torch's NotImplementedError from slicing it; a numpy max_images was refused as "not an integer"
+    with pytest.raises(IbraYoloError, match=r"^a list of images must hold file paths .*, got a ndarray$"):
+        measure(model, [np.zeros((64, 64, 3), np.uint8)], progress=False)
+    with pytest.raises(IbraYoloError, match=r"^images must be dense tensors with values, got a torch\.sparse_coo cpu"):
+        measure(model, torch.rand(1, 3, 64, 64).to_sparse(), progress=False)
+    report = measure(model, torch.rand(3, 3, 64, 64), max_images=np.int64(2), progress=False)
+    assert report.meta["images"] == 2

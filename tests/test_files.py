@@ -35,6 +35,15 @@ def test_check_output_paths(tmp_path):
     (tmp_path / "b").write_text("y")
     with pytest.raises(OutputExistsError, match=f"^{tmp_path}/file, {tmp_path}/b exist: choose another --name "):
         check_outputs([tmp_path / "file", tmp_path / "a", tmp_path / "b"], flag="--name")
+    # a device or FIFO at the output path: --overwrite replaced /dev/full itself with a regular file (as root)
+    import stat
+
+    os.mkfifo(tmp_path / "fifo")
+    with pytest.raises(
+        IbraYoloError, match=f"^{tmp_path}/fifo is not a regular file \\(a device or FIFO\\): --out must"
+    ):
+        check_output(tmp_path / "fifo", overwrite=True)
+    assert stat.S_ISFIFO(os.stat(tmp_path / "fifo").st_mode)  # still the FIFO
 
 
 @pytest.mark.skipif(hasattr(os, "geteuid") and os.geteuid() == 0, reason="root may write anywhere")

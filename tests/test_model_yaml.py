@@ -349,3 +349,19 @@ def test_stock_yaml_files_still_load_with_the_plugin(tmp_path):
     shutil.copy(stock, tmp_path / "my_v8n.yaml")
     model = YOLO(str(tmp_path / "my_v8n.yaml")).model
     assert sum(p.numel() for p in model.parameters()) == 3_157_200
+
+
+def test_stock_multiples_and_other_tasks_are_refused(tmp_path):
+    # depth_multiple/width_multiple were ignored (a 172 M-parameter model at depth 1, width 1); task=segment built a
+    # segmentation model whose masks were None, task=pose failed on a missing kpt_shape
+    from ultralytics import YOLO
+
+    d = yaml.safe_load((CFG / "spike-yolo-ibra.yaml").read_text())
+    del d["scales"]
+    d.update(depth_multiple=0.33, width_multiple=0.25)
+    with pytest.raises(ModelConfigError, match=r"depth_multiple: spiking YAMLs read their multiples from scales only"):
+        YOLO(write(tmp_path, d))
+    for task in ("segment", "pose", "obb", "classify"):
+        with pytest.raises(ModelConfigError, match=rf"^task='{task}' is invalid: ibra-yolo models are detectors"):
+            YOLO("spike-yolo-ibra-n.yaml", task=task)
+    assert YOLO("yolov8n-seg.yaml").task == "segment"  # stock models of other tasks build as before

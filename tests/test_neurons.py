@@ -394,6 +394,20 @@ def test_public_plane_helpers_take_wide_codes_and_check_their_arguments():
     assert lif_multistep(torch.ones(2, 1), fire, 0.5).tolist() == [[1.0], [1.0]]
 
 
+def test_numpy_numbers_are_taken_and_stored_as_python_numbers():
+    # np.int64(100) was refused as "N must be a number in [...]", a message the value satisfies; they are stored as
+    # Python numbers, so a checkpoint pickles plain numbers (weights_only loading refuses numpy scalars)
+    n = IBRALIF(D=np.float64(8.0), N=np.int64(100), T=np.int64(2), beta=np.float32(0.5))
+    assert (n.max_code, n.scale, n.T, n.beta) == (800, 100.0, 2, 0.5)
+    assert [type(v) for v in (n.max_code, n.scale, n.T, n.beta)] == [int, float, int, float]
+    assert IBLIF(bits=np.int64(8)).max_code == 255 and type(IBLIF(bits=np.int64(8)).max_code) is int
+    assert make_neuron({"kind": "ReLU"}, T=np.int64(2)).T == 2
+    from ibra_yolo.neurons import quantize_codes
+
+    with pytest.raises(ValueError, match=r"^scale=-1\.0 is invalid: it must be a finite number > 0"):
+        quantize_codes(torch.tensor([1.0, 2.0]), -1.0, 7)  # gave [0, 0]
+
+
 def test_make_neuron_takes_any_mapping():
     # a read-only mapping (types.MappingProxyType) was refused as "expected a mapping with a 'kind' key"
     from types import MappingProxyType

@@ -1,6 +1,8 @@
 """What the plugin checks inside the stock pipeline (``YOLO(...).predict/val``, ``yolo val``) and our CLIs' one-line
 promise for odd values: NaN predictions, devices that do not exist, file names with line breaks."""
 
+import os
+
 import numpy as np
 import pytest
 import torch
@@ -145,3 +147,26 @@ def test_stock_loading_names_what_a_file_holds_instead_of_a_model(tmp_path):
         with pytest.raises(CheckpointError) as e:
             YOLO(str(tmp_path / name))
         assert str(e.value).startswith(f"{tmp_path / name} {says}"), str(e.value)
+
+
+def test_stock_loading_names_folders_and_foreign_modules(tmp_path, python):
+    # a folder named x.pt was a 41-line IsADirectoryError traceback; {'model': nn.Linear} failed deep inside the
+    # predictor; IBRA_YOLO_TRACEBACK=0 showed the traceback (any non-empty value turned it on)
+    import subprocess
+    from pathlib import Path
+
+    from ultralytics import YOLO
+
+    from ibra_yolo.errors import CheckpointError
+
+    (tmp_path / "dir.pt").mkdir()
+    with pytest.raises(CheckpointError, match=rf"^cannot read checkpoint {tmp_path / 'dir.pt'}: Is a directory"):
+        YOLO(str(tmp_path / "dir.pt"))
+    torch.save({"model": torch.nn.Linear(2, 2)}, tmp_path / "linear.pt")
+    with pytest.raises(CheckpointError, match=r"linear\.pt holds a Linear, not an Ultralytics model"):
+        YOLO(str(tmp_path / "linear.pt"))
+    yolo = str(Path(python).with_name("yolo"))
+    for value, traceback in (("0", False), ("false", False), ("1", True)):
+        p = subprocess.run([yolo, "predict", f"model={tmp_path / 'linear.pt'}", "source=x.jpg"], capture_output=True,
+                           text=True, env={**os.environ, "IBRA_YOLO_TRACEBACK": value})  # fmt: skip
+        assert p.returncode == 1 and ("Traceback" in p.stderr) is traceback, (value, p.stderr)

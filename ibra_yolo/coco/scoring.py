@@ -96,7 +96,12 @@ def score(gt: dict, dets: list[dict], img_ids: list | None = None) -> dict[str, 
 
     from ibra_yolo.coco.records import check_annotations, check_detections
 
-    if not isinstance(gt, dict) or not gt.get("images") or not isinstance(gt.get("annotations"), list):
+    for name, value, kind in (("gt", gt, dict), ("dets", dets, list)):
+        if not isinstance(value, kind):  # e.g. the file's path: load it first
+            raise IbraYoloError(
+                f"score(): {name} must be a {kind.__name__} (the loaded COCO JSON), got a {type(value).__name__}"
+            )
+    if not gt.get("images") or not isinstance(gt.get("annotations"), list):
         raise IbraYoloError("score(): the annotations hold no images (or no 'annotations' list): nothing to score")
     check_annotations(gt["annotations"], "score(): annotations")  # a NaN score or box was ranked silently
     check_detections(dets, "score(): detections")

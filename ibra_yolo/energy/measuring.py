@@ -7,6 +7,7 @@ Images come through ``ibra_yolo.sources`` (Ultralytics' own dataset, image and d
 from __future__ import annotations
 
 from collections.abc import Iterable, Iterator
+from numbers import Integral
 from pathlib import Path
 
 import numpy as np
@@ -53,7 +54,7 @@ def load_model(weights: str | Path) -> nn.Module:
 
 
 def _check_int(name: str, value, minimum: int = 1, maximum: int | None = None) -> None:
-    if not (isinstance(value, int) and not isinstance(value, bool) and value >= minimum):
+    if not (isinstance(value, Integral) and not isinstance(value, bool) and value >= minimum):  # numpy ints too
         raise IbraYoloError(f"{name}={value!r} is invalid: it must be an integer >= {minimum}")
     if maximum is not None and value > maximum:
         raise IbraYoloError(f"{name}={value!r} is invalid: it must be at most {maximum}")
@@ -72,6 +73,14 @@ def _batches(images, imgsz: int, batch: int, max_images: int | None) -> tuple[It
         )
     if _is_tensor_list(images) and not all(isinstance(x, torch.Tensor) for x in images):
         raise IbraYoloError("a list of image batches must hold only torch tensors [B, 3, H, W]")
+    if isinstance(images, (list, tuple)) and not _is_tensor_list(images):
+        odd = next((x for x in images if not isinstance(x, (str, Path))), None)
+        if odd is not None:  # its repr was taken for a file name
+            raise IbraYoloError(
+                f"a list of images must hold file paths (or torch tensors [B, 3, H, W]), got a {type(odd).__name__}"
+            )
+    if isinstance(images, torch.Tensor) and (images.is_sparse or images.is_meta):  # before slicing: torch cannot
+        raise IbraYoloError(f"images must be dense tensors with values, got a {images.layout} {images.device} tensor")
     if isinstance(images, torch.Tensor):
         if images.dim() != 4 or not len(images):
             raise IbraYoloError(f"an image tensor must be [N, 3, H, W] with N >= 1, got shape {tuple(images.shape)}")

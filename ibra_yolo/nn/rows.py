@@ -187,6 +187,12 @@ def check_top_level(d) -> tuple[dict, float, float, float]:
             raise ModelConfigError(
                 f"{key}={rows!r} is invalid: it must be a non-empty list of rows [from, n, module, args]"
             )
+    stock = [k for k in ("depth_multiple", "width_multiple", "max_channels") if k in d]
+    if stock:  # they were ignored: the model built at depth 1, width 1, without a channel cap
+        raise ModelConfigError(
+            f"{stock[0]}: spiking YAMLs read their multiples from scales only: write e.g. "
+            f"scales: {{n: [0.33, 0.25, 1024]}} (depth, width, max_channels)"
+        )
     names, depth, width, max_channels = {"nc": nc}, 1.0, 1.0, float("inf")
     scales = d.get("scales")
     if scales is None:
