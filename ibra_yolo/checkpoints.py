@@ -216,7 +216,7 @@ def load_checkpoint(path: str | Path) -> dict:
         refusal = refusal_error(path, e)
         if refusal:
             raise refusal from None
-        foreign = foreign_module_error(path, e) or advice_error(e)
+        foreign = foreign_module_error(path, e) or (None if is_damaged(e) else advice_error(e))  # damaged: ours
         if foreign:
             raise foreign from None
         held = re.fullmatch(
