@@ -136,6 +136,8 @@ def _spiking_yaml_model_load(original, path):
     if found is None:
         try:
             return original(path)
+        except IsADirectoryError:
+            raise ModelConfigError(f"{path} is a folder: a model YAML must be a file") from None
         except FileNotFoundError as e:
             raise MissingFileError(f"{e}: {_missing_hint()}") from None
     file, scale, d = found
@@ -225,6 +227,9 @@ def _one_line_refusal(original, weight, *args, **kwargs):
         refusal_error,
     )
 
+    local = Path(str(weight))
+    if local.exists() and not local.is_file() and not local.is_dir():  # a FIFO blocked the stock loader forever
+        raise CheckpointError(f"checkpoint {weight} is not a regular file (a FIFO or a device): name a .pt file")
     try:
         loaded = original(weight, *args, **kwargs)
     except Exception as e:

@@ -212,6 +212,8 @@ def test_img_ids_must_name_images_of_the_annotations():
         coco.score(GT, PRED, img_ids=[GT["images"][0]["id"], 999])
     with pytest.raises(IbraYoloError, match=r"^score\(\): gt must be a dict \(the loaded COCO JSON\), got a str"):
         coco.score("annotations.json", PRED)  # said "the annotations hold no images"
+    with pytest.raises(IbraYoloError, match=r"the annotations hold no 'categories' list"):  # pycocotools' KeyError
+        coco.score({k: v for k, v in GT.items() if k != "categories"}, PRED)
     with pytest.raises(IbraYoloError, match=r"img_ids holds 1\.0: ids are integers"):  # as image_id: 1.0 is not 1
         coco.score(GT, PRED, img_ids=[1.0])
     one = GT["images"][0]["id"]

@@ -79,8 +79,11 @@ def test_energy_cli_nan_weights_one_line(tmp_path, capsys):
     "make, says",
     [
         # floats 0..255 were counted as images 255x brighter: 2.5x the SOPs and energy of the same uint8 image
-        (lambda u8: u8.float(), "image 0 of tensor (2, 3, 64, 64) holds floats in [0, 255]: images must be uint8 "
-         "(0..255) or floats in [0, 1] (divide by 255)"),
+        (lambda u8: u8.float(), "image 0 of tensor (2, 3, 64, 64) holds floats in [0.0, 255.0]: images must be "
+         "uint8 (0..255) or floats in [0, 1] (divide by 255)"),
+        # a value just past 1 is named exactly ({:g} printed 1), without the 0..255 advice
+        (lambda u8: (u8.double() / 255).index_fill_(0, torch.tensor([0]), 1.0000001), "holds floats in [1.0000001, "
+         "1.0000001]: images must be uint8 (0..255) or floats in [0, 1]"),
         (lambda u8: u8.long(), "tensor (2, 3, 64, 64): images must be uint8 (0..255) or floats in [0, 1], got "
          "torch.int64"),
         (lambda u8: torch.complex(u8.float() / 255, u8.float()), "got torch.complex64"),  # the j part was dropped

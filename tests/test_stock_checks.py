@@ -170,3 +170,19 @@ def test_stock_loading_names_folders_and_foreign_modules(tmp_path, python):
         p = subprocess.run([yolo, "predict", f"model={tmp_path / 'linear.pt'}", "source=x.jpg"], capture_output=True,
                            text=True, env={**os.environ, "IBRA_YOLO_TRACEBACK": value})  # fmt: skip
         assert p.returncode == 1 and ("Traceback" in p.stderr) is traceback, (value, p.stderr)
+
+
+def test_stock_loading_refuses_fifos_and_folder_yamls(tmp_path):
+    # `yolo val model=<symlink to a FIFO>.pt` blocked forever in open(); a folder named x.yaml was an
+    # IsADirectoryError traceback in `yolo train`
+    from ultralytics import YOLO
+
+    from ibra_yolo.errors import CheckpointError, ModelConfigError
+
+    os.mkfifo(tmp_path / "fifo")
+    (tmp_path / "link.pt").symlink_to(tmp_path / "fifo")
+    with pytest.raises(CheckpointError, match=r"link\.pt is not a regular file \(a FIFO or a device\)"):
+        YOLO(str(tmp_path / "link.pt"))
+    (tmp_path / "dir.yaml").mkdir()
+    with pytest.raises(ModelConfigError, match=r"dir\.yaml is a folder: a model YAML must be a file$"):
+        YOLO(str(tmp_path / "dir.yaml"))

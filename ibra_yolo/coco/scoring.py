@@ -103,6 +103,8 @@ def score(gt: dict, dets: list[dict], img_ids: list | None = None) -> dict[str, 
             )
     if not gt.get("images") or not isinstance(gt.get("annotations"), list):
         raise IbraYoloError("score(): the annotations hold no images (or no 'annotations' list): nothing to score")
+    if not isinstance(gt.get("categories"), list):  # pycocotools' KeyError
+        raise IbraYoloError("score(): the annotations hold no 'categories' list: every file of COCO's format has one")
     check_annotations(gt["annotations"], "score(): annotations")  # a NaN score or box was ranked silently
     check_detections(dets, "score(): detections")
     if img_ids is not None:

@@ -43,6 +43,8 @@ def load_model(weights: str | Path) -> nn.Module:
             raise MissingFileError(f"weights file {p} does not exist")
     elif suffix in (".yaml", ".yml"):
         if model_yaml_path(p) is None:
+            if p.is_dir():
+                raise IbraYoloError(f"model {p} is a folder: pass a .pt checkpoint or a model YAML file")
             if not p.is_file():
                 raise MissingFileError(
                     f"model {p} does not exist: pass a .pt checkpoint or e.g. spike-yolo-ibra-n.yaml"
@@ -137,9 +139,8 @@ def _check_images(x: torch.Tensor, first: int, source: str, channels: int, strid
         if bool(out.any()):
             i = int(out.nonzero()[0])
             lo, hi = float(x[i].min()), float(x[i].max())
-            raise IbraYoloError(
-                f"image {first + i} of {source} holds floats in [{lo:g}, {hi:g}]: {must} (divide by 255)"
-            )
+            advice = " (divide by 255)" if hi > 2 else ""  # 0..255 floats; not for a value just past 1
+            raise IbraYoloError(f"image {first + i} of {source} holds floats in [{lo!r}, {hi!r}]: {must}{advice}")
 
 
 def _run(net: nn.Module, meter: EnergyMeter, batches, total: int, spike_driven, device, progress: bool,
