@@ -214,6 +214,13 @@ def test_img_ids_must_name_images_of_the_annotations():
         coco.score("annotations.json", PRED)  # said "the annotations hold no images"
     with pytest.raises(IbraYoloError, match=r"the annotations hold no 'categories' list"):  # pycocotools' KeyError
         coco.score({k: v for k, v in GT.items() if k != "categories"}, PRED)
+    with pytest.raises(IbraYoloError, match=r"the annotations hold no categories"):  # scored every metric -1
+        coco.score({**GT, "categories": []}, PRED)
+    # a detection of an image or category the annotations lack: pycocotools' bare AssertionError, no record named
+    with pytest.raises(IbraYoloError, match=r"^score\(\): detection 0 has image_id=424242, which is not an image"):
+        coco.score(GT, [{**PRED[0], "image_id": 424242}, *PRED[1:]])
+    with pytest.raises(IbraYoloError, match=r"^score\(\): detection 1 has category_id=999, which is not a category"):
+        coco.score(GT, [PRED[0], {**PRED[1], "category_id": 999}])
     with pytest.raises(IbraYoloError, match=r"img_ids holds 1\.0: ids are integers"):  # as image_id: 1.0 is not 1
         coco.score(GT, PRED, img_ids=[1.0])
     one = GT["images"][0]["id"]

@@ -54,6 +54,25 @@ def _plain_record(d: dict, box_id: int | None = None) -> dict:
     return out
 
 
+def _check_ids(gt: dict, dets: list) -> None:
+    """Every detection names an image and a category of ``gt`` (pycocotools asserted without naming the record, or
+    scored every metric -1 when ``gt`` had no categories)."""
+    from ibra_yolo.coco.records import plain
+
+    images = {im.get("id") for im in gt["images"] if isinstance(im, dict)}
+    categories = {c.get("id") for c in gt["categories"] if isinstance(c, dict)} - {None}
+    if not categories:
+        raise IbraYoloError(
+            "score(): the annotations hold no categories (each an object with an 'id'): nothing to score"
+        )
+    for i, d in enumerate(dets):
+        for key, known, what in (("image_id", images, "an image"), ("category_id", categories, "a category")):
+            if plain(d[key]) not in known:
+                raise IbraYoloError(
+                    f"score(): detection {i} has {key}={plain(d[key])!r:.80}, which is not {what} of the annotations"
+                )
+
+
 def _check_img_ids(gt: dict, img_ids) -> list:
     """``img_ids`` as a sorted list of ids that ``gt`` has; an empty list, or an id it lacks, is refused."""
     from ibra_yolo.coco.records import plain
@@ -107,6 +126,7 @@ def score(gt: dict, dets: list[dict], img_ids: list | None = None) -> dict[str, 
         raise IbraYoloError("score(): the annotations hold no 'categories' list: every file of COCO's format has one")
     check_annotations(gt["annotations"], "score(): annotations")  # a NaN score or box was ranked silently
     check_detections(dets, "score(): detections")
+    _check_ids(gt, dets)
     if img_ids is not None:
         img_ids = _check_img_ids(gt, img_ids)
     with contextlib.redirect_stdout(io.StringIO()):  # pycocotools prints progress; we print our own table
