@@ -33,6 +33,7 @@ __all__ = (
     "foreign_module_error",
     "no_model_error",
     "advice_error",
+    "stock_safe_load",
 )
 
 
@@ -307,3 +308,39 @@ def load_yolo(path: str | Path):
         raise
     except Exception as e:  # noqa: BLE001 - a corrupt or foreign file: say which, without the loader's traceback
         raise IbraYoloError(f"cannot load weights {path}: {type(e).__name__}: {_one_line(e)[:300]}") from None
+
+
+def stock_safe_load(original, weight, *args, **kwargs):
+    """Ultralytics' ``torch_safe_load`` (``original``, wrapped by ``ibra_yolo.plugin``) whose refusals are our one-line
+    errors, not chained tracebacks: an unsafe pickle (``UnsafePickleError``), a FIFO, a folder, a damaged file, a
+    missing module, or a file that holds no Ultralytics model (``CheckpointError``)."""
+    from ultralytics.nn import tasks
+
+    local = Path(str(weight))
+    if local.exists() and not local.is_file() and not local.is_dir():  # a FIFO blocked the stock loader forever
+        raise CheckpointError(f"checkpoint {weight} is not a regular file (a FIFO or a device): name a .pt file")
+    try:
+        loaded = original(weight, *args, **kwargs)
+    except Exception as e:
+        refusal = refusal_error(weight, e, "; ULTRALYTICS_SAFE_LOAD=0 loads a file you trust")
+        if refusal:
+            raise refusal from None
+        if is_damaged(e):
+            raise damaged_file_error(weight, e) from None
+        foreign = foreign_module_error(weight, e)
+        if foreign:
+            raise foreign from None
+        if isinstance(e, OSError):  # a folder named x.pt, no permission
+            raise CheckpointError(f"cannot read checkpoint {weight}: {e.strerror or e}") from None
+        advice = advice_error(e)  # Ultralytics' own (a TorchScript archive, a YOLOv5 checkpoint) in one line
+        if advice:
+            raise advice from None
+        raise
+    model = held_model(loaded[0])
+    if model is None:  # a state_dict or a foreign dict: Ultralytics' own TypeError was a traceback
+        raise no_model_error(weight, loaded[0])
+    if not isinstance(model, tasks.BaseModel):  # e.g. a bare nn.Linear: it failed deep inside the predictor
+        raise CheckpointError(
+            f"{weight} holds a {type(model).__name__}, not an Ultralytics model (DetectionModel, ...)"
+        )
+    return loaded

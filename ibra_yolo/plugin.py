@@ -211,52 +211,6 @@ def _wrap_method(original, replacement):
     return method
 
 
-def _one_line_refusal(original, weight, *args, **kwargs):
-    """``torch_safe_load`` whose refusal of a pickle (``UnsafePickleError``), of a damaged file or of one that needs a
-    missing module (``CheckpointError``) is our one-line error, not a chained traceback."""
-    from ultralytics.nn import tasks
-
-    from ibra_yolo.checkpoints import (
-        CheckpointError,
-        advice_error,
-        damaged_file_error,
-        foreign_module_error,
-        held_model,
-        is_damaged,
-        no_model_error,
-        refusal_error,
-    )
-
-    local = Path(str(weight))
-    if local.exists() and not local.is_file() and not local.is_dir():  # a FIFO blocked the stock loader forever
-        raise CheckpointError(f"checkpoint {weight} is not a regular file (a FIFO or a device): name a .pt file")
-    try:
-        loaded = original(weight, *args, **kwargs)
-    except Exception as e:
-        refusal = refusal_error(weight, e, "; ULTRALYTICS_SAFE_LOAD=0 loads a file you trust")
-        if refusal:
-            raise refusal from None
-        if is_damaged(e):
-            raise damaged_file_error(weight, e) from None
-        foreign = foreign_module_error(weight, e)
-        if foreign:
-            raise foreign from None
-        if isinstance(e, OSError):  # a folder named x.pt, no permission
-            raise CheckpointError(f"cannot read checkpoint {weight}: {e.strerror or e}") from None
-        advice = advice_error(e)  # Ultralytics' own (a TorchScript archive, a YOLOv5 checkpoint) in one line
-        if advice:
-            raise advice from None
-        raise
-    model = held_model(loaded[0])
-    if model is None:  # a state_dict or a foreign dict: Ultralytics' own TypeError was a traceback
-        raise no_model_error(weight, loaded[0])
-    if not isinstance(model, tasks.BaseModel):  # e.g. a bare nn.Linear: it failed deep inside the predictor
-        raise CheckpointError(
-            f"{weight} holds a {type(model).__name__}, not an Ultralytics model (DetectionModel, ...)"
-        )
-    return loaded
-
-
 def _is_ours(model) -> bool:
     """True for one of our models, also inside Ultralytics' wrappers (AutoBackend keeps it as ``.model`` of a backend
     object, not as a submodule; torch.compile and DDP hold it as a submodule)."""
@@ -448,8 +402,10 @@ def register() -> None:
     if os.environ.get("ULTRALYTICS_SAFE_LOAD", "").lower() not in _OFF:  # only an explicit "off" opts out
         tasks.SAFE_LOAD = True  # checkpoints are pickles
     if not hasattr(tasks.torch_safe_load, "__ibra_yolo_original__"):
+        from ibra_yolo.checkpoints import stock_safe_load
+
         stock_load = tasks.torch_safe_load
-        _replace_everywhere({"torch_safe_load": ((stock_load,), _wrap(stock_load, _one_line_refusal))})
+        _replace_everywhere({"torch_safe_load": ((stock_load,), _wrap(stock_load, stock_safe_load))})
     _check_predictions_before_nms()
     import ibra_yolo.nn  # noqa: F401 - our classes exist, allow-listed for ULTRALYTICS_SAFE_LOAD=1 (see ibra_yolo.nn)
 
