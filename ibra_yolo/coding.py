@@ -8,7 +8,7 @@ the modules stay one job each (SPEC §2.1 for the maths).
 from __future__ import annotations
 
 import math
-from numbers import Real
+from numbers import Integral, Real
 from typing import Callable
 
 import torch
@@ -24,6 +24,8 @@ __all__ = (
     "plane",
     "plane_weights",
     "num_planes",
+    "is_number",
+    "is_int",
 )
 
 NAN_CODE = -1  # what IntegerLIF.spike_codes() gives a NaN membrane: not a code (valid codes are 0..M)
@@ -35,17 +37,25 @@ def _check_encoding(encoding) -> None:
         raise ValueError(f"encoding={encoding!r} is invalid: encoding must be one of {ENCODINGS}")
 
 
+def is_number(v) -> bool:
+    """A finite real number, Python or numpy (not a bool): the argument checks of the neurons and these helpers."""
+    return isinstance(v, Real) and not isinstance(v, bool) and math.isfinite(v)
+
+
+def is_int(v) -> bool:
+    """An integer, Python or numpy (not a bool)."""
+    return isinstance(v, Integral) and not isinstance(v, bool)
+
+
 def _check_max_code(max_code) -> None:
     """A static check (no host sync): ``max_code`` is a whole number >= 0 (a bool, 511.5, NaN or -3 gave codes outside
     ``0..M`` or none)."""
-    ok = isinstance(max_code, Real) and not isinstance(max_code, bool) and math.isfinite(max_code)
-    if not (ok and max_code >= 0 and max_code == int(max_code)):
+    if not (is_number(max_code) and max_code >= 0 and max_code == int(max_code)):
         raise ValueError(f"max_code={max_code!r} is invalid: it must be a whole number >= 0")
 
 
 def _check_scale(scale) -> None:
-    ok = isinstance(scale, Real) and not isinstance(scale, bool) and math.isfinite(scale)
-    if not (ok and scale > 0):
+    if not (is_number(scale) and scale > 0):
         raise ValueError(f"scale={scale!r} is invalid: it must be a finite number > 0")
 
 

@@ -18,10 +18,8 @@ The module keeps no state between calls: the membrane is a local variable of ``f
 
 from __future__ import annotations
 
-import math
 import reprlib
 from collections.abc import Mapping
-from numbers import Integral, Real
 
 import torch
 from torch import nn
@@ -34,6 +32,8 @@ from ibra_yolo.coding import (  # the functional core, re-exported here
     _QuantizeSTE,
     check_codes,
     from_planes,
+    is_int,
+    is_number,
     lif_multistep,
     num_planes,
     plane,
@@ -85,16 +85,6 @@ def _check(name: str, value, ok: bool, allowed: str) -> None:
         raise ValueError(f"{name}={_REPR.repr(value)} is invalid: {name} must be {allowed}")
 
 
-def _is_number(v) -> bool:
-    """A finite real number: Python or numpy (stored as a Python float, so checkpoints pickle plain numbers)."""
-    return isinstance(v, Real) and not isinstance(v, bool) and math.isfinite(v)
-
-
-def _is_int(v) -> bool:
-    """An integer: Python or numpy (stored as a Python int)."""
-    return isinstance(v, Integral) and not isinstance(v, bool)
-
-
 class IntegerLIF(nn.Module):
     """Multi-step integer LIF neuron, the one implementation behind IBRA-LIF, IB-LIF and I-LIF.
 
@@ -131,16 +121,16 @@ class IntegerLIF(nn.Module):
     ):
         super().__init__()
         # the quantiser multiplies by N and divides codes by N in float32: N, and the top level M / N, must fit it
-        fits = _is_number(scale) and FLOAT32_TINY <= scale <= FLOAT32_MAX
+        fits = is_number(scale) and FLOAT32_TINY <= scale <= FLOAT32_MAX
         _check("scale (N)", scale, fits, f"a number in [{FLOAT32_TINY:.4g}, {FLOAT32_MAX:.4g}] (float32 holds it)")
         limit = f"an integer in [1, 2**24 = {MAX_CODE_LIMIT}] (codes are exact float32 integers)"
-        _check("max_code (M)", max_code, _is_int(max_code) and 1 <= max_code <= MAX_CODE_LIMIT, limit)
+        _check("max_code (M)", max_code, is_int(max_code) and 1 <= max_code <= MAX_CODE_LIMIT, limit)
         top = max_code / scale
         _check("M / N", top, top <= FLOAT32_MAX, f"<= {FLOAT32_MAX:.4g}: the largest output must fit float32")
-        _check("T", T, _is_int(T) and T >= 1, "an integer >= 1")
-        _check("beta", beta, _is_number(beta) and 0 <= beta <= 1, "a number in [0, 1]")
+        _check("T", T, is_int(T) and T >= 1, "an integer >= 1")
+        _check("beta", beta, is_number(beta) and 0 <= beta <= 1, "a number in [0, 1]")
         _check("encoding", encoding, encoding in ENCODINGS, f"one of {ENCODINGS}")
-        _check("ste_above", ste_above, _is_number(ste_above) and 0 <= ste_above <= 1, "a number in [0, 1]")
+        _check("ste_above", ste_above, is_number(ste_above) and 0 <= ste_above <= 1, "a number in [0, 1]")
         self.max_code = int(max_code)
         self.scale = float(scale)
         self.encoding = encoding
@@ -304,8 +294,8 @@ class IBRALIF(IntegerLIF):
     """
 
     def __init__(self, D: float = 5.11, N: float = 100, T: int = 1, beta: float = 0.25, ste_above: float = 0.0):
-        _check("D", D, _is_number(D) and D > 0, "a finite number > 0")
-        fits = _is_number(N) and FLOAT32_TINY <= N <= FLOAT32_MAX
+        _check("D", D, is_number(D) and D > 0, "a finite number > 0")
+        fits = is_number(N) and FLOAT32_TINY <= N <= FLOAT32_MAX
         _check("N", N, fits, f"a number in [{FLOAT32_TINY:.4g}, {FLOAT32_MAX:.4g}] (float32 holds it)")
         nd = N * D
         _check("N*D", nd, nd <= MAX_CODE_LIMIT + 0.5, f"at most 2**24 = {MAX_CODE_LIMIT} (exact float32 integers)")
@@ -332,7 +322,7 @@ class IBLIF(IntegerLIF):
     """
 
     def __init__(self, bits: int = 9, T: int = 1, beta: float = 0.25, ste_above: float = 0.0):
-        _check("bits", bits, _is_int(bits) and 1 <= bits <= 24, "an integer in [1, 24] (exact float32 integers)")
+        _check("bits", bits, is_int(bits) and 1 <= bits <= 24, "an integer in [1, 24] (exact float32 integers)")
         super().__init__(max_code=2**bits - 1, scale=1.0, encoding="binary", T=T, beta=beta, ste_above=ste_above)
 
     def _public_args(self) -> dict:
@@ -350,7 +340,7 @@ class ILIF(IntegerLIF):
     """
 
     def __init__(self, D: int = 4, T: int = 1, beta: float = 0.25, ste_above: float = 0.0):
-        is_int = _is_number(D) and float(D).is_integer()
+        is_int = is_number(D) and float(D).is_integer()
         _check("D", D, is_int and 1 <= D <= MAX_CODE_LIMIT, "an integer >= 1 for I-LIF (its unary virtual timesteps)")
         super().__init__(max_code=int(D), scale=1.0, encoding="unary", T=T, beta=beta, ste_above=ste_above)
 
@@ -375,10 +365,10 @@ class Activation(nn.Module):
     def __init__(self, kind: str = "ReLU", T: int = 1, D: float | None = None):
         super().__init__()
         _check("activation kind", kind, kind in self._FUNCS, f"one of {sorted(self._FUNCS)}")
-        _check("T", T, _is_int(T) and T >= 1, "an integer >= 1")
+        _check("T", T, is_int(T) and T >= 1, "an integer >= 1")
         if D is not None:
             _check("D", D, kind == "ReLU", "unset: only ReLU takes a clip value D")
-            _check("D", D, _is_number(D) and D > 0, "a finite number > 0")
+            _check("D", D, is_number(D) and D > 0, "a finite number > 0")
             D = float(D)
         self.kind = kind
         self.T = int(T)
