@@ -45,6 +45,12 @@ VARIANTS = {
     "ibra-N1e4": ("spike-yolo-ibra.yaml", {"kind": "IBRALIF", "D": 5.11, "N": 10000}, {}, "is it the quantisation?"),
     "ibra-ste0.5": ("spike-yolo-ibra.yaml", {"kind": "IBRALIF", "ste_above": 0.5}, {}, "STE gradient 0.5 above D"),
     "ibra-D8": ("spike-yolo-ibra.yaml", {"kind": "IBRALIF", "D": 8.0, "N": 100}, {}, "a wider range, same N"),
+    "ibra-D8-ste0.5": (
+        "spike-yolo-ibra.yaml",
+        {"kind": "IBRALIF", "D": 8.0, "N": 100, "ste_above": 0.5},
+        {},
+        "D 8 and STE 0.5 above D",
+    ),
     "ibra-D16": ("spike-yolo-ibra.yaml", {"kind": "IBRALIF", "D": 16.0, "N": 100}, {}, "a much wider range"),
     "ibra-lr": ("spike-yolo-ibra.yaml", None, {"optimizer": "AdamW", "lr0": 0.002}, "the demo's AdamW lr0 0.002"),
     "ann-lr": ("spike-yolo-ann.yaml", None, {"optimizer": "AdamW", "lr0": 0.002}, "the demo's AdamW lr0 0.002"),
