@@ -205,6 +205,8 @@ def test_numpy_and_torch_numbers_score_as_python_numbers():
 
 
 def test_img_ids_must_name_images_of_the_annotations():
+    import numpy as np
+
     # img_ids=[] and an unknown id scored every metric -1 (the "no ground truth" value) without a word
     with pytest.raises(IbraYoloError, match=r"img_ids=\[\] names no image: pass None"):
         coco.score(GT, PRED, img_ids=[])
@@ -223,6 +225,10 @@ def test_img_ids_must_name_images_of_the_annotations():
         coco.score(GT, [PRED[0], {**PRED[1], "category_id": 999}])
     with pytest.raises(IbraYoloError, match=r"img_ids holds 1\.0: ids are integers"):  # as image_id: 1.0 is not 1
         coco.score(GT, PRED, img_ids=[1.0])
+    # one id where a list belongs: Python's "'int' object is not iterable"; a string was "names no image"
+    for bad, shown in ((9, r"9"), (np.int64(9), r"np\.int64\(9\)"), ("000000000139", r"'000000000139'")):
+        with pytest.raises(IbraYoloError, match=rf"img_ids={shown} is not a list of image ids: pass e\.g\. \["):
+            coco.score(GT, PRED, img_ids=bad)
     one = GT["images"][0]["id"]
     assert coco.score(GT, PRED, img_ids=[one]) == coco.score(
         {**GT, "images": GT["images"][:1], "annotations": [a for a in GT["annotations"] if a["image_id"] == one]},

@@ -172,3 +172,8 @@ def test_measure_names_odd_image_lists_and_sparse_tensors(model):
         measure(model, torch.rand(1, 3, 64, 64).to_sparse(), progress=False)
     report = measure(model, torch.rand(3, 3, 64, 64), max_images=np.int64(2), progress=False)
     assert report.meta["images"] == 2
+    # a generator of paths (or any other object) was pathlib's "argument should be a str or an os.PathLike object"
+    with pytest.raises(IbraYoloError, match=r"^images of type generator cannot be measured: pass a tensor"):
+        measure(model, (p for p in ["a.jpg"]), progress=False)
+    with pytest.raises(IbraYoloError, match=r"^images of type int cannot be measured"):
+        measure(model, 3, progress=False)

@@ -323,6 +323,23 @@ def test_plan_matches_the_built_model():
         assert x.shape[-2:] == (p.out.size, p.out.size), (m.i, m.type)
 
 
+def test_a_checkpoints_model_dict_is_not_blamed_on_its_file():
+    # A file is checked when read, so a dict that fails later was changed after loading or comes from a checkpoint
+    # (the trainer builds from ckpt["model"].yaml): "spike-yolo-ibra-n.yaml: T=65 is invalid" blamed the shipped file,
+    # where T is 1
+    from ultralytics.nn.tasks import DetectionModel
+
+    d = DetectionModel("spike-yolo-ibra-n.yaml", verbose=False).yaml
+    assert d["yaml_file"] == "spike-yolo-ibra-n.yaml" and d["T"] == 1
+    dict_of = r"^the model dict of spike-yolo-ibra-n\.yaml \(a checkpoint's copy, or changed after loading\)"
+    with pytest.raises(ModelConfigError, match=dict_of + r": T=65 is invalid"):
+        DetectionModel({**d, "T": 65}, verbose=False)
+    row = [*d["head"][-1][:3], [0]]  # SpikeDetect with nc 0
+    where = rf" head row {len(d['head']) - 1} \(layer .*: SpikeDetect nc=0 is invalid"
+    with pytest.raises(ModelConfigError, match=dict_of + where):
+        DetectionModel({**d, "head": [*d["head"][:-1], row]}, verbose=False)
+
+
 # ---------------------------------------------------------------------------------------------------- plugin off
 def test_plugin_off_says_so_and_stock_models_still_load(python, tmp_path):
     code = (

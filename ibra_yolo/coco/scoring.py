@@ -5,6 +5,7 @@ from __future__ import annotations
 import contextlib
 import copy
 import io
+from collections.abc import Iterable
 from numbers import Integral
 
 from ibra_yolo.errors import IbraYoloError
@@ -77,7 +78,10 @@ def _check_img_ids(gt: dict, img_ids) -> list:
     """``img_ids`` as a sorted list of ids that ``gt`` has; an empty list, or an id it lacks, is refused."""
     from ibra_yolo.coco.records import plain
 
-    ids = [plain(i) for i in plain(img_ids)] if not isinstance(img_ids, (str, bytes)) else None
+    ids = plain(img_ids)
+    if isinstance(ids, (str, bytes, dict)) or not isinstance(ids, Iterable):
+        raise IbraYoloError(f"score(): img_ids={img_ids!r:.80} is not a list of image ids: pass e.g. [{ids!r:.40}]")
+    ids = [plain(i) for i in ids]
     if not ids:
         raise IbraYoloError(f"score(): img_ids={img_ids!r:.80} names no image: pass None to score every image")
     odd = [i for i in ids if not ((isinstance(i, Integral) and not isinstance(i, bool)) or (isinstance(i, str) and i))]

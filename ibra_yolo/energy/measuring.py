@@ -90,6 +90,11 @@ def _batches(images, imgsz: int, batch: int, max_images: int | None) -> tuple[It
         return list(images.split(batch)), len(images), f"tensor {tuple(images.shape)}"
     if _is_tensor_list(images):
         return images, sum(len(x) for x in images), f"{len(images)} tensor batches"
+    if not isinstance(images, (str, Path, list, tuple)):  # a generator or a PIL image: pathlib's TypeError
+        raise IbraYoloError(
+            f"images of type {type(images).__name__} cannot be measured: pass a tensor [N, 3, H, W], a list of tensors "
+            "or of image paths, a folder, an image, or a data YAML"
+        )
     files = list_images(images)
     files = files[:max_images] if max_images else files
     source = f"{len(images)} image files" if isinstance(images, (list, tuple)) else str(images)

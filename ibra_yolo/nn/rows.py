@@ -150,10 +150,9 @@ def check_args(module: str, args: list, names: dict) -> dict:
     return values
 
 
-def _row_name(d: dict, i: int, n_backbone: int, row) -> str:
+def _row_name(name: str | None, i: int, n_backbone: int, row) -> str:
     section, j = ("backbone", i) if i < n_backbone else ("head", i - n_backbone)
-    name = d.get("yaml_file") or "model YAML"
-    return f"{name} {section} row {j} (layer {i}) {row}"
+    return f"{name or 'model YAML'} {section} row {j} (layer {i}) {row}"
 
 
 def _number(v) -> bool:
@@ -218,12 +217,13 @@ def check_top_level(d) -> tuple[dict, float, float, float]:
     return names, depth, width, max_channels
 
 
-def plan_model(d, ch: int = 3) -> ModelPlan:
+def plan_model(d, ch: int = 3, name: str | None = None) -> ModelPlan:
     """Check a spiking model dict completely and plan every row (nothing is built).
 
     Args:
         d (dict): The model dict (see ``ibra_yolo.nn.builder``); ``scale`` picks the scale (the plugin sets it).
         ch (int): Input image channels.
+        name (str | None): What errors call the dict; None for its ``yaml_file`` (the file it was read from).
 
     Returns:
         (ModelPlan): Settings and per-row plans.
@@ -234,13 +234,13 @@ def plan_model(d, ch: int = 3) -> ModelPlan:
     try:
         names, depth, width, max_channels = check_top_level(d)
     except ModelConfigError as e:
-        file = d.get("yaml_file") if isinstance(d, dict) else None
-        raise ModelConfigError(f"{file}: {e}" if file else str(e)) from None
+        name = name or (d.get("yaml_file") if isinstance(d, dict) else None)
+        raise ModelConfigError(f"{name}: {e}" if name else str(e)) from None
     plan = ModelPlan(d.get("T", 1), d["nc"], dict(d["neuron"]))
     rows = [*d["backbone"], *d["head"]]
     outs = [_Out(ch, 1, False)]  # the input image, then each layer's output (index j + 1)
     for i, row in enumerate(rows):
-        where = _row_name(d, i, len(d["backbone"]), row)
+        where = _row_name(name or d.get("yaml_file"), i, len(d["backbone"]), row)
         if i and plan.rows[-1][2].module == "SpikeDetect":
             raise ModelConfigError(f"{where}: no row may follow SpikeDetect (layer {i - 1}): it must be the last row")
         try:
