@@ -8,6 +8,7 @@ import io
 from collections.abc import Iterable
 from numbers import Integral
 
+from ibra_yolo.coco.records import DETECTION_KEYS
 from ibra_yolo.errors import IbraYoloError
 
 __all__ = ("COCO_METRICS", "score", "format_metrics")
@@ -40,15 +41,16 @@ def _coco_api(dataset: dict):
     return api
 
 
-def _plain_record(d: dict, box_id: int | None = None) -> dict:
+def _plain_record(d: dict, box_id: int | None = None, keys: tuple[str, ...] | None = None) -> dict:
     """A copy of a checked record with plain Python numbers (numpy/torch values too) and ``[x, y, w, h]`` a list.
 
     ``box_id`` renumbers an annotation: pycocotools marks matches by box id, so a box with id 0 would count as never
-    matched; box ids name nothing else, so 1..n scores the same boxes.
+    matched; box ids name nothing else, so 1..n scores the same boxes. ``keys`` keeps only those (a detection's extra
+    ``caption`` key made pycocotools read every detection as a caption: ``KeyError: 'area'``).
     """
     from ibra_yolo.coco.records import plain
 
-    out = {k: plain(v) for k, v in copy.deepcopy(d).items()}
+    out = {k: plain(v) for k, v in copy.deepcopy(d).items() if keys is None or k in keys}
     out["bbox"] = [plain(v) for v in out["bbox"]]
     if box_id is not None:
         out["id"] = box_id
@@ -56,16 +58,12 @@ def _plain_record(d: dict, box_id: int | None = None) -> dict:
 
 
 def _check_ids(gt: dict, dets: list) -> None:
-    """Every detection names an image and a category of ``gt`` (pycocotools asserted without naming the record, or
-    scored every metric -1 when ``gt`` had no categories)."""
+    """Every detection names an image and a category of ``gt`` (checked: each an object with an id); pycocotools
+    asserted without naming the record."""
     from ibra_yolo.coco.records import plain
 
-    images = {im.get("id") for im in gt["images"] if isinstance(im, dict)}
-    categories = {c.get("id") for c in gt["categories"] if isinstance(c, dict)} - {None}
-    if not categories:
-        raise IbraYoloError(
-            "score(): the annotations hold no categories (each an object with an 'id'): nothing to score"
-        )
+    images = {plain(im["id"]) for im in gt["images"]}
+    categories = {plain(c["id"]) for c in gt["categories"]}
     for i, d in enumerate(dets):
         for key, known, what in (("image_id", images, "an image"), ("category_id", categories, "a category")):
             if plain(d[key]) not in known:
@@ -117,18 +115,21 @@ def score(gt: dict, dets: list[dict], img_ids: list | None = None) -> dict[str, 
     """
     from pycocotools.cocoeval import COCOeval
 
-    from ibra_yolo.coco.records import check_annotations, check_detections
+    from ibra_yolo.coco.checks import check_annotation_ids
+    from ibra_yolo.coco.records import check_detections
 
     for name, value, kind in (("gt", gt, dict), ("dets", dets, list)):
         if not isinstance(value, kind):  # e.g. the file's path: load it first
             raise IbraYoloError(
                 f"score(): {name} must be a {kind.__name__} (the loaded COCO JSON), got a {type(value).__name__}"
             )
-    if not gt.get("images") or not isinstance(gt.get("annotations"), list):
+    if not gt.get("images") or not isinstance(gt["images"], list) or not isinstance(gt.get("annotations"), list):
         raise IbraYoloError("score(): the annotations hold no images (or no 'annotations' list): nothing to score")
     if not isinstance(gt.get("categories"), list):  # pycocotools' KeyError
         raise IbraYoloError("score(): the annotations hold no 'categories' list: every file of COCO's format has one")
-    check_annotations(gt["annotations"], "score(): annotations")  # a NaN score or box was ranked silently
+    if not gt["categories"]:  # every metric was -1
+        raise IbraYoloError("score(): the annotations hold no categories (objects with an 'id'): nothing to score")
+    check_annotation_ids(gt, "score(): gt", box_ids=False)  # as an annotation file is checked: a NaN box was ranked
     check_detections(dets, "score(): detections")
     _check_ids(gt, dets)
     if img_ids is not None:
@@ -138,7 +139,7 @@ def score(gt: dict, dets: list[dict], img_ids: list | None = None) -> dict[str, 
         gt = {**rest, "annotations": [_plain_record(a, k) for k, a in enumerate(gt["annotations"], 1)]}
         coco_gt = _coco_api(gt)
         if dets:
-            coco_dt = coco_gt.loadRes([_plain_record(d) for d in dets])
+            coco_dt = coco_gt.loadRes([_plain_record(d, keys=DETECTION_KEYS) for d in dets])
         else:
             coco_dt = _coco_api({"images": gt["images"], "categories": gt["categories"], "annotations": []})
         ev = COCOeval(coco_gt, coco_dt, "bbox")
