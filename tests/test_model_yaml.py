@@ -86,11 +86,21 @@ def test_empty_backbone_or_head(tmp_path, key, value):
         ("nc", True, "nc=True is invalid"),  # a bool is not a class count
         ("scales", {"n": [0.33, 0.25]}, "scales.n=[0.33, 0.25] is invalid"),
         ("scale_args", [1], "scale_args=[1] is invalid"),
+        # silently wrong before: scale 0 built the first scale, max_channels 0.5 capped every layer at 0 channels
+        # (blamed on a row), and stock keys the stock parser honours were ignored (reg_max 32 built 16)
+        ("scale", 0, "scale=0 is not in this model's scales ['l', 'm', 'n', 's']"),
+        ("scales", {"n": [0.33, 0.375, 0.5]}, "scales.n=[0.33, 0.375, 0.5] is invalid: max_channels=0.5 must be"),
+        ("reg_max", 32, "reg_max=32 is not read by spiking YAMLs: SpikeDetect's box regression uses 16 DFL bins"),
+        ("activation", "nn.SiLU()", "activation='nn.SiLU()' is not read by spiking YAMLs: the neuron: key sets"),
+        ("end2end", True, "end2end=True is not read by spiking YAMLs"),
+        ("kpt_shape", [17, 3], "kpt_shape=[17, 3] is not read by spiking YAMLs: spiking models detect boxes only"),
     ],
 )
 def test_bad_top_level_keys(key, value, says):
     with pytest.raises(ModelConfigError, match=re.escape(says)):
-        build_spiking_model(load(scale="n", **{key: value}), verbose=False)
+        build_spiking_model(load(**{"scale": "n", key: value}), verbose=False)
+    harmless = {"reg_max": 16, "end2end": False, "activation": None, "kpt_shape": None}  # what ours does anyway
+    build_spiking_model(load(scale="n", **harmless), verbose=False)
 
 
 # ---------------------------------------------------------------------------------------------------- rows

@@ -159,6 +159,14 @@ def _number(v) -> bool:
     return isinstance(v, (int, float)) and not isinstance(v, bool) and math.isfinite(v)
 
 
+_STOCK_KEYS = {  # stock model-YAML keys our builder does not read: (the one value that means what ours does, why)
+    "activation": (None, "the neuron: key sets every activation, e.g. neuron: {kind: ReLU} for the ANN twin"),
+    "reg_max": (16, "SpikeDetect's box regression uses 16 DFL bins, as SpikeYOLO's"),
+    "end2end": (False, "SpikeDetect is not end-to-end: its boxes go through NMS"),
+    "kpt_shape": (None, "spiking models detect boxes only"),
+}
+
+
 def check_top_level(d) -> tuple[dict, float, float, float]:
     """Check the keys outside the rows; return (names usable in args, depth, width, max_channels).
 
@@ -192,6 +200,10 @@ def check_top_level(d) -> tuple[dict, float, float, float]:
             f"{stock[0]}: spiking YAMLs read their multiples from scales only: write e.g. "
             f"scales: {{n: [0.33, 0.25, 1024]}} (depth, width, max_channels)"
         )
+    for key, (ours, why) in _STOCK_KEYS.items():  # the stock parser reads them; ours did not, without a word
+        value = d.get(key)
+        if value is not None and not (type(value) is type(ours) and value == ours):
+            raise ModelConfigError(f"{key}={value!r:.40} is not read by spiking YAMLs: {why}; remove the key")
     names, depth, width, max_channels = {"nc": nc}, 1.0, 1.0, float("inf")
     scales = d.get("scales")
     if scales is None:
@@ -201,7 +213,12 @@ def check_top_level(d) -> tuple[dict, float, float, float]:
     for name, value in scales.items():
         if not (isinstance(value, list) and len(value) == 3 and all(_number(v) and v > 0 for v in value)):
             raise ModelConfigError(f"scales.{name}={value!r} is invalid: it must be [depth, width, max_channels] > 0")
-    scale = d.get("scale") or next(iter(scales))
+        if not (value[2] >= 1 and float(value[2]).is_integer()):  # 0.5 capped every layer at 0 channels
+            raise ModelConfigError(
+                f"scales.{name}={value!r} is invalid: max_channels={value[2]!r} must be a whole number >= 1"
+            )
+    scale = d.get("scale")
+    scale = next(iter(scales)) if scale is None else scale  # scale: 0 built the first scale without a word
     if not isinstance(scale, str) or scale not in scales:
         raise ModelConfigError(f"scale={scale!r} is not in this model's scales {sorted(scales)}")
     depth, width, max_channels = scales[scale]
