@@ -21,6 +21,7 @@ from pathlib import Path
 from torch import nn
 
 from ibra_yolo.errors import CheckpointError, IbraYoloError, MissingFileError, UnsafePickleError
+from ibra_yolo.model_state import check_finite_weights, check_model_state
 
 __all__ = (
     "load_checkpoint",
@@ -243,7 +244,9 @@ def checkpoint_model(ckpt: dict, path: str | Path, need: str = "model") -> nn.Mo
             integer spiking neurons: IBRA-LIF, IB-LIF, I-LIF).
 
     Raises:
-        CheckpointError: No model in it, or not the model needed.
+        CheckpointError: No model in it, not the model needed, or state that no training run gives (an altered
+            neuron setting, stride, class-name table or ``train_args``: ``ibra_yolo.model_state``).
+        NonFiniteError: A NaN or infinite weight or buffer.
     """
     from ultralytics.nn.tasks import BaseModel
 
@@ -254,7 +257,7 @@ def checkpoint_model(ckpt: dict, path: str | Path, need: str = "model") -> nn.Mo
         raise no_model_error(path, ckpt)
     if not isinstance(model, BaseModel):
         raise CheckpointError(f"{path} holds a {type(model).__name__}, not an Ultralytics model (DetectionModel, ...)")
-    check_finite_weights(model, path)
+    check_model_state(model, path, ckpt)  # a file altered after saving: one line, before anything runs it
     units = [m for m in model.modules() if isinstance(m, NeuronConv)]
     if need != "model" and not units:
         raise CheckpointError(f"{path} holds a {type(model).__name__} without ibra-yolo layers, not an ibra-yolo model")
@@ -264,22 +267,6 @@ def checkpoint_model(ckpt: dict, path: str | Path, need: str = "model") -> nn.Mo
             f"IBRA-LIF, IB-LIF or I-LIF model"
         )
     return model
-
-
-def check_finite_weights(model: nn.Module, path: str | Path) -> None:
-    """Refuse a model with a NaN or infinite weight or buffer (it would predict nothing, or NaN, without a word).
-
-    Raises:
-        NonFiniteError: Naming the first such tensor and how many of its values are not finite.
-    """
-    from ibra_yolo.errors import NonFiniteError
-
-    for name, t in [*model.named_parameters(), *model.named_buffers()]:
-        if t.is_floating_point() and not t.isfinite().all():
-            bad = int((~t.isfinite()).sum())
-            raise NonFiniteError(
-                f"{path}: {name} holds {bad} NaN or infinite value(s) of {t.numel()}: the weights are broken"
-            )
 
 
 def load_yolo(path: str | Path):
@@ -343,4 +330,8 @@ def stock_safe_load(original, weight, *args, **kwargs):
         raise CheckpointError(
             f"{weight} holds a {type(model).__name__}, not an Ultralytics model (DetectionModel, ...)"
         )
+    from ibra_yolo.nn.blocks import NeuronConv
+
+    if any(isinstance(m, NeuronConv) for m in model.modules()):  # ours; stock models load as they always did
+        check_model_state(model, weight, loaded[0])
     return loaded

@@ -68,6 +68,9 @@ def quantize_codes(u: torch.Tensor, scale: float, max_code: int) -> torch.Tensor
     """
     _check_max_code(max_code)
     _check_scale(scale)
+    if not isinstance(u, torch.Tensor) or u.is_complex():  # a numpy array: AttributeError; complex: imaginary dropped
+        what = f"a {u.dtype} tensor" if isinstance(u, torch.Tensor) else f"a {type(u).__name__}"
+        raise ValueError(f"u is {what}: membrane potentials are a real (float or integer) torch tensor")
     return _scaled(u, scale).clamp_(0, max_code).round_()
 
 
@@ -124,10 +127,14 @@ def lif_multistep(
     Returns:
         (torch.Tensor): Outputs ``S`` with the shape of ``x``.
     """
-    if isinstance(beta, Real) and not 0 <= beta <= 1:  # NaN too
-        raise ValueError(f"beta={beta!r} is invalid: the membrane decay must be in [0, 1]")
-    if x.dim() < 1 or x.shape[0] < 1:
-        raise ValueError(f"x of shape {tuple(x.shape)} has no timesteps: expected [T, B, ...] with T >= 1")
+    if not (is_number(beta) and 0 <= beta <= 1):  # NaN, a string or a tensor too (a tensor 5.0 was taken)
+        raise ValueError(f"beta={beta!r:.80} is invalid: the membrane decay must be a number in [0, 1]")
+    if not isinstance(x, torch.Tensor) or x.dim() < 1 or x.shape[0] < 1:
+        shape = tuple(x.shape) if isinstance(x, torch.Tensor) else type(x).__name__
+        raise ValueError(f"x of shape {shape} has no timesteps: expected a tensor [T, B, ...] with T >= 1")
+    tracing = torch.jit.is_tracing()  # shapes are fixed in a trace: a check on them would only emit TracerWarnings
+    if steps is not None and not tracing and not (is_int(steps) and steps == x.shape[0]):  # steps=1 ran 1 of 3 steps
+        raise ValueError(f"steps={steps!r} is invalid: x of shape {tuple(x.shape)} holds {x.shape[0]} timesteps")
     if (x.shape[0] if steps is None else steps) == 1:
         return fire(x)
     h, out = None, []
@@ -154,10 +161,10 @@ def plane(codes: torch.Tensor, j: int, encoding: str, dtype: torch.dtype | None 
     Raises:
         ValueError: ``j`` is not an integer >= 0, or a code is not a whole number >= 0 (NaN, 3.7, -1 have no planes).
     """
-    if not isinstance(j, int) or isinstance(j, bool) or j < 0:
+    if not is_int(j) or j < 0:  # a numpy integer is an integer
         raise ValueError(f"plane index j={j!r} is invalid: it must be an integer >= 0")
     check_codes(codes, 2**62 - 1)
-    return _plane(codes, j, encoding, dtype, wide=True)
+    return _plane(codes, int(j), encoding, dtype, wide=True)
 
 
 def _plane(

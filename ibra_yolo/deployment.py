@@ -75,6 +75,10 @@ def _models(model) -> list[nn.Module]:
         models.append(torch_model(predictor.model))
     if not any(isinstance(m, NeuronConv) for m in models[0].modules()):
         raise IbraYoloError(f"{type(models[0]).__name__} has no ibra-yolo spiking layers: nothing to fold")
+    for root in models:  # a model built on the meta device: torch's "Tensor.item() cannot be called on meta tensors"
+        meta = next((n for n, t in [*root.named_parameters(), *root.named_buffers()] if t.is_meta), None)
+        if meta is not None:
+            raise IbraYoloError(f"{meta} is a meta tensor (no values): load the weights before folding the model")
     return models
 
 

@@ -368,7 +368,8 @@ class Activation(nn.Module):
         _check("T", T, is_int(T) and T >= 1, "an integer >= 1")
         if D is not None:
             _check("D", D, kind == "ReLU", "unset: only ReLU takes a clip value D")
-            _check("D", D, is_number(D) and D > 0, "a finite number > 0")
+            fits = is_number(D) and FLOAT32_TINY <= D <= FLOAT32_MAX  # 1e-320 is 0 in float32: every output 0
+            _check("D", D, fits, f"a number in [{FLOAT32_TINY:.4g}, {FLOAT32_MAX:.4g}] (float32 holds it)")
             D = float(D)
         self.kind = kind
         self.T = int(T)

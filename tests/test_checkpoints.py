@@ -2,6 +2,7 @@
 
 import os
 import pickle
+import re
 import subprocess
 import sys
 from pathlib import Path
@@ -236,6 +237,78 @@ def test_non_finite_weights_are_refused_when_read(tmp_path):
     assert str(e.value) == (
         f"{tmp_path / 'inf.pt'}: model.3.bn.running_var holds 1 NaN or infinite value(s) of 96: the weights are broken"
     )
+
+
+def _neurons(ckpt, kind):
+    return [m for m in ckpt["model"].modules() if type(m).__name__ == kind]
+
+
+IBRA = "IBRALIF"
+ALTERED = {  # a file changed after saving: each failed deep in torch (100-line tracebacks) or ran and meant nothing
+    "negative N": (
+        lambda c: setattr(_neurons(c, IBRA)[0], "scale", -100.0),
+        r"model\.2\.sep\.pw1\.neuron \(IBRALIF\) holds an invalid setting: N=-100\.0 is invalid",
+    ),
+    "beta NaN": (
+        lambda c: setattr(_neurons(c, IBRA)[3], "beta", float("nan")),
+        r"\(IBRALIF\) holds an invalid setting: beta=nan is invalid",
+    ),
+    "M beyond 2**24": (  # an IBRA-LIF's M is round(N * D): 511 for its D 5.11 and N 100
+        lambda c: setattr(_neurons(c, IBRA)[0], "max_code", 2**40),
+        r"holds max_code=1099511627776, but its settings \{'kind': 'IBRALIF', 'D': 5\.11, 'N': 100\.0, 'beta': "
+        r"0\.25\} give max_code=511",
+    ),
+    "M a float": (
+        lambda c: setattr(_neurons(c, IBRA)[0], "max_code", 511.0),
+        r"holds max_code=511\.0, but its settings .* give max_code=511:",
+    ),
+    "an encoding no neuron has": (
+        lambda c: setattr(_neurons(c, IBRA)[0], "encoding", "ternary"),
+        r"holds encoding='ternary', but .* give encoding='binary'",
+    ),
+    "a setting deleted": (
+        lambda c: delattr(_neurons(c, IBRA)[0], "beta"),
+        r"holds an invalid setting: 'IBRALIF' object has no attribute 'beta'",
+    ),
+    "stride 0": (
+        lambda c: setattr(c["model"], "stride", torch.zeros(3)),
+        r"model holds stride=\[0\.0, 0\.0, 0\.0\]: strides are finite numbers > 0",
+    ),
+    "head stride < 0": (
+        lambda c: setattr(c["model"].model[-1], "stride", torch.tensor([8.0, 16.0, -32.0])),
+        r"model\.26 \(SpikeDetect\) holds stride=\[8\.0, 16\.0, -32\.0\]",
+    ),
+    "names not indices": (
+        lambda c: setattr(c["model"], "names", {"a": "x"}),
+        r"class names have the key 'a': class names are keyed by class indices",
+    ),
+    "names a str": (
+        lambda c: setattr(c["model"], "names", "abc"),
+        r"class names are a str, not a dict or a list",
+    ),
+    "train_args a list": (
+        lambda c: c.__setitem__("train_args", ["x"]),
+        r"train_args is a list, not a dict of arguments",
+    ),
+}
+
+
+@pytest.mark.parametrize("alteration", ALTERED)
+def test_altered_checkpoints_are_refused_when_read(tmp_path, alteration):
+    from ultralytics import YOLO
+    from ultralytics.nn.tasks import DetectionModel
+
+    ckpt = {"model": DetectionModel("spike-yolo-ibra-n.yaml", nc=3, verbose=False), "train_args": {}}
+    torch.save(ckpt, tmp_path / "good.pt")
+    assert YOLO(tmp_path / "good.pt").names == {0: "0", 1: "1", 2: "2"}  # as saved (Ultralytics' default names)
+    alter, says = ALTERED[alteration]
+    alter(ckpt)
+    path = tmp_path / "altered.pt"
+    torch.save(ckpt, path)
+    for load in (load_yolo, YOLO):  # our commands (load_checkpoint) and the stock loader (yolo predict/val, YOLO())
+        with pytest.raises(CheckpointError, match=rf"^{re.escape(str(path))}: .*{says}") as e:
+            load(path)
+        assert "\n" not in str(e.value)
 
 
 def test_stock_loading_is_restricted_by_default(evil, python):

@@ -5,6 +5,7 @@ import copy
 import json
 import math
 import os
+import re
 
 import pytest
 from test_eval_coco import GT, PRED
@@ -205,6 +206,8 @@ def test_numpy_and_torch_numbers_score_as_python_numbers():
 
 
 def test_img_ids_must_name_images_of_the_annotations():
+    import numpy as np
+
     # img_ids=[] and an unknown id scored every metric -1 (the "no ground truth" value) without a word
     with pytest.raises(IbraYoloError, match=r"img_ids=\[\] names no image: pass None"):
         coco.score(GT, PRED, img_ids=[])
@@ -223,6 +226,10 @@ def test_img_ids_must_name_images_of_the_annotations():
         coco.score(GT, [PRED[0], {**PRED[1], "category_id": 999}])
     with pytest.raises(IbraYoloError, match=r"img_ids holds 1\.0: ids are integers"):  # as image_id: 1.0 is not 1
         coco.score(GT, PRED, img_ids=[1.0])
+    # one id where a list belongs: Python's "'int' object is not iterable"; a string was "names no image"
+    for bad, shown in ((9, r"9"), (np.int64(9), r"np\.int64\(9\)"), ("000000000139", r"'000000000139'")):
+        with pytest.raises(IbraYoloError, match=rf"img_ids={shown} is not a list of image ids: pass e\.g\. \["):
+            coco.score(GT, PRED, img_ids=bad)
     one = GT["images"][0]["id"]
     assert coco.score(GT, PRED, img_ids=[one]) == coco.score(
         {**GT, "images": GT["images"][:1], "annotations": [a for a in GT["annotations"] if a["image_id"] == one]},
@@ -251,3 +258,42 @@ def test_json_that_cannot_be_a_coco_file(tmp_path, capsys):
     os.mkfifo(tmp_path / "fifo.json")
     with pytest.raises(IbraYoloError, match=f"^annotation file {tmp_path / 'fifo.json'} is not a regular file"):
         coco.load_annotations(tmp_path / "fifo.json")
+
+
+def test_score_checks_the_annotations_as_a_file_is_checked():
+    # score() checked annotation records but not that they name listed images and categories: an annotation of an
+    # unlisted category or image dropped AP from 0.85 to 0.78 without a word (eval refused the same file)
+    import numpy as np
+
+    def gt_with(edit):
+        g = copy.deepcopy(GT)
+        edit(g)
+        return g
+
+    for key, value in (("category_id", 99), ("image_id", 777)):
+        g = copy.deepcopy(GT)
+        g["annotations"][0][key] = value
+        with pytest.raises(IbraYoloError, match=rf"^score\(\): gt: annotation 0 has {key}={value}, which is not in"):
+            coco.score(g, PRED)
+    # an image that is not an object with an id: pycocotools' TypeError, or a correct detection blamed (GT lists 3
+    # images: the one appended is images[3])
+    with pytest.raises(IbraYoloError, match=r"^score\(\): gt: images\[3\] is None: expected an object with an 'id'"):
+        coco.score(gt_with(lambda g: g["images"].append(None)), PRED)
+    with pytest.raises(IbraYoloError, match=r"^score\(\): gt: images\[0\] is \{.*\}: expected an object with an 'id'"):
+        coco.score(gt_with(lambda g: g["images"][0].pop("id")), PRED)
+    with pytest.raises(IbraYoloError, match=r"^score\(\): gt has no annotations \(an empty 'annotations' list\)"):
+        coco.score({**GT, "annotations": []}, PRED)  # every metric was -1
+    # numpy numbers are the numbers they hold (iscrowd np.int64(0) was refused), and score as such
+    g = gt_with(lambda g: [a.__setitem__("iscrowd", np.int64(a["iscrowd"])) for a in g["annotations"]])
+    assert coco.score(g, PRED) == coco.score(GT, PRED)
+
+
+def test_detection_extra_keys_and_huge_numbers():
+    # an extra 'caption' key made pycocotools read every detection as a caption (KeyError: 'area'); the keys a
+    # detection has beyond the four COCO reads are ignored, so the score is that of the plain detections
+    captioned = [{**PRED[0], "caption": "a circle"}, *PRED[1:]]
+    assert coco.score(GT, captioned) == coco.score(GT, PRED)
+    # a 401-digit integer is a valid JSON number but no float: math.isfinite raised OverflowError
+    for field, edit in (("score", {"score": 10**400}), ("bbox[2] (w)", {"bbox": [1, 2, 10**400, 3]})):
+        with pytest.raises(IbraYoloError, match=rf"detection 0 has {re.escape(field)}=1000.*: too large for a float"):
+            coco.score(GT, [{**PRED[0], **edit}])

@@ -177,6 +177,8 @@ def test_demo_refuses_checkpoints_and_owned_train_args_before_work(tmp_path, cap
         (["--yolo-arg", "optimizer=Bogus"], "--yolo-arg 'optimizer=Bogus': Optimizer 'Bogus' not found"),
         # a cfg= file sets any argument, pretrained= and model= too, past every check above
         (["--yolo-arg", "cfg=args.yaml"], "--yolo-arg 'cfg=args.yaml': the demo sets model, data"),
+        # the ANN twin has no spikes: refused after the training, in two lines, leaving a folder behind
+        (["--model", "spike-yolo-ann-n.yaml", "--spike-driven"], "--spike-driven needs a model with integer spiking"),
     ]
     for argv, message in cases:
         assert demo_cli.main(["--out", str(out), *argv]) == 2, argv

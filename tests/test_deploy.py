@@ -317,6 +317,11 @@ def test_deploy_refuses_unknown_layers():
     assert all(torch.equal(before[k], v) for k, v in model.state_dict().items())  # refused before any change
     assert any(isinstance(m, BNPad) for m in model.modules())
     assert model.fuse(verbose=False) is model and folded_state(model) == "none"  # fuse() is a speed-up: it warns
+    meta = build("ibra").to("meta")  # a model without values: torch's "Tensor.item() cannot be called on meta tensors"
+    with pytest.raises(IbraYoloError, match=r"^model\.1\.conv\.op\.weight is a meta tensor \(no values\): load the"):
+        deploy(meta)
+    with pytest.raises(IbraYoloError, match=r"is a meta tensor \(no values\)"):
+        fuse_bn(meta)
 
 
 class _Evil:

@@ -403,6 +403,9 @@ def test_price_gives_other_constants_without_running_the_model():
     assert custom.summary()["energy_mJ"] == pytest.approx((4.6 * 6912 + 0.5 * 2592) * 1e-9)
     with pytest.raises(IbraYoloError, match="positive"):
         r.price(e_mac=0)
+    # numpy numbers are the numbers they hold: np.float32 was refused (np.float64, a float subclass, was taken)
+    as_np = r.price(e_mac=np.float32(4.5), e_ac=np.float32(0.5))
+    assert (as_np.constants.e_mac, as_np.constants.e_ac) == (float(np.float32(4.5)), 0.5)
 
 
 def test_counting_rules_written_once_and_mode_stated():

@@ -1,6 +1,8 @@
 """measure() and ``ibra-yolo energy`` on bad input: non-finite images or weights (one NonFiniteError naming the image,
 layer or tensor), images of the wrong dtype, range or shape, and sizes no image can have."""
 
+import copy
+
 import cv2
 import numpy as np
 import pytest
@@ -172,3 +174,15 @@ def test_measure_names_odd_image_lists_and_sparse_tensors(model):
         measure(model, torch.rand(1, 3, 64, 64).to_sparse(), progress=False)
     report = measure(model, torch.rand(3, 3, 64, 64), max_images=np.int64(2), progress=False)
     assert report.meta["images"] == 2
+    # a generator of paths (or any other object) was pathlib's "argument should be a str or an os.PathLike object"
+    with pytest.raises(IbraYoloError, match=r"^images of type generator cannot be measured: pass a tensor"):
+        measure(model, (p for p in ["a.jpg"]), progress=False)
+    with pytest.raises(IbraYoloError, match=r"^images of type int cannot be measured"):
+        measure(model, 3, progress=False)
+    # a numpy batch size: torch's split() raised TypeError
+    assert measure(model, torch.rand(3, 3, 64, 64), batch=np.int64(2), progress=False).meta["images"] == 3
+    # an altered stride of 0: ZeroDivisionError from "h % stride"
+    altered = copy.deepcopy(model)
+    altered.stride = torch.zeros(3)
+    with pytest.raises(IbraYoloError, match=r"^the model's stride \[0\.0, 0\.0, 0\.0\] is invalid: strides are >= 1"):
+        measure(altered, torch.rand(1, 3, 64, 64), progress=False)

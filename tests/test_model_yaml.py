@@ -86,11 +86,21 @@ def test_empty_backbone_or_head(tmp_path, key, value):
         ("nc", True, "nc=True is invalid"),  # a bool is not a class count
         ("scales", {"n": [0.33, 0.25]}, "scales.n=[0.33, 0.25] is invalid"),
         ("scale_args", [1], "scale_args=[1] is invalid"),
+        # silently wrong before: scale 0 built the first scale, max_channels 0.5 capped every layer at 0 channels
+        # (blamed on a row), and stock keys the stock parser honours were ignored (reg_max 32 built 16)
+        ("scale", 0, "scale=0 is not in this model's scales ['l', 'm', 'n', 's']"),
+        ("scales", {"n": [0.33, 0.375, 0.5]}, "scales.n=[0.33, 0.375, 0.5] is invalid: max_channels=0.5 must be"),
+        ("reg_max", 32, "reg_max=32 is not read by spiking YAMLs: SpikeDetect's box regression uses 16 DFL bins"),
+        ("activation", "nn.SiLU()", "activation='nn.SiLU()' is not read by spiking YAMLs: the neuron: key sets"),
+        ("end2end", True, "end2end=True is not read by spiking YAMLs"),
+        ("kpt_shape", [17, 3], "kpt_shape=[17, 3] is not read by spiking YAMLs: spiking models detect boxes only"),
     ],
 )
 def test_bad_top_level_keys(key, value, says):
     with pytest.raises(ModelConfigError, match=re.escape(says)):
-        build_spiking_model(load(scale="n", **{key: value}), verbose=False)
+        build_spiking_model(load(**{"scale": "n", key: value}), verbose=False)
+    harmless = {"reg_max": 16, "end2end": False, "activation": None, "kpt_shape": None}  # what ours does anyway
+    build_spiking_model(load(scale="n", **harmless), verbose=False)
 
 
 # ---------------------------------------------------------------------------------------------------- rows
@@ -321,6 +331,23 @@ def test_plan_matches_the_built_model():
         outs.append(x)
         assert x.shape[2] == p.out.c and 256 / x.shape[-1] == p.out.stride, (m.i, m.type)
         assert x.shape[-2:] == (p.out.size, p.out.size), (m.i, m.type)
+
+
+def test_a_checkpoints_model_dict_is_not_blamed_on_its_file():
+    # A file is checked when read, so a dict that fails later was changed after loading or comes from a checkpoint
+    # (the trainer builds from ckpt["model"].yaml): "spike-yolo-ibra-n.yaml: T=65 is invalid" blamed the shipped file,
+    # where T is 1
+    from ultralytics.nn.tasks import DetectionModel
+
+    d = DetectionModel("spike-yolo-ibra-n.yaml", verbose=False).yaml
+    assert d["yaml_file"] == "spike-yolo-ibra-n.yaml" and d["T"] == 1
+    dict_of = r"^the model dict of spike-yolo-ibra-n\.yaml \(a checkpoint's copy, or changed after loading\)"
+    with pytest.raises(ModelConfigError, match=dict_of + r": T=65 is invalid"):
+        DetectionModel({**d, "T": 65}, verbose=False)
+    row = [*d["head"][-1][:3], [0]]  # SpikeDetect with nc 0
+    where = rf" head row {len(d['head']) - 1} \(layer .*: SpikeDetect nc=0 is invalid"
+    with pytest.raises(ModelConfigError, match=dict_of + where):
+        DetectionModel({**d, "head": [*d["head"][:-1], row]}, verbose=False)
 
 
 # ---------------------------------------------------------------------------------------------------- plugin off

@@ -388,8 +388,20 @@ def test_public_plane_helpers_take_wide_codes_and_check_their_arguments():
     fire = torch.relu
     with pytest.raises(ValueError, match=r"x of shape \(0, 2\) has no timesteps"):  # torch.stack of nothing
         lif_multistep(torch.ones(0, 2), fire, 0.25)
-    with pytest.raises(ValueError, match=r"beta=1\.5 is invalid: the membrane decay must be in \[0, 1\]"):
-        lif_multistep(torch.ones(2, 1), fire, 1.5)
+    for beta in (1.5, "0.5", torch.tensor(5.0)):  # a string was torch's TypeError, a tensor 5.0 was used as it is
+        with pytest.raises(ValueError, match=rf"^beta={re.escape(repr(beta))} is invalid: the membrane decay must be"):
+            lif_multistep(torch.ones(2, 1), fire, beta)
+    # steps is T, known in advance: steps=1 on 3 timesteps ran the first only and gave [0, 0, 0]
+    with pytest.raises(ValueError, match=r"^steps=1 is invalid: x of shape \(3, 1\) holds 3 timesteps"):
+        lif_multistep(torch.ones(3, 1), fire, 0.5, steps=1)
+    with pytest.raises(ValueError, match=r"^x of shape list has no timesteps: expected a tensor"):
+        lif_multistep([1.0, 2.0], fire, 0.5)
+    # a numpy array was "'numpy.ndarray' object has no attribute 'float'"; complex input dropped its imaginary part
+    with pytest.raises(ValueError, match=r"^u is a ndarray: membrane potentials are a real .* torch tensor"):
+        quantize_codes(np.array([1.0]), 100.0, 511)
+    with pytest.raises(ValueError, match=r"^u is a torch\.complex64 tensor: membrane potentials are a real"):
+        quantize_codes(torch.tensor([5.11 + 3j]), 100.0, 511)
+    assert plane(torch.tensor([5]), np.int64(2), "binary").tolist() == [1]  # 5 = 0b101: bit 2 is 1
     # two steps with beta 0.5 and fire = relu: U1 = 1, S1 = 1, H1 = 0; U2 = 0 + 1, S2 = 1
     assert lif_multistep(torch.ones(2, 1), fire, 0.5).tolist() == [[1.0], [1.0]]
 
@@ -561,3 +573,8 @@ def test_clipped_relu_twin():
     assert act.config() == {"kind": "ReLU", "D": 5.11}
     with pytest.raises(ValueError, match="takes no parameters"):
         make_neuron({"kind": "SiLU", "D": 5.11})
+    # a clip value float32 cannot hold: 1e-320 is 0 in float32, so every output was 0
+    for D in (1e-320, 1e39):
+        says = rf"^D={re.escape(repr(D))} is invalid: D must be a number in \[1\.175e-38, 3\.403e\+38\]"
+        with pytest.raises(ValueError, match=says):
+            make_neuron({"kind": "ReLU", "D": D})

@@ -294,10 +294,16 @@ def run(args: argparse.Namespace) -> int:
 
     import ibra_yolo
     from ibra_yolo.data import make_shapes_dataset
+    from ibra_yolo.neurons import is_spiking_neuron, make_neuron
     from ibra_yolo.sources import select_device
 
     ibra_yolo.register()
-    yaml_model_load(args.model)  # the model YAML is checked completely before any work (one line if it is bad)
+    d = yaml_model_load(args.model)  # the model YAML is checked completely before any work (one line if it is bad)
+    if args.spike_driven and not is_spiking_neuron(make_neuron(d["neuron"], d.get("T", 1))):  # was: after training
+        raise IbraYoloError(
+            f"--spike-driven needs a model with integer spiking neurons, but {args.model} has neuron "
+            f"{d['neuron']}: choose an IBRA-LIF, IB-LIF or I-LIF model, or drop --spike-driven"
+        )
     select_device(args.device)  # likewise the device: one line if it does not exist here
     t0 = time.time()
     times = {}

@@ -10,7 +10,7 @@ from __future__ import annotations
 import json
 from pathlib import Path
 
-from ibra_yolo.coco.records import check_annotations, check_detections
+from ibra_yolo.coco.records import check_annotations, check_detections, plain
 from ibra_yolo.errors import IbraYoloError, MissingFileError
 
 __all__ = (
@@ -101,41 +101,62 @@ def load_annotations(path: str | Path) -> dict:
         raise IbraYoloError(f"{path} is not a COCO detection file: it has no {', '.join(missing)} list")
     if not gt["images"] or not gt["categories"]:
         raise IbraYoloError(f"{path} lists no {'images' if not gt['images'] else 'categories'}: nothing to score")
+    check_annotation_ids(gt, path)
+    return gt
+
+
+def check_annotation_ids(gt: dict, name, box_ids: bool = True) -> None:
+    """Check the records of COCO annotations that hold ``images``, ``annotations`` and ``categories`` lists.
+
+    Every image and category is an object with an id (all integers or all strings, none twice); there are annotations,
+    each well-formed (``ibra_yolo.coco.records.check_annotations``) and naming a listed image and category (pycocotools
+    would leave it out of every metric without a word), and not all crowd regions (every metric would be -1). With
+    ``box_ids``, no annotation id is used twice (``score()`` renumbers its copy's boxes instead). numpy and torch
+    numbers count as the numbers they hold.
+
+    Args:
+        gt (dict): The annotations.
+        name: How to name them in messages (the file, or ``score()``'s argument).
+        box_ids (bool): Check that annotation ids are unique.
+
+    Raises:
+        NonFiniteError: A number of an annotation is NaN or infinite.
+        IbraYoloError: The first problem, naming the record and its value.
+    """
     ids = {}
     for key in ("images", "categories"):
         bad = next((i for i, x in enumerate(gt[key]) if not isinstance(x, dict) or "id" not in x), None)
         if bad is not None:
-            raise IbraYoloError(f"{path}: {key}[{bad}] is {str(gt[key][bad])[:80]}: expected an object with an 'id'")
-        ids[key] = [x["id"] for x in gt[key]]
-        _id_type_check(ids[key], key[:-1] if key == "images" else "category", path)
+            raise IbraYoloError(f"{name}: {key}[{bad}] is {str(gt[key][bad])[:80]}: expected an object with an 'id'")
+        ids[key] = [plain(x["id"]) for x in gt[key]]
+        _id_type_check(ids[key], key[:-1] if key == "images" else "category", name)
         if len(set(ids[key])) != len(ids[key]):
-            raise IbraYoloError(f"{path}: duplicate {key} ids")
+            raise IbraYoloError(f"{name}: duplicate {key} ids")
     if not gt["annotations"]:
         raise IbraYoloError(
-            f"{path} has no annotations (an empty 'annotations' list): there is nothing to score against"
+            f"{name} has no annotations (an empty 'annotations' list): there is nothing to score against"
         )
-    check_annotations(gt["annotations"], str(path))
+    check_annotations(gt["annotations"], str(name))
     if all(a["iscrowd"] for a in gt["annotations"]):  # COCOeval ignores crowd boxes: every metric would be -1
         raise IbraYoloError(
-            f"{path}: every annotation is a crowd region (iscrowd 1): there is nothing to score against"
+            f"{name}: every annotation is a crowd region (iscrowd 1): there is nothing to score against"
         )
-    ann_ids = [a["id"] for a in gt["annotations"]]
-    if len(set(ann_ids)) != len(ann_ids):  # pycocotools indexes boxes by id: one would be lost, another counted twice
+    ann_ids = [plain(a["id"]) for a in gt["annotations"]]
+    if box_ids and len(set(ann_ids)) != len(ann_ids):  # pycocotools indexes boxes by id: one lost, one counted twice
         seen, dup = set(), None
         for i in ann_ids:
             if i in seen:
                 dup = i
                 break
             seen.add(i)
-        raise IbraYoloError(f"{path}: annotation id {dup!r} is used more than once: every box needs its own id")
+        raise IbraYoloError(f"{name}: annotation id {dup!r} is used more than once: every box needs its own id")
     images, categories = set(ids["images"]), set(ids["categories"])
     for i, a in enumerate(gt["annotations"]):  # pycocotools would silently leave such a box out of every metric
         for key, known in (("image_id", images), ("category_id", categories)):
-            if a[key] not in known:
+            if plain(a[key]) not in known:
                 raise IbraYoloError(
-                    f"{path}: annotation {i} has {key}={a[key]!r}, which is not in its {key.split('_')[0]} list"
+                    f"{name}: annotation {i} has {key}={plain(a[key])!r}, which is not in its {key.split('_')[0]} list"
                 )
-    return gt
 
 
 def load_predictions(path: str | Path) -> list[dict]:

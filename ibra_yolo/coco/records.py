@@ -44,6 +44,8 @@ def _number(where: str, field: str, v, minimum: float | None = None) -> None:
     v = plain(v)
     if not _is_number(v):
         raise IbraYoloError(f"{where} has {field}={_short(v)}: expected a number")
+    if _is_int(v) and not -1e308 < v < 1e308:  # math.isfinite raised OverflowError: "int too large to convert"
+        raise IbraYoloError(f"{where} has {field}={_short(v)}: too large for a float (a 64-bit number)")
     if not math.isfinite(v):
         raise NonFiniteError(f"{where} has {field}={v!r}: every number must be finite")
     if minimum is not None and v < minimum:
@@ -111,9 +113,10 @@ def check_annotations(annotations: list, source: str) -> None:
     for i, a in enumerate(annotations):
         where = f"{source}: annotation {i}"
         _record(where, a, ANNOTATION_KEYS)
+        _id(where, "id", a["id"], strings=True)  # pycocotools indexes boxes by it
         _id(where, "image_id", a["image_id"], strings=True)
         _id(where, "category_id", a["category_id"], strings=False)
         _box(where, a["bbox"])
         _number(where, "area", a["area"], 0)
-        if not (isinstance(a["iscrowd"], int) and a["iscrowd"] in (0, 1)):
+        if not (_is_int(plain(a["iscrowd"])) and plain(a["iscrowd"]) in (0, 1)):
             raise IbraYoloError(f"{where} has iscrowd={_short(a['iscrowd'])}: expected 0 or 1")

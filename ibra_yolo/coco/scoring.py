@@ -5,8 +5,10 @@ from __future__ import annotations
 import contextlib
 import copy
 import io
+from collections.abc import Iterable
 from numbers import Integral
 
+from ibra_yolo.coco.records import DETECTION_KEYS
 from ibra_yolo.errors import IbraYoloError
 
 __all__ = ("COCO_METRICS", "score", "format_metrics")
@@ -39,15 +41,16 @@ def _coco_api(dataset: dict):
     return api
 
 
-def _plain_record(d: dict, box_id: int | None = None) -> dict:
+def _plain_record(d: dict, box_id: int | None = None, keys: tuple[str, ...] | None = None) -> dict:
     """A copy of a checked record with plain Python numbers (numpy/torch values too) and ``[x, y, w, h]`` a list.
 
     ``box_id`` renumbers an annotation: pycocotools marks matches by box id, so a box with id 0 would count as never
-    matched; box ids name nothing else, so 1..n scores the same boxes.
+    matched; box ids name nothing else, so 1..n scores the same boxes. ``keys`` keeps only those (a detection's extra
+    ``caption`` key made pycocotools read every detection as a caption: ``KeyError: 'area'``).
     """
     from ibra_yolo.coco.records import plain
 
-    out = {k: plain(v) for k, v in copy.deepcopy(d).items()}
+    out = {k: plain(v) for k, v in copy.deepcopy(d).items() if keys is None or k in keys}
     out["bbox"] = [plain(v) for v in out["bbox"]]
     if box_id is not None:
         out["id"] = box_id
@@ -55,16 +58,12 @@ def _plain_record(d: dict, box_id: int | None = None) -> dict:
 
 
 def _check_ids(gt: dict, dets: list) -> None:
-    """Every detection names an image and a category of ``gt`` (pycocotools asserted without naming the record, or
-    scored every metric -1 when ``gt`` had no categories)."""
+    """Every detection names an image and a category of ``gt`` (checked: each an object with an id); pycocotools
+    asserted without naming the record."""
     from ibra_yolo.coco.records import plain
 
-    images = {im.get("id") for im in gt["images"] if isinstance(im, dict)}
-    categories = {c.get("id") for c in gt["categories"] if isinstance(c, dict)} - {None}
-    if not categories:
-        raise IbraYoloError(
-            "score(): the annotations hold no categories (each an object with an 'id'): nothing to score"
-        )
+    images = {plain(im["id"]) for im in gt["images"]}
+    categories = {plain(c["id"]) for c in gt["categories"]}
     for i, d in enumerate(dets):
         for key, known, what in (("image_id", images, "an image"), ("category_id", categories, "a category")):
             if plain(d[key]) not in known:
@@ -77,7 +76,10 @@ def _check_img_ids(gt: dict, img_ids) -> list:
     """``img_ids`` as a sorted list of ids that ``gt`` has; an empty list, or an id it lacks, is refused."""
     from ibra_yolo.coco.records import plain
 
-    ids = [plain(i) for i in plain(img_ids)] if not isinstance(img_ids, (str, bytes)) else None
+    ids = plain(img_ids)
+    if isinstance(ids, (str, bytes, dict)) or not isinstance(ids, Iterable):
+        raise IbraYoloError(f"score(): img_ids={img_ids!r:.80} is not a list of image ids: pass e.g. [{ids!r:.40}]")
+    ids = [plain(i) for i in ids]
     if not ids:
         raise IbraYoloError(f"score(): img_ids={img_ids!r:.80} names no image: pass None to score every image")
     odd = [i for i in ids if not ((isinstance(i, Integral) and not isinstance(i, bool)) or (isinstance(i, str) and i))]
@@ -113,18 +115,21 @@ def score(gt: dict, dets: list[dict], img_ids: list | None = None) -> dict[str, 
     """
     from pycocotools.cocoeval import COCOeval
 
-    from ibra_yolo.coco.records import check_annotations, check_detections
+    from ibra_yolo.coco.checks import check_annotation_ids
+    from ibra_yolo.coco.records import check_detections
 
     for name, value, kind in (("gt", gt, dict), ("dets", dets, list)):
         if not isinstance(value, kind):  # e.g. the file's path: load it first
             raise IbraYoloError(
                 f"score(): {name} must be a {kind.__name__} (the loaded COCO JSON), got a {type(value).__name__}"
             )
-    if not gt.get("images") or not isinstance(gt.get("annotations"), list):
+    if not gt.get("images") or not isinstance(gt["images"], list) or not isinstance(gt.get("annotations"), list):
         raise IbraYoloError("score(): the annotations hold no images (or no 'annotations' list): nothing to score")
     if not isinstance(gt.get("categories"), list):  # pycocotools' KeyError
         raise IbraYoloError("score(): the annotations hold no 'categories' list: every file of COCO's format has one")
-    check_annotations(gt["annotations"], "score(): annotations")  # a NaN score or box was ranked silently
+    if not gt["categories"]:  # every metric was -1
+        raise IbraYoloError("score(): the annotations hold no categories (objects with an 'id'): nothing to score")
+    check_annotation_ids(gt, "score(): gt", box_ids=False)  # as an annotation file is checked: a NaN box was ranked
     check_detections(dets, "score(): detections")
     _check_ids(gt, dets)
     if img_ids is not None:
@@ -134,7 +139,7 @@ def score(gt: dict, dets: list[dict], img_ids: list | None = None) -> dict[str, 
         gt = {**rest, "annotations": [_plain_record(a, k) for k, a in enumerate(gt["annotations"], 1)]}
         coco_gt = _coco_api(gt)
         if dets:
-            coco_dt = coco_gt.loadRes([_plain_record(d) for d in dets])
+            coco_dt = coco_gt.loadRes([_plain_record(d, keys=DETECTION_KEYS) for d in dets])
         else:
             coco_dt = _coco_api({"images": gt["images"], "categories": gt["categories"], "annotations": []})
         ev = COCOeval(coco_gt, coco_dt, "bbox")

@@ -90,6 +90,11 @@ def _batches(images, imgsz: int, batch: int, max_images: int | None) -> tuple[It
         return list(images.split(batch)), len(images), f"tensor {tuple(images.shape)}"
     if _is_tensor_list(images):
         return images, sum(len(x) for x in images), f"{len(images)} tensor batches"
+    if not isinstance(images, (str, Path, list, tuple)):  # a generator or a PIL image: pathlib's TypeError
+        raise IbraYoloError(
+            f"images of type {type(images).__name__} cannot be measured: pass a tensor [N, 3, H, W], a list of tensors "
+            "or of image paths, a folder, an image, or a data YAML"
+        )
     files = list_images(images)
     files = files[:max_images] if max_images else files
     source = f"{len(images)} image files" if isinstance(images, (list, tuple)) else str(images)
@@ -155,7 +160,13 @@ def _run(net: nn.Module, meter: EnergyMeter, batches, total: int, spike_driven, 
     device = select_device(device) if device is not None else param.device
     was_training, was_device, seen = net.training, param.device, 0
     channels = (getattr(net, "yaml", None) or {}).get("channels", 3)
-    stride = int(net.stride.max()) if isinstance(getattr(net, "stride", None), torch.Tensor) else 1  # 1: not a detector
+    strides = getattr(net, "stride", None)
+    ok = not isinstance(strides, torch.Tensor) or bool(
+        strides.numel() and (strides >= 1).all() and strides.isfinite().all()  # 0 divided by zero; NaN, inf
+    )
+    if not ok:
+        raise IbraYoloError(f"the model's stride {strides.tolist()} is invalid: strides are >= 1 (was it altered?)")
+    stride = int(strides.max()) if isinstance(strides, torch.Tensor) else 1  # 1: not a detector
     units = [c.unit for c in meter.counters if c.spiking]
     previous = [u.spike_driven for u in units]
     switch_mode = any(m.training for m in net.modules())  # (re)setting the mode of ~1400 modules costs ~20 ms
@@ -259,12 +270,14 @@ def measure(
     if spike_driven is not None and not isinstance(spike_driven, bool):  # bool("no") is True
         raise IbraYoloError(f"spike_driven={spike_driven!r} is invalid: pass True, False or None (the model's mode)")
     _check_int("batch", batch)
+    batch = int(batch)  # a numpy integer: torch's split() refused it
     if max_images is not None:
         _check_int("max_images", max_images)
+        max_images = int(max_images)
     tensors = isinstance(images, torch.Tensor) or _is_tensor_list(images)
     if not tensors:
         _check_int("imgsz", imgsz, 1, MAX_IMGSZ)
-        imgsz = -(-imgsz // 32) * 32  # up to a multiple of the largest stride, as Ultralytics does
+        imgsz = -(-int(imgsz) // 32) * 32  # up to a multiple of the largest stride, as Ultralytics does
     meter = EnergyMeter(net, counting)
     batches, total, source = _batches(images, imgsz, batch, max_images)
     seen = _run(net, meter, batches, total, spike_driven, device, progress, source)

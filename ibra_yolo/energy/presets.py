@@ -2,9 +2,9 @@
 
 from __future__ import annotations
 
-import math
 from dataclasses import dataclass
 
+from ibra_yolo.coding import is_number
 from ibra_yolo.errors import IbraYoloError
 
 __all__ = ("EnergyPreset", "PRESETS", "DEFAULT_PRESET", "energy_constants")
@@ -73,9 +73,7 @@ def energy_constants(
     else:
         raise IbraYoloError(f"energy preset {preset!r} is unknown: choose one of {', '.join(PRESETS)}")
     for name, v in (("e_mac", e_mac), ("e_ac", e_ac), ("preset.e_mac", base.e_mac), ("preset.e_ac", base.e_ac)):
-        ok = (
-            isinstance(v, (int, float)) and not isinstance(v, bool) and math.isfinite(v) and MIN_OP_PJ <= v <= MAX_OP_PJ
-        )
+        ok = is_number(v) and MIN_OP_PJ <= v <= MAX_OP_PJ  # numpy numbers too (np.float32 was refused)
         if v is not None and not ok:
             raise IbraYoloError(
                 f"{name}={v!r} is invalid: it must be a positive number of picojoules in [{MIN_OP_PJ:g}, "

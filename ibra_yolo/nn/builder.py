@@ -80,7 +80,9 @@ def build_spiking_model(d: dict, ch: int = 3, verbose: bool = True) -> tuple[nn.
             "or deploy): its BNs and re-parameterisable branches are gone, so it cannot be trained or rebuilt; train "
             "or resume from the checkpoint it was folded from"
         )
-    plan = plan_model(d, ch)
+    file = d.get("yaml_file")  # read from it, the dict was checked: it has changed since, or a checkpoint holds it
+    name = f"the model dict of {file} (a checkpoint's copy, or changed after loading)" if file else None
+    plan = plan_model(d, ch, name)
 
     def neuron() -> nn.Module:
         return make_neuron(plan.neuron, plan.T)

@@ -150,14 +150,21 @@ def check_args(module: str, args: list, names: dict) -> dict:
     return values
 
 
-def _row_name(d: dict, i: int, n_backbone: int, row) -> str:
+def _row_name(name: str | None, i: int, n_backbone: int, row) -> str:
     section, j = ("backbone", i) if i < n_backbone else ("head", i - n_backbone)
-    name = d.get("yaml_file") or "model YAML"
-    return f"{name} {section} row {j} (layer {i}) {row}"
+    return f"{name or 'model YAML'} {section} row {j} (layer {i}) {row}"
 
 
 def _number(v) -> bool:
     return isinstance(v, (int, float)) and not isinstance(v, bool) and math.isfinite(v)
+
+
+_STOCK_KEYS = {  # stock model-YAML keys our builder does not read: (the one value that means what ours does, why)
+    "activation": (None, "the neuron: key sets every activation, e.g. neuron: {kind: ReLU} for the ANN twin"),
+    "reg_max": (16, "SpikeDetect's box regression uses 16 DFL bins, as SpikeYOLO's"),
+    "end2end": (False, "SpikeDetect is not end-to-end: its boxes go through NMS"),
+    "kpt_shape": (None, "spiking models detect boxes only"),
+}
 
 
 def check_top_level(d) -> tuple[dict, float, float, float]:
@@ -193,6 +200,10 @@ def check_top_level(d) -> tuple[dict, float, float, float]:
             f"{stock[0]}: spiking YAMLs read their multiples from scales only: write e.g. "
             f"scales: {{n: [0.33, 0.25, 1024]}} (depth, width, max_channels)"
         )
+    for key, (ours, why) in _STOCK_KEYS.items():  # the stock parser reads them; ours did not, without a word
+        value = d.get(key)
+        if value is not None and not (type(value) is type(ours) and value == ours):
+            raise ModelConfigError(f"{key}={value!r:.40} is not read by spiking YAMLs: {why}; remove the key")
     names, depth, width, max_channels = {"nc": nc}, 1.0, 1.0, float("inf")
     scales = d.get("scales")
     if scales is None:
@@ -202,7 +213,12 @@ def check_top_level(d) -> tuple[dict, float, float, float]:
     for name, value in scales.items():
         if not (isinstance(value, list) and len(value) == 3 and all(_number(v) and v > 0 for v in value)):
             raise ModelConfigError(f"scales.{name}={value!r} is invalid: it must be [depth, width, max_channels] > 0")
-    scale = d.get("scale") or next(iter(scales))
+        if not (value[2] >= 1 and float(value[2]).is_integer()):  # 0.5 capped every layer at 0 channels
+            raise ModelConfigError(
+                f"scales.{name}={value!r} is invalid: max_channels={value[2]!r} must be a whole number >= 1"
+            )
+    scale = d.get("scale")
+    scale = next(iter(scales)) if scale is None else scale  # scale: 0 built the first scale without a word
     if not isinstance(scale, str) or scale not in scales:
         raise ModelConfigError(f"scale={scale!r} is not in this model's scales {sorted(scales)}")
     depth, width, max_channels = scales[scale]
@@ -218,12 +234,13 @@ def check_top_level(d) -> tuple[dict, float, float, float]:
     return names, depth, width, max_channels
 
 
-def plan_model(d, ch: int = 3) -> ModelPlan:
+def plan_model(d, ch: int = 3, name: str | None = None) -> ModelPlan:
     """Check a spiking model dict completely and plan every row (nothing is built).
 
     Args:
         d (dict): The model dict (see ``ibra_yolo.nn.builder``); ``scale`` picks the scale (the plugin sets it).
         ch (int): Input image channels.
+        name (str | None): What errors call the dict; None for its ``yaml_file`` (the file it was read from).
 
     Returns:
         (ModelPlan): Settings and per-row plans.
@@ -234,13 +251,13 @@ def plan_model(d, ch: int = 3) -> ModelPlan:
     try:
         names, depth, width, max_channels = check_top_level(d)
     except ModelConfigError as e:
-        file = d.get("yaml_file") if isinstance(d, dict) else None
-        raise ModelConfigError(f"{file}: {e}" if file else str(e)) from None
+        name = name or (d.get("yaml_file") if isinstance(d, dict) else None)
+        raise ModelConfigError(f"{name}: {e}" if name else str(e)) from None
     plan = ModelPlan(d.get("T", 1), d["nc"], dict(d["neuron"]))
     rows = [*d["backbone"], *d["head"]]
     outs = [_Out(ch, 1, False)]  # the input image, then each layer's output (index j + 1)
     for i, row in enumerate(rows):
-        where = _row_name(d, i, len(d["backbone"]), row)
+        where = _row_name(name or d.get("yaml_file"), i, len(d["backbone"]), row)
         if i and plan.rows[-1][2].module == "SpikeDetect":
             raise ModelConfigError(f"{where}: no row may follow SpikeDetect (layer {i - 1}): it must be the last row")
         try:

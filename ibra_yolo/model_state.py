@@ -1,0 +1,110 @@
+"""What a loaded model must hold before anything runs it: values a YAML and a training run could have given.
+
+A checkpoint is data: its neurons' settings, strides and class names are whatever the file says, and a file altered
+after saving (or broken by a tool) can hold a negative ``N``, an encoding no neuron has, a stride of 0 or class names
+that are not a name table. Unchecked, such a model fails deep inside torch or Ultralytics (a 100-line traceback), or
+runs and returns boxes that mean nothing. ``check_model_state`` refuses it in one line that names the file, the
+layer and the value; every ``.pt`` ibra-yolo opens, and every ibra-yolo model the stock loader opens, passes it.
+"""
+
+from __future__ import annotations
+
+from numbers import Integral
+from pathlib import Path
+
+import torch
+from torch import nn
+
+from ibra_yolo.errors import CheckpointError, NonFiniteError
+
+__all__ = ("check_model_state", "check_finite_weights", "check_neuron_settings")
+
+
+def check_finite_weights(model: nn.Module, path: str | Path) -> None:
+    """Refuse a model with a NaN or infinite weight or buffer (it would predict nothing, or NaN, without a word).
+
+    Raises:
+        NonFiniteError: Naming the first such tensor and how many of its values are not finite.
+    """
+    for name, t in [*model.named_parameters(), *model.named_buffers()]:
+        if t.is_floating_point() and not t.isfinite().all():
+            bad = int((~t.isfinite()).sum())
+            raise NonFiniteError(
+                f"{path}: {name} holds {bad} NaN or infinite value(s) of {t.numel()}: the weights are broken"
+            )
+
+
+def _settings(neuron: nn.Module) -> dict:
+    """A neuron's settings: its public attributes (``max_code``, ``scale``, ``beta``, ...; class defaults included)."""
+    keys = [k for k in vars(neuron) if not k.startswith("_") and k != "training"]
+    return {k: getattr(neuron, k) for k in keys}
+
+
+def check_neuron_settings(model: nn.Module, path: str | Path) -> None:
+    """Refuse a neuron whose settings no YAML gives: each is rebuilt from its own ``config()`` (every rule of
+    ``make_neuron``) and must hold exactly what the rebuilt one holds (the same values, of the same types).
+
+    Raises:
+        CheckpointError: Naming the layer, the setting and its value.
+    """
+    from ibra_yolo.neurons import NEURON_KINDS, Activation, make_neuron
+
+    kinds = (*NEURON_KINDS.values(), Activation)
+    for name, m in model.named_modules():
+        if type(m) not in kinds:
+            continue
+        where = f"{path}: {name} ({type(m).__name__})"
+        try:
+            fresh = make_neuron(m.config(), T=m.T)
+        except (AttributeError, TypeError, ValueError) as e:  # a setting outside its rules, or one that is missing
+            raise CheckpointError(f"{where} holds an invalid setting: {str(e).splitlines()[0][:300]}") from None
+        for key, value in _settings(fresh).items():
+            held = getattr(m, key, None)
+            if type(held) is not type(value) or held != value:
+                raise CheckpointError(
+                    f"{where} holds {key}={held!r:.80}, but its settings {fresh.config()} give {key}={value!r}: "
+                    "the file was altered after it was saved"
+                )
+
+
+def _check_strides(model: nn.Module, path: str | Path) -> None:
+    for name, m in [("model", model), *((f"{n} ({type(m).__name__})", m) for n, m in model.named_modules() if n)]:
+        s = m.__dict__.get("stride", m._buffers.get("stride"))  # the model's and the head's, not a conv's tuple
+        if isinstance(s, torch.Tensor) and (not s.numel() or not s.is_floating_point() or not (s > 0).all()
+                                            or not s.isfinite().all()):  # fmt: skip
+            raise CheckpointError(
+                f"{path}: {name} holds stride={s.tolist()!r:.80}: strides are finite numbers > 0 (the file was altered)"
+            )
+
+
+def _check_names(model: nn.Module, path: str | Path) -> None:
+    """Class names as Ultralytics reads them (``check_class_names``): a list, or a dict keyed by class indices."""
+    names = getattr(model, "names", None)
+    if names is None or isinstance(names, (list, tuple)):
+        return
+    if not isinstance(names, dict):
+        raise CheckpointError(f"{path}: the model's class names are a {type(names).__name__}, not a dict or a list")
+    for k in names:
+        index = isinstance(k, Integral) and not isinstance(k, bool) and k >= 0
+        if not (index or (isinstance(k, str) and k.isdigit())):  # Ultralytics takes int(k): int('a') was a traceback
+            raise CheckpointError(
+                f"{path}: the model's class names have the key {k!r:.40}: class names are keyed by class indices 0, "
+                "1, ... (the file was altered)"
+            )
+
+
+def check_model_state(model: nn.Module, path: str | Path, ckpt: dict | None = None) -> None:
+    """Check what a loaded ibra-yolo model holds: finite weights, neuron settings a YAML gives, strides and class
+    names Ultralytics can use, and (given the checkpoint) ``train_args`` that is a dict.
+
+    Raises:
+        NonFiniteError: A NaN or infinite weight or buffer.
+        CheckpointError: Anything else, naming the file, the layer and the value.
+    """
+    if ckpt is not None and ckpt.get("train_args") is not None and not isinstance(ckpt["train_args"], dict):
+        kind = type(ckpt["train_args"]).__name__
+        raise CheckpointError(f"{path}: train_args is a {kind}, not a dict of arguments (the file was altered)")
+    check_finite_weights(model, path)
+    check_neuron_settings(model, path)
+    _check_strides(model, path)
+    _check_names(model, path)
