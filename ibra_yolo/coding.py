@@ -129,10 +129,10 @@ def lif_multistep(
     """
     if not (is_number(beta) and 0 <= beta <= 1):  # NaN, a string or a tensor too (a tensor 5.0 was taken)
         raise ValueError(f"beta={beta!r:.80} is invalid: the membrane decay must be a number in [0, 1]")
-    if not isinstance(x, torch.Tensor) or x.dim() < 1 or x.shape[0] < 1:
+    tracing = torch.jit.is_tracing()  # shapes are fixed in a trace: a check on them would only emit TracerWarnings
+    if not isinstance(x, torch.Tensor) or (not tracing and (x.dim() < 1 or x.shape[0] < 1)):
         shape = tuple(x.shape) if isinstance(x, torch.Tensor) else type(x).__name__
         raise ValueError(f"x of shape {shape} has no timesteps: expected a tensor [T, B, ...] with T >= 1")
-    tracing = torch.jit.is_tracing()  # shapes are fixed in a trace: a check on them would only emit TracerWarnings
     if steps is not None and not tracing and not (is_int(steps) and steps == x.shape[0]):  # steps=1 ran 1 of 3 steps
         raise ValueError(f"steps={steps!r} is invalid: x of shape {tuple(x.shape)} holds {x.shape[0]} timesteps")
     if (x.shape[0] if steps is None else steps) == 1:

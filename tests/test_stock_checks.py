@@ -2,6 +2,7 @@
 promise for odd values: NaN predictions, devices that do not exist, file names with line breaks."""
 
 import os
+import re
 
 import numpy as np
 import pytest
@@ -24,20 +25,21 @@ def test_predict_refuses_a_nan_image():
 
 
 def test_stock_val_refuses_nan_weights(tmp_path, shapes_data):
-    # Ultralytics' loader does not check weights: a diverged checkpoint validated to mAP 0 silently. The stock
-    # validator fuses the model first, and our fold checks every weight before it folds, naming the tensor (the raw
-    # predictions are checked too, before NMS; not during training, where the trainer handles NaN itself).
+    # Ultralytics' loader does not check weights: a diverged checkpoint validated to mAP 0 silently. Our models are
+    # checked when the stock loader reads them (ibra_yolo.model_state), naming the file and the tensor; a model in
+    # memory is checked by the fold the stock validator runs first (the raw predictions are checked too, before NMS;
+    # not during training, where the trainer handles NaN itself).
     from ultralytics import YOLO
 
     model = yolo_model("ibra")
     with torch.no_grad():
         next(p for p in model.model.parameters() if p.dim() == 4)[0, 0, 0, 0] = float("nan")
     model.save(tmp_path / "nan.pt")
-    fold = (
-        r"^DetectionModel: model\.1\.conv\.op\.weight holds 1 NaN or infinite value\(s\) of \d+: the weights are broken"
-    )
-    with pytest.raises(NonFiniteError, match=fold):
+    tensor = r"model\.1\.conv\.op\.weight holds 1 NaN or infinite value\(s\) of \d+: the weights are broken"
+    with pytest.raises(NonFiniteError, match=rf"^{re.escape(str(tmp_path / 'nan.pt'))}: {tensor}"):
         YOLO(str(tmp_path / "nan.pt")).val(data=str(shapes_data), imgsz=64, batch=4, plots=False, project=str(tmp_path))
+    with pytest.raises(NonFiniteError, match=rf"^DetectionModel: {tensor}"):
+        model.val(data=str(shapes_data), imgsz=64, batch=4, plots=False, project=str(tmp_path))
 
 
 def test_stock_models_are_not_checked():
