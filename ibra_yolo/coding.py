@@ -37,6 +37,10 @@ def _check_encoding(encoding) -> None:
         raise ValueError(f"encoding={encoding!r} is invalid: encoding must be one of {ENCODINGS}")
 
 
+_FLOAT32_MAX = float(torch.finfo(torch.float32).max)
+MAX_PLANES = 2**24  # the most virtual timesteps plane_weights lists: unary codes up to the neurons' largest M
+
+
 def is_number(v) -> bool:
     """A finite real number, Python or numpy (not a bool): the argument checks of the neurons and these helpers."""
     return isinstance(v, Real) and not isinstance(v, bool) and math.isfinite(v)
@@ -55,8 +59,9 @@ def _check_max_code(max_code) -> None:
 
 
 def _check_scale(scale) -> None:
-    if not (is_number(scale) and scale > 0):
-        raise ValueError(f"scale={scale!r} is invalid: it must be a finite number > 0")
+    """A finite number > 0 that float32 holds (the quantiser multiplies in float32: 1e300 * 0 gave NaN)."""
+    if not (is_number(scale) and 0 < scale <= _FLOAT32_MAX):
+        raise ValueError(f"scale={scale!r} is invalid: it must be a finite number > 0 (at most {_FLOAT32_MAX:.4g})")
 
 
 def quantize_codes(u: torch.Tensor, scale: float, max_code: int) -> torch.Tensor:
@@ -68,6 +73,7 @@ def quantize_codes(u: torch.Tensor, scale: float, max_code: int) -> torch.Tensor
     """
     _check_max_code(max_code)
     _check_scale(scale)
+    scale = float(scale)  # a Fraction or Decimal: torch's TypeError
     if not isinstance(u, torch.Tensor) or u.is_complex():  # a numpy array: AttributeError; complex: imaginary dropped
         what = f"a {u.dtype} tensor" if isinstance(u, torch.Tensor) else f"a {type(u).__name__}"
         raise ValueError(f"u is {what}: membrane potentials are a real (float or integer) torch tensor")
@@ -184,6 +190,8 @@ def plane_weights(max_code: int, encoding: str, scale: float = 1.0) -> list[floa
     """Weights ``w_j`` with ``code / scale == sum_j w_j * plane_j``: ``2**j / scale`` (binary) or ``1 / scale``."""
     _check_scale(scale)
     p = num_planes(max_code, encoding)
+    if p > MAX_PLANES:  # a unary M of 2**40 filled the memory with weights
+        raise ValueError(f"max_code={max_code!r} needs {p} {encoding} planes: at most {MAX_PLANES} (2**24, as codes)")
     return [(2**j if encoding == "binary" else 1) / scale for j in range(p)]
 
 
@@ -208,7 +216,9 @@ def check_codes(codes: torch.Tensor, max_code: int, what: str = "codes") -> tupl
         return 0, 0
     lo, hi = int(codes.min()), int(codes.max())
     if lo == NAN_CODE:
-        raise NonFiniteError(f"{what} hold {NAN_CODE} (NAN_CODE): a membrane was NaN")
+        raise NonFiniteError(
+            f"{what} hold {NAN_CODE}, outside 0..{max_code}: it is NAN_CODE, what spike_codes() gives a NaN membrane"
+        )
     if lo < 0 or hi > max_code:
         raise ValueError(f"{what}: code {lo if lo < 0 else hi} is outside 0..{max_code}")
     return lo, hi

@@ -298,7 +298,7 @@ def deploy_checkpoint(src: str | Path, dst: str | Path, spike_driven: bool = Fal
         raise IbraYoloError(f"output {dst} must end in .pt (Ultralytics loads checkpoints by that suffix)")
     check_output(dst, overwrite, flag="output file name", inputs=(src,))
     ckpt = load_checkpoint(src)  # weights_only and the allow-list: nothing in the file can run
-    model = checkpoint_model(ckpt, src, need="ibra-yolo")
+    model = checkpoint_model(ckpt, src, need="spiking" if spike_driven else "ibra-yolo")  # before the work
     model = deploy(model.float()).eval()
     set_spike_driven(model, spike_driven)
     out = {**ckpt, "model": model, "ema": None, "optimizer": None, "scaler": None, "updates": None}

@@ -9,6 +9,7 @@ layer and the value; every ``.pt`` ibra-yolo opens, and every ibra-yolo model th
 
 from __future__ import annotations
 
+import copy
 from numbers import Integral
 from pathlib import Path
 
@@ -73,7 +74,8 @@ def _check_strides(model: nn.Module, path: str | Path) -> None:
         if isinstance(s, torch.Tensor) and (not s.numel() or not s.is_floating_point() or not (s > 0).all()
                                             or not s.isfinite().all()):  # fmt: skip
             raise CheckpointError(
-                f"{path}: {name} holds stride={s.tolist()!r:.80}: strides are finite numbers > 0 (the file was altered)"
+                f"{path}: {name} holds stride={s.tolist()!r:.80} ({s.dtype}): strides are float numbers > 0 (the file "
+                "was altered)"
             )
 
 
@@ -93,9 +95,36 @@ def _check_names(model: nn.Module, path: str | Path) -> None:
             )
 
 
+def _check_structure(model: nn.Module, path: str | Path) -> None:
+    """The model dict is there, there is a class name per class, and the model runs on one blank image: a layer
+    altered out of step with its neighbours (a neuron's ``T``, a head's ``nc`` or ``reg_max``, a conv stride of 0)
+    fails here, in one line, not 40-90 lines deep in the predictor. A float32 copy runs, so the loaded model keeps
+    its mode, dtype and state."""
+    if not isinstance(getattr(model, "yaml", None), dict):
+        kind = type(getattr(model, "yaml", None)).__name__
+        raise CheckpointError(f"{path}: the model's YAML dict is a {kind}, not a dict (the file was altered)")
+    head = model.model[-1] if isinstance(getattr(model, "model", None), nn.Sequential) else None
+    names, nc = getattr(model, "names", None), getattr(head, "nc", None)
+    if isinstance(names, (dict, list, tuple)) and isinstance(nc, int) and len(names) != nc:  # IndexError in eval
+        raise CheckpointError(f"{path}: the model has {len(names)} class names for {nc} classes (the file was altered)")
+    strides = getattr(model, "stride", None)
+    side = 2 * int(strides.max()) if isinstance(strides, torch.Tensor) and strides.numel() else 64
+    x = torch.zeros(1, model.yaml.get("channels", 3), side, side)
+    try:
+        with torch.no_grad():
+            copy.deepcopy(model).float().eval()(x)
+    except Exception as e:  # noqa: BLE001 - whatever the altered layer raises, named in one line
+        line = str(e).strip().splitlines()[0][:300] if str(e).strip() else ""
+        raise CheckpointError(
+            f"{path}: the model it holds cannot run on a blank {side}x{side} image (the file was altered?): "
+            f"{type(e).__name__}: {line}"
+        ) from None
+
+
 def check_model_state(model: nn.Module, path: str | Path, ckpt: dict | None = None) -> None:
     """Check what a loaded ibra-yolo model holds: finite weights, neuron settings a YAML gives, strides and class
-    names Ultralytics can use, and (given the checkpoint) ``train_args`` that is a dict.
+    names Ultralytics can use, a model dict, a model that runs, and (given the checkpoint) ``train_args`` that is a
+    dict.
 
     Raises:
         NonFiniteError: A NaN or infinite weight or buffer.
@@ -108,3 +137,4 @@ def check_model_state(model: nn.Module, path: str | Path, ckpt: dict | None = No
     check_neuron_settings(model, path)
     _check_strides(model, path)
     _check_names(model, path)
+    _check_structure(model, path)

@@ -323,7 +323,7 @@ class IBLIF(IntegerLIF):
 
     def __init__(self, bits: int = 9, T: int = 1, beta: float = 0.25, ste_above: float = 0.0):
         _check("bits", bits, is_int(bits) and 1 <= bits <= 24, "an integer in [1, 24] (exact float32 integers)")
-        super().__init__(max_code=2**bits - 1, scale=1.0, encoding="binary", T=T, beta=beta, ste_above=ste_above)
+        super().__init__(max_code=2 ** int(bits) - 1, scale=1.0, encoding="binary", T=T, beta=beta, ste_above=ste_above)
 
     def _public_args(self) -> dict:
         return {"bits": self.bits}

@@ -80,13 +80,13 @@ def set_spike_driven(model, enabled: bool = True):
         The same ``model``.
 
     Raises:
-        IbraYoloError: The model has no spiking neurons (e.g. the ANN twin or a stock YOLO model), or ``enabled`` is
-            not a bool (``'no'`` would read as true).
+        IbraYoloError: ``enabled`` is True but the model has no spiking neurons (e.g. the ANN twin or a stock YOLO
+            model; ``False`` leaves such a model as it is), or ``enabled`` is not a bool (``'no'`` would read as true).
     """
     if not isinstance(enabled, bool):
         raise IbraYoloError(f"enabled={enabled!r} is invalid: pass True (spike-driven) or False (integer)")
     units = spike_driven_units(model)
-    if not units:
+    if not units and enabled:  # switching off a model without spikes changes nothing (deploy of the ANN twin)
         raise IbraYoloError(
             "this model has no integer spiking neurons (an ANN twin or a stock model?): spike-driven mode needs "
             "an IBRA-LIF, IB-LIF or I-LIF model"

@@ -272,7 +272,32 @@ ALTERED = {  # a file changed after saving: each failed deep in torch (100-line 
     ),
     "stride 0": (
         lambda c: setattr(c["model"], "stride", torch.zeros(3)),
-        r"model holds stride=\[0\.0, 0\.0, 0\.0\]: strides are finite numbers > 0",
+        r"model holds stride=\[0\.0, 0\.0, 0\.0\] \(torch\.float32\): strides are float numbers > 0",
+    ),
+    "stride of integers": (  # Ultralytics divides by it as floats
+        lambda c: setattr(c["model"], "stride", torch.tensor([8, 16, 32])),
+        r"model holds stride=\[8, 16, 32\] \(torch\.int64\): strides are float numbers > 0",
+    ),
+    # out of step with the layers around it: each was a 40-90-line traceback deep in the predictor or trainer
+    "a neuron's T": (
+        lambda c: setattr(_neurons(c, IBRA)[0], "T", 2),
+        r"cannot run on a blank 64x64 image \(the file was altered\?\): ValueError: IBRALIF expects input \[T=2",
+    ),
+    "the head's nc": (
+        lambda c: setattr(c["model"].model[-1], "nc", 5),
+        r"the model has 3 class names for 5 classes",
+    ),
+    "fewer class names": (
+        lambda c: setattr(c["model"], "names", {0: "a", 1: "b"}),
+        r"the model has 2 class names for 3 classes",
+    ),
+    "a conv stride of 0": (
+        lambda c: setattr(c["model"].model[1].conv.op, "stride", (0, 0)),
+        r"cannot run on a blank 64x64 image .*: RuntimeError: non-positive stride is not supported",
+    ),
+    "no model dict": (
+        lambda c: setattr(c["model"], "yaml", None),
+        r"the model's YAML dict is a NoneType, not a dict",
     ),
     "head stride < 0": (
         lambda c: setattr(c["model"].model[-1], "stride", torch.tensor([8.0, 16.0, -32.0])),

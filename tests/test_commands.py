@@ -38,6 +38,17 @@ def test_every_command_reports_bad_arguments_in_one_line(name, capsys):
     assert capsys.readouterr().out.startswith(f"usage: ibra-yolo {name} ")
 
 
+def test_an_empty_value_is_refused(tmp_path, capsys, monkeypatch):
+    # battery 11: `energy --out ''` wrote its three files into the current folder instead of runs/energy; an empty
+    # value names nothing, in any command (a default of '' stays allowed: eval's --device '' means auto)
+    monkeypatch.chdir(tmp_path)
+    assert cli.main(["energy", "--weights", "x.pt", "--source", "images", "--out", ""]) == 2
+    assert capsys.readouterr().err == "error: --out is empty: give it a value, or leave the option out\n"
+    assert cli.main(["eval", "--pred", " ", "--ann", "a.json"]) == 2
+    assert capsys.readouterr().err.startswith("error: --pred is empty")
+    assert list(tmp_path.iterdir()) == []
+
+
 def test_a_command_is_one_registry_entry(monkeypatch):
     # Adding a command (e.g. `deploy`) is one line in COMMANDS: a module with main(argv) -> int, and a summary.
     seen = []

@@ -306,6 +306,21 @@ def test_bns_without_statistics_or_affine_and_nan_weights():
         deploy(model)
 
 
+def test_deploy_command_takes_the_ann_twin(tmp_path):
+    # battery 11: deploy switched spike-driven mode off unconditionally, which the ANN twin refused ("spike-driven
+    # mode needs an IBRA-LIF..."), though deploy() folds it exactly; only --spike-driven needs spiking neurons
+    from ibra_yolo.spike_mode import set_spike_driven
+
+    model = build("ann")
+    torch.save({"model": model, "train_args": {}}, tmp_path / "ann.pt")
+    deploy_checkpoint(tmp_path / "ann.pt", tmp_path / "ann-deployed.pt")
+    assert folded_state(torch.load(tmp_path / "ann-deployed.pt", weights_only=False)["model"]) == "all"
+    assert set_spike_driven(model, False) is model  # nothing to switch off: a no-op
+    with pytest.raises(CheckpointError, match=r"holds a model without integer spiking neurons \(an ANN twin\?\)"):
+        deploy_checkpoint(tmp_path / "ann.pt", tmp_path / "ann-spikes.pt", spike_driven=True)
+    assert not (tmp_path / "ann-spikes.pt").exists()
+
+
 def test_deploy_refuses_unknown_layers():
     with pytest.raises(IbraYoloError, match="no ibra-yolo spiking layers"):
         deploy(YOLO("yolov8n.yaml"))

@@ -402,6 +402,18 @@ def test_public_plane_helpers_take_wide_codes_and_check_their_arguments():
     with pytest.raises(ValueError, match=r"^u is a torch\.complex64 tensor: membrane potentials are a real"):
         quantize_codes(torch.tensor([5.11 + 3j]), 100.0, 511)
     assert plane(torch.tensor([5]), np.int64(2), "binary").tolist() == [1]  # 5 = 0b101: bit 2 is 1
+    # battery 11: a scale float32 cannot hold gave NaN codes (1e300 * 0); a Fraction was torch's TypeError; a unary
+    # M of 2**40 filled the memory with plane weights; an int8 bits overflowed 2**bits (np.int8(9) gave M = -1)
+    with pytest.raises(ValueError, match=r"^scale=1e\+300 is invalid: it must be a finite number > 0 \(at most 3\.4"):
+        quantize_codes(torch.tensor([0.0, 1.0]), 1e300, 511)
+    from fractions import Fraction
+
+    assert quantize_codes(torch.tensor([0.5]), Fraction(100, 1), 511).tolist() == [50.0]  # 100 * 0.5
+    with pytest.raises(ValueError, match=r"^max_code=1099511627776 needs 1099511627776 unary planes: at most 16777216"):
+        plane_weights(2**40, "unary")
+    assert IBLIF(bits=np.int8(9)).max_code == 511  # 2**9 - 1
+    with pytest.raises(NonFiniteError, match=r"hold -1, outside 0\.\.511: it is NAN_CODE, what spike_codes\(\) gives"):
+        IBRALIF().to_planes(torch.tensor([-1, 3]))
     # two steps with beta 0.5 and fire = relu: U1 = 1, S1 = 1, H1 = 0; U2 = 0 + 1, S2 = 1
     assert lif_multistep(torch.ones(2, 1), fire, 0.5).tolist() == [[1.0], [1.0]]
 

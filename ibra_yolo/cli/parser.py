@@ -45,6 +45,10 @@ def run_command(parser: ArgumentParser, body: Callable[[argparse.Namespace], int
             args = parser.parse_args(argv)
         except SystemExit as e:  # --help (and --version): argparse printed what was asked and exits
             return e.code if isinstance(e.code, int) else 0
+        given = {k: v for k, v in vars(args).items() if v != parser.get_default(k)}  # --device '' is its default
+        empty = next((k for k, v in given.items() if isinstance(v, str) and not v.strip()), None)
+        if empty:  # --out '' wrote into the current folder instead of the default; '' names no file or value
+            raise UsageError(f"--{empty.replace('_', '-')} is empty: give it a value, or leave the option out")
         return body(args)
     except IbraYoloError as e:
         print(f"error: {e}", file=sys.stderr)
