@@ -16,6 +16,7 @@ from __future__ import annotations
 import pickle
 import re
 import warnings
+import zipfile
 from pathlib import Path
 
 from torch import nn
@@ -53,6 +54,22 @@ def _check_file(path: Path) -> None:
         raise CheckpointError(f"checkpoint {path} must be a .pt file (an Ultralytics checkpoint)")
 
 
+def check_zip_crc(path) -> None:
+    """Refuse a torch.save (zip) file whose stored CRC-32 checksums do not match its contents: torch does not check
+    them, so a file damaged in the middle loaded with changed weights (zeroed bytes exported without a word).
+
+    Raises:
+        CheckpointError: Naming the first damaged member.
+    """
+    try:
+        with zipfile.ZipFile(path) as z:
+            bad = z.testzip()
+    except (zipfile.BadZipFile, OSError, EOFError):  # not a zip (legacy, truncated): the loader says what it is
+        return
+    if bad is not None:
+        raise CheckpointError(f"checkpoint {path} is damaged: its member {bad} fails its CRC-32 check (a bad copy?)")
+
+
 def _refused_globals(e: BaseException) -> tuple[bool, list[str], str]:
     """Whether torch's ``weights_only`` unpickler refused a file, the globals it named, and its reason."""
     chain = []
@@ -68,8 +85,6 @@ def _refused_globals(e: BaseException) -> tuple[bool, list[str], str]:
 
 def _file_kind(path) -> str:
     """``"zip"`` (torch.save's format), ``"pickle"`` (a plain pickle: torch's legacy format) or ``"other"``."""
-    import zipfile
-
     try:
         with open(path, "rb") as f:
             first = f.read(1)
@@ -119,8 +134,6 @@ def _root(e: BaseException) -> BaseException:
 
 def is_damaged(e: BaseException) -> bool:
     """True when a load failed because the file is empty, truncated or not a torch.save file at all."""
-    import zipfile
-
     root = _root(e)
     return isinstance(root, (EOFError, pickle.UnpicklingError, zipfile.BadZipFile)) or (
         isinstance(root, RuntimeError) and "PytorchStreamReader" in str(root)
@@ -206,6 +219,7 @@ def load_checkpoint(path: str | Path) -> dict:
     load = getattr(torch_safe_load, "__ibra_yolo_original__", torch_safe_load)  # our messages, not the plugin's
     path = Path(path)
     _check_file(path)
+    check_zip_crc(path)
     try:
         with warnings.catch_warnings():  # torch warns about the pickle protocol of files it then refuses
             warnings.filterwarnings("ignore", "Detected pickle protocol", UserWarning)
@@ -306,6 +320,8 @@ def stock_safe_load(original, weight, *args, **kwargs):
     local = Path(str(weight))
     if local.exists() and not local.is_file() and not local.is_dir():  # a FIFO blocked the stock loader forever
         raise CheckpointError(f"checkpoint {weight} is not a regular file (a FIFO or a device): name a .pt file")
+    if local.is_file():
+        check_zip_crc(local)
     try:
         loaded = original(weight, *args, **kwargs)
     except Exception as e:

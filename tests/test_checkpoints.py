@@ -336,6 +336,26 @@ def test_altered_checkpoints_are_refused_when_read(tmp_path, alteration):
         assert "\n" not in str(e.value)
 
 
+def test_a_damaged_zip_member_is_refused(tmp_path, spiking_ckpt):
+    # torch does not check the CRC-32 a zip stores per member: a checkpoint with bytes zeroed in the middle loaded
+    # with changed weights and exported without a word (battery 11)
+    import zipfile
+
+    from ultralytics import YOLO
+
+    data = bytearray(spiking_ckpt.read_bytes())
+    with zipfile.ZipFile(spiking_ckpt) as z:
+        member = max(z.infolist(), key=lambda i: i.file_size)  # the largest tensor's bytes
+    h = member.header_offset  # its local header: 30 bytes, then the name and an extra field (torch pads it to align)
+    start = h + 30 + int.from_bytes(data[h + 26 : h + 28], "little") + int.from_bytes(data[h + 28 : h + 30], "little")
+    data[start + 8 : start + 16] = bytes(x ^ 0xFF for x in data[start + 8 : start + 16])  # 8 bytes changed
+    (tmp_path / "damaged.pt").write_bytes(bytes(data))
+    says = rf"^checkpoint .*damaged\.pt is damaged: its member {re.escape(member.filename)} fails its CRC-32 check"
+    for load in (load_yolo, YOLO):
+        with pytest.raises(CheckpointError, match=says):
+            load(tmp_path / "damaged.pt")
+
+
 def test_stock_loading_is_restricted_by_default(evil, python):
     # With the plugin registered, Ultralytics' own YOLO("x.pt") loads restricted (ULTRALYTICS_SAFE_LOAD unset reads as
     # on): the malicious pickle ran os.system through YOLO() before. Setting the variable to 0 is the user's opt-out.
