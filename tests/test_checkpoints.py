@@ -272,13 +272,17 @@ ALTERED = {  # a file changed after saving: each failed deep in torch (100-line 
     ),
     "stride 0": (
         lambda c: setattr(c["model"], "stride", torch.zeros(3)),
-        r"model holds stride=\[0\.0, 0\.0, 0\.0\] \(torch\.float32\): strides are float numbers > 0",
+        r"model holds stride=\[0\.0, 0\.0, 0\.0\] \(torch\.float32\): strides are float numbers in \(0, 1024\]",
     ),
     "stride of integers": (  # Ultralytics divides by it as floats
         lambda c: setattr(c["model"], "stride", torch.tensor([8, 16, 32])),
-        r"model holds stride=\[8, 16, 32\] \(torch\.int64\): strides are float numbers > 0",
+        r"model holds stride=\[8, 16, 32\] \(torch\.int64\): strides are float numbers in \(0, 1024\]",
     ),
     # out of step with the layers around it: each was a 40-90-line traceback deep in the predictor or trainer
+    "a stride of 1e6": (  # the check would run a 2e6-pixel-wide image
+        lambda c: setattr(c["model"], "stride", torch.tensor([8.0, 16.0, 1e6])),
+        r"model holds stride=\[8\.0, 16\.0, 1000000\.0\] \(torch\.float32\): strides are float numbers in",
+    ),
     "a neuron's T": (
         lambda c: setattr(_neurons(c, IBRA)[0], "T", 2),
         r"cannot run on a blank 64x64 image \(the file was altered\?\): ValueError: IBRALIF expects input \[T=2",
