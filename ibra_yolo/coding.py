@@ -37,7 +37,8 @@ def _check_encoding(encoding) -> None:
         raise ValueError(f"encoding={encoding!r} is invalid: encoding must be one of {ENCODINGS}")
 
 
-_FLOAT32_MAX = float(torch.finfo(torch.float32).max)
+FLOAT32_MAX = float(torch.finfo(torch.float32).max)  # N beyond it is inf in float32, and 0 * inf = NaN
+FLOAT32_TINY = float(torch.finfo(torch.float32).tiny)  # N below it is 0 (or subnormal) in float32: codes / 0 = NaN
 MAX_PLANES = 2**24  # the most virtual timesteps plane_weights lists: unary codes up to the neurons' largest M
 
 
@@ -60,8 +61,8 @@ def _check_max_code(max_code) -> None:
 
 def _check_scale(scale) -> None:
     """A finite number > 0 that float32 holds (the quantiser multiplies in float32: 1e300 * 0 gave NaN)."""
-    if not (is_number(scale) and 0 < scale <= _FLOAT32_MAX):
-        raise ValueError(f"scale={scale!r} is invalid: it must be a finite number > 0 (at most {_FLOAT32_MAX:.4g})")
+    if not (is_number(scale) and 0 < scale <= FLOAT32_MAX):
+        raise ValueError(f"scale={scale!r} is invalid: it must be a finite number > 0 (at most {FLOAT32_MAX:.4g})")
 
 
 def quantize_codes(u: torch.Tensor, scale: float, max_code: int) -> torch.Tensor:

@@ -27,6 +27,8 @@ from torch import nn
 from ibra_yolo import precision
 from ibra_yolo.coding import (  # the functional core, re-exported here
     ENCODINGS,
+    FLOAT32_MAX,
+    FLOAT32_TINY,
     NAN_CODE,
     _codes_to_values,
     _QuantizeSTE,
@@ -67,8 +69,7 @@ __all__ = (
 )
 
 _FLOAT_DTYPES = (torch.float16, torch.bfloat16, torch.float32, torch.float64)  # input currents the neurons take
-FLOAT32_MAX = float(torch.finfo(torch.float32).max)  # N beyond it is inf in float32, and 0 * inf = NaN
-FLOAT32_TINY = float(torch.finfo(torch.float32).tiny)  # N below it is 0 (or subnormal) in float32: codes / 0 = NaN
+_FLOAT32_RANGE = f"a number in [{FLOAT32_TINY:.4g}, {FLOAT32_MAX:.4g}] (float32 holds it)"  # N, and a ReLU's D
 MAX_CODE_LIMIT = 2**24  # float32 holds every integer up to 2**24 exactly: the quantiser computes codes in float32
 
 
@@ -121,8 +122,7 @@ class IntegerLIF(nn.Module):
     ):
         super().__init__()
         # the quantiser multiplies by N and divides codes by N in float32: N, and the top level M / N, must fit it
-        fits = is_number(scale) and FLOAT32_TINY <= scale <= FLOAT32_MAX
-        _check("scale (N)", scale, fits, f"a number in [{FLOAT32_TINY:.4g}, {FLOAT32_MAX:.4g}] (float32 holds it)")
+        _check("scale (N)", scale, is_number(scale) and FLOAT32_TINY <= scale <= FLOAT32_MAX, _FLOAT32_RANGE)
         limit = f"an integer in [1, 2**24 = {MAX_CODE_LIMIT}] (codes are exact float32 integers)"
         _check("max_code (M)", max_code, is_int(max_code) and 1 <= max_code <= MAX_CODE_LIMIT, limit)
         top = max_code / scale
@@ -295,8 +295,7 @@ class IBRALIF(IntegerLIF):
 
     def __init__(self, D: float = 5.11, N: float = 100, T: int = 1, beta: float = 0.25, ste_above: float = 0.0):
         _check("D", D, is_number(D) and D > 0, "a finite number > 0")
-        fits = is_number(N) and FLOAT32_TINY <= N <= FLOAT32_MAX
-        _check("N", N, fits, f"a number in [{FLOAT32_TINY:.4g}, {FLOAT32_MAX:.4g}] (float32 holds it)")
+        _check("N", N, is_number(N) and FLOAT32_TINY <= N <= FLOAT32_MAX, _FLOAT32_RANGE)
         nd = N * D
         _check("N*D", nd, nd <= MAX_CODE_LIMIT + 0.5, f"at most 2**24 = {MAX_CODE_LIMIT} (exact float32 integers)")
         m = round(nd)
@@ -368,8 +367,7 @@ class Activation(nn.Module):
         _check("T", T, is_int(T) and T >= 1, "an integer >= 1")
         if D is not None:
             _check("D", D, kind == "ReLU", "unset: only ReLU takes a clip value D")
-            fits = is_number(D) and FLOAT32_TINY <= D <= FLOAT32_MAX  # 1e-320 is 0 in float32: every output 0
-            _check("D", D, fits, f"a number in [{FLOAT32_TINY:.4g}, {FLOAT32_MAX:.4g}] (float32 holds it)")
+            _check("D", D, is_number(D) and FLOAT32_TINY <= D <= FLOAT32_MAX, _FLOAT32_RANGE)  # 1e-320: 0 in float32
             D = float(D)
         self.kind = kind
         self.T = int(T)
