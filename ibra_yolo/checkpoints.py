@@ -8,7 +8,7 @@ its neurons, blocks and head as safe globals on import). A file that names anyth
 in it runs. ``load_yolo`` then builds the ``YOLO`` object from a file that has passed this check.
 
 SpikeYOLO's released checkpoints pickle classes of their own repository, which do not exist here; they are read by
-the restricted unpickler of ``ibra_yolo.spikeyolo.unpickle``, which is just as strict.
+the restricted unpickler of ``ibra_yolo.unpickle``, which is just as strict.
 """
 
 from __future__ import annotations
@@ -23,11 +23,13 @@ from torch import nn
 
 from ibra_yolo.errors import CheckpointError, IbraYoloError, MissingFileError, UnsafePickleError
 from ibra_yolo.model_state import check_finite_weights, check_model_state
+from ibra_yolo.unpickle import data_call, read_checkpoint
 
 __all__ = (
     "load_checkpoint",
     "checkpoint_model",
     "check_finite_weights",
+    "check_calls",
     "load_yolo",
     "refusal_error",
     "is_damaged",
@@ -68,6 +70,68 @@ def check_zip_crc(path) -> None:
         return
     if bad is not None:
         raise CheckpointError(f"checkpoint {path} is damaged: its member {bad} fails its CRC-32 check (a bad copy?)")
+
+
+# The data types official Ultralytics checkpoints construct while they are read, as Ultralytics' restricted loader
+# allow-lists them: values, never a model, a layer or a function that acts. A pickle may call these, torch's tensor
+# rebuilding and plain containers (``ibra_yolo.unpickle``), nothing else; classes are only created empty and given
+# their saved state, which is how every checkpoint written by torch.save stores them.
+_DATA_TYPES = (
+    "ultralytics.utils.IterableSimpleNamespace",  # a model's args
+    "ultralytics.yolo.utils.IterableSimpleNamespace",  # the same before Ultralytics 8.0.44
+    "pathlib.PosixPath",  # paths in train_args; "_local" where Python 3.13 pickled them
+    "pathlib.WindowsPath",
+    "pathlib._local.PosixPath",
+    "pathlib._local.WindowsPath",
+    "numpy.core.multiarray.scalar",  # numpy numbers (e.g. in train_metrics)
+    "numpy._core.multiarray.scalar",
+    "numpy.dtype",
+    "builtins.getattr",  # Detect.forward in YOLOv8/YOLO11 checkpoints (Ultralytics allows only attributes of layers)
+    "builtins.bytearray",  # plain values torch's weights_only loader also allows
+    "builtins.complex",
+    "collections.Counter",
+    "torchvision.transforms.functional.InterpolationMode",  # classification checkpoints' transforms (an enum)
+)
+_DATA_CALLS = {tuple(name.rsplit(".", 1)): data_call(name) for name in _DATA_TYPES}
+
+
+def check_calls(path, hint: str = "") -> None:
+    """Refuse a checkpoint whose pickle would call anything but tensor rebuilding, plain containers and `_DATA_TYPES`.
+
+    torch's ``weights_only`` loader, which Ultralytics' restricted load uses, lets a pickle call every allow-listed
+    class with arguments of its choice, e.g. build a ``DetectionModel`` from a YAML path it names. This reads the
+    pickle first with ``ibra_yolo.unpickle`` (stand-ins, shapes only: nothing is built, no tensor data read), so such
+    a file is refused before torch reads it. A legacy (non-zip) pickle cannot be read this way and is refused; a file
+    that is not a pickle at all is left to the loader, which says what it is.
+
+    Raises:
+        UnsafePickleError: The pickle names a function outside the allow-list or calls a class, naming it.
+        CheckpointError: A zip checkpoint whose pickle is malformed.
+    """
+    kind = _file_kind(path)
+    if kind == "pickle":
+        raise UnsafePickleError(
+            f"checkpoint {path} is a pickle in torch's legacy (non-zip) format, which the restricted loader cannot "
+            f"check: not loaded, nothing in it was run (if you trust it, load it once and torch.save it again: "
+            f"torch writes the zip format{hint})"
+        )
+    if kind != "zip":
+        return
+    try:
+        read_checkpoint(path, calls=_DATA_CALLS, data=False)
+    except UnsafePickleError as e:
+        name, how = getattr(e, "refused", ("", ""))
+        if how == "names":
+            raise UnsafePickleError(
+                f"checkpoint {path} refers to {name}, which a checkpoint may not use: not loaded, nothing in it was "
+                f"run (only Ultralytics checkpoints of known models are read{hint})"
+            ) from None
+        if how == "calls":
+            raise UnsafePickleError(
+                f"checkpoint {path} calls {name}(...) while it is read, which no saved model does (a saved class is "
+                f"only given its state): not loaded, nothing in it was run (the file may be malicious{hint})"
+            ) from None
+        raise
 
 
 def _refused_globals(e: BaseException) -> tuple[bool, list[str], str]:
@@ -220,6 +284,7 @@ def load_checkpoint(path: str | Path) -> dict:
     path = Path(path)
     _check_file(path)
     check_zip_crc(path)
+    check_calls(path)
     try:
         with warnings.catch_warnings():  # torch warns about the pickle protocol of files it then refuses
             warnings.filterwarnings("ignore", "Detected pickle protocol", UserWarning)
@@ -311,6 +376,31 @@ def load_yolo(path: str | Path):
         raise IbraYoloError(f"cannot load weights {path}: {type(e).__name__}: {_one_line(e)[:300]}") from None
 
 
+def _check_before_stock_load(weight, safe_only):
+    """What the stock loader is about to read: its CRC-32 checked and, for a restricted load (``safe_only``, or None
+    with ``tasks.SAFE_LOAD`` on), its calls (`check_calls`); an official asset name the loader would download
+    (``yolo11n.pt``) is fetched first, as the loader would, and that file is checked. Returns the name to load."""
+    from ultralytics.nn import tasks
+
+    local = Path(str(weight))
+    restricted = bool(safe_only or (safe_only is None and tasks.SAFE_LOAD))
+    if restricted and not local.is_file():
+        from ultralytics.utils.downloads import GITHUB_ASSETS_NAMES, attempt_download_asset
+
+        if local.name in GITHUB_ASSETS_NAMES:
+            try:
+                fetched = Path(str(attempt_download_asset(weight)))
+            except Exception:  # noqa: BLE001 - not downloaded (offline): the loader says so itself
+                fetched = local
+            if fetched.is_file():
+                local, weight = fetched, str(fetched)
+    if local.is_file():
+        check_zip_crc(local)
+        if restricted:
+            check_calls(local, "; ULTRALYTICS_SAFE_LOAD=0 loads a file you trust")
+    return weight
+
+
 def stock_safe_load(original, weight, *args, **kwargs):
     """Ultralytics' ``torch_safe_load`` (``original``, wrapped by ``ibra_yolo.plugin``) whose refusals are our one-line
     errors, not chained tracebacks: an unsafe pickle (``UnsafePickleError``), a FIFO, a folder, a damaged file, a
@@ -320,8 +410,7 @@ def stock_safe_load(original, weight, *args, **kwargs):
     local = Path(str(weight))
     if local.exists() and not local.is_file() and not local.is_dir():  # a FIFO blocked the stock loader forever
         raise CheckpointError(f"checkpoint {weight} is not a regular file (a FIFO or a device): name a .pt file")
-    if local.is_file():
-        check_zip_crc(local)
+    weight = _check_before_stock_load(weight, kwargs.get("safe_only", args[0] if args else None))
     try:
         loaded = original(weight, *args, **kwargs)
     except Exception as e:

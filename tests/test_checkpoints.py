@@ -4,7 +4,6 @@ import os
 import pickle
 import re
 import subprocess
-import sys
 from pathlib import Path
 
 import cv2
@@ -123,18 +122,19 @@ def test_foreign_and_legacy_files_are_named(tmp_path, spiking_ckpt):
     with pytest.raises(CheckpointError, match=r"is a SpikeYOLO checkpoint .*: convert it first, `ibra-yolo "
                        r"convert-spikeyolo .*spikeyolo-tiny\.pt <new\.pt>`"):  # fmt: skip
         load_checkpoint(spikeyolo)
-    # torch's legacy (non-zip) format: Ultralytics allow-lists a file's classes from the zip's list of globals, so in a
-    # fresh process every class of such a file is refused (a process that allow-listed them for an earlier file loads
-    # it); the message says why instead of blaming DetectionModel as a class "a checkpoint may not use"
+    # torch's legacy (non-zip) format: its pickle cannot be checked before torch runs it (check_calls reads zip files),
+    # so it is refused, even in this process, where loading spiking_ckpt has allow-listed all of its classes (torch
+    # then loaded it: its pickle could have called any of them); the message says why instead of blaming a class
+    load_checkpoint(spiking_ckpt)
     legacy = tmp_path / "legacy.pt"
     torch.save(torch.load(spiking_ckpt, weights_only=False), legacy, _use_new_zipfile_serialization=False)
-    code = "import sys\nfrom ibra_yolo.checkpoints import load_checkpoint\ntry:\n    load_checkpoint(sys.argv[1])\n"
-    code += "except Exception as e:\n    print(type(e).__name__, e)"
-    out = run([sys.executable, "-c", code, str(legacy)]).stdout
+    with pytest.raises(UnsafePickleError) as e:
+        load_checkpoint(legacy)
+    out = str(e.value)
     assert out.startswith(
-        f"UnsafePickleError checkpoint {legacy} is a pickle in torch's legacy (non-zip) format, "
-        "which the restricted loader cannot check (it names ultralytics.nn.tasks.DetectionModel"
-    )
+        f"checkpoint {legacy} is a pickle in torch's legacy (non-zip) format, which the restricted loader cannot "
+        "check: not loaded, nothing in it was run (if you trust it, load it once and torch.save it again"
+    ), out
     assert "ULTRALYTICS_SAFE_LOAD" not in out  # our commands always load restricted: no opt-out to advise
     # a TorchScript archive saved as .pt: `energy`/`deploy` called it "empty, truncated or not a torch.save file"
     torch.jit.trace(torch.nn.Linear(2, 2), torch.zeros(1, 2)).save(str(tmp_path / "ts.pt"))
@@ -389,3 +389,74 @@ def test_stock_loading_is_restricted_by_default(evil, python):
     )
     out = subprocess.run([python, "-c", code, evil / "v8.pt"], env=env, capture_output=True, text=True).stdout
     assert out.splitlines()[-1] == "3011433"  # YOLOv8n with 3 classes: Ultralytics' summary prints 3,011,433
+
+
+class BuildsAModel:
+    """Unpickling this calls ``DetectionModel(cfg)``: a class torch's ``weights_only`` allow-list holds, called with
+    arguments the file chooses (battery 11, C20: it built a model from a YAML path the file named)."""
+
+    def __init__(self, cfg):
+        self.cfg = cfg
+
+    def __reduce__(self):
+        from ultralytics.nn.tasks import DetectionModel
+
+        return DetectionModel, (self.cfg,)
+
+
+def test_a_pickle_that_calls_an_allow_listed_class_is_refused(tmp_path, monkeypatch, spiking_ckpt):
+    from ultralytics import YOLO
+    from ultralytics.nn import tasks
+    from ultralytics.utils import IterableSimpleNamespace
+
+    path = tmp_path / "builds.pt"
+    torch.save({"model": BuildsAModel("spike-yolo-ilif-n.yaml"), "train_args": {}}, path)
+    built = []
+    original = tasks.DetectionModel.__init__
+    monkeypatch.setattr(
+        tasks.DetectionModel, "__init__", lambda self, *a, **k: built.append(a) or original(self, *a, **k)
+    )
+    # the stock restricted loader on its own calls the class: that is what the check is for
+    stock = tasks.torch_safe_load.__ibra_yolo_original__
+    ckpt, _ = stock(str(path), safe_only=True)
+    assert isinstance(ckpt["model"], tasks.DetectionModel) and built == [("spike-yolo-ilif-n.yaml",)]
+    built.clear()
+    says = (
+        rf"checkpoint {re.escape(str(path))} calls ultralytics\.nn\.tasks\.DetectionModel\(\.\.\.\) while it is read, "
+        r"which no saved model does .*: not loaded, nothing in it was run"
+    )
+    with pytest.raises(UnsafePickleError, match=says):
+        load_checkpoint(path)
+    with pytest.raises(UnsafePickleError, match=says + r" \(the file may be malicious; ULTRALYTICS_SAFE_LOAD=0 loads"):
+        YOLO(str(path))  # the stock loader, restricted by default with the plugin registered
+    with pytest.raises(UnsafePickleError, match=says):
+        convert_checkpoint(path, tmp_path / "out.pt")
+    assert built == [] and not (tmp_path / "out.pt").exists()
+    # an official asset name the stock loader downloads (here a stand-in download that writes the same pickle) is
+    # fetched first and checked before the loader reads it
+    from ultralytics.utils import downloads
+
+    def download(name, *args, **kwargs):  # as the real one: a file that exists is returned as it is
+        if Path(str(name)).is_file():
+            return str(name)
+        (tmp_path / "assets").mkdir(exist_ok=True)
+        target = tmp_path / "assets" / Path(str(name)).name
+        target.write_bytes(path.read_bytes())
+        return str(target)
+
+    monkeypatch.setattr(downloads, "attempt_download_asset", download)
+    monkeypatch.chdir(tmp_path)
+    with pytest.raises(UnsafePickleError, match=r"assets/yolo11n\.pt calls ultralytics\.nn\.tasks\.DetectionModel"):
+        YOLO("yolo11n.pt")
+    assert built == []
+    # the data types official checkpoints construct while read still load: a Path in train_args, a model's args as
+    # Ultralytics' namespace, numpy numbers in the metrics
+    ckpt = torch.load(spiking_ckpt, weights_only=False)
+    ckpt["model"].args = IterableSimpleNamespace(imgsz=64)
+    ckpt["train_args"] = {"data": tmp_path / "data.yaml"}
+    ckpt["train_metrics"] = {"fitness": np.float64(0.25)}
+    torch.save(ckpt, tmp_path / "data_types.pt")
+    loaded = load_checkpoint(tmp_path / "data_types.pt")
+    assert loaded["train_args"]["data"] == tmp_path / "data.yaml" and loaded["model"].args.imgsz == 64
+    assert loaded["train_metrics"]["fitness"] == 0.25
+    assert built == []  # given its state, not constructed

@@ -19,7 +19,7 @@ import contextlib
 import re
 
 from ibra_yolo.errors import CheckpointError
-from ibra_yolo.spikeyolo.unpickle import StandIn
+from ibra_yolo.unpickle import StandIn
 
 __all__ = ("SPIKEYOLO_DECAY", "spikeyolo_neuron", "spikeyolo_timesteps", "to_our_row", "to_our_model_dict")
 

@@ -22,7 +22,7 @@ from ibra_yolo.errors import CheckpointError, IbraYoloError, ModelConfigError
 from ibra_yolo.files import check_output, write_atomic
 from ibra_yolo.spikeyolo.architecture import spikeyolo_neuron, to_our_model_dict
 from ibra_yolo.spikeyolo.names import ModulePair, module_pairs
-from ibra_yolo.spikeyolo.unpickle import StandIn, read_checkpoint
+from ibra_yolo.unpickle import StandIn, read_checkpoint
 
 __all__ = ("NEURON_FAMILIES", "resolve_neuron", "model_from_checkpoint", "load_spikeyolo", "convert_spikeyolo")
 

@@ -14,7 +14,7 @@ import re
 from dataclasses import dataclass
 
 from ibra_yolo.errors import CheckpointError
-from ibra_yolo.spikeyolo.unpickle import StandIn
+from ibra_yolo.unpickle import StandIn
 
 __all__ = ("RENAMES", "ModulePair", "module_pairs")
 

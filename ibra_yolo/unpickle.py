@@ -17,6 +17,12 @@ one with the stock machinery runs whatever it names. This reader runs the pickle
 Names from modules that hold no model classes but can run code (``os``, ``builtins``, ``subprocess``, ``sys``, any
 ``torch`` function, ...) are refused as soon as the pickle names them. That list is only for a clear early message:
 the guarantee is that nothing but the functions listed above is ever returned to the pickle, so nothing else can run.
+
+Two uses: SpikeYOLO's checkpoints (``ibra_yolo.spikeyolo``, whose classes do not exist here) are read only this way;
+an Ultralytics checkpoint is first read this way (``ibra_yolo.checkpoints.check_calls``, with the data types official
+checkpoints construct passed as ``calls=``) to prove that its pickle calls no class, before torch's ``weights_only``
+loader rebuilds the real objects (that loader lets a pickle call any allow-listed class, e.g. build a model from a
+YAML path of its choosing).
 """
 
 from __future__ import annotations
@@ -31,7 +37,7 @@ import torch
 
 from ibra_yolo.errors import CheckpointError, MissingFileError, UnsafePickleError
 
-__all__ = ("StandIn", "read_checkpoint")
+__all__ = ("StandIn", "Value", "data_call", "read_checkpoint")
 
 # Module roots whose names are refused outright: the standard library's ways to run code, and pickling helpers.
 _REFUSED = (
@@ -64,10 +70,19 @@ class _NoCall(type):
     """Metaclass of the stand-ins: calling one, which is how a pickle runs a function, is refused."""
 
     def __call__(cls, *args, **kwargs):
-        raise UnsafePickleError(
+        raise _refused(
             f"the checkpoint's pickle calls {cls.qualname}(...): refused without calling it (this reader only "
-            "rebuilds tensors and plain data; the file may be malicious or of an unsupported kind)"
+            "rebuilds tensors and plain data; the file may be malicious or of an unsupported kind)",
+            cls.qualname,
+            "calls",
         )
+
+
+def _refused(message: str, name: str, how: str) -> UnsafePickleError:
+    """An `UnsafePickleError` that also says what was refused: ``refused = (name, "names" or "calls")``."""
+    e = UnsafePickleError(message)
+    e.refused = (name, how)
+    return e
 
 
 class StandIn(metaclass=_NoCall):
@@ -173,9 +188,7 @@ _ALLOWED = {
     ("_codecs", "encode"): _encode,
     ("collections", "OrderedDict"): collections.OrderedDict,
     ("builtins", "set"): set,
-    ("__builtin__", "set"): set,
     ("builtins", "frozenset"): frozenset,
-    ("__builtin__", "frozenset"): frozenset,
     ("torch", "Size"): torch.Size,
     ("torch", "device"): torch.device,
     ("torch._utils", "_rebuild_tensor_v2"): _rebuild_tensor,
@@ -184,19 +197,52 @@ _ALLOWED = {
 }
 
 
-class _Unpickler(pickle.Unpickler):
-    """Unpickler of one torch zip archive that hands out only `_ALLOWED`, dtypes, storage tokens and stand-ins."""
+class Value:
+    """What an allowed data-type call (``calls=`` of `read_checkpoint`) returns: inert, holds only the call's
+    arguments and the state pickle gives it; calling it is refused like calling a stand-in."""
 
-    def __init__(self, archive: zipfile.ZipFile, prefix: str, source: str):
+    def __init__(self, qualname: str, args: tuple):
+        self.qualname, self.args, self.state = qualname, args, None
+
+    def __setstate__(self, state):
+        self.state = state
+
+    def __call__(self, *args, **kwargs):
+        name = f"the result of {self.qualname}(...)"
+        raise _refused(f"the checkpoint's pickle calls {name}: refused", name, "calls")
+
+    def __repr__(self) -> str:
+        return f"<{self.qualname} value>"
+
+
+def data_call(qualname: str):
+    """An inert stand-in for a data type a checkpoint may construct (e.g. ``pathlib.PosixPath``): it returns a `Value`
+    holding the arguments, so a pickle that builds one can be read without constructing anything."""
+
+    def call(*args, **kwargs):
+        return Value(qualname, args)
+
+    return call
+
+
+class _Unpickler(pickle.Unpickler):
+    """Unpickler of one torch zip archive that hands out only `_ALLOWED`, ``calls``, dtypes, storage tokens and
+    stand-ins."""
+
+    def __init__(self, archive: zipfile.ZipFile, prefix: str, source: str, calls: dict | None, data: bool):
         super().__init__(_open(archive, prefix + "data.pkl", source))
         self.archive, self.prefix, self.source = archive, prefix, source
+        self.calls, self.data = calls or {}, data
         self.stand_ins: dict[str, type] = {}
         self.storages: dict[str, _Storage] = {}
 
     def find_class(self, module: str, name: str):
+        module = "builtins" if module == "__builtin__" else module  # protocol 2 spells it the Python 2 way
         key = (module, name)
         if key in _ALLOWED:
             return _ALLOWED[key]
+        if key in self.calls:
+            return self.calls[key]
         if module == "torch" and name in _STORAGE_DTYPES:
             return _StorageType(name, _STORAGE_DTYPES[name])
         if module == "torch" and name in _DTYPES:
@@ -204,9 +250,11 @@ class _Unpickler(pickle.Unpickler):
         root = module.split(".")[0]
         is_torch_module = module.startswith("torch.nn.modules.")
         if root in _REFUSED_ROOTS or (root == "torch" and not is_torch_module):
-            raise UnsafePickleError(
+            raise _refused(
                 f"{self.source}: the checkpoint's pickle names {module}.{name}, which may run code: refused (this "
-                "reader only rebuilds tensors and plain data; the file may be malicious)"
+                "reader only rebuilds tensors and plain data; the file may be malicious)",
+                f"{module}.{name}",
+                "names",
             )
         qualname = f"{module}.{name}"
         if qualname not in self.stand_ins:
@@ -230,8 +278,12 @@ class _Unpickler(pickle.Unpickler):
                 raise CheckpointError(
                     f"{self.source}: storage record {name!r} holds {size} bytes, not {numel} x {itemsize} ({kind.name})"
                 )
-            data = bytearray(self.archive.read(name))
-            flat = torch.frombuffer(data, dtype=kind.dtype) if data else torch.empty(0, dtype=kind.dtype)
+            if not self.data:  # shapes only: nothing is read
+                flat = torch.empty(numel, dtype=kind.dtype, device="meta")
+            elif data := bytearray(self.archive.read(name)):
+                flat = torch.frombuffer(data, dtype=kind.dtype)
+            else:
+                flat = torch.empty(0, dtype=kind.dtype)
             self.storages[key] = _Storage(flat)
         return self.storages[key]
 
@@ -243,11 +295,14 @@ def _open(archive: zipfile.ZipFile, name: str, source: str):
         raise CheckpointError(f"{source}: the checkpoint has no record {name!r}: the file is damaged") from None
 
 
-def read_checkpoint(path: str | Path):
+def read_checkpoint(path: str | Path, calls: dict | None = None, data: bool = True):
     """Unpickle a torch zip checkpoint (``torch.save`` since torch 1.6) without running any of its code.
 
     Args:
         path (str | Path): The checkpoint file.
+        calls (dict | None): More globals the pickle may name and call, ``{(module, name): function}``; the function
+            runs instead of the global (e.g. `data_call`, which constructs nothing).
+        data (bool): Read the tensors' data; False gives tensors on the ``meta`` device (shapes only, nothing read).
 
     Returns:
         The unpickled object: plain data and tensors as they were saved, `StandIn` objects for class instances
@@ -255,7 +310,7 @@ def read_checkpoint(path: str | Path):
 
     Raises:
         UnsafePickleError: The pickle names or calls anything but tensor rebuilding and plain data (nothing it names
-            is ever called).
+            is ever called); its ``refused`` is ``(name, "names" or "calls")``.
         CheckpointError: A missing, non-zip (legacy) or damaged file, or a big-endian one.
     """
     path = Path(path)
@@ -277,7 +332,7 @@ def read_checkpoint(path: str | Path):
             if order != sys.byteorder:
                 raise CheckpointError(f"{path} stores {order}-endian tensors; this machine is {sys.byteorder}-endian")
         try:
-            return _Unpickler(archive, prefix, str(path)).load()
+            return _Unpickler(archive, prefix, str(path), calls, data).load()
         except CheckpointError:
             raise
         except (pickle.UnpicklingError, EOFError, ValueError, TypeError, AttributeError, IndexError, KeyError) as e:

@@ -4,14 +4,14 @@ import collections
 import os
 import pickle
 import zipfile
-from pathlib import Path
+from pathlib import Path, PosixPath
 
 import pytest
 import torch
 from conftest import ROOT
 
 from ibra_yolo.errors import CheckpointError, MissingFileError, UnsafePickleError
-from ibra_yolo.spikeyolo.unpickle import StandIn, read_checkpoint
+from ibra_yolo.unpickle import StandIn, read_checkpoint
 
 
 def touch(path):
@@ -27,6 +27,13 @@ class Payload:
 
     def __reduce__(self):
         return self.func, self.args
+
+
+class CallablePayload(Payload):
+    """A `Payload` that pickle accepts as the function of another one (pickle wants the first item callable)."""
+
+    def __call__(self, *args):
+        raise AssertionError("never called")
 
 
 class Module:
@@ -66,7 +73,7 @@ def test_classes_become_inert_stand_ins(tmp_path):
     m = read_checkpoint(tmp_path / "m.pt")["m"]
     assert isinstance(m, StandIn) and m.qualname == f"{__name__}.Module" and m.name == "Module"
     assert m.attrs["T"] == 4 and torch.equal(m.tensors()["weight"], torch.ones(2)) and m.children() == {}
-    with pytest.raises(UnsafePickleError, match=r"calls test_spikeyolo_unpickle\.Module\(\.\.\.\): refused"):
+    with pytest.raises(UnsafePickleError, match=r"calls test_unpickle\.Module\(\.\.\.\): refused"):
         type(m)()  # a stand-in class cannot be called, so a pickle cannot run it
 
 
@@ -110,7 +117,7 @@ def test_global_hidden_in_nested_data_is_refused(tmp_path):
     code = f"__import__('pathlib').Path({str(marker)!r}).touch()"
     evil = {"epoch": -1, "model": None, "train_args": {"data": "coco.yaml", "x": [1, {"y": (Payload(eval, code),)}]}}
     torch.save(evil, tmp_path / "evil.pt")
-    _refused(tmp_path / "evil.pt", marker, "names __builtin__.eval")  # builtins, as protocol 2 (torch.save) spells it
+    _refused(tmp_path / "evil.pt", marker, "names builtins.eval")  # protocol 2 (torch.save) writes __builtin__
     _live(tmp_path / "evil.pt", marker)
 
 
@@ -119,7 +126,7 @@ def test_calling_any_other_global_is_refused(tmp_path):
     # pickle's call of it is refused: the guarantee does not depend on the list.
     marker = tmp_path / "pwned"
     torch.save([Payload(touch, str(marker))], tmp_path / "evil.pt")
-    _refused(tmp_path / "evil.pt", marker, "calls test_spikeyolo_unpickle.touch(...)")
+    _refused(tmp_path / "evil.pt", marker, "calls test_unpickle.touch(...)")
     _live(tmp_path / "evil.pt", marker)
 
 
@@ -151,3 +158,28 @@ def test_damaged_and_foreign_files_are_one_line_errors(tmp_path):
     (tmp_path / "folder.pt").mkdir()
     with pytest.raises(CheckpointError, match=r"folder.pt is not a regular file: name a .pt file"):
         read_checkpoint(tmp_path / "folder.pt")
+
+
+def test_allowed_data_calls_build_nothing_and_their_results_cannot_be_called(tmp_path):
+    from ibra_yolo.unpickle import Value, data_call
+
+    calls = {("pathlib", "PosixPath"): data_call("pathlib.PosixPath"), ("builtins", "getattr"): data_call("getattr")}
+    torch.save({"data": Path("/x/data.yaml")}, tmp_path / "path.pt")
+    value = read_checkpoint(tmp_path / "path.pt", calls=calls)["data"]
+    assert isinstance(value, Value) and value.args == ("/", "x", "data.yaml")  # PosixPath's pickle: its parts
+    # getattr(PosixPath, "touch")(<a path>): allowed names, and an allowed call whose result is then called, as an
+    # exploit would chain them;
+    # the result is a Value, and calling it is refused (nothing is created)
+    marker = tmp_path / "MARKER"
+    torch.save({"x": Payload(CallablePayload(getattr, PosixPath, "touch"), marker)}, tmp_path / "chain.pt")
+    with pytest.raises(UnsafePickleError, match=r"calls the result of getattr\(\.\.\.\): refused") as e:
+        read_checkpoint(tmp_path / "chain.pt", calls=calls)
+    assert e.value.refused == ("the result of getattr(...)", "calls") and not marker.exists()
+    # without calls=, the same names are refused as soon as the pickle names them
+    with pytest.raises(UnsafePickleError, match=r"names builtins\.getattr, which may run code") as e:
+        read_checkpoint(tmp_path / "chain.pt")
+    assert e.value.refused == ("builtins.getattr", "names")
+    # data=False: shapes only, no byte of a tensor read
+    torch.save({"w": torch.arange(6.0).reshape(2, 3).t()}, tmp_path / "t.pt")
+    w = read_checkpoint(tmp_path / "t.pt", data=False)["w"]
+    assert w.device.type == "meta" and w.shape == (3, 2) and w.stride() == (1, 3)
