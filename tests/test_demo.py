@@ -15,13 +15,13 @@ from ibra_yolo.cli.parser import ArgumentParser, run_command
 from ibra_yolo.data import make_shapes_dataset
 from ibra_yolo.errors import OutputExistsError, PathError
 
-TINY = ["--n-train", "1", "--n-val", "1", "--imgsz", "32"]
+TINY = ["--n-train", "2", "--n-val", "1", "--imgsz", "32"]
 
 
 def earlier_run(out, seed=0):
     """The files an earlier demo run leaves in ``out``, plus one a user added to ``out/data``; returns their bytes."""
     paths = demo.prepare_out(out, demo.parse_args(["--out", str(out), "--seed", str(seed), *TINY]))
-    make_shapes_dataset(paths.data, 1, 1, 32, seed=seed)
+    make_shapes_dataset(paths.data, 2, 1, 32, seed=seed)
     files = {
         out / "runs" / "train" / "weights" / "best.pt": b"earlier weights",
         out / "coco_eval.json": b'{"mAP50": 0.5}',
@@ -64,7 +64,7 @@ def test_overwrite_never_touches_weights_or_data_of_another_dataset(tmp_path):
     # The same dataset with --overwrite: data/ reused as is, training and evaluation get folders no run wrote
     paths = demo.prepare_out(out, demo.parse_args(["--out", str(out), "--overwrite", *TINY]))
     assert (paths.train_name, paths.val_name) == ("train2", "val")  # the faked run wrote runs/train only
-    assert make_shapes_dataset(paths.data, 1, 1, 32, seed=0) == out / "data" / "data.yaml"
+    assert make_shapes_dataset(paths.data, 2, 1, 32, seed=0) == out / "data" / "data.yaml"
     assert unchanged(before)
 
 
@@ -171,6 +171,14 @@ def test_demo_refuses_checkpoints_and_owned_train_args_before_work(tmp_path, cap
         (["--yolo-arg", "device=0"], "--yolo-arg device=...: use the demo's own --device"),
         (["--device", "banana"], "device='banana' is not available"),
         (["--imgsz", "100000"], "--imgsz 100000 is invalid: at most 8192"),
+        # one image in a training batch at 32 px: a 1x1 map at stride 32, one value per channel for BatchNorm; the
+        # stock trainer's traceback came after the dataset was made, and left the folder (battery 11, T10)
+        (
+            ["--imgsz", "32", "--n-train", "1", "--batch", "1"],
+            "--imgsz 32 with one image in the last training batch "
+            "(--n-train 1, --batch 1) gives BatchNorm a single value per channel at stride 32: use --imgsz 64 or more",
+        ),
+        (["--imgsz", "32", "--n-train", "17", "--batch", "16"], "(--n-train 17, --batch 16) gives BatchNorm"),
         (["--n-val", "1000000000"], "--n-val 1000000000 is invalid: at most 100000 images"),  # it filled the disk
         (["--yolo-arg", "pretrained=evil.pt"], "--yolo-arg 'pretrained=evil.pt': the demo sets model, data"),
         # the stock configuration check takes any optimizer name; the trainer refused it after the dataset was made
@@ -191,3 +199,19 @@ def test_demo_refuses_checkpoints_and_owned_train_args_before_work(tmp_path, cap
 def test_demo_takes_every_optimizer_the_trainer_knows(name):
     # the check asks the stock trainer's own build_optimizer, so it accepts what the trainer accepts (any case)
     demo.check_yolo_args([f"optimizer={name}"])
+
+
+@pytest.mark.parametrize(
+    "argv, ok",
+    [
+        (["--imgsz", "32", "--n-train", "18", "--batch", "16"], True),  # a last batch of 2: 2 values per channel
+        (["--imgsz", "64", "--n-train", "1", "--batch", "1"], True),  # 2x2 at stride 32: 4 values per channel
+        (["--imgsz", "32", "--n-train", "1", "--batch", "2"], False),  # the one batch holds 1 image
+    ],
+)
+def test_demo_takes_the_batches_batchnorm_can_train_on(argv, ok):
+    if ok:
+        assert demo.parse_args(argv).imgsz == int(argv[1])
+    else:
+        with pytest.raises(demo.UsageError, match=r"\(--n-train 1, --batch 2\) gives BatchNorm a single value"):
+            demo.parse_args(argv)

@@ -162,6 +162,13 @@ def check_args(p: ArgumentParser, args: argparse.Namespace) -> None:
         p.error(f"--yolo-arg {own[0]}=...: use the demo's own --{own[0]} (training and evaluation share it)")
     if args.imgsz > MAX_IMGSZ:
         p.error(f"--imgsz {args.imgsz} is invalid: at most {MAX_IMGSZ}")
+    last = args.n_train % args.batch or min(args.batch, args.n_train)  # images in the last training batch
+    if args.imgsz < 64 and last == 1:  # the stock trainer refuses it too, but only after the dataset is made
+        p.error(
+            f"--imgsz {args.imgsz} with one image in the last training batch (--n-train {args.n_train}, --batch "
+            f"{args.batch}) gives BatchNorm a single value per channel at stride 32: use --imgsz 64 or more, or a "
+            f"--batch that leaves at least 2 images in the last batch"
+        )
     for k in ("n_train", "n_val"):
         if getattr(args, k) > MAX_DEMO_IMAGES:
             p.error(f"--{k.replace('_', '-')} {getattr(args, k)} is invalid: at most {MAX_DEMO_IMAGES} images")
