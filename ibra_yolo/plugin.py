@@ -1,6 +1,6 @@
 """The one place that touches Ultralytics internals: registration of the spiking model builder.
 
-``register()`` wraps two functions of ``ultralytics.nn.tasks`` and one method (never edits or copies them):
+``register()`` wraps two functions of ``ultralytics.nn.tasks`` and two methods (never edits or copies them):
 
 - ``yaml_model_load``: resolves our model names (``spike-yolo-ibra.yaml``, ``spike-yolo-ibra-n.yaml``: the suffix
   picks the scale) from the working directory or the installed package, then defers to the stock loader for
@@ -9,7 +9,9 @@
   the stock parser unchanged;
 - ``BaseModel.fuse`` (which predict, val and export call): for a model built from our blocks it first folds the BNs
   (``ibra_yolo.deployment.fuse_bn``), then runs the stock method. Ultralytics' ``fuse()`` only folds its own classes
-  (``Conv``, ``RepConv``, ...) and offers no protocol for others, so this is the one way in.
+  (``Conv``, ``RepConv``, ...) and offers no protocol for others, so this is the one way in;
+- ``BaseModel.load`` (the stock trainer's ``pretrained=``): refuses a folded (deployed) model's weights, of which a
+  trainable model could take only a few tensors.
 
 Every Ultralytics module that bound one of the two names before registration gets the wrapper too. A model YAML that
 cannot be a model (not valid YAML, empty, not a mapping, a spiking YAML with a bad key or row, a scale suffix its file
@@ -200,6 +202,25 @@ def _spiking_fuse(original, self, *args, **kwargs):
         if verbose:
             self.info(verbose=True, imgsz=imgsz)  # as the stock fuse() does after folding its own classes
     return original(self, *args, **kwargs)
+
+
+def _unfolded_weights(original, self, weights, *args, **kwargs):
+    """``BaseModel.load`` (how the stock trainer applies ``pretrained=``) that refuses a folded model's weights: its
+    BNs and re-parameterisable branches are merged into its convs, so few tensors would transfer (74 of 755 for an
+    n model), reported only in the stock "Transferred" line."""
+    from ibra_yolo.errors import FoldedModelError
+    from ibra_yolo.nn.builder import FOLDED_KEY
+
+    model = weights.get("model") if isinstance(weights, dict) else weights
+    spec = getattr(model, "yaml", None)
+    if isinstance(spec, dict) and spec.get(FOLDED_KEY):
+        name = getattr(model, "pt_path", None) or spec.get("yaml_file") or "the weights"
+        raise FoldedModelError(
+            f"pretrained weights {name} are folded for inference ({FOLDED_KEY}: {spec[FOLDED_KEY]}, by fuse() or "
+            f"deploy): their BNs and branches are merged into the convs, so few of this model's tensors would take "
+            f"them; pass the checkpoint they were folded from"
+        )
+    return original(self, weights, *args, **kwargs)
 
 
 def _wrap_method(original, replacement):
@@ -397,6 +418,8 @@ def register() -> None:
     )
     if not hasattr(tasks.BaseModel.fuse, "__ibra_yolo_original__"):
         tasks.BaseModel.fuse = _wrap_method(tasks.BaseModel.fuse, _spiking_fuse)
+    if not hasattr(tasks.BaseModel.load, "__ibra_yolo_original__"):
+        tasks.BaseModel.load = _wrap_method(tasks.BaseModel.load, _unfolded_weights)
     for name in _OTHER_TASKS:
         _wrap_methods("ultralytics.nn.tasks", name, {"__init__": _detector_only})
     if os.environ.get("ULTRALYTICS_SAFE_LOAD", "").lower() not in _OFF:  # only an explicit "off" opts out

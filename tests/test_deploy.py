@@ -1,6 +1,7 @@
 """Deployment: folding BN, RepConv and SepRep is exact, the deployed network is spike-driven and cannot be trained."""
 
 import copy
+import re
 import shutil
 from pathlib import Path
 
@@ -245,6 +246,20 @@ def test_folded_model_cannot_be_trained(tmp_path, shapes_data):
     torch.save(ckpt, resumable)
     with pytest.raises(FoldedModelError, match="folded for inference"):
         YOLO(resumable).train(resume=True, device="cpu", workers=0)
+    # pretrained= a folded checkpoint: the stock trainer builds the YAML's model and loads the weights into it, of
+    # which it took 74 of 755 tensors, said only in its "Transferred" line (battery 11, T07); refused, naming the file
+    from ultralytics.nn.tasks import load_checkpoint as stock_load
+
+    weights, _ = stock_load(path)
+    says = rf"pretrained weights {re.escape(str(path))} are folded for inference \(folded: all, by fuse\(\) or deploy\)"
+    with pytest.raises(FoldedModelError, match=says):
+        DetectionModel("spike-yolo-ilif-n.yaml", verbose=False).load(weights)
+    trained = YOLO("spike-yolo-ilif-n.yaml")
+    trained.save(tmp_path / "unfolded.pt")
+    weights, _ = stock_load(tmp_path / "unfolded.pt")
+    target = DetectionModel("spike-yolo-ilif-n.yaml", verbose=False)
+    target.load(weights)  # every tensor taken
+    assert all(torch.equal(a, b) for a, b in zip(target.state_dict().values(), weights.state_dict().values()))
 
 
 def test_broken_bn_statistics_are_refused_before_any_change(tmp_path):
