@@ -42,6 +42,7 @@ VARIANTS = {
     "ann": ("spike-yolo-ann.yaml", None, {}, "ANN twin (ReLU): the reference"),
     "ibra": ("spike-yolo-ibra.yaml", None, {}, "IBRA-LIF as in the paper (D 5.11, N 100, window STE)"),
     "ann-clip": ("spike-yolo-ann.yaml", {"kind": "ReLU", "D": 5.11}, {}, "is it the clip? ReLU clipped at D"),
+    "ann-clip8": ("spike-yolo-ann.yaml", {"kind": "ReLU", "D": 8.0}, {}, "the clip at D 8: ReLU clipped at 8"),
     "ibra-N1e4": ("spike-yolo-ibra.yaml", {"kind": "IBRALIF", "D": 5.11, "N": 10000}, {}, "is it the quantisation?"),
     "ibra-ste0.5": ("spike-yolo-ibra.yaml", {"kind": "IBRALIF", "ste_above": 0.5}, {}, "STE gradient 0.5 above D"),
     "ibra-D8": ("spike-yolo-ibra.yaml", {"kind": "IBRALIF", "D": 8.0, "N": 100}, {}, "a wider range, same N"),
