@@ -37,7 +37,6 @@ __all__ = (
     "foreign_module_error",
     "no_model_error",
     "advice_error",
-    "stock_safe_load",
 )
 
 
@@ -374,69 +373,3 @@ def load_yolo(path: str | Path):
         raise
     except Exception as e:  # noqa: BLE001 - a corrupt or foreign file: say which, without the loader's traceback
         raise IbraYoloError(f"cannot load weights {path}: {type(e).__name__}: {_one_line(e)[:300]}") from None
-
-
-def _check_before_stock_load(weight, safe_only):
-    """What the stock loader is about to read: its CRC-32 checked and, for a restricted load (``safe_only``, or None
-    with ``tasks.SAFE_LOAD`` on), its calls (`check_calls`); an official asset name the loader would download
-    (``yolo11n.pt``) is fetched first, as the loader would, and that file is checked. Returns the name to load."""
-    from ultralytics.nn import tasks
-
-    local = Path(str(weight))
-    restricted = bool(safe_only or (safe_only is None and tasks.SAFE_LOAD))
-    if restricted and not local.is_file():
-        from ultralytics.utils.downloads import GITHUB_ASSETS_NAMES, attempt_download_asset
-
-        if local.name in GITHUB_ASSETS_NAMES:
-            try:
-                fetched = Path(str(attempt_download_asset(weight)))
-            except Exception:  # noqa: BLE001 - not downloaded (offline): the loader says so itself
-                fetched = local
-            if fetched.is_file():
-                local, weight = fetched, str(fetched)
-    if local.is_file():
-        check_zip_crc(local)
-        if restricted:
-            check_calls(local, "; ULTRALYTICS_SAFE_LOAD=0 loads a file you trust")
-    return weight
-
-
-def stock_safe_load(original, weight, *args, **kwargs):
-    """Ultralytics' ``torch_safe_load`` (``original``, wrapped by ``ibra_yolo.plugin``) whose refusals are our one-line
-    errors, not chained tracebacks: an unsafe pickle (``UnsafePickleError``), a FIFO, a folder, a damaged file, a
-    missing module, or a file that holds no Ultralytics model (``CheckpointError``)."""
-    from ultralytics.nn import tasks
-
-    local = Path(str(weight))
-    if local.exists() and not local.is_file() and not local.is_dir():  # a FIFO blocked the stock loader forever
-        raise CheckpointError(f"checkpoint {weight} is not a regular file (a FIFO or a device): name a .pt file")
-    weight = _check_before_stock_load(weight, kwargs.get("safe_only", args[0] if args else None))
-    try:
-        loaded = original(weight, *args, **kwargs)
-    except Exception as e:
-        refusal = refusal_error(weight, e, "; ULTRALYTICS_SAFE_LOAD=0 loads a file you trust")
-        if refusal:
-            raise refusal from None
-        if is_damaged(e):
-            raise damaged_file_error(weight, e) from None
-        foreign = foreign_module_error(weight, e)
-        if foreign:
-            raise foreign from None
-        if isinstance(e, OSError):  # a folder named x.pt, no permission
-            raise CheckpointError(f"cannot read checkpoint {weight}: {e.strerror or e}") from None
-        advice = advice_error(e)  # Ultralytics' own (a TorchScript archive, a YOLOv5 checkpoint) in one line
-        if advice:
-            raise advice from None
-        raise
-    model = held_model(loaded[0])
-    if model is None:  # a state_dict or a foreign dict: Ultralytics' own TypeError was a traceback
-        raise no_model_error(weight, loaded[0])
-    if not isinstance(model, tasks.BaseModel):  # e.g. a bare nn.Linear: it failed deep inside the predictor
-        raise CheckpointError(
-            f"{weight} holds a {type(model).__name__}, not an Ultralytics model (DetectionModel, ...)"
-        )
-    from ibra_yolo.nn.blocks import NeuronConv
-
-    if any(isinstance(m, NeuronConv) for m in model.modules()):  # ours; stock models load as they always did
-        check_model_state(model, weight, loaded[0])
-    return loaded

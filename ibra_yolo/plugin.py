@@ -13,7 +13,8 @@
 - ``BaseModel.load`` (the stock trainer's ``pretrained=``): refuses a folded (deployed) model's weights, of which a
   trainable model could take only a few tensors.
 
-Every Ultralytics module that bound one of the two names before registration gets the wrapper too. A model YAML that
+The method replacements live in ``ibra_yolo.stock_hooks``; this module resolves names and installs them. Every
+Ultralytics module that bound one of the two names before registration gets the wrapper too. A model YAML that
 cannot be a model (not valid YAML, empty, not a mapping, a spiking YAML with a bad key or row, a scale suffix its file
 does not have, a file that does not exist) fails there as one ``IbraYoloError`` line, before Ultralytics reads it.
 
@@ -23,11 +24,12 @@ command, as that one line).
 
 ``register()`` changes three more things, so that the stock pipeline is safe with our models: it turns Ultralytics'
 restricted checkpoint loading on (``tasks.SAFE_LOAD``) unless ``ULTRALYTICS_SAFE_LOAD`` is set (a checkpoint is a
-pickle; our classes allow-list themselves when ``ibra_yolo.nn`` is imported); it wraps the detection predictor's
-``postprocess`` and the validator's ``init_metrics``/``postprocess`` when their modules are first imported, so that
-NaN/inf raw predictions of a model with our head stop with ``NonFiniteError`` instead of vanishing in NMS; and inside
-Ultralytics' own ``yolo`` console script only, it prints our input errors (``IbraYoloError``, one-line messages) as
-that one line instead of a traceback (``IBRA_YOLO_TRACEBACK=1`` for the traceback); no other program's
+pickle; our classes allow-list themselves when ``ibra_yolo.nn`` is imported) and wraps ``torch_safe_load``
+(``ibra_yolo.stock_hooks.stock_safe_load``: calls checked first, refusals in one line); it wraps the detection
+predictor's ``postprocess`` and the validator's ``init_metrics``/``postprocess`` when their modules are first imported,
+so that NaN/inf raw predictions of a model with our head stop with ``NonFiniteError`` instead of vanishing in NMS; and
+inside Ultralytics' own ``yolo`` console script only, it prints our input errors (``IbraYoloError``, one-line messages)
+as that one line instead of a traceback (``IBRA_YOLO_TRACEBACK=1`` for the traceback); no other program's
 ``sys.excepthook`` is touched. ``register()`` runs automatically when ``ultralytics.nn.tasks`` is first imported (see
 ``ibra_yolo._autoload``), or explicitly via ``ibra_yolo.register()``.
 """
@@ -40,6 +42,16 @@ import re
 import sys
 from pathlib import Path
 
+from ibra_yolo.stock_hooks import (
+    OTHER_TASKS,
+    check_predictions_before_nms,
+    detector_only,
+    spiking_fuse,
+    stock_safe_load,
+    unfolded_weights,
+    wrap_method,
+    wrap_methods,
+)
 from ibra_yolo.yaml_files import check_regular, load_yaml, yaml_text_problem
 
 __all__ = ("register", "register_hint", "model_yaml_path", "cfg_dir", "available_models")
@@ -193,147 +205,7 @@ def _wrap(original, replacement):
     return wrapper
 
 
-def _spiking_fuse(original, self, *args, **kwargs):
-    """``BaseModel.fuse`` that folds the BNs of our blocks first (exact), then runs the stock method."""
-    from ibra_yolo.deployment import fuse_for_inference
-
-    if fuse_for_inference(self):
-        verbose, imgsz = kwargs.get("verbose", args[0] if args else True), kwargs.get("imgsz", 640)
-        if verbose:
-            self.info(verbose=True, imgsz=imgsz)  # as the stock fuse() does after folding its own classes
-    return original(self, *args, **kwargs)
-
-
-def _unfolded_weights(original, self, weights, *args, **kwargs):
-    """``BaseModel.load`` (how the stock trainer applies ``pretrained=``) that refuses a folded model's weights: its
-    BNs and re-parameterisable branches are merged into its convs, so few tensors would transfer (74 of 755 for an
-    n model), reported only in the stock "Transferred" line."""
-    from ibra_yolo.errors import FoldedModelError
-    from ibra_yolo.nn.builder import FOLDED_KEY
-
-    model = weights.get("model") if isinstance(weights, dict) else weights
-    spec = getattr(model, "yaml", None)
-    if isinstance(spec, dict) and spec.get(FOLDED_KEY):
-        name = getattr(model, "pt_path", None) or spec.get("yaml_file") or "the weights"
-        raise FoldedModelError(
-            f"pretrained weights {name} are folded for inference ({FOLDED_KEY}: {spec[FOLDED_KEY]}, by fuse() or "
-            f"deploy): their BNs and branches are merged into the convs, so few of this model's tensors would take "
-            f"them; pass the checkpoint they were folded from"
-        )
-    return original(self, weights, *args, **kwargs)
-
-
-def _wrap_method(original, replacement):
-    @functools.wraps(original)
-    def method(self, *args, **kwargs):
-        return replacement(original, self, *args, **kwargs)
-
-    method.__ibra_yolo_original__ = original
-    return method
-
-
-def _is_ours(model) -> bool:
-    """True for one of our models, also inside Ultralytics' wrappers (AutoBackend keeps it as ``.model`` of a backend
-    object, not as a submodule; torch.compile and DDP hold it as a submodule)."""
-    from torch import nn
-
-    from ibra_yolo.nn.head import SpikeDetect
-
-    for _ in range(3):
-        if isinstance(model, nn.Module) and any(isinstance(m, SpikeDetect) for m in model.modules()):
-            return True
-        model = getattr(model, "model", None)
-    return False
-
-
-def check_finite_predictions(preds) -> None:
-    """Raise ``NonFiniteError`` when a model's raw boxes or scores hold NaN or inf (NMS would drop them silently).
-
-    One reduction on the device and one host sync per batch, right before NMS, which syncs anyway.
-    """
-    import torch
-
-    from ibra_yolo.errors import NonFiniteError
-
-    p = preds[0] if isinstance(preds, (list, tuple)) else preds
-    if isinstance(p, torch.Tensor) and p.is_floating_point() and not bool(torch.isfinite(p).all()):
-        bad = int((~torch.isfinite(p)).sum())
-        raise NonFiniteError(
-            f"the model's raw predictions hold {bad} NaN or infinite value(s) of {p.numel()}: NMS would drop them and "
-            "report no detections; check the input image and the weights"
-        )
-
-
-def _predictor_postprocess(original, self, preds, *args, **kwargs):
-    if _is_ours(self.model):
-        check_finite_predictions(preds)
-    return original(self, preds, *args, **kwargs)
-
-
-def _validator_init_metrics(original, self, model, *args, **kwargs):
-    self.__ibra_yolo_checks__ = not self.training and _is_ours(model)  # training: the trainer handles NaN itself
-    return original(self, model, *args, **kwargs)
-
-
-def _validator_postprocess(original, self, preds, *args, **kwargs):
-    if getattr(self, "__ibra_yolo_checks__", False):
-        check_finite_predictions(preds)
-    return original(self, preds, *args, **kwargs)
-
-
-def _wrap_methods(module: str, cls: str, replacements: dict) -> None:
-    """Wrap methods of ``module.cls`` (once): ``{method name: replacement(original, self, ...)}``."""
-    klass = getattr(sys.modules[module], cls)
-    for name, replacement in replacements.items():
-        if not hasattr(getattr(klass, name), "__ibra_yolo_original__"):
-            setattr(klass, name, _wrap_method(getattr(klass, name), replacement))
-
-
 _OFF = {"0", "false", "no", "off"}  # the ULTRALYTICS_SAFE_LOAD values (any case, nothing else) that opt out
-_PREDICTOR = {"postprocess": _predictor_postprocess}
-_VALIDATOR = {"init_metrics": _validator_init_metrics, "postprocess": _validator_postprocess}
-
-
-# Ultralytics' model classes of other tasks -> their task: built from our YAML (YOLO(..., task=...)), a segmentation
-# model gave masks None and a classification model class scores from a detection head, without a word
-_OTHER_TASKS = {
-    "SegmentationModel": "segment",
-    "PoseModel": "pose",
-    "OBBModel": "obb",
-    "ClassificationModel": "classify",
-}
-
-
-def _detector_only(original, self, *args, **kwargs):
-    """A model class of another task: refuse our YAMLs before its own build (PoseModel reads keys ours lack) and our
-    models after it (a detection model given as ``cfg``)."""
-    from ultralytics.nn import tasks
-
-    from ibra_yolo.errors import ModelConfigError
-    from ibra_yolo.nn.builder import is_spiking_yaml
-
-    task = _OTHER_TASKS.get(type(self).__name__, type(self).__name__)
-    refusal = ModelConfigError(f"task={task!r} is invalid: ibra-yolo models are detectors (task=detect)")
-    cfg = args[0] if args else kwargs.get("cfg")
-    if isinstance(cfg, (str, Path)) and Path(cfg).suffix.lower() in (".yaml", ".yml"):
-        cfg = tasks.yaml_model_load(cfg)  # ours is hooked in: a spiking YAML is checked and read here
-    if is_spiking_yaml(cfg):
-        raise refusal
-    original(self, *args, **kwargs)
-    if _is_ours(self):
-        raise refusal
-
-
-def _check_predictions_before_nms() -> None:
-    """Make the stock detection predictor and validator refuse NaN/inf raw predictions of our models.
-
-    Their modules import ``ultralytics.nn.tasks`` themselves, so they are wrapped when they are first imported.
-    """
-    from ibra_yolo._autoload import after_import
-
-    predict, val = "ultralytics.models.yolo.detect.predict", "ultralytics.models.yolo.detect.val"
-    after_import(predict, functools.partial(_wrap_methods, predict, "DetectionPredictor", _PREDICTOR))
-    after_import(val, functools.partial(_wrap_methods, val, "DetectionValidator", _VALIDATOR))
 
 
 def _running_ultralytics_cli() -> bool:
@@ -417,19 +289,17 @@ def register() -> None:
         }
     )
     if not hasattr(tasks.BaseModel.fuse, "__ibra_yolo_original__"):
-        tasks.BaseModel.fuse = _wrap_method(tasks.BaseModel.fuse, _spiking_fuse)
+        tasks.BaseModel.fuse = wrap_method(tasks.BaseModel.fuse, spiking_fuse)
     if not hasattr(tasks.BaseModel.load, "__ibra_yolo_original__"):
-        tasks.BaseModel.load = _wrap_method(tasks.BaseModel.load, _unfolded_weights)
-    for name in _OTHER_TASKS:
-        _wrap_methods("ultralytics.nn.tasks", name, {"__init__": _detector_only})
+        tasks.BaseModel.load = wrap_method(tasks.BaseModel.load, unfolded_weights)
+    for name in OTHER_TASKS:
+        wrap_methods("ultralytics.nn.tasks", name, {"__init__": detector_only})
     if os.environ.get("ULTRALYTICS_SAFE_LOAD", "").lower() not in _OFF:  # only an explicit "off" opts out
         tasks.SAFE_LOAD = True  # checkpoints are pickles
     if not hasattr(tasks.torch_safe_load, "__ibra_yolo_original__"):
-        from ibra_yolo.checkpoints import stock_safe_load
-
         stock_load = tasks.torch_safe_load
         _replace_everywhere({"torch_safe_load": ((stock_load,), _wrap(stock_load, stock_safe_load))})
-    _check_predictions_before_nms()
+    check_predictions_before_nms()
     import ibra_yolo.nn  # noqa: F401 - our classes exist, allow-listed for ULTRALYTICS_SAFE_LOAD=1 (see ibra_yolo.nn)
 
     _install_one_line_errors()

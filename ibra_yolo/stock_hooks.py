@@ -1,0 +1,250 @@
+"""The replacements the plugin installs in the stock pipeline (``ibra_yolo.plugin.register`` installs them).
+
+Each takes the stock callable as its first argument (``replacement(original, self, ...)``, bound by `wrap_method`):
+
+- `spiking_fuse` (``BaseModel.fuse``): folds the BNs of our blocks first (exact), then runs the stock method;
+- `unfolded_weights` (``BaseModel.load``, the trainer's ``pretrained=``): refuses a folded model's weights;
+- `detector_only` (``__init__`` of the model classes of other tasks): ibra-yolo models are detectors;
+- `check_predictions_before_nms`: the detection predictor and validator refuse NaN/inf raw predictions of our models
+  (NMS would drop them and report no detections).
+"""
+
+from __future__ import annotations
+
+import functools
+import sys
+from pathlib import Path
+
+__all__ = (
+    "spiking_fuse",
+    "unfolded_weights",
+    "wrap_method",
+    "wrap_methods",
+    "check_finite_predictions",
+    "check_predictions_before_nms",
+    "OTHER_TASKS",
+    "detector_only",
+    "stock_safe_load",
+)
+
+
+def spiking_fuse(original, self, *args, **kwargs):
+    """``BaseModel.fuse`` that folds the BNs of our blocks first (exact), then runs the stock method."""
+    from ibra_yolo.deployment import fuse_for_inference
+
+    if fuse_for_inference(self):
+        verbose, imgsz = kwargs.get("verbose", args[0] if args else True), kwargs.get("imgsz", 640)
+        if verbose:
+            self.info(verbose=True, imgsz=imgsz)  # as the stock fuse() does after folding its own classes
+    return original(self, *args, **kwargs)
+
+
+def unfolded_weights(original, self, weights, *args, **kwargs):
+    """``BaseModel.load`` (how the stock trainer applies ``pretrained=``) that refuses a folded model's weights: its
+    BNs and re-parameterisable branches are merged into its convs, so few tensors would transfer (74 of 755 for an
+    n model), reported only in the stock "Transferred" line."""
+    from ibra_yolo.errors import FoldedModelError
+    from ibra_yolo.nn.builder import FOLDED_KEY
+
+    model = weights.get("model") if isinstance(weights, dict) else weights
+    spec = getattr(model, "yaml", None)
+    if isinstance(spec, dict) and spec.get(FOLDED_KEY):
+        name = getattr(model, "pt_path", None) or spec.get("yaml_file") or "the weights"
+        raise FoldedModelError(
+            f"pretrained weights {name} are folded for inference ({FOLDED_KEY}: {spec[FOLDED_KEY]}, by fuse() or "
+            f"deploy): their BNs and branches are merged into the convs, so few of this model's tensors would take "
+            f"them; pass the checkpoint they were folded from"
+        )
+    return original(self, weights, *args, **kwargs)
+
+
+def wrap_method(original, replacement):
+    @functools.wraps(original)
+    def method(self, *args, **kwargs):
+        return replacement(original, self, *args, **kwargs)
+
+    method.__ibra_yolo_original__ = original
+    return method
+
+
+def _is_ours(model) -> bool:
+    """True for one of our models, also inside Ultralytics' wrappers (AutoBackend keeps it as ``.model`` of a backend
+    object, not as a submodule; torch.compile and DDP hold it as a submodule)."""
+    from torch import nn
+
+    from ibra_yolo.nn.head import SpikeDetect
+
+    for _ in range(3):
+        if isinstance(model, nn.Module) and any(isinstance(m, SpikeDetect) for m in model.modules()):
+            return True
+        model = getattr(model, "model", None)
+    return False
+
+
+def check_finite_predictions(preds) -> None:
+    """Raise ``NonFiniteError`` when a model's raw boxes or scores hold NaN or inf (NMS would drop them silently).
+
+    One reduction on the device and one host sync per batch, right before NMS, which syncs anyway.
+    """
+    import torch
+
+    from ibra_yolo.errors import NonFiniteError
+
+    p = preds[0] if isinstance(preds, (list, tuple)) else preds
+    if isinstance(p, torch.Tensor) and p.is_floating_point() and not bool(torch.isfinite(p).all()):
+        bad = int((~torch.isfinite(p)).sum())
+        raise NonFiniteError(
+            f"the model's raw predictions hold {bad} NaN or infinite value(s) of {p.numel()}: NMS would drop them and "
+            "report no detections; check the input image and the weights"
+        )
+
+
+def _predictor_postprocess(original, self, preds, *args, **kwargs):
+    if _is_ours(self.model):
+        check_finite_predictions(preds)
+    return original(self, preds, *args, **kwargs)
+
+
+def _validator_init_metrics(original, self, model, *args, **kwargs):
+    self.__ibra_yolo_checks__ = not self.training and _is_ours(model)  # training: the trainer handles NaN itself
+    return original(self, model, *args, **kwargs)
+
+
+def _validator_postprocess(original, self, preds, *args, **kwargs):
+    if getattr(self, "__ibra_yolo_checks__", False):
+        check_finite_predictions(preds)
+    return original(self, preds, *args, **kwargs)
+
+
+def wrap_methods(module: str, cls: str, replacements: dict) -> None:
+    """Wrap methods of ``module.cls`` (once): ``{method name: replacement(original, self, ...)}``."""
+    klass = getattr(sys.modules[module], cls)
+    for name, replacement in replacements.items():
+        if not hasattr(getattr(klass, name), "__ibra_yolo_original__"):
+            setattr(klass, name, wrap_method(getattr(klass, name), replacement))
+
+
+_PREDICTOR = {"postprocess": _predictor_postprocess}
+_VALIDATOR = {"init_metrics": _validator_init_metrics, "postprocess": _validator_postprocess}
+
+
+# Ultralytics' model classes of other tasks -> their task: built from our YAML (YOLO(..., task=...)), a segmentation
+# model gave masks None and a classification model class scores from a detection head, without a word
+OTHER_TASKS = {
+    "SegmentationModel": "segment",
+    "PoseModel": "pose",
+    "OBBModel": "obb",
+    "ClassificationModel": "classify",
+}
+
+
+def detector_only(original, self, *args, **kwargs):
+    """A model class of another task: refuse our YAMLs before its own build (PoseModel reads keys ours lack) and our
+    models after it (a detection model given as ``cfg``)."""
+    from ultralytics.nn import tasks
+
+    from ibra_yolo.errors import ModelConfigError
+    from ibra_yolo.nn.builder import is_spiking_yaml
+
+    task = OTHER_TASKS.get(type(self).__name__, type(self).__name__)
+    refusal = ModelConfigError(f"task={task!r} is invalid: ibra-yolo models are detectors (task=detect)")
+    cfg = args[0] if args else kwargs.get("cfg")
+    if isinstance(cfg, (str, Path)) and Path(cfg).suffix.lower() in (".yaml", ".yml"):
+        cfg = tasks.yaml_model_load(cfg)  # ours is hooked in: a spiking YAML is checked and read here
+    if is_spiking_yaml(cfg):
+        raise refusal
+    original(self, *args, **kwargs)
+    if _is_ours(self):
+        raise refusal
+
+
+def check_predictions_before_nms() -> None:
+    """Make the stock detection predictor and validator refuse NaN/inf raw predictions of our models.
+
+    Their modules import ``ultralytics.nn.tasks`` themselves, so they are wrapped when they are first imported.
+    """
+    from ibra_yolo._autoload import after_import
+
+    predict, val = "ultralytics.models.yolo.detect.predict", "ultralytics.models.yolo.detect.val"
+    after_import(predict, functools.partial(wrap_methods, predict, "DetectionPredictor", _PREDICTOR))
+    after_import(val, functools.partial(wrap_methods, val, "DetectionValidator", _VALIDATOR))
+
+
+def _check_before_stock_load(weight, safe_only):
+    """What the stock loader is about to read: its CRC-32 checked and, for a restricted load (``safe_only``, or None
+    with ``tasks.SAFE_LOAD`` on), its calls (`check_calls`); an official asset name the loader would download
+    (``yolo11n.pt``) is fetched first, as the loader would, and that file is checked. Returns the name to load."""
+    from ultralytics.nn import tasks
+
+    from ibra_yolo.checkpoints import check_calls, check_zip_crc
+
+    local = Path(str(weight))
+    restricted = bool(safe_only or (safe_only is None and tasks.SAFE_LOAD))
+    if restricted and not local.is_file():
+        from ultralytics.utils.downloads import GITHUB_ASSETS_NAMES, attempt_download_asset
+
+        if local.name in GITHUB_ASSETS_NAMES:
+            try:
+                fetched = Path(str(attempt_download_asset(weight)))
+            except Exception:  # noqa: BLE001 - not downloaded (offline): the loader says so itself
+                fetched = local
+            if fetched.is_file():
+                local, weight = fetched, str(fetched)
+    if local.is_file():
+        check_zip_crc(local)
+        if restricted:
+            check_calls(local, "; ULTRALYTICS_SAFE_LOAD=0 loads a file you trust")
+    return weight
+
+
+def stock_safe_load(original, weight, *args, **kwargs):
+    """Ultralytics' ``torch_safe_load`` (``original``, wrapped by ``ibra_yolo.plugin``) whose refusals are our one-line
+    errors, not chained tracebacks: an unsafe pickle (``UnsafePickleError``), a FIFO, a folder, a damaged file, a
+    missing module, or a file that holds no Ultralytics model (``CheckpointError``)."""
+    from ultralytics.nn import tasks
+
+    from ibra_yolo.checkpoints import (
+        advice_error,
+        damaged_file_error,
+        foreign_module_error,
+        held_model,
+        is_damaged,
+        no_model_error,
+        refusal_error,
+    )
+    from ibra_yolo.errors import CheckpointError
+    from ibra_yolo.model_state import check_model_state
+
+    local = Path(str(weight))
+    if local.exists() and not local.is_file() and not local.is_dir():  # a FIFO blocked the stock loader forever
+        raise CheckpointError(f"checkpoint {weight} is not a regular file (a FIFO or a device): name a .pt file")
+    weight = _check_before_stock_load(weight, kwargs.get("safe_only", args[0] if args else None))
+    try:
+        loaded = original(weight, *args, **kwargs)
+    except Exception as e:
+        refusal = refusal_error(weight, e, "; ULTRALYTICS_SAFE_LOAD=0 loads a file you trust")
+        if refusal:
+            raise refusal from None
+        if is_damaged(e):
+            raise damaged_file_error(weight, e) from None
+        foreign = foreign_module_error(weight, e)
+        if foreign:
+            raise foreign from None
+        if isinstance(e, OSError):  # a folder named x.pt, no permission
+            raise CheckpointError(f"cannot read checkpoint {weight}: {e.strerror or e}") from None
+        advice = advice_error(e)  # Ultralytics' own (a TorchScript archive, a YOLOv5 checkpoint) in one line
+        if advice:
+            raise advice from None
+        raise
+    model = held_model(loaded[0])
+    if model is None:  # a state_dict or a foreign dict: Ultralytics' own TypeError was a traceback
+        raise no_model_error(weight, loaded[0])
+    if not isinstance(model, tasks.BaseModel):  # e.g. a bare nn.Linear: it failed deep inside the predictor
+        raise CheckpointError(
+            f"{weight} holds a {type(model).__name__}, not an Ultralytics model (DetectionModel, ...)"
+        )
+    from ibra_yolo.nn.blocks import NeuronConv
+
+    if any(isinstance(m, NeuronConv) for m in model.modules()):  # ours; stock models load as they always did
+        check_model_state(model, weight, loaded[0])
+    return loaded
