@@ -19,11 +19,13 @@ import warnings
 import zipfile
 from pathlib import Path
 
+import numpy as np
 from torch import nn
 
 from ibra_yolo.errors import CheckpointError, IbraYoloError, MissingFileError, UnsafePickleError
 from ibra_yolo.model_state import check_finite_weights, check_model_state
-from ibra_yolo.unpickle import data_call, read_checkpoint
+from ibra_yolo.nn import NUMPY_NUMBERS
+from ibra_yolo.unpickle import ZIP_MAGIC, Value, data_call, read_checkpoint
 
 __all__ = (
     "load_checkpoint",
@@ -34,6 +36,7 @@ __all__ = (
     "refusal_error",
     "is_damaged",
     "damaged_file_error",
+    "failed_read_error",
     "foreign_module_error",
     "no_model_error",
     "advice_error",
@@ -86,12 +89,28 @@ _DATA_TYPES = (
     "numpy._core.multiarray.scalar",
     "numpy.dtype",
     "builtins.getattr",  # Detect.forward in YOLOv8/YOLO11 checkpoints (Ultralytics allows only attributes of layers)
-    "builtins.bytearray",  # plain values torch's weights_only loader also allows
-    "builtins.complex",
-    "collections.Counter",
     "torchvision.transforms.functional.InterpolationMode",  # classification checkpoints' transforms (an enum)
 )
+_NUMPY_CODES = {np.dtype(name).str[1:] for name in NUMPY_NUMBERS}  # "f4", "i8", "b1", ...: how a dtype is pickled
+
+
+def _numpy_scalar(qualname: str):
+    """The data call of ``numpy...scalar(dtype, bytes)``: a number only (an object dtype would make numpy read the
+    file's bytes as a pointer)."""
+
+    def call(dtype=None, data=None, *rest):
+        code = dtype.args[0] if isinstance(dtype, Value) and dtype.qualname == "numpy.dtype" and dtype.args else None
+        if code not in _NUMPY_CODES or not isinstance(data, bytes) or rest:
+            raise UnsafePickleError(
+                f"its pickle builds a numpy scalar of dtype {code!r}, not a number: not loaded, nothing in it was run"
+            )
+        return Value(qualname, (dtype, data))
+
+    return call
+
+
 _DATA_CALLS = {tuple(name.rsplit(".", 1)): data_call(name) for name in _DATA_TYPES}
+_DATA_CALLS.update({tuple(n.rsplit(".", 1)): _numpy_scalar(n) for n in _DATA_TYPES if n.endswith(".scalar")})
 
 
 def check_calls(path, hint: str = "") -> None:
@@ -100,12 +119,14 @@ def check_calls(path, hint: str = "") -> None:
     torch's ``weights_only`` loader, which Ultralytics' restricted load uses, lets a pickle call every allow-listed
     class with arguments of its choice, e.g. build a ``DetectionModel`` from a YAML path it names. This reads the
     pickle first with ``ibra_yolo.unpickle`` (stand-ins, shapes only: nothing is built, no tensor data read), so such
-    a file is refused before torch reads it. A legacy (non-zip) pickle cannot be read this way and is refused; a file
-    that is not a pickle at all is left to the loader, which says what it is.
+    a file is refused before torch reads it. The pickle is read with torch's own zip reader (what ``torch.load``
+    reads). torch reads any file that does not start as a zip as its legacy format, a pickle that cannot be checked
+    this way: such a file is refused too, before torch sees it.
 
     Raises:
-        UnsafePickleError: The pickle names a function outside the allow-list or calls a class, naming it.
-        CheckpointError: A zip checkpoint whose pickle is malformed.
+        UnsafePickleError: The pickle names a function outside the allow-list or calls a class, naming it; a legacy
+            (non-zip) pickle.
+        CheckpointError: Not a torch.save file, or a damaged one (e.g. two zip archives in one file).
     """
     kind = _file_kind(path)
     if kind == "pickle":
@@ -115,7 +136,11 @@ def check_calls(path, hint: str = "") -> None:
             f"torch writes the zip format{hint})"
         )
     if kind != "zip":
-        return
+        empty = Path(path).stat().st_size == 0
+        raise CheckpointError(
+            f"cannot read checkpoint {path}: "
+            + ("it is empty" if empty else "it is not a torch.save file (neither torch's zip format nor a pickle)")
+        )
     try:
         read_checkpoint(path, calls=_DATA_CALLS, data=False)
     except UnsafePickleError as e:
@@ -130,7 +155,9 @@ def check_calls(path, hint: str = "") -> None:
                 f"checkpoint {path} calls {name}(...) while it is read, which no saved model does (a saved class is "
                 f"only given its state): not loaded, nothing in it was run (the file may be malicious{hint})"
             ) from None
-        raise
+        raise UnsafePickleError(f"checkpoint {path}: {e}") from None
+    except CheckpointError as e:  # damaged or not a checkpoint: its own message, naming the file
+        raise CheckpointError(f"cannot read checkpoint {path}: {str(e).removeprefix(f'{path}: ')}") from None
 
 
 def _refused_globals(e: BaseException) -> tuple[bool, list[str], str]:
@@ -147,11 +174,12 @@ def _refused_globals(e: BaseException) -> tuple[bool, list[str], str]:
 
 
 def _file_kind(path) -> str:
-    """``"zip"`` (torch.save's format), ``"pickle"`` (a plain pickle: torch's legacy format) or ``"other"``."""
+    """``"zip"`` (torch.save's format), ``"pickle"`` (a plain pickle: torch's legacy format) or ``"other"``, by torch's
+    own rule: a zip starts with a zip record (a zip appended to something else is read as that something)."""
     try:
         with open(path, "rb") as f:
-            first = f.read(1)
-        return "zip" if zipfile.is_zipfile(path) else "pickle" if first == b"\x80" else "other"  # \x80: PROTO
+            head = f.read(4)
+        return "zip" if head == ZIP_MAGIC else "pickle" if head[:1] == b"\x80" else "other"  # \x80: PROTO
     except OSError:
         return "other"
 
@@ -209,6 +237,18 @@ def damaged_file_error(path, e: BaseException) -> CheckpointError:
     return CheckpointError(
         f"cannot read checkpoint {path}: it is empty, truncated or not a torch.save file "
         f"({type(root).__name__}: {_one_line(root)[:200] or 'no detail'})"
+    )
+
+
+def failed_read_error(path, e: BaseException) -> CheckpointError:
+    """The one-line error for a load that failed for another reason than those above: a damaged file (`is_damaged`)
+    or a pickle that failed while torch rebuilt its objects (an allow-listed class refusing the state it was given)."""
+    if is_damaged(e):
+        return damaged_file_error(path, e)
+    root = _root(e)
+    return CheckpointError(
+        f"cannot read checkpoint {path}: rebuilding its objects failed ({type(root).__name__}: "
+        f"{_one_line(root)[:200] or 'no detail'}): the file is damaged or was not written by torch.save"
     )
 
 
@@ -306,7 +346,7 @@ def load_checkpoint(path: str | Path) -> dict:
             raise CheckpointError(
                 f"{path} is not an Ultralytics checkpoint: it holds a {held[1]}, not a dict"
             ) from None
-        raise damaged_file_error(path, e) from None
+        raise failed_read_error(path, e) from None
     if not isinstance(ckpt, dict):
         raise no_model_error(path, ckpt)
     return ckpt

@@ -206,13 +206,14 @@ def stock_safe_load(original, weight, *args, **kwargs):
     from ibra_yolo.checkpoints import (
         advice_error,
         damaged_file_error,
+        failed_read_error,
         foreign_module_error,
         held_model,
         is_damaged,
         no_model_error,
         refusal_error,
     )
-    from ibra_yolo.errors import CheckpointError
+    from ibra_yolo.errors import CheckpointError, IbraYoloError
     from ibra_yolo.model_state import check_model_state
 
     local = Path(str(weight))
@@ -235,7 +236,9 @@ def stock_safe_load(original, weight, *args, **kwargs):
         advice = advice_error(e)  # Ultralytics' own (a TorchScript archive, a YOLOv5 checkpoint) in one line
         if advice:
             raise advice from None
-        raise
+        if isinstance(e, IbraYoloError):
+            raise
+        raise failed_read_error(weight, e) from None  # e.g. a class's __setstate__ refusing its state: one line
     model = held_model(loaded[0])
     if model is None:  # a state_dict or a foreign dict: Ultralytics' own TypeError was a traceback
         raise no_model_error(weight, loaded[0])

@@ -28,6 +28,7 @@ YAML path of its choosing).
 from __future__ import annotations
 
 import collections
+import io
 import pickle
 import sys
 import zipfile
@@ -37,7 +38,7 @@ import torch
 
 from ibra_yolo.errors import CheckpointError, MissingFileError, UnsafePickleError
 
-__all__ = ("StandIn", "Value", "data_call", "read_checkpoint")
+__all__ = ("StandIn", "Value", "ZIP_MAGIC", "data_call", "read_checkpoint")
 
 # Module roots whose names are refused outright: the standard library's ways to run code, and pickling helpers.
 _REFUSED = (
@@ -225,13 +226,59 @@ def data_call(qualname: str):
     return call
 
 
+ZIP_MAGIC = b"PK\x03\x04"  # torch.load reads a file as a zip only when it starts with this, any other as a pickle
+
+
+class _Archive:
+    """One torch.save zip file, read with torch's own zip reader, so that this module reads exactly the records
+    ``torch.load`` reads. Python's ``zipfile`` finds records from the directory at the end of the file, torch from the
+    start: a file made of two zip archives shows each of them another pickle, so the two views must agree."""
+
+    def __init__(self, path: Path):
+        self.path = path
+        try:
+            self.reader = torch._C.PyTorchFileReader(str(path))
+            names = {n for n in self.reader.get_all_records() if not n.endswith("/")}
+        except RuntimeError as e:
+            first = str(e).split(".")[0].strip()
+            raise CheckpointError(f"{path}: torch cannot read its zip records ({first}): the file is damaged") from None
+        if "data.pkl" not in names:
+            raise CheckpointError(f"{path}: it is a zip file but not a torch checkpoint (no data.pkl record)")
+        self.sizes = {n: self.reader.get_record_size(n) for n in names}
+        self._check_directory()
+
+    def _check_directory(self) -> None:
+        """Refuse a file whose zip directory (what ``zipfile`` and the CRC check read) lists other records."""
+        try:
+            with zipfile.ZipFile(self.path) as z:
+                entries = [i for i in z.infolist() if not i.is_dir()]
+                roots = {i.filename.split("/", 1)[0] for i in entries}
+                listed = {i.filename.split("/", 1)[-1]: i.file_size for i in entries}
+                same = len(roots) == 1 and listed == self.sizes
+                same = same and z.read(f"{roots.pop()}/data.pkl") == self.record("data.pkl")
+        except (zipfile.BadZipFile, OSError, EOFError, KeyError, ValueError, NotImplementedError):
+            same = False
+        if not same:
+            raise CheckpointError(
+                f"{self.path}: its zip directory and its records disagree (two archives in one file?): not read"
+            )
+
+    def size(self, name: str) -> int | None:
+        """The byte size of record ``name`` (e.g. ``data/0``), None when the file has no such record."""
+        return self.sizes.get(name)
+
+    def record(self, name: str) -> bytes:
+        """The bytes of record ``name``."""
+        return self.reader.get_record(name)
+
+
 class _Unpickler(pickle.Unpickler):
     """Unpickler of one torch zip archive that hands out only `_ALLOWED`, ``calls``, dtypes, storage tokens and
     stand-ins."""
 
-    def __init__(self, archive: zipfile.ZipFile, prefix: str, source: str, calls: dict | None, data: bool):
-        super().__init__(_open(archive, prefix + "data.pkl", source))
-        self.archive, self.prefix, self.source = archive, prefix, source
+    def __init__(self, archive: _Archive, calls: dict | None, data: bool):
+        super().__init__(io.BytesIO(archive.record("data.pkl")))
+        self.archive, self.source = archive, str(archive.path)
         self.calls, self.data = calls or {}, data
         self.stand_ins: dict[str, type] = {}
         self.storages: dict[str, _Storage] = {}
@@ -268,31 +315,21 @@ class _Unpickler(pickle.Unpickler):
             raise CheckpointError(f"{self.source}: unsupported storage record {str(pid)[:80]} in the checkpoint")
         _, kind, key, _location, numel = pid
         if key not in self.storages:
-            name = f"{self.prefix}data/{key}"
+            name = f"data/{key}"
             itemsize = torch.empty((), dtype=kind.dtype).element_size()
-            try:
-                size = self.archive.getinfo(name).file_size
-            except KeyError:
-                size = None
+            size = self.archive.size(name)
             if size is None or numel < 0 or size != numel * itemsize:
                 raise CheckpointError(
                     f"{self.source}: storage record {name!r} holds {size} bytes, not {numel} x {itemsize} ({kind.name})"
                 )
             if not self.data:  # shapes only: nothing is read
                 flat = torch.empty(numel, dtype=kind.dtype, device="meta")
-            elif data := bytearray(self.archive.read(name)):
+            elif data := bytearray(self.archive.record(name)):
                 flat = torch.frombuffer(data, dtype=kind.dtype)
             else:
                 flat = torch.empty(0, dtype=kind.dtype)
             self.storages[key] = _Storage(flat)
         return self.storages[key]
-
-
-def _open(archive: zipfile.ZipFile, name: str, source: str):
-    try:
-        return archive.open(name)
-    except KeyError:
-        raise CheckpointError(f"{source}: the checkpoint has no record {name!r}: the file is damaged") from None
 
 
 def read_checkpoint(path: str | Path, calls: dict | None = None, data: bool = True):
@@ -318,22 +355,19 @@ def read_checkpoint(path: str | Path, calls: dict | None = None, data: bool = Tr
         raise MissingFileError(f"checkpoint {path} does not exist")
     if not path.is_file():  # a folder, a FIFO or a device
         raise CheckpointError(f"checkpoint {path} is not a regular file: name a .pt file")
-    if not zipfile.is_zipfile(path):
-        raise CheckpointError(
-            f"{path} is not a torch zip checkpoint (torch.save of torch >= 1.6); legacy or other formats are not read"
-        )
-    with zipfile.ZipFile(path) as archive:
-        pickles = [n for n in archive.namelist() if n.count("/") == 1 and n.endswith("/data.pkl")]
-        if len(pickles) != 1:
-            raise CheckpointError(f"{path} is a zip file but not a torch checkpoint (no single <archive>/data.pkl)")
-        prefix = pickles[0].removesuffix("data.pkl")
-        if f"{prefix}byteorder" in archive.namelist():
-            order = archive.read(f"{prefix}byteorder").decode(errors="replace")
-            if order != sys.byteorder:
-                raise CheckpointError(f"{path} stores {order}-endian tensors; this machine is {sys.byteorder}-endian")
-        try:
-            return _Unpickler(archive, prefix, str(path), calls, data).load()
-        except CheckpointError:
-            raise
-        except (pickle.UnpicklingError, EOFError, ValueError, TypeError, AttributeError, IndexError, KeyError) as e:
-            raise CheckpointError(f"{path}: the checkpoint's pickle is damaged ({type(e).__name__}: {e})") from None
+    with path.open("rb") as f:
+        if f.read(4) != ZIP_MAGIC:
+            raise CheckpointError(
+                f"{path} is not a torch zip checkpoint (torch.save of torch >= 1.6); legacy or other formats are not "
+                "read"
+            )
+    archive = _Archive(path)
+    order = archive.record("byteorder").decode(errors="replace") if archive.size("byteorder") is not None else None
+    if order is not None and order != sys.byteorder:
+        raise CheckpointError(f"{path}: it stores {order}-endian tensors; this machine is {sys.byteorder}-endian")
+    try:
+        return _Unpickler(archive, calls, data).load()
+    except CheckpointError:
+        raise
+    except (pickle.UnpicklingError, EOFError, ValueError, TypeError, AttributeError, IndexError, KeyError) as e:
+        raise CheckpointError(f"{path}: the checkpoint's pickle is damaged ({type(e).__name__}: {e})") from None

@@ -105,14 +105,20 @@ def test_ann_twin_does_not_convert(tmp_path):
         convert_checkpoint(tmp_path / "ann.pt", tmp_path / "y.pt")
 
 
-@pytest.mark.parametrize("content, detail", [(b"", "EOFError"), (b"hello", "KeyError: 101"), (b"PK\x03\x04", "")])
-def test_unreadable_files(tmp_path, content, detail):
+@pytest.mark.parametrize(
+    "content, says",
+    [
+        (b"", "it is empty"),
+        (b"hello", "it is not a torch.save file (neither torch's zip format nor a pickle)"),  # never given to torch
+        (b"PK\x03\x04", "torch cannot read its zip records (PytorchStreamReader failed reading zip archive: not a ZIP "
+         "archive): the file is damaged"),
+    ],
+)  # fmt: skip
+def test_unreadable_files(tmp_path, content, says):
     (tmp_path / "x.pt").write_bytes(content)
     with pytest.raises(CheckpointError) as e:
         load_checkpoint(tmp_path / "x.pt")
-    msg = str(e.value)
-    assert type(e.value) is CheckpointError and "\n" not in msg and detail in msg
-    assert msg.startswith(f"cannot read checkpoint {tmp_path / 'x.pt'}: it is empty, truncated or not a torch.save")
+    assert type(e.value) is CheckpointError and str(e.value) == f"cannot read checkpoint {tmp_path / 'x.pt'}: {says}"
 
 
 def test_foreign_and_legacy_files_are_named(tmp_path, spiking_ckpt):
@@ -391,6 +397,16 @@ def test_stock_loading_is_restricted_by_default(evil, python):
     assert out.splitlines()[-1] == "3011433"  # YOLOv8n with 3 classes: Ultralytics' summary prints 3,011,433
 
 
+class Payload:
+    """Unpickling this calls ``func(*args)``."""
+
+    def __init__(self, func, *args):
+        self.func, self.args = func, args
+
+    def __reduce__(self):
+        return self.func, self.args
+
+
 class BuildsAModel:
     """Unpickling this calls ``DetectionModel(cfg)``: a class torch's ``weights_only`` allow-list holds, called with
     arguments the file chooses (battery 11, C20: it built a model from a YAML path the file named)."""
@@ -454,9 +470,90 @@ def test_a_pickle_that_calls_an_allow_listed_class_is_refused(tmp_path, monkeypa
     ckpt = torch.load(spiking_ckpt, weights_only=False)
     ckpt["model"].args = IterableSimpleNamespace(imgsz=64)
     ckpt["train_args"] = {"data": tmp_path / "data.yaml"}
-    ckpt["train_metrics"] = {"fitness": np.float64(0.25)}
+    # (np.float32, np.int64 and np.bool_ were refused by Ultralytics' allow-list, which holds float64's dtype only)
+    metrics = {"fitness": np.float64(0.25), "p": np.float32(0.5), "epoch": np.int64(3), "ok": np.bool_(True)}
+    ckpt["train_metrics"] = metrics
     torch.save(ckpt, tmp_path / "data_types.pt")
     loaded = load_checkpoint(tmp_path / "data_types.pt")
     assert loaded["train_args"]["data"] == tmp_path / "data.yaml" and loaded["model"].args.imgsz == 64
-    assert loaded["train_metrics"]["fitness"] == 0.25
+    assert loaded["train_metrics"] == metrics and type(loaded["train_metrics"]["p"]) is np.float32
+    assert YOLO(str(tmp_path / "data_types.pt")).ckpt["train_metrics"] == metrics  # the stock loader too
     assert built == []  # given its state, not constructed
+    # a numpy scalar of object dtype would make numpy read the file's bytes as a pointer: refused before torch
+    scalar = np.float64(0).__reduce__()[0]
+    ckpt["train_metrics"] = {"x": Payload(scalar, np.dtype(object), b"\x00" * 8)}
+    torch.save(ckpt, tmp_path / "object_scalar.pt")
+    with pytest.raises(UnsafePickleError, match=r"object_scalar\.pt: its pickle builds a numpy scalar of dtype 'O8'"):
+        load_checkpoint(tmp_path / "object_scalar.pt")
+
+
+def _twin(evil: dict, benign, path: Path) -> None:
+    """Write ``evil``'s torch.save zip followed by a benign one of the same size: Python's ``zipfile`` reads the last
+    archive (its directory is at the end of the file), torch's reader the first (battery 12, Z01-Z03)."""
+    import io
+    import zipfile
+
+    def save(obj) -> bytes:
+        buf = io.BytesIO()
+        torch.save(obj, buf)
+        return buf.getvalue()
+
+    def pickle_size(data: bytes) -> int:
+        return next(i.file_size for i in zipfile.ZipFile(io.BytesIO(data)).infolist() if i.filename.endswith(".pkl"))
+
+    first = save(evil)
+    for n in range(1, 2000):
+        second = save(benign(n))
+        if len(second) == len(first) and pickle_size(second) == pickle_size(first):
+            path.write_bytes(first + second)
+            return
+    raise AssertionError("no benign twin of the same size")
+
+
+def test_files_that_show_torch_another_pickle_are_refused(tmp_path, monkeypatch):
+    from ultralytics import YOLO
+    from ultralytics.nn import tasks
+
+    built = []
+    original = tasks.DetectionModel.__init__
+    monkeypatch.setattr(
+        tasks.DetectionModel, "__init__", lambda self, *a, **k: built.append(a) or original(self, *a, **k)
+    )
+    # two archives in one file: the check read the benign one, torch the one that builds a model
+    twin = tmp_path / "twin.pt"
+    _twin({"date": BuildsAModel("spike-yolo-ilif-n.yaml")}, lambda n: {"date": "p" * n}, twin)
+    says = rf"cannot read checkpoint {re.escape(str(twin))}: its zip directory and its records disagree"
+    for load in (load_checkpoint, YOLO):
+        with pytest.raises(CheckpointError, match=says):
+            load(str(twin))
+    # a legacy (non-zip) pickle with a zip appended: Python's zipfile saw the zip, torch reads the pickle
+    poly = tmp_path / "poly.pt"
+    buf = tmp_path / "tail.pt"
+    torch.save({"date": "x"}, buf)
+    poly.write_bytes(pickle.dumps({"model": BuildsAModel("spike-yolo-ilif-n.yaml")}, protocol=2) + buf.read_bytes())
+    for load in (load_checkpoint, YOLO):
+        with pytest.raises(UnsafePickleError, match=r"poly\.pt is a pickle in torch's legacy \(non-zip\) format"):
+            load(str(poly))
+    # a protocol-0 pickle (no PROTO byte first) is read by torch's legacy loader as well: refused before it
+    (tmp_path / "p0.pt").write_bytes(pickle.dumps({"model": BuildsAModel("spike-yolo-ilif-n.yaml")}, protocol=0))
+    with pytest.raises(CheckpointError, match=r"p0\.pt: it is not a torch\.save file \(neither torch's zip format"):
+        load_checkpoint(tmp_path / "p0.pt")
+    assert built == []
+
+
+def test_a_pickle_whose_objects_fail_to_rebuild_is_one_line(tmp_path, spiking_ckpt):
+    # an allowed data type given a value it refuses (an interpolation mode that does not exist): the stock `yolo`
+    # command printed a 40-line traceback (battery 12, Q18); both loaders now say it in one line, naming the file
+    from torchvision.transforms import InterpolationMode
+    from ultralytics import YOLO
+
+    ckpt = torch.load(spiking_ckpt, weights_only=False)
+    ckpt["train_metrics"] = {"mode": Payload(InterpolationMode, "nonexistent")}
+    torch.save(ckpt, tmp_path / "bad_value.pt")
+    says = (
+        rf"cannot read checkpoint {re.escape(str(tmp_path / 'bad_value.pt'))}: rebuilding its objects failed "
+        r"\(ValueError: 'nonexistent' is not a valid InterpolationMode\): the file is damaged or was not written"
+    )
+    for load in (load_checkpoint, YOLO):
+        with pytest.raises(CheckpointError, match=says):
+            load(str(tmp_path / "bad_value.pt"))
