@@ -20,6 +20,7 @@ import zipfile
 from pathlib import Path
 
 import numpy as np
+import torch
 from torch import nn
 
 from ibra_yolo.errors import CheckpointError, IbraYoloError, MissingFileError, UnsafePickleError
@@ -184,6 +185,15 @@ def _file_kind(path) -> str:
         return "other"
 
 
+def _pickle_protocol(path) -> int | None:
+    """The pickle protocol of a torch.save zip file's ``data.pkl`` (its PROTO opcode), or None."""
+    try:
+        head = torch._C.PyTorchFileReader(str(path)).get_record("data.pkl")[:2]
+    except (RuntimeError, OSError):
+        return None
+    return head[1] if len(head) == 2 and head[0] == 0x80 else None
+
+
 def refusal_error(path, e: BaseException, hint: str = "") -> CheckpointError | None:
     """The one-line error for a file the restricted loader refused, or None when ``e`` is not such a refusal.
 
@@ -206,9 +216,13 @@ def refusal_error(path, e: BaseException, hint: str = "") -> CheckpointError | N
             f"check{named}: not loaded, nothing in it was run (if you "
             f"trust it, load it once and torch.save it again: torch writes the zip format{hint})"
         )
+    protocol = _pickle_protocol(path)
     what = (
         f"refers to {', '.join(names)}, which a checkpoint may not use"
         if names
+        else f"holds a pickle of protocol {protocol}, which torch's restricted loader does not read (torch.save writes "
+        f"protocol 2 unless told otherwise: save it again without pickle_protocol=)"
+        if protocol and protocol > 2
         else f"holds a pickle that cannot be read safely ({reason or 'not a torch.save file'})"
     )
     return UnsafePickleError(

@@ -133,6 +133,10 @@ def lif_multistep(
 
     Returns:
         (torch.Tensor): Outputs ``S`` with the shape of ``x``.
+
+    Raises:
+        TypeError: ``fire`` is not callable.
+        ValueError: A bad ``beta``, ``x`` or ``steps``, or a ``fire`` that changes the shape.
     """
     if not (is_number(beta) and 0 <= beta <= 1):  # NaN, a string or a tensor too (a tensor 5.0 was taken)
         raise ValueError(f"beta={beta!r:.80} is invalid: the membrane decay must be a number in [0, 1]")
@@ -142,12 +146,22 @@ def lif_multistep(
         raise ValueError(f"x of shape {shape} has no timesteps: expected a tensor [T, B, ...] with T >= 1")
     if steps is not None and not tracing and not (is_int(steps) and steps == x.shape[0]):  # steps=1 ran 1 of 3 steps
         raise ValueError(f"steps={steps!r} is invalid: x of shape {tuple(x.shape)} holds {x.shape[0]} timesteps")
+    if not callable(fire):
+        raise TypeError(f"fire={fire!r:.80} is not callable: pass the quantiser U -> S")
+
+    def fired(u: torch.Tensor) -> torch.Tensor:
+        s = fire(u)
+        if not tracing and (not isinstance(s, torch.Tensor) or s.shape != u.shape):  # S[t] replaces U[t]
+            got = tuple(s.shape) if isinstance(s, torch.Tensor) else type(s).__name__
+            raise ValueError(f"fire returned {got} for a membrane of shape {tuple(u.shape)}: it must keep the shape")
+        return s
+
     if (x.shape[0] if steps is None else steps) == 1:
-        return fire(x)
+        return fired(x)
     h, out = None, []
     for xt in x.unbind(0):
         u = xt if h is None else h + xt
-        s = fire(u)
+        s = fired(u)
         h = beta * (u - s.detach())
         out.append(s)
     return torch.stack(out)

@@ -93,7 +93,7 @@ def check_output(path: str | Path, overwrite: bool = False, flag: str = "--out",
     problem = _folder_problem(path.parent)
     if problem:
         raise PathError(f"cannot write {path}: {problem}")
-    if path.exists() and not overwrite:
+    if (path.exists() or path.is_symlink()) and not overwrite:  # a dangling link too: the final move refuses it
         raise OutputExistsError(f"{path} exists: choose another {flag} or pass --overwrite")
     return path
 
@@ -106,7 +106,7 @@ def check_outputs(paths, overwrite: bool = False, flag: str = "--out", inputs=()
         IbraYoloError: One cannot be written, or is one of ``inputs`` (see ``check_output``).
     """
     paths = [Path(p) for p in paths]
-    existing = [str(p) for p in paths if p.exists() and not p.is_dir()]
+    existing = [str(p) for p in paths if (p.exists() and not p.is_dir()) or (p.is_symlink() and not p.exists())]
     if existing and not overwrite:
         verb = "exists" if len(existing) == 1 else "exist"
         raise OutputExistsError(f"{', '.join(existing)} {verb}: choose another {flag} or pass --overwrite")

@@ -46,6 +46,7 @@ from ibra_yolo.stock_hooks import (
     OTHER_TASKS,
     check_predictions_before_nms,
     detector_only,
+    spiking_dict_checked,
     spiking_fuse,
     stock_safe_load,
     unfolded_weights,
@@ -137,6 +138,8 @@ def model_yaml_path(name: str | Path) -> tuple[Path, str | None] | None:
     ``<base>-<scale>.yaml`` resolves to ``<base>.yaml`` with that scale. Returns None when the name is not a spiking
     model YAML (the stock loader handles it).
     """
+    if not isinstance(name, (str, Path)):  # pathlib's TypeError did not name the argument
+        raise TypeError(f"name={name!r:.80} is invalid: a model name or YAML path (str or Path)")
     found = _find_model_yaml(name)
     return None if found is None else found[:2]
 
@@ -292,6 +295,7 @@ def register() -> None:
         tasks.BaseModel.fuse = wrap_method(tasks.BaseModel.fuse, spiking_fuse)
     if not hasattr(tasks.BaseModel.load, "__ibra_yolo_original__"):
         tasks.BaseModel.load = wrap_method(tasks.BaseModel.load, unfolded_weights)
+    wrap_methods("ultralytics.nn.tasks", "DetectionModel", {"__init__": spiking_dict_checked})
     for name in OTHER_TASKS:
         wrap_methods("ultralytics.nn.tasks", name, {"__init__": detector_only})
     if os.environ.get("ULTRALYTICS_SAFE_LOAD", "").lower() not in _OFF:  # only an explicit "off" opts out

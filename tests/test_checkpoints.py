@@ -557,3 +557,13 @@ def test_a_pickle_whose_objects_fail_to_rebuild_is_one_line(tmp_path, spiking_ck
     for load in (load_checkpoint, YOLO):
         with pytest.raises(CheckpointError, match=says):
             load(str(tmp_path / "bad_value.pt"))
+
+
+def test_a_pickle_protocol_torch_cannot_read_restricted_is_named(tmp_path, spiking_ckpt):
+    # torch.save(..., pickle_protocol=4): torch's weights_only loader stops at the protocol-4 framing and the message
+    # said "not a torch.save file" (battery 12); it names the protocol and how to save the file again
+    torch.save(torch.load(spiking_ckpt, weights_only=False), tmp_path / "p4.pt", pickle_protocol=4)
+    with pytest.raises(
+        UnsafePickleError, match=r"p4\.pt holds a pickle of protocol 4, which torch's restricted loader"
+    ):
+        load_checkpoint(tmp_path / "p4.pt")

@@ -207,11 +207,15 @@ def test_demo_takes_every_optimizer_the_trainer_knows(name):
         (["--imgsz", "32", "--n-train", "18", "--batch", "16"], True),  # a last batch of 2: 2 values per channel
         (["--imgsz", "64", "--n-train", "1", "--batch", "1"], True),  # 2x2 at stride 32: 4 values per channel
         (["--imgsz", "32", "--n-train", "1", "--batch", "2"], False),  # the one batch holds 1 image
+        # what the stock trainer reads from --yolo-arg (battery 12, M09: fraction=0.5 left 1 of 2 images)
+        (["--imgsz", "32", "--n-train", "2", "--batch", "2", "--yolo-arg", "fraction=0.5"], False),
+        (["--imgsz", "64", "--n-train", "17", "--batch", "16", "--yolo-arg", "multi_scale=0.5"], False),  # down to 32
+        (["--imgsz", "32", "--n-train", "17", "--batch", "16", "--yolo-arg", "compile=True"], True),  # drops it
     ],
 )
 def test_demo_takes_the_batches_batchnorm_can_train_on(argv, ok):
     if ok:
         assert demo.parse_args(argv).imgsz == int(argv[1])
     else:
-        with pytest.raises(demo.UsageError, match=r"\(--n-train 1, --batch 2\) gives BatchNorm a single value"):
+        with pytest.raises(demo.UsageError, match=r"with one image in the last training batch .* gives BatchNorm"):
             demo.parse_args(argv)

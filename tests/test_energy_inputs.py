@@ -186,3 +186,19 @@ def test_measure_names_odd_image_lists_and_sparse_tensors(model):
     altered.stride = torch.zeros(3)
     with pytest.raises(IbraYoloError, match=r"^the model's stride \[0\.0, 0\.0, 0\.0\] is invalid: strides are >= 1"):
         measure(altered, torch.rand(1, 3, 64, 64), progress=False)
+
+
+def test_out_may_not_be_the_folder_of_the_measured_images(tmp_path, capsys):
+    # --out <the image folder> --overwrite wrote energy.png beside the images: the next run measured 5 images, not 4
+    # (battery 12, H05); refused before any work, with or without --overwrite
+    images = tmp_path / "images"
+    images.mkdir()
+    for i in range(2):
+        cv2.imwrite(str(images / f"{i}.png"), np.zeros((32, 32, 3), np.uint8))
+    argv = ["--weights", "spike-yolo-ibra-n.yaml", "--source", str(images), "--imgsz", "32"]
+    for extra in ([], ["--overwrite"]):
+        assert energy_cli.main([*argv, "--out", str(images), *extra]) == 2
+        err = capsys.readouterr().err
+        assert err == f"error: --out {images} is a folder of the measured images: energy.png would be measured as an " \
+            "image by the next run on it; choose another --out\n", err  # fmt: skip
+    assert sorted(p.name for p in images.iterdir()) == ["0.png", "1.png"]

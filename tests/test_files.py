@@ -44,6 +44,12 @@ def test_check_output_paths(tmp_path):
     ):
         check_output(tmp_path / "fifo", overwrite=True)
     assert stat.S_ISFIFO(os.stat(tmp_path / "fifo").st_mode)  # still the FIFO
+    # a symlink to a missing file: refused as existing only by the final move, after the work (battery 12, D03)
+    (tmp_path / "dangling.pt").symlink_to(tmp_path / "missing" / "x.pt")
+    with pytest.raises(OutputExistsError, match=f"^{tmp_path}/dangling.pt exists: choose another --out"):
+        check_output(tmp_path / "dangling.pt")
+    with pytest.raises(OutputExistsError, match=f"^{tmp_path}/dangling.pt exist"):
+        check_outputs([tmp_path / "dangling.pt"])
 
 
 @pytest.mark.skipif(hasattr(os, "geteuid") and os.geteuid() == 0, reason="root may write anywhere")

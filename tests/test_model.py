@@ -367,6 +367,9 @@ def test_yamls_resolve_in_a_checkout():
     assert cfg_dir() == Path(ibra_yolo.__file__).resolve().parents[1] / "cfg" == CFG
     assert model_yaml_path("spike-yolo-ibra-l.yaml") == (CFG / "spike-yolo-ibra.yaml", "l")
     assert model_yaml_path("yolov8n.yaml") is None
+    for bad in (None, 123):  # pathlib's TypeError named neither (battery 12, A07/A08)
+        with pytest.raises(TypeError, match=rf"^name={bad} is invalid: a model name or YAML path \(str or Path\)"):
+            model_yaml_path(bad)
     families = ("ann", "iblif", "ibra", "ilif")
     assert available_models() == [n for f in families for n in (f"spike-yolo-{f}.yaml",
                                   *(f"spike-yolo-{f}-{s}.yaml" for s in "nsml"))]  # fmt: skip

@@ -14,6 +14,7 @@ import pytest
 import yaml
 from conftest import CFG, run
 from conftest import model_dict as load
+from ultralytics.nn.tasks import DetectionModel
 
 from ibra_yolo.errors import MissingFileError, ModelConfigError
 from ibra_yolo.nn import build_spiking_model
@@ -78,6 +79,16 @@ def test_empty_backbone_or_head(tmp_path, key, value):
     msg = yolo_error(write(tmp_path, load(scale="n", **{key: value})))
     rule = "it must be a non-empty list of rows [from, n, module, args]"
     assert msg == f"{tmp_path / 'bad.yaml'}: {key}={value!r} is invalid: {rule}"
+    # the same as a dict handed to the stock constructor: an IndexError in its code before (battery 12, A05)
+    with pytest.raises(ModelConfigError) as e:
+        DetectionModel(load(scale="n", **{key: value}), verbose=False)
+    assert str(e.value) == f"{key}={value!r} is invalid: {rule}"
+
+
+def test_input_channels_are_checked():
+    # ch=0 was torch's conv error, which does not name ch (battery 12, A02)
+    with pytest.raises(ModelConfigError, match=r"^spike-yolo-ibra-n\.yaml: ch=0 is invalid: input image channels "):
+        DetectionModel("spike-yolo-ibra-n.yaml", ch=0, nc=3, verbose=False)
 
 
 @pytest.mark.parametrize(

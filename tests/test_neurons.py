@@ -396,6 +396,12 @@ def test_public_plane_helpers_take_wide_codes_and_check_their_arguments():
         lif_multistep(torch.ones(3, 1), fire, 0.5, steps=1)
     with pytest.raises(ValueError, match=r"^x of shape list has no timesteps: expected a tensor"):
         lif_multistep([1.0, 2.0], fire, 0.5)
+    # fire=None was "'NoneType' object is not callable" inside; a fire that drops elements returned shape (3, 1) for
+    # an input of (3, 2) (battery 12, A34/A48)
+    with pytest.raises(TypeError, match=r"^fire=None is not callable: pass the quantiser U -> S"):
+        lif_multistep(torch.ones(3, 2), None, 0.5)
+    with pytest.raises(ValueError, match=r"^fire returned \(1,\) for a membrane of shape \(2,\): it must keep"):
+        lif_multistep(torch.ones(3, 2), lambda u: u[:1], 0.5)
     # a numpy array was "'numpy.ndarray' object has no attribute 'float'"; complex input dropped its imaginary part
     with pytest.raises(ValueError, match=r"^u is a ndarray: membrane potentials are a real .* torch tensor"):
         quantize_codes(np.array([1.0]), 100.0, 511)

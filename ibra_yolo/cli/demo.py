@@ -142,6 +142,26 @@ def _check_optimizer(name) -> None:
         pass
 
 
+def check_last_batch(p: ArgumentParser, args: argparse.Namespace) -> None:
+    """Refuse, before any work, a last training batch of one image at a size whose stride-32 map is 1x1 (BatchNorm
+    cannot train on one value per channel): the stock trainer's own check, which comes after the dataset is made,
+    with the ``fraction``, ``multi_scale`` and ``compile`` it reads from ``--yolo-arg``."""
+    from ultralytics.cfg import smart_value
+
+    train = {k.strip(): smart_value(v.strip()) for k, v in (a.split("=", 1) for a in args.yolo_arg)}
+    n = args.n_train if train.get("fraction", 1.0) >= 1 else round(args.n_train * train["fraction"])
+    dropped = bool(train.get("compile")) and n > args.batch and n % args.batch != 0  # compile drops a short last batch
+    last = args.batch if dropped else n % args.batch or min(args.batch, n)
+    smallest = max(32, int(args.imgsz * (1 - float(train.get("multi_scale") or 0)))) // 32 * 32
+    if smallest < 64 and last == 1:
+        used = ", ".join(f"{k}={train[k]}" for k in ("fraction", "multi_scale") if k in train)
+        p.error(
+            f"--imgsz {args.imgsz} with one image in the last training batch (--n-train {args.n_train}, --batch "
+            f"{args.batch}{', ' + used if used else ''}) gives BatchNorm a single value per channel at stride 32: use "
+            f"--imgsz 64 or more, or a --batch that leaves at least 2 images in the last batch"
+        )
+
+
 def check_args(p: ArgumentParser, args: argparse.Namespace) -> None:
     """The rules argparse cannot state; a violation is a ``UsageError``."""
     for k in ("epochs", "imgsz", "n_train", "n_val", "batch"):
@@ -162,17 +182,11 @@ def check_args(p: ArgumentParser, args: argparse.Namespace) -> None:
         p.error(f"--yolo-arg {own[0]}=...: use the demo's own --{own[0]} (training and evaluation share it)")
     if args.imgsz > MAX_IMGSZ:
         p.error(f"--imgsz {args.imgsz} is invalid: at most {MAX_IMGSZ}")
-    last = args.n_train % args.batch or min(args.batch, args.n_train)  # images in the last training batch
-    if args.imgsz < 64 and last == 1:  # the stock trainer refuses it too, but only after the dataset is made
-        p.error(
-            f"--imgsz {args.imgsz} with one image in the last training batch (--n-train {args.n_train}, --batch "
-            f"{args.batch}) gives BatchNorm a single value per channel at stride 32: use --imgsz 64 or more, or a "
-            f"--batch that leaves at least 2 images in the last batch"
-        )
     for k in ("n_train", "n_val"):
         if getattr(args, k) > MAX_DEMO_IMAGES:
             p.error(f"--{k.replace('_', '-')} {getattr(args, k)} is invalid: at most {MAX_DEMO_IMAGES} images")
     check_yolo_args(args.yolo_arg)
+    check_last_batch(p, args)
     if Path(args.model).suffix.lower() not in (".yaml", ".yml"):
         p.error(f"--model {args.model!r} is not a model YAML: the demo trains a model YAML from scratch (a .pt "
                 "checkpoint is not accepted: its pickle would be loaded unchecked by the stock trainer)")  # fmt: skip

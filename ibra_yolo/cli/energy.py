@@ -8,9 +8,10 @@ from __future__ import annotations
 
 import argparse
 import os
+from pathlib import Path
 
 from ibra_yolo.cli.parser import ArgumentParser, positive_int, run_command
-from ibra_yolo.errors import one_line
+from ibra_yolo.errors import IbraYoloError, one_line
 from ibra_yolo.limits import MAX_IMGSZ
 
 __all__ = ("build_parser", "main")
@@ -72,7 +73,13 @@ def run(args: argparse.Namespace) -> int:
     from ibra_yolo.sources import list_images
 
     output_paths(args.out, overwrite=args.overwrite)  # fail before the (long) measurement, not after it
-    inputs = [*list_images(args.source), args.weights]  # likewise for a missing or empty source
+    images = list_images(args.source)  # likewise for a missing or empty source
+    if Path(args.out).resolve() in {Path(image).resolve().parent for image in images}:
+        raise IbraYoloError(
+            f"--out {args.out} is a folder of the measured images: energy.png would be measured as an image by the "
+            f"next run on it; choose another --out"
+        )
+    inputs = [*images, args.weights]
     output_paths(args.out, overwrite=args.overwrite, inputs=inputs)  # an image may be named energy.png: never replaced
     report = measure(
         load_model(args.weights),

@@ -253,6 +253,12 @@ def plan_model(d, ch: int = 3, name: str | None = None) -> ModelPlan:
     except ModelConfigError as e:
         name = name or (d.get("yaml_file") if isinstance(d, dict) else None)
         raise ModelConfigError(f"{name}: {e}" if name else str(e)) from None
+    if not isinstance(ch, int) or isinstance(ch, bool) or not 1 <= ch <= LIMITS["channels"]:
+        bad = ModelConfigError(
+            f"ch={ch!r} is invalid: input image channels must be an integer in [1, {LIMITS['channels']}]"
+        )
+        where = d.get("yaml_file")  # the argument is wrong, not the file
+        raise ModelConfigError(f"{where}: {bad}" if where else str(bad))
     plan = ModelPlan(d.get("T", 1), d["nc"], dict(d["neuron"]))
     rows = [*d["backbone"], *d["head"]]
     outs = [_Out(ch, 1, False)]  # the input image, then each layer's output (index j + 1)
