@@ -162,16 +162,14 @@ def detector_only(original, self, *args, **kwargs):
 def spiking_dict_checked(original, self, *args, **kwargs):
     """``DetectionModel.__init__`` that checks a spiking model *dict* completely before the stock code reads it (a
     file is checked when it is loaded; a dict with an empty ``backbone`` was an IndexError in the stock constructor)."""
-    from ibra_yolo.nn.builder import is_spiking_yaml
+    from ibra_yolo.nn.builder import dict_name, is_spiking_yaml
     from ibra_yolo.nn.rows import plan_model
 
     cfg = args[0] if args else kwargs.get("cfg")
     if isinstance(cfg, dict) and is_spiking_yaml(cfg):
         nc = args[2] if len(args) > 2 else kwargs.get("nc")
-        plan_model(
-            {**cfg, **({"nc": nc} if nc else {})},
-            cfg.get("channels", args[1] if len(args) > 1 else kwargs.get("ch", 3)),
-        )
+        ch = cfg.get("channels", args[1] if len(args) > 1 else kwargs.get("ch", 3))  # as the stock constructor
+        plan_model({**cfg, **({"nc": nc} if nc else {})}, ch, dict_name(cfg))
     return original(self, *args, **kwargs)
 
 

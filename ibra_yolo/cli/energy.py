@@ -74,13 +74,13 @@ def run(args: argparse.Namespace) -> int:
 
     output_paths(args.out, overwrite=args.overwrite)  # fail before the (long) measurement, not after it
     images = list_images(args.source)  # likewise for a missing or empty source
+    inputs = [*images, args.weights]
+    output_paths(args.out, overwrite=args.overwrite, inputs=inputs)  # an image may be named energy.png: never replaced
     if Path(args.out).resolve() in {Path(image).resolve().parent for image in images}:
         raise IbraYoloError(
             f"--out {args.out} is a folder of the measured images: energy.png would be measured as an image by the "
             f"next run on it; choose another --out"
         )
-    inputs = [*images, args.weights]
-    output_paths(args.out, overwrite=args.overwrite, inputs=inputs)  # an image may be named energy.png: never replaced
     report = measure(
         load_model(args.weights),
         args.source,

@@ -58,6 +58,13 @@ def model_scale(d: dict) -> str | None:
     return d.get("scale") or next(iter(scales), None)
 
 
+def dict_name(d: dict) -> str | None:
+    """What errors call a model dict read from a file: that file was checked when read, so a dict that fails now has
+    changed since, or is a checkpoint's copy. None for a dict that never came from a file."""
+    file = d.get("yaml_file")
+    return f"the model dict of {file} (a checkpoint's copy, or changed after loading)" if file else None
+
+
 def build_spiking_model(d: dict, ch: int = 3, verbose: bool = True) -> tuple[nn.Sequential, list[int]]:
     """Build the layers of a spiking model dict.
 
@@ -80,9 +87,7 @@ def build_spiking_model(d: dict, ch: int = 3, verbose: bool = True) -> tuple[nn.
             "or deploy): its BNs and re-parameterisable branches are gone, so it cannot be trained or rebuilt; train "
             "or resume from the checkpoint it was folded from"
         )
-    file = d.get("yaml_file")  # read from it, the dict was checked: it has changed since, or a checkpoint holds it
-    name = f"the model dict of {file} (a checkpoint's copy, or changed after loading)" if file else None
-    plan = plan_model(d, ch, name)
+    plan = plan_model(d, ch, dict_name(d))
 
     def neuron() -> nn.Module:
         return make_neuron(plan.neuron, plan.T)
