@@ -15,6 +15,7 @@ from __future__ import annotations
 
 import pickle
 import re
+import reprlib
 import warnings
 import zipfile
 from pathlib import Path
@@ -26,7 +27,7 @@ from torch import nn
 from ibra_yolo.errors import CheckpointError, IbraYoloError, MissingFileError, UnsafePickleError
 from ibra_yolo.model_state import check_finite_weights, check_model_state
 from ibra_yolo.nn import NUMPY_NUMBERS
-from ibra_yolo.unpickle import ZIP_MAGIC, Value, data_call, read_checkpoint
+from ibra_yolo.unpickle import ZIP_MAGIC, StandIn, Value, data_call, read_checkpoint
 
 __all__ = (
     "load_checkpoint",
@@ -79,6 +80,7 @@ def check_zip_crc(path) -> None:
 # allow-lists them: values, never a model, a layer or a function that acts. A pickle may call these, torch's tensor
 # rebuilding and plain containers (``ibra_yolo.unpickle``), nothing else; classes are only created empty and given
 # their saved state, which is how every checkpoint written by torch.save stores them.
+_REPR = reprlib.Repr()  # values quoted in bounded size
 _DATA_TYPES = (
     "ultralytics.utils.IterableSimpleNamespace",  # a model's args
     "ultralytics.yolo.utils.IterableSimpleNamespace",  # the same before Ultralytics 8.0.44
@@ -143,7 +145,7 @@ def check_calls(path, hint: str = "") -> None:
             + ("it is empty" if empty else "it is not a torch.save file (neither torch's zip format nor a pickle)")
         )
     try:
-        read_checkpoint(path, calls=_DATA_CALLS, data=False)
+        _check_no_hooks(read_checkpoint(path, calls=_DATA_CALLS, data=False), path)
     except UnsafePickleError as e:
         name, how = getattr(e, "refused", ("", ""))
         if how == "names":
@@ -156,9 +158,42 @@ def check_calls(path, hint: str = "") -> None:
                 f"checkpoint {path} calls {name}(...) while it is read, which no saved model does (a saved class is "
                 f"only given its state): not loaded, nothing in it was run (the file may be malicious{hint})"
             ) from None
-        raise UnsafePickleError(f"checkpoint {path}: {e}") from None
+        raise e if str(e).startswith(f"checkpoint {path}") else UnsafePickleError(f"checkpoint {path}: {e}") from None
     except CheckpointError as e:  # damaged or not a checkpoint: its own message, naming the file
         raise CheckpointError(f"cannot read checkpoint {path}: {str(e).removeprefix(f'{path}: ')}") from None
+
+
+def _hook_name(hook) -> str:
+    """A stored hook as the pickle names it (a stand-in's ``module.name``), in bounded size."""
+    return str(getattr(hook, "qualname", type(hook).__name__))[:80]
+
+
+def _check_no_hooks(ckpt, path) -> None:
+    """Refuse a checkpoint whose modules store hooks (``_forward_pre_hooks``, ``_state_dict_hooks``, ...): torch's
+    loader restores them as saved, and torch calls them on every forward, ``state_dict()`` or load, so a file could
+    name an allow-listed class or a layer's method there to have it called later. A saved Ultralytics model has none."""
+    seen, todo = set(), [("", ckpt)]
+    while todo:
+        where, obj = todo.pop()
+        if id(obj) in seen:
+            continue
+        seen.add(id(obj))
+        if isinstance(obj, StandIn):
+            for key, value in obj.attrs.items():
+                if "hook" in str(key) and isinstance(value, dict) and value:
+                    raise UnsafePickleError(
+                        f"checkpoint {path}: the {obj.name} at {where or 'the top level'} stores {key} "
+                        f"({', '.join(_hook_name(v) for v in list(value.values())[:3])}), which torch would "
+                        f"call: not loaded, nothing in it was run (a saved "
+                        f"model holds no hooks; the file may be malicious)"
+                    )
+            kids = obj.attrs.get("_modules") if isinstance(obj.attrs.get("_modules"), dict) else {}
+            todo += [(f"{where}.{k}", v) for k, v in kids.items()]  # model.model.1.conv: as named_modules names it
+            todo += [(f"{where}.{k}", v) for k, v in obj.attrs.items() if k != "_modules"]
+        elif isinstance(obj, dict):
+            todo += [(f"{where}.{k}" if where else str(k), v) for k, v in obj.items()]
+        elif isinstance(obj, (list, tuple, set, frozenset)):
+            todo += [(f"{where}[{i}]", v) for i, v in enumerate(obj)]
 
 
 def _refused_globals(e: BaseException) -> tuple[bool, list[str], str]:

@@ -30,6 +30,7 @@ from __future__ import annotations
 import collections
 import io
 import pickle
+import reprlib
 import sys
 import zipfile
 from pathlib import Path
@@ -49,6 +50,7 @@ _REFUSED = (
     "resource fcntl mmap select selectors ssl ftplib smtplib telnetlib xmlrpc"
 )
 _REFUSED_ROOTS = frozenset(_REFUSED.split())
+_REPR = reprlib.Repr()  # values quoted in bounded size
 _STORAGE_DTYPES = {
     "DoubleStorage": torch.float64,
     "FloatStorage": torch.float32,
@@ -157,7 +159,9 @@ class _Storage:
 
 
 def _rebuild_tensor(storage, storage_offset, size, stride, requires_grad=False, backward_hooks=None, metadata=None):
-    """``torch._utils._rebuild_tensor_v2`` on our storage: a bounds-checked strided view (hooks are never kept)."""
+    """``torch._utils._rebuild_tensor_v2`` on our storage: a bounds-checked strided view. A tensor with backward hooks
+    is refused: torch would restore them, and call them in a backward pass."""
+    _no_hooks(backward_hooks, "tensor")
     shape_ok = _ints(size) and _ints(stride) and len(size) == len(stride) and _ints([storage_offset])
     if not isinstance(storage, _Storage) or not shape_ok:
         raise CheckpointError("the checkpoint holds a malformed tensor record")
@@ -167,12 +171,28 @@ def _rebuild_tensor(storage, storage_offset, size, stride, requires_grad=False, 
         raise CheckpointError(f"a tensor record does not fit its storage: {e}") from None
 
 
+def _no_hooks(hooks, what: str) -> None:
+    if hooks:  # None or an empty OrderedDict in every file torch.save writes of a tensor without hooks
+        raise _refused(
+            f"the checkpoint's pickle gives a {what} backward hooks {_REPR.repr(hooks)}, which torch would call: "
+            "refused",
+            "",
+            "hooks",
+        )
+
+
 def _ints(values) -> bool:
     return isinstance(values, (tuple, list)) and all(isinstance(v, int) for v in values)
 
 
 def _rebuild_parameter(data, requires_grad=False, backward_hooks=None, state=None):
-    """``torch._utils._rebuild_parameter(_with_state)``: the parameter's data (its extra state is never applied)."""
+    """``torch._utils._rebuild_parameter(_with_state)``: the parameter's data; backward hooks are refused, as for a
+    tensor, and so is extra state (a plain Parameter has none)."""
+    _no_hooks(backward_hooks, "parameter")
+    if state:
+        raise _refused(
+            f"the checkpoint's pickle gives a parameter extra state {_REPR.repr(state)}: refused", "", "hooks"
+        )
     if type(data) is not torch.Tensor:
         raise CheckpointError("the checkpoint holds a malformed parameter record")
     return data
@@ -369,5 +389,6 @@ def read_checkpoint(path: str | Path, calls: dict | None = None, data: bool = Tr
         return _Unpickler(archive, calls, data).load()
     except CheckpointError:
         raise
-    except (pickle.UnpicklingError, EOFError, ValueError, TypeError, AttributeError, IndexError, KeyError) as e:
+    except (pickle.UnpicklingError, EOFError, ValueError, TypeError, AttributeError, IndexError, KeyError, RuntimeError,
+            MemoryError, OverflowError, RecursionError) as e:  # fmt: skip
         raise CheckpointError(f"{path}: the checkpoint's pickle is damaged ({type(e).__name__}: {e})") from None

@@ -471,7 +471,8 @@ def test_a_pickle_that_calls_an_allow_listed_class_is_refused(tmp_path, monkeypa
     ckpt["model"].args = IterableSimpleNamespace(imgsz=64)
     ckpt["train_args"] = {"data": tmp_path / "data.yaml"}
     # (np.float32, np.int64 and np.bool_ were refused by Ultralytics' allow-list, which holds float64's dtype only)
-    metrics = {"fitness": np.float64(0.25), "p": np.float32(0.5), "epoch": np.int64(3), "ok": np.bool_(True)}
+    metrics = {"fitness": np.float64(0.25), "p": np.float32(0.5), "epoch": np.int64(3), "ok": np.bool_(True),
+               "long": np.longdouble(1.5)}  # fmt: skip
     ckpt["train_metrics"] = metrics
     torch.save(ckpt, tmp_path / "data_types.pt")
     loaded = load_checkpoint(tmp_path / "data_types.pt")
@@ -567,3 +568,38 @@ def test_a_pickle_protocol_torch_cannot_read_restricted_is_named(tmp_path, spiki
         UnsafePickleError, match=r"p4\.pt holds a pickle of protocol 4, which torch's restricted loader"
     ):
         load_checkpoint(tmp_path / "p4.pt")
+
+
+def test_a_checkpoint_that_stores_hooks_is_refused(tmp_path, spiking_ckpt, monkeypatch):
+    # torch's loader restores a module's hook dicts and a tensor's backward hooks as saved, and torch calls them later
+    # (every forward, state_dict(), load_state_dict(), backward): a file stored IBRALIF or DetectionModel there and
+    # had it called by the load check's blank image (battery 13, H01-H13)
+    from ultralytics import YOLO
+    from ultralytics.nn import tasks
+
+    built = []
+    original = tasks.DetectionModel.__init__
+    monkeypatch.setattr(
+        tasks.DetectionModel, "__init__", lambda self, *a, **k: built.append(a) or original(self, *a, **k)
+    )
+    for hooks in ("_forward_pre_hooks", "_forward_hooks", "_state_dict_hooks", "_load_state_dict_pre_hooks"):
+        ckpt = torch.load(spiking_ckpt, weights_only=False)
+        getattr(ckpt["model"].model[1], hooks)[0] = tasks.DetectionModel
+        torch.save(ckpt, tmp_path / "hooked.pt")
+        says = (
+            rf"^checkpoint {re.escape(str(tmp_path / 'hooked.pt'))}: the \w+ at model\.model\.1 stores {hooks} "
+            r"\(ultralytics\.nn\.tasks\.DetectionModel\), which torch would call: not loaded, nothing in it was run"
+        )
+        for load in (load_checkpoint, YOLO):
+            with pytest.raises(UnsafePickleError, match=says):
+                load(str(tmp_path / "hooked.pt"))
+    # a parameter record with backward hooks (torch.save itself no longer writes them; a file can)
+    from collections import OrderedDict
+
+    ckpt = torch.load(spiking_ckpt, weights_only=False)
+    hooked = Payload(torch._utils._rebuild_parameter, torch.ones(2), True, OrderedDict(h=tasks.DetectionModel))
+    ckpt["train_metrics"] = {"p": hooked}
+    torch.save(ckpt, tmp_path / "tensor_hook.pt")
+    with pytest.raises(UnsafePickleError, match=r"gives a parameter backward hooks .*, which torch would call"):
+        load_checkpoint(tmp_path / "tensor_hook.pt")
+    assert built == []

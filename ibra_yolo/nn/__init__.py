@@ -53,7 +53,7 @@ __all__ = (
 # numpy's dtypes of numbers: Ultralytics allow-lists numpy scalars but only float64's dtype class, so a checkpoint
 # holding an np.float32 or np.int64 (e.g. in train_metrics) was refused (battery 12); never object or void dtypes
 NUMPY_NUMBERS = ("bool", "int8", "int16", "int32", "int64", "uint8", "uint16", "uint32", "uint64", "float16",
-                 "float32", "float64", "complex64", "complex128")  # fmt: skip
+                 "float32", "float64", "longdouble", "complex64", "complex128", "clongdouble")  # fmt: skip
 
 
 def _allow_list_classes() -> None:
