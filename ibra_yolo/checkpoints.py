@@ -15,19 +15,16 @@ from __future__ import annotations
 
 import pickle
 import re
-import reprlib
 import warnings
 import zipfile
 from pathlib import Path
 
-import numpy as np
 import torch
 from torch import nn
 
 from ibra_yolo.errors import CheckpointError, IbraYoloError, MissingFileError, UnsafePickleError
 from ibra_yolo.model_state import check_finite_weights, check_model_state
-from ibra_yolo.nn import NUMPY_NUMBERS
-from ibra_yolo.unpickle import ZIP_MAGIC, StandIn, Value, data_call, read_checkpoint
+from ibra_yolo.pickle_checks import check_calls, check_zip_crc, file_kind
 
 __all__ = (
     "load_checkpoint",
@@ -60,142 +57,6 @@ def _check_file(path: Path) -> None:
         raise CheckpointError(f"checkpoint {path} must be a .pt file (an Ultralytics checkpoint)")
 
 
-def check_zip_crc(path) -> None:
-    """Refuse a torch.save (zip) file whose stored CRC-32 checksums do not match its contents: torch does not check
-    them, so a file damaged in the middle loaded with changed weights (zeroed bytes exported without a word).
-
-    Raises:
-        CheckpointError: Naming the first damaged member.
-    """
-    try:
-        with zipfile.ZipFile(path) as z:
-            bad = z.testzip()
-    except (zipfile.BadZipFile, OSError, EOFError):  # not a zip (legacy, truncated): the loader says what it is
-        return
-    if bad is not None:
-        raise CheckpointError(f"checkpoint {path} is damaged: its member {bad} fails its CRC-32 check (a bad copy?)")
-
-
-# The data types official Ultralytics checkpoints construct while they are read, as Ultralytics' restricted loader
-# allow-lists them: values, never a model, a layer or a function that acts. A pickle may call these, torch's tensor
-# rebuilding and plain containers (``ibra_yolo.unpickle``), nothing else; classes are only created empty and given
-# their saved state, which is how every checkpoint written by torch.save stores them.
-_REPR = reprlib.Repr()  # values quoted in bounded size
-_DATA_TYPES = (
-    "ultralytics.utils.IterableSimpleNamespace",  # a model's args
-    "ultralytics.yolo.utils.IterableSimpleNamespace",  # the same before Ultralytics 8.0.44
-    "pathlib.PosixPath",  # paths in train_args; "_local" where Python 3.13 pickled them
-    "pathlib.WindowsPath",
-    "pathlib._local.PosixPath",
-    "pathlib._local.WindowsPath",
-    "numpy.core.multiarray.scalar",  # numpy numbers (e.g. in train_metrics)
-    "numpy._core.multiarray.scalar",
-    "numpy.dtype",
-    "builtins.getattr",  # Detect.forward in YOLOv8/YOLO11 checkpoints (Ultralytics allows only attributes of layers)
-    "torchvision.transforms.functional.InterpolationMode",  # classification checkpoints' transforms (an enum)
-)
-_NUMPY_CODES = {np.dtype(name).str[1:] for name in NUMPY_NUMBERS}  # "f4", "i8", "b1", ...: how a dtype is pickled
-
-
-def _numpy_scalar(qualname: str):
-    """The data call of ``numpy...scalar(dtype, bytes)``: a number only (an object dtype would make numpy read the
-    file's bytes as a pointer)."""
-
-    def call(dtype=None, data=None, *rest):
-        code = dtype.args[0] if isinstance(dtype, Value) and dtype.qualname == "numpy.dtype" and dtype.args else None
-        if code not in _NUMPY_CODES or not isinstance(data, bytes) or rest:
-            raise UnsafePickleError(
-                f"its pickle builds a numpy scalar of dtype {code!r}, not a number: not loaded, nothing in it was run"
-            )
-        return Value(qualname, (dtype, data))
-
-    return call
-
-
-_DATA_CALLS = {tuple(name.rsplit(".", 1)): data_call(name) for name in _DATA_TYPES}
-_DATA_CALLS.update({tuple(n.rsplit(".", 1)): _numpy_scalar(n) for n in _DATA_TYPES if n.endswith(".scalar")})
-
-
-def check_calls(path, hint: str = "") -> None:
-    """Refuse a checkpoint whose pickle would call anything but tensor rebuilding, plain containers and `_DATA_TYPES`.
-
-    torch's ``weights_only`` loader, which Ultralytics' restricted load uses, lets a pickle call every allow-listed
-    class with arguments of its choice, e.g. build a ``DetectionModel`` from a YAML path it names. This reads the
-    pickle first with ``ibra_yolo.unpickle`` (stand-ins, shapes only: nothing is built, no tensor data read), so such
-    a file is refused before torch reads it. The pickle is read with torch's own zip reader (what ``torch.load``
-    reads). torch reads any file that does not start as a zip as its legacy format, a pickle that cannot be checked
-    this way: such a file is refused too, before torch sees it.
-
-    Raises:
-        UnsafePickleError: The pickle names a function outside the allow-list or calls a class, naming it; a legacy
-            (non-zip) pickle.
-        CheckpointError: Not a torch.save file, or a damaged one (e.g. two zip archives in one file).
-    """
-    kind = _file_kind(path)
-    if kind == "pickle":
-        raise UnsafePickleError(
-            f"checkpoint {path} is a pickle in torch's legacy (non-zip) format, which the restricted loader cannot "
-            f"check: not loaded, nothing in it was run (if you trust it, load it once and torch.save it again: "
-            f"torch writes the zip format{hint})"
-        )
-    if kind != "zip":
-        empty = Path(path).stat().st_size == 0
-        raise CheckpointError(
-            f"cannot read checkpoint {path}: "
-            + ("it is empty" if empty else "it is not a torch.save file (neither torch's zip format nor a pickle)")
-        )
-    try:
-        _check_no_hooks(read_checkpoint(path, calls=_DATA_CALLS, data=False), path)
-    except UnsafePickleError as e:
-        name, how = getattr(e, "refused", ("", ""))
-        if how == "names":
-            raise UnsafePickleError(
-                f"checkpoint {path} refers to {name}, which a checkpoint may not use: not loaded, nothing in it was "
-                f"run (only Ultralytics checkpoints of known models are read{hint})"
-            ) from None
-        if how == "calls":
-            raise UnsafePickleError(
-                f"checkpoint {path} calls {name}(...) while it is read, which no saved model does (a saved class is "
-                f"only given its state): not loaded, nothing in it was run (the file may be malicious{hint})"
-            ) from None
-        raise e if str(e).startswith(f"checkpoint {path}") else UnsafePickleError(f"checkpoint {path}: {e}") from None
-    except CheckpointError as e:  # damaged or not a checkpoint: its own message, naming the file
-        raise CheckpointError(f"cannot read checkpoint {path}: {str(e).removeprefix(f'{path}: ')}") from None
-
-
-def _hook_name(hook) -> str:
-    """A stored hook as the pickle names it (a stand-in's ``module.name``), in bounded size."""
-    return str(getattr(hook, "qualname", type(hook).__name__))[:80]
-
-
-def _check_no_hooks(ckpt, path) -> None:
-    """Refuse a checkpoint whose modules store hooks (``_forward_pre_hooks``, ``_state_dict_hooks``, ...): torch's
-    loader restores them as saved, and torch calls them on every forward, ``state_dict()`` or load, so a file could
-    name an allow-listed class or a layer's method there to have it called later. A saved Ultralytics model has none."""
-    seen, todo = set(), [("", ckpt)]
-    while todo:
-        where, obj = todo.pop()
-        if id(obj) in seen:
-            continue
-        seen.add(id(obj))
-        if isinstance(obj, StandIn):
-            for key, value in obj.attrs.items():
-                if "hook" in str(key) and isinstance(value, dict) and value:
-                    raise UnsafePickleError(
-                        f"checkpoint {path}: the {obj.name} at {where or 'the top level'} stores {key} "
-                        f"({', '.join(_hook_name(v) for v in list(value.values())[:3])}), which torch would "
-                        f"call: not loaded, nothing in it was run (a saved "
-                        f"model holds no hooks; the file may be malicious)"
-                    )
-            kids = obj.attrs.get("_modules") if isinstance(obj.attrs.get("_modules"), dict) else {}
-            todo += [(f"{where}.{k}", v) for k, v in kids.items()]  # model.model.1.conv: as named_modules names it
-            todo += [(f"{where}.{k}", v) for k, v in obj.attrs.items() if k != "_modules"]
-        elif isinstance(obj, dict):
-            todo += [(f"{where}.{k}" if where else str(k), v) for k, v in obj.items()]
-        elif isinstance(obj, (list, tuple, set, frozenset)):
-            todo += [(f"{where}[{i}]", v) for i, v in enumerate(obj)]
-
-
 def _refused_globals(e: BaseException) -> tuple[bool, list[str], str]:
     """Whether torch's ``weights_only`` unpickler refused a file, the globals it named, and its reason."""
     chain = []
@@ -207,17 +68,6 @@ def _refused_globals(e: BaseException) -> tuple[bool, list[str], str]:
     text = "\n".join(str(x) for x in chain)
     reason = re.search(r"WeightsUnpickler error:\s*(.+?)(?:\n\n|$)", text, re.S)
     return True, list(dict.fromkeys(re.findall(r"GLOBAL ([\w.]+)", text))), reason.group(1).strip() if reason else ""
-
-
-def _file_kind(path) -> str:
-    """``"zip"`` (torch.save's format), ``"pickle"`` (a plain pickle: torch's legacy format) or ``"other"``, by torch's
-    own rule: a zip starts with a zip record (a zip appended to something else is read as that something)."""
-    try:
-        with open(path, "rb") as f:
-            head = f.read(4)
-        return "zip" if head == ZIP_MAGIC else "pickle" if head[:1] == b"\x80" else "other"  # \x80: PROTO
-    except OSError:
-        return "other"
 
 
 def _pickle_protocol(path) -> int | None:
@@ -239,7 +89,7 @@ def refusal_error(path, e: BaseException, hint: str = "") -> CheckpointError | N
     refused, names, reason = _refused_globals(e)
     if not refused:
         return None
-    kind = _file_kind(path)
+    kind = file_kind(path)
     if kind == "other":  # torch's own message is a paragraph about weights_only that does not apply
         return CheckpointError(
             f"cannot read checkpoint {path}: it is not a torch.save file (neither torch's zip format nor a pickle)"

@@ -191,7 +191,7 @@ def _check_before_stock_load(weight, safe_only):
     (``yolo11n.pt``) is fetched first, as the loader would, and that file is checked. Returns the name to load."""
     from ultralytics.nn import tasks
 
-    from ibra_yolo.checkpoints import check_calls, check_zip_crc
+    from ibra_yolo.pickle_checks import check_calls, check_zip_crc
 
     local = Path(str(weight))
     restricted = bool(safe_only or (safe_only is None and tasks.SAFE_LOAD))

@@ -19,7 +19,7 @@ Names from modules that hold no model classes but can run code (``os``, ``builti
 the guarantee is that nothing but the functions listed above is ever returned to the pickle, so nothing else can run.
 
 Two uses: SpikeYOLO's checkpoints (``ibra_yolo.spikeyolo``, whose classes do not exist here) are read only this way;
-an Ultralytics checkpoint is first read this way (``ibra_yolo.checkpoints.check_calls``, with the data types official
+an Ultralytics checkpoint is first read this way (``ibra_yolo.pickle_checks.check_calls``, with the data types official
 checkpoints construct passed as ``calls=``) to prove that its pickle calls no class, before torch's ``weights_only``
 loader rebuilds the real objects (that loader lets a pickle call any allow-listed class, e.g. build a model from a
 YAML path of its choosing).
