@@ -50,7 +50,6 @@ from ibra_yolo.stock_hooks import (
     spiking_fuse,
     stock_safe_load,
     unfolded_weights,
-    wrap_method,
     wrap_methods,
 )
 from ibra_yolo.yaml_files import check_regular, load_yaml, yaml_text_problem
@@ -291,10 +290,7 @@ def register() -> None:
             ),
         }
     )
-    if not hasattr(tasks.BaseModel.fuse, "__ibra_yolo_original__"):
-        tasks.BaseModel.fuse = wrap_method(tasks.BaseModel.fuse, spiking_fuse)
-    if not hasattr(tasks.BaseModel.load, "__ibra_yolo_original__"):
-        tasks.BaseModel.load = wrap_method(tasks.BaseModel.load, unfolded_weights)
+    wrap_methods("ultralytics.nn.tasks", "BaseModel", {"fuse": spiking_fuse, "load": unfolded_weights})
     wrap_methods("ultralytics.nn.tasks", "DetectionModel", {"__init__": spiking_dict_checked})
     for name in OTHER_TASKS:
         wrap_methods("ultralytics.nn.tasks", name, {"__init__": detector_only})

@@ -4,9 +4,11 @@ Each takes the stock callable as its first argument (``replacement(original, sel
 
 - `spiking_fuse` (``BaseModel.fuse``): folds the BNs of our blocks first (exact), then runs the stock method;
 - `unfolded_weights` (``BaseModel.load``, the trainer's ``pretrained=``): refuses a folded model's weights;
+- `spiking_dict_checked` (``DetectionModel.__init__``): a spiking model dict is checked before the stock code reads it;
 - `detector_only` (``__init__`` of the model classes of other tasks): ibra-yolo models are detectors;
 - `check_predictions_before_nms`: the detection predictor and validator refuse NaN/inf raw predictions of our models
-  (NMS would drop them and report no detections).
+  (NMS would drop them and report no detections);
+- `stock_safe_load` (``tasks.torch_safe_load``): the file's calls and hooks checked first, refusals in one line.
 """
 
 from __future__ import annotations

@@ -82,7 +82,7 @@ class _NoCall(type):
 
 
 def _refused(message: str, name: str, how: str) -> UnsafePickleError:
-    """An `UnsafePickleError` that also says what was refused: ``refused = (name, "names" or "calls")``."""
+    """An `UnsafePickleError` that also says what was refused: ``refused = (name, "names", "calls" or "hooks")``."""
     e = UnsafePickleError(message)
     e.refused = (name, how)
     return e
@@ -367,7 +367,8 @@ def read_checkpoint(path: str | Path, calls: dict | None = None, data: bool = Tr
 
     Raises:
         UnsafePickleError: The pickle names or calls anything but tensor rebuilding and plain data (nothing it names
-            is ever called); its ``refused`` is ``(name, "names" or "calls")``.
+            is ever called), or gives a tensor backward hooks; its ``refused`` is ``(name, "names", "calls" or
+            "hooks")``.
         CheckpointError: A missing, non-zip (legacy) or damaged file, or a big-endian one.
     """
     path = Path(path)

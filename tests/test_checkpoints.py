@@ -420,18 +420,27 @@ class BuildsAModel:
         return DetectionModel, (self.cfg,)
 
 
-def test_a_pickle_that_calls_an_allow_listed_class_is_refused(tmp_path, monkeypatch, spiking_ckpt):
+@pytest.fixture
+def built(monkeypatch):
+    """The arguments of every ``DetectionModel(...)`` built while the test runs: a file's call of the class shows
+    here (the class is what torch's allow-list holds and a hostile pickle calls)."""
+    from ultralytics.nn import tasks
+
+    calls = []
+    original = tasks.DetectionModel.__init__
+    monkeypatch.setattr(
+        tasks.DetectionModel, "__init__", lambda self, *a, **k: calls.append(a) or original(self, *a, **k)
+    )
+    return calls
+
+
+def test_a_pickle_that_calls_an_allow_listed_class_is_refused(tmp_path, monkeypatch, spiking_ckpt, built):
     from ultralytics import YOLO
     from ultralytics.nn import tasks
     from ultralytics.utils import IterableSimpleNamespace
 
     path = tmp_path / "builds.pt"
     torch.save({"model": BuildsAModel("spike-yolo-ilif-n.yaml"), "train_args": {}}, path)
-    built = []
-    original = tasks.DetectionModel.__init__
-    monkeypatch.setattr(
-        tasks.DetectionModel, "__init__", lambda self, *a, **k: built.append(a) or original(self, *a, **k)
-    )
     # the stock restricted loader on its own calls the class: that is what the check is for
     stock = tasks.torch_safe_load.__ibra_yolo_original__
     ckpt, _ = stock(str(path), safe_only=True)
@@ -511,15 +520,9 @@ def _twin(evil: dict, benign, path: Path) -> None:
     raise AssertionError("no benign twin of the same size")
 
 
-def test_files_that_show_torch_another_pickle_are_refused(tmp_path, monkeypatch):
+def test_files_that_show_torch_another_pickle_are_refused(tmp_path, built):
     from ultralytics import YOLO
-    from ultralytics.nn import tasks
 
-    built = []
-    original = tasks.DetectionModel.__init__
-    monkeypatch.setattr(
-        tasks.DetectionModel, "__init__", lambda self, *a, **k: built.append(a) or original(self, *a, **k)
-    )
     # two archives in one file: the check read the benign one, torch the one that builds a model
     twin = tmp_path / "twin.pt"
     _twin({"date": BuildsAModel("spike-yolo-ilif-n.yaml")}, lambda n: {"date": "p" * n}, twin)
@@ -570,18 +573,13 @@ def test_a_pickle_protocol_torch_cannot_read_restricted_is_named(tmp_path, spiki
         load_checkpoint(tmp_path / "p4.pt")
 
 
-def test_a_checkpoint_that_stores_hooks_is_refused(tmp_path, spiking_ckpt, monkeypatch):
+def test_a_checkpoint_that_stores_hooks_is_refused(tmp_path, spiking_ckpt, built):
     # torch's loader restores a module's hook dicts and a tensor's backward hooks as saved, and torch calls them later
     # (every forward, state_dict(), load_state_dict(), backward): a file stored IBRALIF or DetectionModel there and
     # had it called by the load check's blank image (battery 13, H01-H13)
     from ultralytics import YOLO
     from ultralytics.nn import tasks
 
-    built = []
-    original = tasks.DetectionModel.__init__
-    monkeypatch.setattr(
-        tasks.DetectionModel, "__init__", lambda self, *a, **k: built.append(a) or original(self, *a, **k)
-    )
     for hooks in ("_forward_pre_hooks", "_forward_hooks", "_state_dict_hooks", "_load_state_dict_pre_hooks"):
         ckpt = torch.load(spiking_ckpt, weights_only=False)
         getattr(ckpt["model"].model[1], hooks)[0] = tasks.DetectionModel
