@@ -23,6 +23,7 @@ import torch
 from torch import nn
 
 from ibra_yolo.errors import CheckpointError, IbraYoloError, MissingFileError, UnsafePickleError
+from ibra_yolo.files import as_path
 from ibra_yolo.model_state import check_finite_weights, check_model_state
 from ibra_yolo.pickle_checks import check_calls, check_zip_crc, file_kind
 
@@ -219,7 +220,7 @@ def load_checkpoint(path: str | Path) -> dict:
     import ibra_yolo.nn  # noqa: F401 - registers our classes as safe globals
 
     load = getattr(torch_safe_load, "__ibra_yolo_original__", torch_safe_load)  # our messages, not the plugin's
-    path = Path(path)
+    path = as_path(path, "path")
     _check_file(path)
     check_zip_crc(path)
     check_calls(path)
@@ -299,7 +300,7 @@ def load_yolo(path: str | Path):
     """
     from ultralytics import YOLO
 
-    path = Path(path)
+    path = as_path(path, "path")
     if path.suffix.lower() in {".pth", ".ckpt", ".pkl", ".bin", ".safetensors"}:
         raise CheckpointError(f"weights {path} must be an Ultralytics .pt checkpoint, an export or a model YAML")
     if path.suffix.lower() == ".pt":

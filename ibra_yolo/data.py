@@ -17,7 +17,7 @@ import numpy as np
 
 from ibra_yolo.coco.annotations import yolo_labels_to_coco
 from ibra_yolo.errors import OutputExistsError, PathError
-from ibra_yolo.files import check_folder, describe_os_error
+from ibra_yolo.files import as_path, check_folder, describe_os_error
 from ibra_yolo.limits import MAX_DEMO_IMAGES, MAX_IMGSZ
 
 __all__ = ("SHAPES", "make_shapes_dataset", "check_dataset_root")
@@ -149,7 +149,7 @@ def make_shapes_dataset(
         OutputExistsError: ``root`` holds anything else.
         ValueError: An argument out of range.
     """
-    root = Path(root).resolve()
+    root = as_path(root, "root").resolve()
     if check_dataset_root(root, n_train, n_val, imgsz, max_objects, seed):
         return root / "data.yaml"
     try:

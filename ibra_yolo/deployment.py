@@ -33,7 +33,7 @@ import torch
 from torch import nn
 
 from ibra_yolo.errors import IbraYoloError, NonFiniteError
-from ibra_yolo.files import check_output, write_atomic
+from ibra_yolo.files import as_path, check_output, write_atomic
 from ibra_yolo.folding import check_bn, fold_bn_after, fold_bn_before, merge_convs
 from ibra_yolo.nn.blocks import ConvBlock, Downsample, NeuronConv, RepConv, SConv, SepConv, SepRep
 from ibra_yolo.nn.builder import FOLDED_KEY
@@ -291,7 +291,7 @@ def deploy_checkpoint(src: str | Path, dst: str | Path, spike_driven: bool = Fal
     """
     from ibra_yolo.checkpoints import checkpoint_model, load_checkpoint
 
-    src, dst = Path(src), Path(dst)
+    src, dst = as_path(src, "src"), as_path(dst, "dst")
     if not isinstance(spike_driven, bool):  # checked before the work, which set_spike_driven would refuse after it
         raise IbraYoloError(f"spike_driven={spike_driven!r} is invalid: pass True (spike-driven) or False (integer)")
     if dst.suffix.lower() != ".pt":

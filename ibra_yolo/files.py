@@ -16,7 +16,33 @@ from typing import Callable
 
 from ibra_yolo.errors import IbraYoloError, OutputExistsError, PathError
 
-__all__ = ("check_output", "check_outputs", "check_folder", "write_atomic", "write_json", "describe_os_error")
+__all__ = (
+    "as_path",
+    "check_output",
+    "check_outputs",
+    "check_folder",
+    "write_atomic",
+    "write_json",
+    "describe_os_error",
+)
+
+
+def as_path(value, name: str) -> Path:
+    """``value`` as a ``Path``, or one line naming the argument ``name`` when it is not a file path.
+
+    Args:
+        value (str | os.PathLike): What the caller passed.
+        name (str): The argument's name, for the message.
+
+    Raises:
+        TypeError: ``value`` is not a str or path-like object (``None``, a number, bytes, a list).
+        PathError: ``value`` is empty, which would name the current folder.
+    """
+    if isinstance(value, bytes) or not isinstance(value, (str, os.PathLike)):
+        raise TypeError(f"{name}={value!r:.80} is invalid: a file path (str or Path)")
+    if os.fspath(value) == "":
+        raise PathError(f"{name}='' is invalid: an empty path names the current folder, not a file")
+    return Path(value)
 
 
 def _folder_problem(folder: Path) -> str | None:

@@ -51,6 +51,7 @@ from ibra_yolo.stock_hooks import (
     stock_safe_load,
     unfolded_weights,
     wrap_methods,
+    wrap_model_train,
 )
 from ibra_yolo.yaml_files import check_regular, load_yaml, yaml_text_problem
 
@@ -292,6 +293,7 @@ def register() -> None:
     )
     wrap_methods("ultralytics.nn.tasks", "BaseModel", {"fuse": spiking_fuse, "load": unfolded_weights})
     wrap_methods("ultralytics.nn.tasks", "DetectionModel", {"__init__": spiking_dict_checked})
+    wrap_model_train()
     for name in OTHER_TASKS:
         wrap_methods("ultralytics.nn.tasks", name, {"__init__": detector_only})
     if os.environ.get("ULTRALYTICS_SAFE_LOAD", "").lower() not in _OFF:  # only an explicit "off" opts out

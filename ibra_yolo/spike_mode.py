@@ -25,7 +25,7 @@ from pathlib import Path
 from torch import nn
 
 from ibra_yolo.errors import IbraYoloError, MissingFileError
-from ibra_yolo.files import check_output, write_atomic
+from ibra_yolo.files import as_path, check_output, write_atomic
 from ibra_yolo.nn.blocks import NeuronConv
 
 __all__ = (
@@ -160,7 +160,7 @@ def convert_checkpoint(src: str | Path, dst: str | Path, enabled: bool = True, o
     if not isinstance(enabled, bool):  # before any work ('no' would read as true)
         raise IbraYoloError(f"enabled={enabled!r} is invalid: pass True (spike-driven) or False (integer)")
 
-    src, dst = Path(src), Path(dst)
+    src, dst = as_path(src, "src"), as_path(dst, "dst")
     if not src.exists():
         raise MissingFileError(f"checkpoint {src} does not exist")
     if dst.suffix.lower() != ".pt":

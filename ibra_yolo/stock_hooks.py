@@ -4,6 +4,7 @@ Each takes the stock callable as its first argument (``replacement(original, sel
 
 - `spiking_fuse` (``BaseModel.fuse``): folds the BNs of our blocks first (exact), then runs the stock method;
 - `unfolded_weights` (``BaseModel.load``, the trainer's ``pretrained=``): refuses a folded model's weights;
+- `unfolded_training` (``Model.train``): training or resuming a folded (deployed) model names its file;
 - `spiking_dict_checked` (``DetectionModel.__init__``): a spiking model dict is checked before the stock code reads it;
 - `detector_only` (``__init__`` of the model classes of other tasks): ibra-yolo models are detectors;
 - `check_predictions_before_nms`: the detection predictor and validator refuse NaN/inf raw predictions of our models
@@ -14,12 +15,16 @@ Each takes the stock callable as its first argument (``replacement(original, sel
 from __future__ import annotations
 
 import functools
+import os
 import sys
+from collections.abc import Mapping
 from pathlib import Path
 
 __all__ = (
     "spiking_fuse",
     "unfolded_weights",
+    "unfolded_training",
+    "wrap_model_train",
     "wrap_method",
     "wrap_methods",
     "check_finite_predictions",
@@ -59,6 +64,32 @@ def unfolded_weights(original, self, weights, *args, **kwargs):
             f"them; pass the checkpoint they were folded from"
         )
     return original(self, weights, *args, **kwargs)
+
+
+def unfolded_training(original, self, *args, **kwargs):
+    """``Model.train`` (``yolo train``, ``YOLO(...).train``) that refuses a folded model before the trainer starts,
+    naming the file it was loaded from (the builder, which refuses it later, knows only the model's YAML)."""
+    from ibra_yolo.errors import FoldedModelError
+    from ibra_yolo.nn.builder import FOLDED_KEY
+
+    spec = getattr(getattr(self, "model", None), "yaml", None)
+    if isinstance(spec, dict) and spec.get(FOLDED_KEY):
+        name = getattr(self, "ckpt_path", None) or spec.get("yaml_file") or "this model"
+        raise FoldedModelError(
+            f"{name} is folded for inference ({FOLDED_KEY}: {spec[FOLDED_KEY]}, by fuse() or deploy): its BNs and "
+            "re-parameterisable branches are gone, so it cannot be trained or resumed; train or resume from the "
+            "checkpoint it was folded from"
+        )
+    return original(self, *args, **kwargs)
+
+
+def wrap_model_train() -> None:
+    """Wrap ``Model.train`` with `unfolded_training` once Ultralytics' ``Model`` class exists. ``register()`` runs
+    right after ``ultralytics.nn.tasks`` is imported, often from inside the import of ``ultralytics.engine.model``
+    (not yet holding ``Model``), so `stock_safe_load` calls this again: a folded model comes from a file."""
+    module = sys.modules.get("ultralytics.engine.model")
+    if module is not None and hasattr(module, "Model"):
+        wrap_methods("ultralytics.engine.model", "Model", {"train": unfolded_training})
 
 
 def wrap_method(original, replacement):
@@ -168,6 +199,11 @@ def spiking_dict_checked(original, self, *args, **kwargs):
     from ibra_yolo.nn.rows import plan_model
 
     cfg = args[0] if args else kwargs.get("cfg")
+    if (args or "cfg" in kwargs) and not isinstance(cfg, (dict, str, os.PathLike)):  # pathlib's TypeError, unnamed
+        hint = ": pass dict(cfg)" if isinstance(cfg, Mapping) else ""
+        raise TypeError(
+            f"cfg={cfg!r:.80} is invalid: a model YAML path or a model dict, not a {type(cfg).__name__}{hint}"
+        )
     if isinstance(cfg, dict) and is_spiking_yaml(cfg):
         nc = args[2] if len(args) > 2 else kwargs.get("nc")
         ch = cfg.get("channels", args[1] if len(args) > 1 else kwargs.get("ch", 3))  # as the stock constructor
@@ -233,6 +269,7 @@ def stock_safe_load(original, weight, *args, **kwargs):
     from ibra_yolo.errors import CheckpointError, IbraYoloError
     from ibra_yolo.model_state import check_model_state
 
+    wrap_model_train()  # Model exists by now: a model loaded from a file refuses training if it is folded
     local = Path(str(weight))
     if local.exists() and not local.is_file() and not local.is_dir():  # a FIFO blocked the stock loader forever
         raise CheckpointError(f"checkpoint {weight} is not a regular file (a FIFO or a device): name a .pt file")

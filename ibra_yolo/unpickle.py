@@ -38,6 +38,7 @@ from pathlib import Path
 import torch
 
 from ibra_yolo.errors import CheckpointError, MissingFileError, UnsafePickleError
+from ibra_yolo.files import as_path
 
 __all__ = ("StandIn", "Value", "ZIP_MAGIC", "data_call", "read_checkpoint")
 
@@ -371,7 +372,7 @@ def read_checkpoint(path: str | Path, calls: dict | None = None, data: bool = Tr
             "hooks")``.
         CheckpointError: A missing, non-zip (legacy) or damaged file, or a big-endian one.
     """
-    path = Path(path)
+    path = as_path(path, "path")
     if not path.exists():
         raise MissingFileError(f"checkpoint {path} does not exist")
     if not path.is_file():  # a folder, a FIFO or a device

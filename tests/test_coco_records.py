@@ -297,3 +297,29 @@ def test_detection_extra_keys_and_huge_numbers():
     for field, edit in (("score", {"score": 10**400}), ("bbox[2] (w)", {"bbox": [1, 2, 10**400, 3]})):
         with pytest.raises(IbraYoloError, match=rf"detection 0 has {re.escape(field)}=1000.*: too large for a float"):
             coco.score(GT, [{**PRED[0], **edit}])
+
+
+@pytest.mark.parametrize("encoding", ["utf-8-sig", "utf-16", "utf-32"])
+def test_json_files_with_a_byte_order_mark_load(tmp_path, encoding):
+    # battery 13, E08: a UTF-8 BOM (PowerShell and Notepad write one) was refused as "not valid JSON"; JSON readers may
+    # ignore it (RFC 8259, 8.1), and UTF-16/32 with their BOM are what Windows PowerShell 5's `>` writes. Each file
+    # holds the same detections and annotations as the plain UTF-8 one, so it must load to equal objects
+    for name, obj, load in (("pred.json", PRED, coco.load_predictions), ("gt.json", GT, coco.load_annotations)):
+        (tmp_path / name).write_text(json.dumps(obj), encoding=encoding)
+        (tmp_path / f"plain-{name}").write_text(json.dumps(obj), encoding="utf-8")
+        assert load(tmp_path / name) == load(tmp_path / f"plain-{name}")
+    (tmp_path / "latin.json").write_bytes(b'[{"caption": "caf\xe9"}]')  # not UTF-8/16/32: one line, not a traceback
+    latin = re.escape(str(tmp_path / "latin.json"))
+    with pytest.raises(IbraYoloError, match=rf"^predictions file {latin} is not valid JSON"):
+        coco.load_predictions(tmp_path / "latin.json")
+
+
+@pytest.mark.parametrize(
+    "path, error, says", [(None, TypeError, "=None is invalid: a file path"), ("", OSError, "='' is")]
+)
+def test_json_paths_that_are_no_paths(path, error, says):
+    # None was pathlib's "expected str, bytes or os.PathLike object, not NoneType"; '' named the current folder
+    with pytest.raises(error, match=rf"^predictions path{re.escape(says)}"):
+        coco.load_predictions(path)
+    with pytest.raises(error, match=rf"^annotation path{re.escape(says)}"):
+        coco.load_annotations(path)

@@ -238,14 +238,18 @@ def test_folded_model_cannot_be_trained(tmp_path, shapes_data):
     deploy(y)
     path = tmp_path / "deployed.pt"
     y.save(path)
-    with pytest.raises(FoldedModelError, match="folded for inference"):
+    # ... naming the file, not only its model's YAML (battery 13, T02: `yolo train model=d06.pt` named
+    # spike-yolo-ibra-n.yaml), before the trainer makes a run folder
+    folded = r" is folded for inference \(folded: all, by fuse\(\) or deploy\): .* cannot be trained or resumed"
+    with pytest.raises(FoldedModelError, match=f"^{re.escape(str(path))}{folded}"):
         YOLO(path).train(data=str(shapes_data), epochs=1, imgsz=64, device="cpu", workers=0, project=str(tmp_path))
     ckpt = torch.load(path, weights_only=False)
     ckpt.update(epoch=0, optimizer={}, train_args={**(ckpt.get("train_args") or {}), "data": str(shapes_data)})
     resumable = tmp_path / "last.pt"
     torch.save(ckpt, resumable)
-    with pytest.raises(FoldedModelError, match="folded for inference"):
+    with pytest.raises(FoldedModelError, match=f"^{re.escape(str(resumable))}{folded}"):
         YOLO(resumable).train(resume=True, device="cpu", workers=0)
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["deployed.pt", "last.pt"]  # no run folder was made
     # pretrained= a folded checkpoint: the stock trainer builds the YAML's model and loads the weights into it, of
     # which it took 74 of 755 tensors, said only in its "Transferred" line (battery 11, T07); refused, naming the file
     from ultralytics.nn.tasks import load_checkpoint as stock_load

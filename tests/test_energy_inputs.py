@@ -2,6 +2,7 @@
 layer or tensor), images of the wrong dtype, range or shape, and sizes no image can have."""
 
 import copy
+import re
 
 import cv2
 import numpy as np
@@ -202,3 +203,20 @@ def test_out_may_not_be_the_folder_of_the_measured_images(tmp_path, capsys):
         assert err == f"error: --out {images} is a folder of the measured images: energy.png would be measured as an " \
             "image by the next run on it; choose another --out\n", err  # fmt: skip
     assert sorted(p.name for p in images.iterdir()) == ["0.png", "1.png"]
+
+
+@pytest.mark.parametrize(
+    "extra, says",
+    [
+        (["--e-ac", "1e-7"], r"e_ac=1e-07 is invalid: it must be a positive number of picojoules in \[1e-06, 1e\+06\]"),
+        (["--device", "cuda:99"], r"device='cuda:99' is not available: "),
+    ],
+)
+def test_constants_and_device_are_checked_before_the_model_is_read(tmp_path, capsys, extra, says):
+    # battery 13, N04/N16: both were refused only after ~25 s of loading and measuring; the weights and the source
+    # here do not exist, so an error about them would mean the model or the images were read first
+    argv = ["--weights", str(tmp_path / "none.pt"), "--source", str(tmp_path / "none"), "--out", str(tmp_path / "o")]
+    assert energy_cli.main([*argv, *extra]) == 2
+    err = capsys.readouterr().err
+    assert re.match(rf"^error: {says}", err) and err.count("\n") == 1, err
+    assert not (tmp_path / "o").exists()

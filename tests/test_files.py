@@ -2,6 +2,7 @@
 
 import json
 import os
+import re
 
 import pytest
 import torch
@@ -223,3 +224,37 @@ def test_eval_weights_may_be_a_model_name(tmp_path, shapes_data, capsys):
     argv = ["--weights", "spike-yolo-ibra-q.yaml", "--data", str(shapes_data), "--imgsz", "64"]
     assert eval_cli.main([*argv, "--project", str(tmp_path / "p")]) == 2
     assert "scale 'q' is not one of ['l', 'm', 'n', 's']" in _one_line(capsys)
+
+
+def test_public_helpers_name_a_path_argument_that_is_no_path(tmp_path):
+    # battery 13, H09: convert_spikeyolo(None, ...) was pathlib's "expected str, bytes or os.PathLike object, not
+    # NoneType", which names no argument; every public helper taking a file names the argument (and refuses '', the
+    # current folder). Nothing is written.
+    from ibra_yolo import convert_spikeyolo, deploy_checkpoint, load_spikeyolo, make_shapes_dataset
+    from ibra_yolo.checkpoints import load_checkpoint, load_yolo
+    from ibra_yolo.energy import load_model
+    from ibra_yolo.errors import PathError
+    from ibra_yolo.unpickle import read_checkpoint
+
+    out = tmp_path / "o.pt"
+    calls = {
+        "src": [
+            lambda v: convert_spikeyolo(v, out),
+            lambda v: deploy_checkpoint(v, out),
+            lambda v: convert_checkpoint(v, out),
+        ],
+        "dst": [lambda v: convert_spikeyolo(tmp_path / "s.pt", v), lambda v: deploy_checkpoint(tmp_path / "s.pt", v)],
+        "path": [load_spikeyolo, load_checkpoint, load_yolo, read_checkpoint],
+        "root": [make_shapes_dataset],
+        "weights": [load_model],
+    }
+    for name, functions in calls.items():
+        for f in functions:
+            for value in (None, 3, b"a.pt"):
+                with pytest.raises(
+                    TypeError, match=rf"^{name}={re.escape(repr(value))} is invalid: a file path \(str or Path\)$"
+                ):
+                    f(value)
+            with pytest.raises(PathError, match=rf"^{name}='' is invalid: an empty path names the current folder"):
+                f("")
+    assert list(tmp_path.iterdir()) == []

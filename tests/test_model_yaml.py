@@ -361,6 +361,24 @@ def test_a_checkpoints_model_dict_is_not_blamed_on_its_file():
         DetectionModel({**d, "head": [*d["head"][:-1], row]}, verbose=False)
 
 
+def test_a_model_cfg_that_is_neither_path_nor_dict_is_named():
+    # battery 13, A09: a read-only mapping (and None, a number) reached pathlib: "TypeError: expected str, bytes or
+    # os.PathLike object, not mappingproxy", which names neither cfg nor what to pass
+    from types import MappingProxyType
+
+    d = load(scale="n")
+    with pytest.raises(TypeError, match=r"^cfg=mappingproxy\(.* is invalid: a model YAML path or a model dict, not a "
+                       r"mappingproxy: pass dict\(cfg\)$"):  # fmt: skip
+        DetectionModel(MappingProxyType(d), verbose=False)
+    for cfg in (None, 3, ["spike-yolo-ibra-n.yaml"]):
+        with pytest.raises(
+            TypeError, match=rf"^cfg={re.escape(repr(cfg))} is invalid: .*, not a {type(cfg).__name__}$"
+        ):
+            DetectionModel(cfg=cfg, verbose=False)
+    assert len(DetectionModel(dict(MappingProxyType(d)), verbose=False).model) == len(d["backbone"]) + len(d["head"])
+    assert DetectionModel(Path("spike-yolo-ibra-n.yaml"), verbose=False).yaml["scale"] == "n"  # a Path still loads
+
+
 # ---------------------------------------------------------------------------------------------------- plugin off
 def test_plugin_off_says_so_and_stock_models_still_load(python, tmp_path):
     code = (

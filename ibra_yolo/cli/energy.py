@@ -69,9 +69,12 @@ def build_parser() -> ArgumentParser:
 
 def run(args: argparse.Namespace) -> int:
     """Measure, print the table and write the files; raises ``IbraYoloError`` on bad input."""
-    from ibra_yolo.energy import load_model, measure, output_paths
-    from ibra_yolo.sources import list_images
+    from ibra_yolo.energy import energy_constants, load_model, measure, output_paths
+    from ibra_yolo.sources import list_images, select_device
 
+    energy_constants(args.preset, args.e_mac, args.e_ac)  # every argument is checked before the model is read
+    if args.device is not None:
+        select_device(args.device)
     output_paths(args.out, overwrite=args.overwrite)  # fail before the (long) measurement, not after it
     images = list_images(args.source)  # likewise for a missing or empty source
     inputs = [*images, args.weights]

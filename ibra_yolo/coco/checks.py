@@ -12,6 +12,7 @@ from pathlib import Path
 
 from ibra_yolo.coco.records import check_annotations, check_detections, plain
 from ibra_yolo.errors import IbraYoloError, MissingFileError
+from ibra_yolo.files import as_path
 
 __all__ = (
     "coco91_ids",
@@ -54,7 +55,7 @@ def _unique_keys(pairs: list) -> dict:
 
 
 def _load_json(path: str | Path, what: str):
-    path = Path(path)
+    path = as_path(path, f"{what} path")
     if not path.exists():
         raise MissingFileError(f"{what} file {path} does not exist")
     if path.is_dir():
@@ -62,7 +63,7 @@ def _load_json(path: str | Path, what: str):
     if not path.is_file():  # a FIFO or a device: reading it could block forever
         raise IbraYoloError(f"{what} file {path} is not a regular file: name a JSON file")
     try:
-        return json.loads(path.read_text(), object_pairs_hook=_unique_keys)
+        return json.loads(path.read_bytes(), object_pairs_hook=_unique_keys)  # UTF-8 (a BOM too), UTF-16 or UTF-32
     except (json.JSONDecodeError, UnicodeDecodeError) as e:
         raise IbraYoloError(f"{what} file {path} is not valid JSON ({e})") from None
     except RecursionError:

@@ -18,6 +18,7 @@ from ibra_yolo.energy.meter import EnergyMeter
 from ibra_yolo.energy.presets import DEFAULT_PRESET, energy_constants
 from ibra_yolo.energy.report import EnergyReport
 from ibra_yolo.errors import IbraYoloError, MissingFileError, NonFiniteError
+from ibra_yolo.files import as_path
 from ibra_yolo.limits import MAX_IMGSZ
 from ibra_yolo.sources import image_batches, list_images, select_device
 from ibra_yolo.spike_mode import torch_model
@@ -36,7 +37,7 @@ def load_model(weights: str | Path) -> nn.Module:
     from ibra_yolo.checkpoints import load_yolo
     from ibra_yolo.plugin import model_yaml_path
 
-    p = Path(weights)
+    p = as_path(weights, "weights")
     suffix = p.suffix.lower()
     if suffix == ".pt":
         if not p.exists():  # checked first: YOLO() would try to download a name; a folder is named by the loader

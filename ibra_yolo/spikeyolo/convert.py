@@ -19,7 +19,7 @@ import torch
 from torch import nn
 
 from ibra_yolo.errors import CheckpointError, IbraYoloError, ModelConfigError
-from ibra_yolo.files import check_output, write_atomic
+from ibra_yolo.files import as_path, check_output, write_atomic
 from ibra_yolo.spikeyolo.architecture import spikeyolo_neuron, to_our_model_dict
 from ibra_yolo.spikeyolo.names import ModulePair, module_pairs
 from ibra_yolo.unpickle import StandIn, read_checkpoint
@@ -275,7 +275,7 @@ def convert_spikeyolo(src: str | Path, dst: str | Path, neuron=None, overwrite: 
     """
     import ultralytics
 
-    src, dst = Path(src), Path(dst)
+    src, dst = as_path(src, "src"), as_path(dst, "dst")
     _check_output(dst, src, overwrite)
     neuron = resolve_neuron(neuron)  # a bad --neuron fails before the checkpoint is read
     model, info = model_from_checkpoint(read_checkpoint(src), neuron, src.name)
