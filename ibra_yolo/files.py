@@ -38,11 +38,12 @@ def as_path(value, name: str) -> Path:
         TypeError: ``value`` is not a str or path-like object (``None``, a number, bytes, a list).
         PathError: ``value`` is empty, which would name the current folder.
     """
-    if isinstance(value, bytes) or not isinstance(value, (str, os.PathLike)):
+    text = os.fspath(value) if isinstance(value, (str, os.PathLike)) else None
+    if not isinstance(text, str):  # None, a number, bytes (also from a path-like object)
         raise TypeError(f"{name}={value!r:.80} is invalid: a file path (str or Path)")
-    if os.fspath(value) == "":
+    if text == "":
         raise PathError(f"{name}='' is invalid: an empty path names the current folder, not a file")
-    return Path(value)
+    return Path(text)
 
 
 def _folder_problem(folder: Path) -> str | None:
