@@ -71,6 +71,24 @@ def _numpy_scalar(qualname: str):
 
 _DATA_CALLS = {tuple(name.rsplit(".", 1)): data_call(name) for name in _DATA_TYPES}
 _DATA_CALLS.update({tuple(n.rsplit(".", 1)): _numpy_scalar(n) for n in _DATA_TYPES if n.endswith(".scalar")})
+_ENUM = _DATA_CALLS[("torchvision.transforms.functional", "InterpolationMode")]
+
+
+def _getattr(obj=None, name=None, *rest):
+    """The data call of ``getattr(obj, name)`` as Ultralytics' restricted loader allows it: a non-dunder attribute of a
+    class (protocol 2 pickles ``Detect.forward`` so) or a layer's own ``forward``/``forward_fuse`` (what a fused stock
+    Conv stores as its ``forward``). ``getattr(layer, "__class__")`` would hand out a class to be called later."""
+    is_class = (isinstance(obj, type) and issubclass(obj, StandIn)) or obj is _ENUM
+    own_forward = isinstance(obj, StandIn) and name in ("forward", "forward_fuse")
+    if rest or not isinstance(name, str) or name.startswith("__") or not (is_class or own_forward):
+        raise UnsafePickleError(
+            f"its pickle calls getattr({_code_name(obj)}, {name!r:.60}), which no saved model does (only a class's "
+            f"attribute or a layer's own forward): not loaded, nothing in it was run (the file may be malicious)"
+        )
+    return Value("builtins.getattr", (obj, name))
+
+
+_DATA_CALLS[("builtins", "getattr")] = _getattr
 
 
 def check_calls(path, hint: str = "") -> None:
@@ -102,7 +120,7 @@ def check_calls(path, hint: str = "") -> None:
             + ("it is empty" if empty else "it is not a torch.save file (neither torch's zip format nor a pickle)")
         )
     try:
-        _check_no_hooks(read_checkpoint(path, calls=_DATA_CALLS, data=False), path)
+        _check_stored_code(read_checkpoint(path, calls=_DATA_CALLS, data=False), path)
     except UnsafePickleError as e:
         name, how = getattr(e, "refused", ("", ""))
         if how == "names":
@@ -120,33 +138,50 @@ def check_calls(path, hint: str = "") -> None:
         raise CheckpointError(f"cannot read checkpoint {path}: {str(e).removeprefix(f'{path}: ')}") from None
 
 
-def _hook_name(hook) -> str:
-    """A stored hook as the pickle names it (a stand-in's ``module.name``), in bounded size."""
-    return str(getattr(hook, "qualname", type(hook).__name__))[:80]
+def _code_name(obj) -> str:
+    """A class, function or stand-in as the pickle names it (a stand-in's ``module.name``), in bounded size."""
+    return str(getattr(obj, "qualname", None) or getattr(obj, "__qualname__", None) or type(obj).__name__)[:80]
 
 
-def _check_no_hooks(ckpt, path) -> None:
-    """Refuse a checkpoint whose modules store hooks (``_forward_pre_hooks``, ``_state_dict_hooks``, ...): torch's
-    loader restores them as saved, and torch calls them on every forward, ``state_dict()`` or load, so a file could
-    name an allow-listed class or a layer's method there to have it called later. A saved Ultralytics model has none."""
+def _is_code(obj) -> bool:
+    """A class or function stored as a value (not called while the file is read): something to be called later."""
+    return isinstance(obj, type) or (callable(obj) and not isinstance(obj, (StandIn, Value)))
+
+
+def _check_stored_code(ckpt, path) -> None:
+    """Refuse a checkpoint that stores code to be called later: hooks of its modules (``_forward_pre_hooks``,
+    ``_state_dict_hooks``, ...), which torch restores as saved and calls on every forward, ``state_dict()`` or load,
+    and any class or function stored as a value, e.g. a layer's ``forward``, ``fuse`` or ``_predict_once`` attribute
+    set to an allow-listed class, which Python finds before the method. A saved Ultralytics model has neither: its
+    only stored callables are `_getattr`'s (a fused Conv's own ``forward_fuse``), which are data calls, not values."""
     seen, todo = set(), [("", ckpt)]
     while todo:
         where, obj = todo.pop()
         if id(obj) in seen:
             continue
         seen.add(id(obj))
+        if _is_code(obj):
+            raise UnsafePickleError(
+                f"checkpoint {path}: {where or 'the top level'} is {_code_name(obj)}, a class or function, which "
+                f"something would call later (in place of a layer's method, e.g. its forward): not loaded, nothing in "
+                f"it was run (a saved model stores data, not code; the file may be malicious)"
+            )
         if isinstance(obj, StandIn):
             for key, value in obj.attrs.items():
                 if "hook" in str(key) and isinstance(value, dict) and value:
                     raise UnsafePickleError(
                         f"checkpoint {path}: the {obj.name} at {where or 'the top level'} stores {key} "
-                        f"({', '.join(_hook_name(v) for v in list(value.values())[:3])}), which torch would "
+                        f"({', '.join(_code_name(v) for v in list(value.values())[:3])}), which torch would "
                         f"call: not loaded, nothing in it was run (a saved "
                         f"model holds no hooks; the file may be malicious)"
                     )
             kids = obj.attrs.get("_modules") if isinstance(obj.attrs.get("_modules"), dict) else {}
             todo += [(f"{where}.{k}", v) for k, v in kids.items()]  # model.model.1.conv: as named_modules names it
             todo += [(f"{where}.{k}", v) for k, v in obj.attrs.items() if k != "_modules"]
+            if not isinstance(obj.__dict__.get("state"), dict):  # a state of another shape (a tuple) is walked too
+                todo.append((where, obj.__dict__.get("state")))
+        elif isinstance(obj, Value):  # its state (an args namespace's values); its arguments are checked by its call
+            todo.append((where, obj.state))
         elif isinstance(obj, dict):
             todo += [(f"{where}.{k}" if where else str(k), v) for k, v in obj.items()]
         elif isinstance(obj, (list, tuple, set, frozenset)):

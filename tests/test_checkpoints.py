@@ -4,6 +4,7 @@ import os
 import pickle
 import re
 import subprocess
+import zipfile
 from pathlib import Path
 
 import cv2
@@ -16,6 +17,7 @@ from ibra_yolo.checkpoints import checkpoint_model, load_checkpoint, load_yolo
 from ibra_yolo.cli import energy as energy_cli
 from ibra_yolo.cli import eval as eval_cli
 from ibra_yolo.errors import CheckpointError, MissingFileError, OutputExistsError, UnsafePickleError
+from ibra_yolo.pickle_checks import check_calls
 from ibra_yolo.spike_mode import convert_checkpoint, is_spike_driven
 
 
@@ -601,3 +603,51 @@ def test_a_checkpoint_that_stores_hooks_is_refused(tmp_path, spiking_ckpt, built
     with pytest.raises(UnsafePickleError, match=r"gives a parameter backward hooks .*, which torch would call"):
         load_checkpoint(tmp_path / "tensor_hook.pt")
     assert built == []
+
+
+def test_a_checkpoint_that_stores_a_class_in_place_of_a_method_is_refused(tmp_path, spiking_ckpt, built):
+    # A module's saved attributes are restored as its instance dict, which Python reads before the class: `fuse`,
+    # `_predict_once` or a layer's `forward` set to an allow-listed class made the stock pipeline call it
+    # (`DetectionModel(x)`, `IBRALIF(verbose=...)`; battery 14, K06-K13). A saved model stores data there, never a
+    # class or a function, so both loaders refuse the file, naming where it stores what.
+    from ultralytics import YOLO
+    from ultralytics.nn import tasks
+
+    from ibra_yolo.neurons import IBRALIF
+
+    for where, edit in (
+        ("model._predict_once", lambda m: setattr(m, "_predict_once", tasks.DetectionModel)),
+        ("model.fuse", lambda m: setattr(m, "fuse", IBRALIF)),
+        ("model.model.1.forward", lambda m: setattr(m.model[1], "forward", tasks.DetectionModel)),
+        ("model.yaml.neuron", lambda m: m.yaml.__setitem__("neuron", IBRALIF)),  # a class as data anywhere
+    ):
+        ckpt = torch.load(spiking_ckpt, weights_only=False)
+        edit(ckpt["model"])
+        torch.save(ckpt, tmp_path / "coded.pt")
+        says = rf"^checkpoint {re.escape(str(tmp_path / 'coded.pt'))}: {re.escape(where)} is \S+, a class or function"
+        for load in (load_checkpoint, YOLO):
+            with pytest.raises(UnsafePickleError, match=says):
+                load(str(tmp_path / "coded.pt"))
+    # getattr is allowed as Ultralytics allows it (a class's attribute, a layer's own forward): a layer's __class__
+    # would hand out its class to be called later
+    ckpt = torch.load(spiking_ckpt, weights_only=False)
+    ckpt["model"].model[1].forward = Payload(getattr, ckpt["model"].model[1], "__class__")
+    torch.save(ckpt, tmp_path / "getattr.pt")
+    with pytest.raises(UnsafePickleError, match=r"calls getattr\(ibra_yolo\.nn\.blocks\.\w+, '__class__'\)"):
+        load_checkpoint(tmp_path / "getattr.pt")
+    assert built == []
+
+
+def test_stock_checkpoints_with_getattr_still_load(tmp_path):
+    # A fused stock Conv stores its forward as getattr(self, "forward_fuse") (YOLOv8/YOLO11 checkpoints): data the
+    # check allows, so the stock model loads and predicts as without the plugin
+    from ultralytics import YOLO
+
+    y = YOLO("yolov8n.yaml")
+    y.model.fuse()
+    y.save(tmp_path / "fused.pt")
+    with zipfile.ZipFile(tmp_path / "fused.pt") as z:
+        assert b"forward_fuse" in z.read("fused/data.pkl")  # the file does store the getattr call
+    check_calls(tmp_path / "fused.pt")
+    loaded = YOLO(tmp_path / "fused.pt")
+    assert loaded.model.model[0].forward.__func__.__name__ == "forward_fuse"

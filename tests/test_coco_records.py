@@ -260,6 +260,16 @@ def test_json_that_cannot_be_a_coco_file(tmp_path, capsys):
         coco.load_annotations(tmp_path / "fifo.json")
 
 
+@pytest.mark.parametrize("gt, cls, message", BAD_ANNOTATIONS)
+def test_score_refuses_every_annotation_set_eval_refuses(gt, cls, message):
+    # the README says score() checks its inputs as `eval` checks a file; a box listed twice under one id was scored
+    # (AP 0.505 for one box listed twice and found once) where eval refused the file (battery 14, AO08)
+    with pytest.raises(
+        cls, match=r"^score\(\): gt" + re.escape(message if message.startswith(" has ") else f": {message}")
+    ):
+        coco.score(gt, PRED)
+
+
 def test_score_checks_the_annotations_as_a_file_is_checked():
     # score() checked annotation records but not that they name listed images and categories: an annotation of an
     # unlisted category or image dropped AP from 0.85 to 0.78 without a word (eval refused the same file)

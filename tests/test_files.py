@@ -198,6 +198,21 @@ def test_eval_never_writes_over_its_inputs(tmp_path, capsys):
     assert not (tmp_path / "results").exists()
 
 
+def test_eval_never_writes_over_the_dataset_it_reads(tmp_path, shapes_data, capsys):
+    # model mode reads the annotation file it finds beside the dataset, the split's images and their labels: `--out`
+    # naming the found annotation file with --overwrite replaced it with the results (battery 14, EW08). Each is
+    # refused before any work, with --overwrite too, and the dataset is unchanged.
+    root = shapes_data.parent
+    image = sorted((root / "images" / "val").iterdir())[0]
+    found, label = root / "annotations" / "instances_val.json", root / "labels" / "val" / f"{image.stem}.txt"
+    before = {p: p.read_bytes() for p in (found, image, label)}
+    argv = ["--weights", "spike-yolo-ibra-n.yaml", "--data", str(shapes_data), "--imgsz", "64", "--no-energy"]
+    for out in before:
+        assert eval_cli.main([*argv, "--project", str(tmp_path / "p"), "--out", str(out), "--overwrite"]) == 2
+        assert _one_line(capsys) == f"error: --out {out} is an input of this command: choose another --out\n"
+    assert {p: p.read_bytes() for p in before} == before and not (tmp_path / "p").exists()
+
+
 def test_a_hard_link_of_an_input_is_an_input(tmp_path):
     # two names of one file: the resolved paths differ, so only os.path.samefile sees that the output is the input
     src = tmp_path / "in.json"

@@ -11,6 +11,7 @@ import shutil
 from pathlib import Path
 
 import pytest
+import torch
 import yaml
 from conftest import CFG, run
 from conftest import model_dict as load
@@ -89,6 +90,16 @@ def test_input_channels_are_checked():
     # ch=0 was torch's conv error, which does not name ch (battery 12, A02)
     with pytest.raises(ModelConfigError, match=r"^spike-yolo-ibra-n\.yaml: ch=0 is invalid: input image channels "):
         DetectionModel("spike-yolo-ibra-n.yaml", ch=0, nc=3, verbose=False)
+    for ch in (True, 2.0, "3"):  # a bool, a float and a string are no channel counts
+        with pytest.raises(ModelConfigError, match=rf"^spike-yolo-ibra-n\.yaml: ch={re.escape(repr(ch))} is invalid"):
+            DetectionModel("spike-yolo-ibra-n.yaml", ch=ch, nc=3, verbose=False)
+    # a numpy integer is the integer it holds (np.int64(3) was refused, battery 14, AY30): a 1-channel model's first
+    # conv takes 1 channel, as with ch=1
+    import numpy as np
+
+    gray = DetectionModel("spike-yolo-ibra-n.yaml", ch=np.int64(1), nc=3, verbose=False)
+    first = next(m for m in gray.modules() if isinstance(m, torch.nn.Conv2d))
+    assert first.in_channels == 1 and type(first.in_channels) is int
 
 
 @pytest.mark.parametrize(

@@ -164,6 +164,18 @@ def _annotations_for(args: argparse.Namespace, data: dict, run) -> tuple[dict, P
     return gt, ann, "built from YOLO labels"
 
 
+def _dataset_inputs(args: argparse.Namespace, data: dict) -> list:
+    """What model mode reads from the dataset: the annotation file it finds itself (``--out`` naming it with
+    ``--overwrite`` replaced it, battery 14), the split's images and their YOLO label files."""
+    from ultralytics.data.utils import img2label_paths
+
+    from ibra_yolo import coco
+    from ibra_yolo.sources import list_images
+
+    images = list_images(args.data, args.split)
+    return [None if args.ann else coco.find_annotations(data, args.split), *images, *img2label_paths(images)]
+
+
 def _evaluate_model(args: argparse.Namespace) -> dict:
     """Model mode: predict with the stock validator, then check and score."""
     from ibra_yolo import coco
@@ -187,6 +199,7 @@ def _evaluate_model(args: argparse.Namespace) -> dict:
 
         select_device(args.device)  # one line now, not Ultralytics' traceback after the model loaded
     data = load_dataset(args.data, args.split)
+    check_output(out, args.overwrite, inputs=_dataset_inputs(args, data))  # --out may not be one of them either
     run = coco.predict_split(
         args.weights, args.data, imgsz=args.imgsz, batch=args.batch, conf=args.conf, iou=args.iou,
         device=args.device, spike_driven=args.spike_driven, split=args.split, project=folder.parent, name=folder.name,

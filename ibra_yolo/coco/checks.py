@@ -106,19 +106,17 @@ def load_annotations(path: str | Path) -> dict:
     return gt
 
 
-def check_annotation_ids(gt: dict, name, box_ids: bool = True) -> None:
+def check_annotation_ids(gt: dict, name) -> None:
     """Check the records of COCO annotations that hold ``images``, ``annotations`` and ``categories`` lists.
 
     Every image and category is an object with an id (all integers or all strings, none twice); there are annotations,
     each well-formed (``ibra_yolo.coco.records.check_annotations``) and naming a listed image and category (pycocotools
-    would leave it out of every metric without a word), and not all crowd regions (every metric would be -1). With
-    ``box_ids``, no annotation id is used twice (``score()`` renumbers its copy's boxes instead). numpy and torch
-    numbers count as the numbers they hold.
+    would leave it out of every metric without a word), not all crowd regions (every metric would be -1), and no
+    annotation id used twice (pycocotools indexes boxes by id). numpy and torch numbers count as the numbers they hold.
 
     Args:
         gt (dict): The annotations.
         name: How to name them in messages (the file, or ``score()``'s argument).
-        box_ids (bool): Check that annotation ids are unique.
 
     Raises:
         NonFiniteError: A number of an annotation is NaN or infinite.
@@ -143,7 +141,7 @@ def check_annotation_ids(gt: dict, name, box_ids: bool = True) -> None:
             f"{name}: every annotation is a crowd region (iscrowd 1): there is nothing to score against"
         )
     ann_ids = [plain(a["id"]) for a in gt["annotations"]]
-    if box_ids and len(set(ann_ids)) != len(ann_ids):  # pycocotools indexes boxes by id: one lost, one counted twice
+    if len(set(ann_ids)) != len(ann_ids):  # pycocotools indexes boxes by id: one lost, one counted twice
         seen, dup = set(), None
         for i in ann_ids:
             if i in seen:

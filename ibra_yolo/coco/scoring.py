@@ -110,8 +110,8 @@ def score(gt: dict, dets: list[dict], img_ids: list | None = None) -> dict[str, 
 
     Raises:
         NonFiniteError: A NaN/inf number in a detection or annotation (checked again here: a NaN score was ranked).
-        IbraYoloError: No images, a malformed record (``ibra_yolo.coco.records``), or ``img_ids`` empty or naming an
-            image ``gt`` does not have.
+        IbraYoloError: No images, a malformed record (``ibra_yolo.coco.records``), an annotation id used twice (as
+            ``ibra-yolo eval`` refuses it in a file), or ``img_ids`` empty or naming an image ``gt`` does not have.
     """
     from pycocotools.cocoeval import COCOeval
 
@@ -129,7 +129,7 @@ def score(gt: dict, dets: list[dict], img_ids: list | None = None) -> dict[str, 
         raise IbraYoloError("score(): the annotations hold no 'categories' list: every file of COCO's format has one")
     if not gt["categories"]:  # every metric was -1
         raise IbraYoloError("score(): the annotations hold no categories (objects with an 'id'): nothing to score")
-    check_annotation_ids(gt, "score(): gt", box_ids=False)  # as an annotation file is checked: a NaN box was ranked
+    check_annotation_ids(gt, "score(): gt")  # as an annotation file is checked: a NaN box was ranked
     check_detections(dets, "score(): detections")
     _check_ids(gt, dets)
     if img_ids is not None:

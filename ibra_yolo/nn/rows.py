@@ -15,6 +15,7 @@ from dataclasses import dataclass, field
 
 from ultralytics.utils.ops import make_divisible
 
+from ibra_yolo.coding import is_int
 from ibra_yolo.errors import ModelConfigError
 from ibra_yolo.neurons import make_neuron
 from ibra_yolo.yaml_files import looks_numeric, yaml_number_hint
@@ -253,7 +254,7 @@ def plan_model(d, ch: int = 3, name: str | None = None) -> ModelPlan:
     except ModelConfigError as e:
         name = name or (d.get("yaml_file") if isinstance(d, dict) else None)
         raise ModelConfigError(f"{name}: {e}" if name else str(e)) from None
-    if not isinstance(ch, int) or isinstance(ch, bool) or not 1 <= ch <= LIMITS["channels"]:
+    if not is_int(ch) or not 1 <= ch <= LIMITS["channels"]:  # numpy integers too (np.int64(3) was refused)
         bad = ModelConfigError(
             f"ch={ch!r} is invalid: input image channels must be an integer in [1, {LIMITS['channels']}]"
         )
@@ -261,7 +262,7 @@ def plan_model(d, ch: int = 3, name: str | None = None) -> ModelPlan:
         raise ModelConfigError(f"{where}: {bad}" if where else str(bad))
     plan = ModelPlan(d.get("T", 1), d["nc"], dict(d["neuron"]))
     rows = [*d["backbone"], *d["head"]]
-    outs = [_Out(ch, 1, False)]  # the input image, then each layer's output (index j + 1)
+    outs = [_Out(int(ch), 1, False)]  # the input image, then each layer's output (index j + 1)
     for i, row in enumerate(rows):
         where = _row_name(name or d.get("yaml_file"), i, len(d["backbone"]), row)
         if i and plan.rows[-1][2].module == "SpikeDetect":
