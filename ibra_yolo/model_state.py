@@ -18,7 +18,7 @@ from torch import nn
 
 from ibra_yolo.errors import CheckpointError, NonFiniteError
 
-__all__ = ("check_model_state", "check_finite_weights", "check_neuron_settings")
+__all__ = ("check_model_state", "check_finite_weights", "check_neuron_settings", "check_yaml_neuron")
 
 MAX_STRIDE = 1024  # YOLO heads stride 8-64; the check runs an image of twice the largest stride
 
@@ -98,6 +98,32 @@ def _check_names(model: nn.Module, path: str | Path) -> None:
             )
 
 
+def check_yaml_neuron(model: nn.Module, path: str | Path) -> None:
+    """Refuse a model whose layers hold another neuron than its model dict gives: ``yolo train model=x.pt`` and
+    ``resume`` rebuild the model from that dict and load the weights into it, so an edited ``neuron:`` (I-LIF D 4 in
+    a file of IBRA-LIF layers) would train another network than the one that was evaluated, without a word.
+
+    Raises:
+        CheckpointError: Naming the layer, what it holds and what the model dict gives.
+    """
+    from ibra_yolo.errors import ModelConfigError
+    from ibra_yolo.neurons import NEURON_KINDS, Activation, make_neuron
+    from ibra_yolo.nn.builder import dict_name
+    from ibra_yolo.nn.rows import plan_model
+
+    try:
+        plan = plan_model(model.yaml, model.yaml.get("channels", 3), dict_name(model.yaml))
+    except ModelConfigError as e:
+        raise CheckpointError(f"{path}: its model dict is invalid (the file was altered?): {e}") from None
+    expected = make_neuron(plan.neuron, plan.T)
+    for name, m in model.named_modules():
+        if type(m) in (*NEURON_KINDS.values(), Activation) and _settings(m) != _settings(expected):
+            raise CheckpointError(
+                f"{path}: {name} holds {m.config()} (T {m.T}), but the model dict gives {expected.config()} (T "
+                f"{plan.T}): the file was altered, and training or resuming from it would rebuild the dict's neuron"
+            )
+
+
 def _check_structure(model: nn.Module, path: str | Path) -> None:
     """The model dict is there, there is a class name per class, and the model runs on one blank image: a layer
     altered out of step with its neighbours (a neuron's ``T``, a head's ``nc`` or ``reg_max``, a conv stride of 0)
@@ -126,8 +152,8 @@ def _check_structure(model: nn.Module, path: str | Path) -> None:
 
 def check_model_state(model: nn.Module, path: str | Path, ckpt: dict | None = None) -> None:
     """Check what a loaded ibra-yolo model holds: finite weights, neuron settings a YAML gives, strides and class
-    names Ultralytics can use, a model dict, a model that runs, and (given the checkpoint) ``train_args`` that is a
-    dict.
+    names Ultralytics can use, a model dict, a model that runs, layers holding the neuron the model dict gives, and
+    (given the checkpoint) ``train_args`` that is a dict.
 
     Raises:
         NonFiniteError: A NaN or infinite weight or buffer.
@@ -141,3 +167,4 @@ def check_model_state(model: nn.Module, path: str | Path, ckpt: dict | None = No
     _check_strides(model, path)
     _check_names(model, path)
     _check_structure(model, path)
+    check_yaml_neuron(model, path)  # after _check_structure, which checks that the model dict is a dict

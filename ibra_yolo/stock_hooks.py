@@ -271,6 +271,10 @@ def stock_safe_load(original, weight, *args, **kwargs):
 
     wrap_model_train()  # Model exists by now: a model loaded from a file refuses training if it is folded
     local = Path(str(weight))
+    if local.suffix.lower() != ".pt":  # the stock suffix check's AssertionError read as a damaged file
+        yaml = local.suffix.lower() in (".yaml", ".yml")
+        hint = ": a model YAML builds an untrained model, pass it as model=" if yaml else ""
+        raise CheckpointError(f"weights {weight} must be a .pt checkpoint (Ultralytics loads no other suffix){hint}")
     if local.exists() and not local.is_file() and not local.is_dir():  # a FIFO blocked the stock loader forever
         raise CheckpointError(f"checkpoint {weight} is not a regular file (a FIFO or a device): name a .pt file")
     weight = _check_before_stock_load(weight, kwargs.get("safe_only", args[0] if args else None))

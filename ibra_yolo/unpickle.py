@@ -339,7 +339,9 @@ class _Unpickler(pickle.Unpickler):
             name = f"data/{key}"
             itemsize = torch.empty((), dtype=kind.dtype).element_size()
             size = self.archive.size(name)
-            if size is None or numel < 0 or size != numel * itemsize:
+            if size is None:
+                raise CheckpointError(f"{self.source}: storage record {name!r} is missing: the file is damaged")
+            if numel < 0 or size != numel * itemsize:
                 raise CheckpointError(
                     f"{self.source}: storage record {name!r} holds {size} bytes, not {numel} x {itemsize} ({kind.name})"
                 )

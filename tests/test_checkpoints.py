@@ -327,6 +327,22 @@ ALTERED = {  # a file changed after saving: each failed deep in torch (100-line 
         lambda c: c.__setitem__("train_args", ["x"]),
         r"train_args is a list, not a dict of arguments",
     ),
+    # the model dict's neuron edited (battery 14, K10): the layers still hold IBRA-LIF, but `yolo train model=x.pt`
+    # would rebuild I-LIF D 4 from the dict and train that
+    "the dict's neuron": (
+        lambda c: c["model"].yaml.__setitem__("neuron", {"kind": "ILIF", "D": 4}),
+        r"model\.2\.sep\.pw1\.neuron holds \{'kind': 'IBRALIF', .*\} \(T 1\), but the model dict gives \{'kind': "
+        r"'ILIF', 'D': 4, 'beta': 0\.25\} \(T 1\): the file was altered",
+    ),
+    "the dict's T": (  # every layer holds T 1; the dict's T 2 would rebuild a two-timestep model
+        lambda c: c["model"].yaml.__setitem__("T", 2),
+        r"holds \{'kind': 'IBRALIF', .*\} \(T 1\), but the model dict gives .* \(T 2\)",
+    ),
+    "the dict's rows": (
+        lambda c: c["model"].yaml.__setitem__("head", []),
+        r"its model dict is invalid \(the file was altered\?\): the model dict of spike-yolo-ibra-n\.yaml \(a "
+        r"checkpoint's copy, or changed after loading\): head=\[\] is invalid",
+    ),
 }
 
 

@@ -220,3 +220,15 @@ def test_constants_and_device_are_checked_before_the_model_is_read(tmp_path, cap
     err = capsys.readouterr().err
     assert re.match(rf"^error: {says}", err) and err.count("\n") == 1, err
     assert not (tmp_path / "o").exists()
+
+
+def test_images_that_cannot_be_decoded_are_named(model, tmp_path):
+    # a 0-byte and a truncated PNG: each is skipped with Ultralytics' warning, and the error said only "no images were
+    # measured" (battery 14, EN03/AM11/AM12); it names the source and how many images failed
+    folder = tmp_path / "broken"
+    folder.mkdir()
+    (folder / "empty.png").write_bytes(b"")
+    ok, png = cv2.imencode(".png", np.zeros((32, 32, 3), np.uint8))
+    (folder / "cut.png").write_bytes(png.tobytes()[:40])  # the header and part of the first chunk
+    with pytest.raises(IbraYoloError, match=rf"^none of the 2 images of {re.escape(str(folder))} could be decoded"):
+        measure(model, folder, imgsz=32, progress=False)

@@ -151,6 +151,21 @@ def test_stock_loading_names_what_a_file_holds_instead_of_a_model(tmp_path):
         assert str(e.value).startswith(f"{tmp_path / name} {says}"), str(e.value)
 
 
+def test_weights_that_are_no_pt_file_are_named(tmp_path):
+    # `pretrained=spike-yolo-ilif-n.yaml`: the stock suffix check's AssertionError was reported as a damaged checkpoint
+    # ("rebuilding its objects failed (AssertionError: ... acceptable suffix is {'.pt'}, not .yaml)", battery 14 YT12)
+    from ultralytics.nn.tasks import torch_safe_load
+
+    from ibra_yolo.errors import CheckpointError
+
+    says = r"must be a \.pt checkpoint \(Ultralytics loads no other suffix\)"
+    with pytest.raises(CheckpointError, match=rf"^weights spike-yolo-ilif-n\.yaml {says}: a model YAML builds an "):
+        torch_safe_load("spike-yolo-ilif-n.yaml")
+    (tmp_path / "w.pth").write_bytes(b"")
+    with pytest.raises(CheckpointError, match=rf"^weights {re.escape(str(tmp_path / 'w.pth'))} {says}$"):
+        torch_safe_load(str(tmp_path / "w.pth"))
+
+
 def test_stock_loading_names_folders_and_foreign_modules(tmp_path, python):
     # a folder named x.pt was a 41-line IsADirectoryError traceback; {'model': nn.Linear} failed deep inside the
     # predictor; IBRA_YOLO_TRACEBACK=0 showed the traceback (any non-empty value turned it on)

@@ -145,6 +145,12 @@ def test_damaged_and_foreign_files_are_one_line_errors(tmp_path):
             dst.writestr(info, data[:8] if info.filename.endswith("/data/0") else data)
     with pytest.raises(CheckpointError, match=r"storage record 'data/0' holds 8 bytes, not 4 x 4 \(FloatStorage\)"):
         read_checkpoint(tmp_path / "short.pt")
+    with zipfile.ZipFile(tmp_path / "ok.pt") as src, zipfile.ZipFile(tmp_path / "gone.pt", "w") as dst:
+        for info in src.infolist():  # the same archive without the tensor's storage: "holds None bytes" before
+            if not info.filename.endswith("/data/0"):
+                dst.writestr(info, src.read(info))
+    with pytest.raises(CheckpointError, match=r"gone\.pt: storage record 'data/0' is missing: the file is damaged$"):
+        read_checkpoint(tmp_path / "gone.pt")
     (tmp_path / "legacy.pt").write_bytes(pickle.dumps({"w": 1}))  # not a zip: torch's legacy format or anything else
     with pytest.raises(CheckpointError, match=r"legacy.pt is not a torch zip checkpoint"):
         read_checkpoint(tmp_path / "legacy.pt")

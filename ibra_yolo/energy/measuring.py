@@ -282,6 +282,11 @@ def measure(
     meter = EnergyMeter(net, counting)
     batches, total, source = _batches(images, imgsz, batch, max_images)
     seen = _run(net, meter, batches, total, spike_driven, device, progress, source)
+    if not seen and total:  # every file failed to decode (Ultralytics warned and skipped each): name them
+        raise IbraYoloError(
+            f"none of the {total} images of {source} could be decoded (empty, truncated or not an image?): nothing "
+            f"was measured"
+        )
     counts = meter.counts()
     meta = {
         "model": name or _model_name(net),
