@@ -148,44 +148,79 @@ def _is_code(obj) -> bool:
     return isinstance(obj, type) or (callable(obj) and not isinstance(obj, (StandIn, Value)))
 
 
+def _getattr_stored_ok(value: Value, owner, key) -> bool:
+    """Whether a ``getattr`` result sits where official checkpoints keep one: an enum member (Python pickles them as
+    ``getattr(cls, name)``), a fused Conv's own ``forward`` (``getattr(self, "forward_fuse")``), or a YOLOv8/11
+    Segment/Pose head's ``detect`` (``Detect.forward``, which its forward calls as ``self.detect(self, x)``)."""
+    obj, name = value.args
+    if obj is _ENUM:
+        return True
+    if key == "forward" and obj is owner and name in ("forward", "forward_fuse"):
+        return True
+    is_detect = isinstance(obj, type) and issubclass(obj, StandIn) and obj.qualname.endswith("Detect")
+    return key == "detect" and isinstance(owner, StandIn) and is_detect and name == "forward"
+
+
+def _stored_code_error(path, where: str, what: str) -> UnsafePickleError:
+    return UnsafePickleError(
+        f"checkpoint {path}: {where or 'the top level'} is {what}, which something would call later (in place of a "
+        f"layer's method, e.g. its forward): not loaded, nothing in it was run (a saved model stores data, not code; "
+        f"the file may be malicious)"
+    )
+
+
+def _check_module_dicts(obj: StandIn, where: str, path) -> None:
+    """A module's ``_modules`` holds modules (or None) under string names, and its hook dicts are empty: torch restores
+    hooks as saved and calls them on every forward, ``state_dict()`` or load."""
+    for key, value in obj.attrs.items():
+        if "hook" in str(key) and isinstance(value, dict) and value:
+            raise UnsafePickleError(
+                f"checkpoint {path}: the {obj.name} at {where or 'the top level'} stores {key} "
+                f"({', '.join(_code_name(v) for v in list(value.values())[:3])}), which torch would call: not "
+                f"loaded, nothing in it was run (a saved model holds no hooks; the file may be malicious)"
+            )
+    kids = obj.attrs.get("_modules", {})
+    items = kids.items() if isinstance(kids, dict) else [("_modules", kids)]
+    for name, kid in items:
+        if not isinstance(kids, dict) or not isinstance(name, str) or not (kid is None or isinstance(kid, StandIn)):
+            raise UnsafePickleError(
+                f"checkpoint {path}: the {obj.name} at {where or 'the top level'} holds the child {name!r:.60} = "
+                f"{_code_name(kid)}, which is not a module under a name: not loaded, nothing in it was run (the file "
+                f"was altered or may be malicious)"
+            )
+
+
 def _check_stored_code(ckpt, path) -> None:
-    """Refuse a checkpoint that stores code to be called later: hooks of its modules (``_forward_pre_hooks``,
-    ``_state_dict_hooks``, ...), which torch restores as saved and calls on every forward, ``state_dict()`` or load,
-    and any class or function stored as a value, e.g. a layer's ``forward``, ``fuse`` or ``_predict_once`` attribute
-    set to an allow-listed class, which Python finds before the method. A saved Ultralytics model has neither: its
-    only stored callables are `_getattr`'s (a fused Conv's own ``forward_fuse``), which are data calls, not values."""
-    seen, todo = set(), [("", ckpt)]
+    """Refuse a checkpoint that stores code to be called later: hooks of its modules, which torch restores as saved
+    and calls on every forward, ``state_dict()`` or load; any class or function stored as a value, e.g. a layer's
+    ``forward``, ``fuse`` or ``_predict_once`` attribute set to an allow-listed class, which Python finds before the
+    method; and a ``getattr`` result anywhere but where official checkpoints keep one (`_getattr_stored_ok`)."""
+    seen, todo = set(), [("", ckpt, None, None)]  # (where, object, the module holding it, its attribute name)
     while todo:
-        where, obj = todo.pop()
+        where, obj, owner, key = todo.pop()
+        if isinstance(obj, Value) and obj.qualname == "builtins.getattr":  # at every place it is stored (memo refs)
+            if not _getattr_stored_ok(obj, owner, key):
+                target, name = obj.args
+                of = f"a {target.name} layer" if isinstance(target, StandIn) else _code_name(target)
+                raise _stored_code_error(path, where, f"getattr({of}, {name!r:.60})")
+        elif _is_code(obj):
+            raise _stored_code_error(path, where, f"{_code_name(obj)}, a class or function")
         if id(obj) in seen:
             continue
         seen.add(id(obj))
-        if _is_code(obj):
-            raise UnsafePickleError(
-                f"checkpoint {path}: {where or 'the top level'} is {_code_name(obj)}, a class or function, which "
-                f"something would call later (in place of a layer's method, e.g. its forward): not loaded, nothing in "
-                f"it was run (a saved model stores data, not code; the file may be malicious)"
-            )
         if isinstance(obj, StandIn):
-            for key, value in obj.attrs.items():
-                if "hook" in str(key) and isinstance(value, dict) and value:
-                    raise UnsafePickleError(
-                        f"checkpoint {path}: the {obj.name} at {where or 'the top level'} stores {key} "
-                        f"({', '.join(_code_name(v) for v in list(value.values())[:3])}), which torch would "
-                        f"call: not loaded, nothing in it was run (a saved "
-                        f"model holds no hooks; the file may be malicious)"
-                    )
-            kids = obj.attrs.get("_modules") if isinstance(obj.attrs.get("_modules"), dict) else {}
-            todo += [(f"{where}.{k}", v) for k, v in kids.items()]  # model.model.1.conv: as named_modules names it
-            todo += [(f"{where}.{k}", v) for k, v in obj.attrs.items() if k != "_modules"]
+            _check_module_dicts(obj, where, path)
+            kids = obj.attrs.get("_modules") or {}
+            todo += [(f"{where}.{k}", v, None, None) for k, v in kids.items()]  # model.model.1: as named_modules
+            todo += [(f"{where}.{k}", v, obj, k) for k, v in obj.attrs.items() if k != "_modules"]
             if not isinstance(obj.__dict__.get("state"), dict):  # a state of another shape (a tuple) is walked too
-                todo.append((where, obj.__dict__.get("state")))
+                todo.append((where, obj.__dict__.get("state"), None, None))
         elif isinstance(obj, Value):  # its state (an args namespace's values); its arguments are checked by its call
-            todo.append((where, obj.state))
+            todo.append((where, obj.state, None, None))
         elif isinstance(obj, dict):
-            todo += [(f"{where}.{k}" if where else str(k), v) for k, v in obj.items()]
+            todo += [(f"{where}.{k}" if where else str(k), v, None, None) for k, v in obj.items()]
         elif isinstance(obj, (list, tuple, set, frozenset)):
-            todo += [(f"{where}[{i}]", v) for i, v in enumerate(obj)]
+            todo += [(f"{where}[{i}]", v, None, None) for i, v in enumerate(obj)]
 
 
 def file_kind(path) -> str:

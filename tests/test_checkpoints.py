@@ -644,13 +644,42 @@ def test_a_checkpoint_that_stores_a_class_in_place_of_a_method_is_refused(tmp_pa
         for load in (load_checkpoint, YOLO):
             with pytest.raises(UnsafePickleError, match=says):
                 load(str(tmp_path / "coded.pt"))
-    # getattr is allowed as Ultralytics allows it (a class's attribute, a layer's own forward): a layer's __class__
+    # getattr is read as Ultralytics reads it (a class's attribute, a layer's own forward): a layer's __class__
     # would hand out its class to be called later
     ckpt = torch.load(spiking_ckpt, weights_only=False)
     ckpt["model"].model[1].forward = Payload(getattr, ckpt["model"].model[1], "__class__")
     torch.save(ckpt, tmp_path / "getattr.pt")
     with pytest.raises(UnsafePickleError, match=r"calls getattr\(ibra_yolo\.nn\.blocks\.\w+, '__class__'\)"):
         load_checkpoint(tmp_path / "getattr.pt")
+    # ... and a getattr result is stored only where official checkpoints store one (a fused Conv's own forward, a
+    # YOLOv8 head's `detect`, an enum member): a layer's bound forward as the model's `fuse`, another layer's forward,
+    # a class's method in train_args or as a child module were called by name later (battery 15, A01-B14)
+    layer = type(torch.load(spiking_ckpt, weights_only=False)["model"].model[1]).__name__
+    bound = rf"getattr\(a {layer} layer, 'forward'\)"
+    for where, edit, what in (
+        ("model.fuse", lambda c: setattr(c["model"], "fuse", Payload(getattr, c["model"].model[1], "forward")), bound),
+        ("model.model.2.forward",
+         lambda c: setattr(c["model"].model[2], "forward", Payload(getattr, c["model"].model[1], "forward")), bound),
+        ("train_args.model",
+         lambda c: c["train_args"].__setitem__("model", Payload(getattr, tasks.DetectionModel, "load")),
+         r"getattr\(ultralytics\.nn\.tasks\.DetectionModel, 'load'\)"),
+    ):  # fmt: skip
+        edited = torch.load(spiking_ckpt, weights_only=False)
+        edit(edited)
+        torch.save(edited, tmp_path / "stored.pt")
+        says = rf"stored\.pt: {re.escape(where)} is {what}, which something would call later"
+        with pytest.raises(UnsafePickleError, match=says):
+            load_checkpoint(tmp_path / "stored.pt")
+    # a child module that is no module, or not under a name: torch's named_modules() failed deep inside
+    for kids, says in (
+        (lambda m: {99: torch.nn.Identity()}, "99 = torch.nn.modules.linear.Identity"),
+        (lambda m: {"1": Payload(getattr, m.model[2], "forward")}, "'1' = builtins.getattr"),
+    ):
+        edited = torch.load(spiking_ckpt, weights_only=False)
+        edited["model"].model._modules.update(kids(edited["model"]))
+        torch.save(edited, tmp_path / "kids.pt")
+        with pytest.raises(UnsafePickleError, match=rf"the Sequential at model\.model holds the child {says}, which"):
+            load_checkpoint(tmp_path / "kids.pt")
     assert built == []
 
 
@@ -667,3 +696,13 @@ def test_stock_checkpoints_with_getattr_still_load(tmp_path):
     check_calls(tmp_path / "fused.pt")
     loaded = YOLO(tmp_path / "fused.pt")
     assert loaded.model.model[0].forward.__func__.__name__ == "forward_fuse"
+    # a YOLOv8 Segment/Pose head of older Ultralytics stores `self.detect = Detect.forward` (a getattr of the class)
+    from ultralytics.nn.modules import Detect
+
+    seg = YOLO("yolov8n-seg.yaml")
+    seg.model.model[-1].detect = Detect.forward
+    seg.save(tmp_path / "seg.pt")
+    with zipfile.ZipFile(tmp_path / "seg.pt") as z:
+        assert b"getattr" in z.read("seg/data.pkl")
+    check_calls(tmp_path / "seg.pt")
+    assert YOLO(tmp_path / "seg.pt").model.model[-1].detect is Detect.forward
