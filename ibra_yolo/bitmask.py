@@ -19,6 +19,8 @@ __all__ = ("pack", "unpack", "packed_nbytes")
 
 def packed_nbytes(numel: int) -> int:
     """Bytes that ``pack`` uses for a mask of ``numel`` elements: ``ceil(numel / 8)``."""
+    if isinstance(numel, (bool, float)) or numel < 0:  # an int or torch.compile's symbolic int
+        raise ValueError(f"numel={numel!r} is invalid: a mask has a whole number >= 0 of elements")
     return (numel + 7) // 8
 
 
@@ -69,8 +71,16 @@ def unpack(packed: torch.Tensor, shape: torch.Size | tuple[int, ...]) -> torch.T
 
     Returns:
         (torch.Tensor): A ``torch.bool`` tensor of ``shape``.
+
+    Raises:
+        ValueError: ``packed`` is not the flat ``uint8`` tensor ``pack`` makes for a mask of ``shape``.
     """
     numel = math.prod(shape)
+    if packed.dtype != torch.uint8 or packed.dim() != 1 or len(packed) != packed_nbytes(numel):  # invented bits
+        raise ValueError(
+            f"packed holds {packed.numel()} {packed.dtype} values of shape {tuple(packed.shape)}: a mask of shape "
+            f"{tuple(shape)} is packed in {packed_nbytes(numel)} uint8 bytes (a flat tensor from pack())"
+        )
     if _use_numpy(packed):
         bits = torch.from_numpy(np.unpackbits(packed.numpy(), count=numel, bitorder="little")).view(torch.bool)
     else:

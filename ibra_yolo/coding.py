@@ -26,6 +26,7 @@ __all__ = (
     "num_planes",
     "is_number",
     "is_int",
+    "plain_number",
 )
 
 NAN_CODE = -1  # what IntegerLIF.spike_codes() gives a NaN membrane: not a code (valid codes are 0..M)
@@ -45,6 +46,14 @@ MAX_PLANES = 2**24  # the most virtual timesteps plane_weights lists: unary code
 def is_number(v) -> bool:
     """A finite real number, Python or numpy (not a bool): the argument checks of the neurons and these helpers."""
     return isinstance(v, Real) and not isinstance(v, bool) and math.isfinite(v)
+
+
+def plain_number(v):
+    """A numpy number as the Python ``int``/``float`` it holds (what a module is built with and pickled as); a bool,
+    a Python number or anything else unchanged."""
+    if isinstance(v, bool) or type(v) in (int, float):
+        return v
+    return int(v) if is_int(v) else float(v) if isinstance(v, Real) else v
 
 
 def is_int(v) -> bool:

@@ -14,7 +14,7 @@ import uuid
 from pathlib import Path
 from typing import Callable
 
-from ibra_yolo.errors import IbraYoloError, OutputExistsError, PathError
+from ibra_yolo.errors import IbraYoloError, NonFiniteError, OutputExistsError, PathError
 
 __all__ = (
     "as_path",
@@ -43,6 +43,8 @@ def as_path(value, name: str) -> Path:
         raise TypeError(f"{name}={value!r:.80} is invalid: a file path (str or Path)")
     if text == "":
         raise PathError(f"{name}='' is invalid: an empty path names the current folder, not a file")
+    if "\x00" in text:  # the OS refuses it: os's "embedded null byte", which names no argument
+        raise PathError(f"{name}={text!r:.80} is invalid: a path cannot hold a NUL character")
     return Path(text)
 
 
@@ -201,5 +203,16 @@ def describe_os_error(e: OSError) -> str:
 
 
 def write_json(path: str | Path, obj, overwrite: bool = False) -> Path:
-    """Write ``obj`` as indented JSON with ``write_atomic`` (values JSON cannot hold are written as strings)."""
-    return write_atomic(path, lambda tmp: tmp.write_text(json.dumps(obj, indent=2, default=str)), overwrite)
+    """Write ``obj`` as indented JSON with ``write_atomic`` (values JSON cannot hold are written as strings).
+
+    Raises:
+        NonFiniteError: ``obj`` holds NaN or infinity, which JSON has no numbers for (Python would write ``NaN``, which
+            other JSON readers refuse); nothing is written.
+    """
+    try:
+        text = json.dumps(obj, indent=2, default=str, allow_nan=False)
+    except ValueError as e:
+        if "Out of range float" not in str(e):  # e.g. a circular reference: not ours to rename
+            raise
+        raise NonFiniteError(f"{path}: the data holds NaN or infinity, which JSON cannot hold: not written") from None
+    return write_atomic(path, lambda tmp: tmp.write_text(text), overwrite)

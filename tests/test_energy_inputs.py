@@ -232,3 +232,6 @@ def test_images_that_cannot_be_decoded_are_named(model, tmp_path):
     (folder / "cut.png").write_bytes(png.tobytes()[:40])  # the header and part of the first chunk
     with pytest.raises(IbraYoloError, match=rf"^none of the 2 images of {re.escape(str(folder))} could be decoded"):
         measure(model, folder, imgsz=32, progress=False)
+    # ... and given as a list of files, the first is named (it said "2 image files")
+    with pytest.raises(IbraYoloError, match=rf"^none of the 2 images of 2 image files \({re.escape(str(folder))}/"):
+        measure(model, sorted(str(p) for p in folder.iterdir()), imgsz=32, progress=False)

@@ -272,4 +272,17 @@ def test_public_helpers_name_a_path_argument_that_is_no_path(tmp_path):
                     f(value)
             with pytest.raises(PathError, match=rf"^{name}='' is invalid: an empty path names the current folder"):
                 f("")
+            with pytest.raises(PathError, match=rf"^{name}='a\\x00b\.pt' is invalid: a path cannot hold a NUL"):
+                f("a\x00b.pt")  # the OS's "embedded null byte" named no argument (battery 15, AD04)
     assert list(tmp_path.iterdir()) == []
+
+
+def test_write_json_refuses_nan(tmp_path):
+    # json.dumps writes NaN and Infinity, which are not JSON: other readers refuse the file (battery 15, AF02)
+    from ibra_yolo.errors import NonFiniteError
+
+    for value in (float("nan"), float("inf")):
+        with pytest.raises(NonFiniteError, match=r"o\.json: the data holds NaN or infinity, which JSON cannot hold"):
+            write_json(tmp_path / "o.json", {"metrics": [1.0, value]})
+    assert list(tmp_path.iterdir()) == []
+    assert json.loads(write_json(tmp_path / "o.json", {"a": 1.5}).read_text()) == {"a": 1.5}

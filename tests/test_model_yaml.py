@@ -100,6 +100,11 @@ def test_input_channels_are_checked():
     gray = DetectionModel("spike-yolo-ibra-n.yaml", ch=np.int64(1), nc=3, verbose=False)
     first = next(m for m in gray.modules() if isinstance(m, torch.nn.Conv2d))
     assert first.in_channels == 1 and type(first.in_channels) is int
+    # likewise nc and T in a model dict, and nc as the keyword (battery 15, AY06): the head is built with the Python
+    # int (a numpy scalar would be pickled into the checkpoint as one)
+    for d, nc in ((load(scale="n", nc=np.int64(3), T=np.int64(1)), None), (load(scale="n"), np.int64(4))):
+        m = DetectionModel(d, nc=nc, verbose=False)
+        assert m.model[-1].nc == (nc or 3) and type(m.model[-1].nc) is int and len(m.names) == (nc or 3)
 
 
 @pytest.mark.parametrize(

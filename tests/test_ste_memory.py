@@ -29,6 +29,18 @@ def test_pack_bit_order_by_hand():
     assert bitmask.pack(torch.ones(16, dtype=torch.bool)).tolist() == [255, 255]
 
 
+def test_unpack_refuses_bytes_of_another_mask():
+    # one byte unpacked as a 100-element mask gave 8 set bits and 92 invented zeros (battery 15, AC12); a mask of 100
+    # elements is packed in ceil(100 / 8) = 13 bytes, and only those unpack to it
+    packed = bitmask.pack(torch.ones(100, dtype=torch.bool))
+    assert len(packed) == 13 and bool(bitmask.unpack(packed, (100,)).all())
+    for bad in (packed[:1], packed.to(torch.int32), packed.view(1, 13)):
+        with pytest.raises(ValueError, match=r"a mask of shape \(100,\) is packed in 13 uint8 bytes"):
+            bitmask.unpack(bad, (100,))
+    with pytest.raises(ValueError, match=r"^numel=-1 is invalid"):
+        bitmask.packed_nbytes(-1)
+
+
 def test_pack_keeps_shape_through_unpack():
     mask = torch.rand(3, 5, 7) > 0.3  # 105 elements: 14 bytes (13 full + 1 with one used bit)
     packed = bitmask.pack(mask)

@@ -98,7 +98,8 @@ def _batches(images, imgsz: int, batch: int, max_images: int | None) -> tuple[It
         )
     files = list_images(images)
     files = files[:max_images] if max_images else files
-    source = f"{len(images)} image files" if isinstance(images, (list, tuple)) else str(images)
+    first = f" ({files[0]}{', ...' if len(files) > 1 else ''})" if files else ""
+    source = f"{len(images)} image files{first}" if isinstance(images, (list, tuple)) else str(images)
     return image_batches(files, imgsz, batch), len(files), source
 
 

@@ -15,7 +15,7 @@ from dataclasses import dataclass, field
 
 from ultralytics.utils.ops import make_divisible
 
-from ibra_yolo.coding import is_int
+from ibra_yolo.coding import is_int, is_number, plain_number
 from ibra_yolo.errors import ModelConfigError
 from ibra_yolo.neurons import make_neuron
 from ibra_yolo.yaml_files import looks_numeric, yaml_number_hint
@@ -62,8 +62,7 @@ class Arg:
             return isinstance(v, bool)
         if self.kind == "int?" and v is None:
             return True
-        is_int = isinstance(v, int) and not isinstance(v, bool)
-        ok = is_int if self.kind in ("int", "int?") else (is_int or isinstance(v, float)) and math.isfinite(v)
+        ok = is_int(v) if self.kind in ("int", "int?") else is_number(v)  # numpy numbers too
         if ok and self.minimum is not None:
             ok = v > self.minimum if self.above else v >= self.minimum
         return ok and (not self.odd or v % 2 == 1)
@@ -143,7 +142,7 @@ def check_args(module: str, args: list, names: dict) -> dict:
             raise ModelConfigError(f"unknown name {a!r} for {module} {spec.name}: known names are {sorted(names)}")
         if not spec.valid(a):
             raise ModelConfigError(f"{module} {spec.name}={a!r} is invalid: it must be {spec.describe()}")
-        values[spec.name] = a
+        values[spec.name] = plain_number(a)
     for spec in schema[len(args) :]:
         if spec.default is _REQUIRED:
             raise ModelConfigError(f"{module} needs argument {spec.name} ({spec.describe()}): args are [{signature}]")
@@ -178,14 +177,14 @@ def check_top_level(d) -> tuple[dict, float, float, float]:
     if not isinstance(d, dict):
         raise ModelConfigError(f"a model YAML must be a mapping (nc, neuron, backbone, head), got a {type(d).__name__}")
     T = d.get("T", 1)
-    if not isinstance(T, int) or isinstance(T, bool) or not 1 <= T <= LIMITS["T"]:
+    if not is_int(T) or not 1 <= T <= LIMITS["T"]:
         raise ModelConfigError(f"T={T!r} is invalid: the number of timesteps must be an integer in [1, {LIMITS['T']}]")
     try:
         make_neuron(d.get("neuron"), T)  # a throw-away neuron checks every parameter
     except ValueError as e:
         raise ModelConfigError(f"neuron: {e}") from None
     nc = d.get("nc")
-    if not isinstance(nc, int) or isinstance(nc, bool) or not 1 <= nc <= LIMITS["channels"]:
+    if not is_int(nc) or not 1 <= nc <= LIMITS["channels"]:  # numpy integers too (np.int64(3) was refused)
         raise ModelConfigError(
             f"nc={nc!r} is invalid: the number of classes must be an integer in [1, {LIMITS['channels']}]"
         )
@@ -205,7 +204,7 @@ def check_top_level(d) -> tuple[dict, float, float, float]:
         value = d.get(key)
         if value is not None and not (type(value) is type(ours) and value == ours):
             raise ModelConfigError(f"{key}={value!r:.40} is not read by spiking YAMLs: {why}; remove the key")
-    names, depth, width, max_channels = {"nc": nc}, 1.0, 1.0, float("inf")
+    names, depth, width, max_channels = {"nc": int(nc)}, 1.0, 1.0, float("inf")
     scales = d.get("scales")
     if scales is None:
         return names, depth, width, max_channels
@@ -260,7 +259,7 @@ def plan_model(d, ch: int = 3, name: str | None = None) -> ModelPlan:
         )
         where = d.get("yaml_file")  # the argument is wrong, not the file
         raise ModelConfigError(f"{where}: {bad}" if where else str(bad))
-    plan = ModelPlan(d.get("T", 1), d["nc"], dict(d["neuron"]))
+    plan = ModelPlan(int(d.get("T", 1)), int(d["nc"]), dict(d["neuron"]))
     rows = [*d["backbone"], *d["head"]]
     outs = [_Out(int(ch), 1, False)]  # the input image, then each layer's output (index j + 1)
     for i, row in enumerate(rows):
