@@ -86,11 +86,13 @@ def _resolved(path: Path, what: str) -> Path:
         ) from None
 
 
-def _same_file(a: Path, b: Path) -> bool:
+def _file_id(path: Path) -> tuple[int, int] | None:
+    """(device, inode) of an existing file, None if it does not exist (yet): two names of one file share it."""
     try:
-        return os.path.samefile(a, b)
-    except OSError:  # one of them does not exist (yet): not the same file
-        return False
+        st = os.stat(path)
+    except OSError:
+        return None
+    return st.st_dev, st.st_ino
 
 
 def check_output(path: str | Path, overwrite: bool = False, flag: str = "--out", inputs=()) -> Path:
@@ -112,8 +114,11 @@ def check_output(path: str | Path, overwrite: bool = False, flag: str = "--out",
     if isinstance(path, str) and path.endswith(("/", os.sep)):  # Path() drops the slash and would write a file there
         raise IbraYoloError(f"{flag} {path} ends in a slash, so it names a folder: {flag} must name a file")
     path = Path(path)
-    for source in (Path(i) for i in inputs if i is not None):
-        if _resolved(path, flag) == _resolved(source, "input") or _same_file(path, source):  # also a hard link
+    sources = [Path(i) for i in inputs if i is not None]
+    target, target_id = (_resolved(path, flag), _file_id(path)) if sources else (None, None)  # once: eval passes
+    for source in sources:  # every image and label of a split
+        same = target_id is not None and _file_id(source) == target_id  # also a hard link
+        if same or _resolved(source, "input") == target:
             raise IbraYoloError(f"{flag} {path} is an input of this command: choose another {flag}")
     if path.is_dir():
         raise IbraYoloError(f"{path} is a folder: {flag} must name a file")
