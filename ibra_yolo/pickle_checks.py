@@ -6,6 +6,8 @@ hooks stored for torch to call later (``check_calls``). ``ibra_yolo.checkpoints`
 
 from __future__ import annotations
 
+import inspect
+import sys
 import zipfile
 from pathlib import Path
 
@@ -171,13 +173,35 @@ def _stored_code_error(path, where: str, what: str) -> UnsafePickleError:
 
 def _check_module_dicts(obj: StandIn, where: str, path) -> None:
     """A module's ``_modules`` holds modules (or None) under string names, and its hook dicts are empty: torch restores
-    hooks as saved and calls them on every forward, ``state_dict()`` or load."""
+    hooks as saved and calls them on every forward, ``state_dict()`` or load. Its other attributes hold no layer
+    (torch keeps layers in ``_modules``; one stored as ``fuse`` or ``forward`` would be called in place of the method)
+    and nothing under the name of a method of its class (Python reads the instance dict first)."""
     for key, value in obj.attrs.items():
         if "hook" in str(key) and isinstance(value, dict) and value:
             raise UnsafePickleError(
                 f"checkpoint {path}: the {obj.name} at {where or 'the top level'} stores {key} "
                 f"({', '.join(_code_name(v) for v in list(value.values())[:3])}), which torch would call: not "
                 f"loaded, nothing in it was run (a saved model holds no hooks; the file may be malicious)"
+            )
+    at = where or "the top level"
+    cls = _real_class(obj)
+    for key, value in obj.attrs.items():
+        if key == "_modules" or not isinstance(key, str):
+            continue
+        is_module = "_modules" in obj.attrs  # torch's __setattr__ puts a module's layers in _modules, always
+        if is_module and isinstance(value, StandIn) and _is_callable_stand_in(value):
+            raise UnsafePickleError(
+                f"checkpoint {path}: the {obj.name} at {at} stores the {value.name} layer as its attribute {key!r:.60} "
+                f"outside its child modules, where something would call it (torch keeps layers in _modules): not "
+                f"loaded, nothing in it was run (the file was altered or may be malicious)"
+            )
+        if _is_code(value) or (isinstance(value, Value) and value.qualname == "builtins.getattr"):
+            continue  # the walk names these, wherever they are stored (`_check_stored_code`)
+        if _shadows_method(cls, key) and not (key == "type" and isinstance(value, str)):  # parse_model's m.type
+            raise UnsafePickleError(
+                f"checkpoint {path}: the {obj.name} at {at} stores {_code_name(value)} under the name of its method "
+                f"{key!r:.60}, which Python would find in place of the method: not loaded, nothing in it was run (a "
+                f"saved layer keeps its methods in its class; the file was altered or may be malicious)"
             )
     kids = obj.attrs.get("_modules", {})
     items = kids.items() if isinstance(kids, dict) else [("_modules", kids)]
@@ -188,6 +212,34 @@ def _check_module_dicts(obj: StandIn, where: str, path) -> None:
                 f"{_code_name(kid)}, which is not a module under a name: not loaded, nothing in it was run (the file "
                 f"was altered or may be malicious)"
             )
+
+
+def _real_class(obj: StandIn) -> type:
+    """The class a stand-in stands for, if its module is already imported (nothing is imported on a file's word),
+    else ``torch.nn.Module`` for a module (its methods are what every layer has) or ``object``."""
+    module, _, name = obj.qualname.rpartition(".")
+    cls = getattr(sys.modules.get(module), name, None)
+    if isinstance(cls, type):
+        return cls
+    import torch
+
+    return torch.nn.Module if "_modules" in obj.attrs else object
+
+
+def _is_callable_stand_in(obj: StandIn) -> bool:
+    """A stand-in for something callable: a module (its state has ``_modules``) or a class with ``__call__``."""
+    return "_modules" in obj.attrs or any("__call__" in vars(k) for k in _real_class(obj).__mro__)
+
+
+def _shadows_method(cls: type, key: str) -> bool:
+    """Whether an instance attribute ``key`` would hide a method of ``cls`` (Python reads the instance dict before a
+    class attribute that is not a data descriptor, e.g. a function)."""
+    if cls is object or key.startswith("__"):
+        return False
+    attr = inspect.getattr_static(cls, key, None)
+    if attr is None or hasattr(type(attr), "__set__") or hasattr(type(attr), "__delete__"):  # absent, or a property
+        return False
+    return callable(attr) or isinstance(attr, (staticmethod, classmethod))
 
 
 def _check_stored_code(ckpt, path) -> None:

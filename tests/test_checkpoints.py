@@ -683,6 +683,70 @@ def test_a_checkpoint_that_stores_a_class_in_place_of_a_method_is_refused(tmp_pa
     assert built == []
 
 
+def test_a_checkpoint_that_stores_a_layer_or_data_in_place_of_a_method_is_refused(tmp_path, spiking_ckpt, built):
+    # torch keeps a module's layers in _modules; a file that puts a layer in a module's instance dict under a method's
+    # name (`fuse`, `forward`, `_predict_once`, ...) had Python find it before the method, so the stock pipeline called
+    # that layer with the method's arguments (battery 16, M01-M12: in predict, val, train, our blank-image check and
+    # the copy `ibra-yolo deploy` wrote). Data under a method's name (`fuse = 3`) would fail later with a raw
+    # "'int' object is not callable". Both loaders refuse the file before torch reads it, naming the place.
+    from ultralytics import YOLO
+
+    for key, where, owner, value in (
+        ("fuse", "model", lambda c: c["model"], lambda c: c["model"].model[0]),
+        ("_predict_once", "model", lambda c: c["model"], lambda c: c["model"].model),
+        ("state_dict", "model", lambda c: c["model"], lambda c: c["model"].model[0]),
+        ("forward", "model.model.26", lambda c: c["model"].model[-1], lambda c: c["model"].model[0]),
+        ("forward", "model.model.1.conv", lambda c: c["model"].model[1].conv, lambda c: torch.nn.Identity()),
+    ):
+        ckpt = torch.load(spiking_ckpt, weights_only=False)
+        owner(ckpt).__dict__[key] = value(ckpt)  # what object.__setattr__ does: torch's __setattr__ would use _modules
+        torch.save(ckpt, tmp_path / "layer.pt")
+        says = rf"^checkpoint {re.escape(str(tmp_path / 'layer.pt'))}: the \w+ at {re.escape(where)} stores the \w+ "
+        says += rf"layer as its attribute '{key}' outside its child modules, where something would call it"
+        for load in (load_checkpoint, YOLO):
+            with pytest.raises(UnsafePickleError, match=says):
+                load(str(tmp_path / "layer.pt"))
+    ckpt = torch.load(spiking_ckpt, weights_only=False)
+    ckpt["ema"] = torch.load(spiking_ckpt, weights_only=False)["model"]
+    ckpt["ema"].__dict__["fuse"] = ckpt["ema"].model[0]  # in the EMA copy only (the one YOLO() uses)
+    torch.save(ckpt, tmp_path / "ema.pt")
+    with pytest.raises(UnsafePickleError, match=r"ema\.pt: the DetectionModel at ema stores the \w+ layer as its"):
+        YOLO(str(tmp_path / "ema.pt"))
+    for key, value, shown in (("fuse", 3, "int"), ("info", "x", "str"), ("named_modules", [], "list")):
+        ckpt = torch.load(spiking_ckpt, weights_only=False)
+        ckpt["model"].__dict__[key] = value
+        torch.save(ckpt, tmp_path / "data.pt")
+        says = rf"the DetectionModel at model stores {shown} under the name of its method '{key}', which Python would"
+        with pytest.raises(UnsafePickleError, match=says):
+            load_checkpoint(tmp_path / "data.pt")
+    # a layer as plain data where nothing calls it by a method's name is data (a train_args value), and Ultralytics'
+    # parse_model stores each layer's type name as `m.type`, over nn.Module.type: both still load
+    ckpt = torch.load(spiking_ckpt, weights_only=False)
+    ckpt["train_args"]["layer"] = torch.nn.Identity()
+    assert isinstance(ckpt["model"].model[1].type, str)
+    torch.save(ckpt, tmp_path / "plain.pt")
+    load_checkpoint(tmp_path / "plain.pt")
+    assert built == []
+
+
+@pytest.mark.parametrize(
+    "cfg", ["yolov8n-seg.yaml", "yolov8n-pose.yaml", "yolov8n-cls.yaml", "yolov8n-obb.yaml", "yolo11n.yaml",
+            "yolov10n.yaml", "yolo12n.yaml", "yolov8s-worldv2.yaml", "yoloe-11s-seg.yaml", "rtdetr-l.yaml"],
+)  # fmt: skip
+def test_every_stock_architecture_passes_the_load_check(tmp_path, cfg):
+    # The check refuses what a module stores under a method's name; stock layers store two things there (parse_model's
+    # `m.type` name, a fused Conv's `forward = getattr(self, "forward_fuse")`): every stock task and head, plain and
+    # fused, must still pass, or the plugin would break loading official checkpoints
+    from ultralytics import RTDETR, YOLO
+
+    model = (RTDETR if cfg.startswith("rtdetr") else YOLO)(cfg)
+    model.save(tmp_path / "plain.pt")
+    model.model.fuse()
+    model.save(tmp_path / "fused.pt")
+    for name in ("plain.pt", "fused.pt"):
+        check_calls(tmp_path / name)
+
+
 def test_stock_checkpoints_with_getattr_still_load(tmp_path):
     # A fused stock Conv stores its forward as getattr(self, "forward_fuse") (YOLOv8/YOLO11 checkpoints): data the
     # check allows, so the stock model loads and predicts as without the plugin
