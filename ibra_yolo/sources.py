@@ -14,6 +14,7 @@ Every failure is one ``IbraYoloError`` line naming the bad value.
 
 from __future__ import annotations
 
+import glob
 from collections.abc import Iterator
 from pathlib import Path
 
@@ -117,7 +118,10 @@ def image_batches(files: list[str], imgsz: int, batch: int) -> Iterator[torch.Te
 
     letterbox = LetterBox((imgsz, imgsz), auto=False)
     files, done = list(files), 0
-    loader = iter(LoadImagesAndVideos(files, batch=batch))
+    # the loader globs every entry holding a "*"; these are files already listed, so a name such as a*b.png is escaped
+    # (read once, not again as a pattern that also matches axxb.png)
+    literal = [glob.escape(f) if "*" in f else f for f in map(str, files)]
+    loader = iter(LoadImagesAndVideos(literal, batch=batch))
     while True:
         try:
             paths, images, _ = next(loader)

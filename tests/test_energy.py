@@ -26,7 +26,7 @@ from ibra_yolo.nn import (
     SepRep,
     TimeRepeat,
 )
-from ibra_yolo.sources import list_images
+from ibra_yolo.sources import image_batches, list_images
 
 E_MAC, E_AC = 4.6, 0.9  # the default preset, 45nm-fp32 (Horowitz 2014)
 CURRENTS = (-0.3, 1.0, 3.2, 7.6)  # first-layer outputs, one per channel; with M = 7, N = 1: codes 0, 1, 3, 7
@@ -454,6 +454,19 @@ def test_sources_listed_as_ultralytics_lists_them(tmp_path):
         expected = BaseDataset.get_img_files(lister, str(tmp_path / split))
         assert list_images(tmp_path / name) == expected and len(expected) == (3 if split == "images/val" else 2)
     assert list_images(val) == [str(val / "3.png")]
+
+
+def test_a_file_named_like_a_glob_is_measured_once(tmp_path):
+    # `--source 'dir/a*b.png'` lists a*b.png and axxb.png; the images are then read from that list, and Ultralytics'
+    # loader globs every entry holding a "*": a*b.png matched both files again, so 2 images were measured as 3
+    # (battery 16, EN-glob). Each listed file is read exactly once: 2 images, the two files.
+    for name in ("a*b.png", "axxb.png"):
+        cv2.imwrite(str(tmp_path / name), np.zeros((8, 8, 3), np.uint8))
+    files = list_images(str(tmp_path / "a*b.png"))
+    assert sorted(Path(f).name for f in files) == ["a*b.png", "axxb.png"]
+    assert sum(len(b) for b in image_batches(files, 32, 4)) == 2
+    model = tiny(nn.Conv2d(4, 6, 1, bias=False), lif7())
+    assert measure(model, str(tmp_path / "a*b.png"), imgsz=32, progress=False).summary()["images"] == 2
 
 
 # ----------------------------------------------------------------------------------------------------------------------
