@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import json
 import os
+import sys
 import uuid
 from pathlib import Path
 from typing import Callable
@@ -207,16 +208,59 @@ def describe_os_error(e: OSError) -> str:
     return f"{reason}: {e.filename}" if e.filename else reason
 
 
+def _json_name(key) -> str | None:
+    """The name ``json.dumps`` writes for a dict key; None for a key it refuses itself (a tuple, a huge int)."""
+    if isinstance(key, str) or key is None or isinstance(key, bool):
+        return key if isinstance(key, str) else {None: "null", True: "true", False: "false"}[key]
+    try:
+        return int.__repr__(key) if isinstance(key, int) else float.__repr__(key) if isinstance(key, float) else None
+    except ValueError:  # an int beyond Python's 4300-digit limit
+        return None
+
+
+def _check_json_keys(obj, path) -> None:
+    """Refuse a dict with two keys JSON writes as one name (``1`` and ``"1"``), at any depth. A dict's keys are
+    distinct, so a name written twice is a collision; only dicts with a key that is no str can have one."""
+    todo, seen = [obj], set()
+    while todo:
+        item = todo.pop()
+        if not isinstance(item, (dict, list, tuple)) or id(item) in seen:
+            continue
+        seen.add(id(item))
+        if isinstance(item, dict):
+            if not all(type(k) is str for k in item):
+                names: dict[str, object] = {}
+                for key in item:
+                    name = _json_name(key)
+                    if name is not None and name in names:
+                        raise IbraYoloError(
+                            f"{path}: an object has the keys {names[name]!r:.40} and {key!r:.40}, which JSON writes as "
+                            f'the same name "{name:.40}" (a reader keeps one): not written; use distinct keys'
+                        )
+                    names[name] = key
+            todo.extend(item.values())
+        else:
+            todo.extend(item)
+
+
 def write_json(path: str | Path, obj, overwrite: bool = False) -> Path:
     """Write ``obj`` as indented JSON with ``write_atomic`` (values JSON cannot hold are written as strings).
 
     Raises:
         NonFiniteError: ``obj`` holds NaN or infinity, which JSON has no numbers for (Python would write ``NaN``, which
             other JSON readers refuse); nothing is written.
+        IbraYoloError: A dict has two keys JSON writes as one name (``1`` and ``"1"``, ``True`` and ``"true"``): the
+            file would repeat it and a reader keep only one; nothing is written.
     """
+    _check_json_keys(obj, path)
     try:
         text = json.dumps(obj, indent=2, default=str, allow_nan=False)
     except ValueError as e:
+        if "Exceeds the limit" in str(e):  # Python writes ints of at most 4300 digits
+            raise IbraYoloError(
+                f"{path}: the data holds an integer of more than {sys.get_int_max_str_digits()} digits, which Python "
+                f"does not write as text: not written"
+            ) from None
         if "Out of range float" not in str(e):  # e.g. a circular reference: not ours to rename
             raise
         raise NonFiniteError(f"{path}: the data holds NaN or infinity, which JSON cannot hold: not written") from None

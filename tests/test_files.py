@@ -286,3 +286,23 @@ def test_write_json_refuses_nan(tmp_path):
             write_json(tmp_path / "o.json", {"metrics": [1.0, value]})
     assert list(tmp_path.iterdir()) == []
     assert json.loads(write_json(tmp_path / "o.json", {"a": 1.5}).read_text()) == {"a": 1.5}
+
+
+def test_write_json_refuses_keys_json_writes_as_one_name(tmp_path):
+    # JSON names are strings: {1: 2, "1": 3} was written as {"1": 2, "1": 3}, which our own readers then refuse and
+    # others read as {"1": 3} (battery 16, AF08). Found at any depth; distinct names (1 and 2) are written as before.
+    from ibra_yolo.errors import IbraYoloError
+
+    for obj, keys, name in (
+        ({1: 2, "1": 3}, "1 and '1'", "1"),
+        ({"a": [{"true": 1, True: 2}]}, "'true' and True", "true"),
+        ({None: 1, "null": 2}, "None and 'null'", "null"),
+        ({"x": {2.5: 0, "2.5": 1}}, "2.5 and '2.5'", "2.5"),
+    ):
+        says = rf"o\.json: an object has the keys {re.escape(keys)}, which JSON writes as the same name \"{name}\""
+        with pytest.raises(IbraYoloError, match=says):
+            write_json(tmp_path / "o.json", obj)
+    with pytest.raises(IbraYoloError, match=r"o\.json: the data holds an integer of more than 4300 digits"):
+        write_json(tmp_path / "o.json", {"id": 10**5000})  # json.dumps raised Python's raw int-limit ValueError
+    assert list(tmp_path.iterdir()) == []
+    assert json.loads(write_json(tmp_path / "o.json", {1: 2, 2: 3}).read_text()) == {"1": 2, "2": 3}
