@@ -254,6 +254,14 @@ def test_json_that_cannot_be_a_coco_file(tmp_path, capsys):
         capsys.readouterr().err
         == f"error: predictions file {tmp_path / 'deep.json'} nests its JSON too deeply to be a COCO file\n"
     )
+    # an id of 5,000 digits: Python reads integers of at most 4,300 digits, and json.loads raised that ValueError as a
+    # traceback (battery 16, EV-P01)
+    (tmp_path / "long.json").write_text('[{"image_id": 1' + "0" * 4999 + ', "category_id": 1, "bbox": [0, 0, 1, 1]}]')
+    argv[1] = str(tmp_path / "long.json")
+    assert eval_coco.main(argv) == 2
+    err = capsys.readouterr().err
+    assert err.startswith(f"error: predictions file {tmp_path / 'long.json'} holds a number too long to read (")
+    assert "4300" in err and err.endswith("): not a COCO file\n") and err.count("\n") == 1
     # a FIFO would block read_text() forever: refused without opening it
     os.mkfifo(tmp_path / "fifo.json")
     with pytest.raises(IbraYoloError, match=f"^annotation file {tmp_path / 'fifo.json'} is not a regular file"):

@@ -68,6 +68,8 @@ def _load_json(path: str | Path, what: str):
         raise IbraYoloError(f"{what} file {path} is not valid JSON ({e})") from None
     except RecursionError:
         raise IbraYoloError(f"{what} file {path} nests its JSON too deeply to be a COCO file") from None
+    except ValueError as e:  # Python reads integers of at most sys.get_int_max_str_digits() digits
+        raise IbraYoloError(f"{what} file {path} holds a number too long to read ({e}): not a COCO file") from None
     except IbraYoloError as e:  # a repeated key (_unique_keys)
         raise IbraYoloError(f"{what} file {path}: {e}") from None
     except OSError as e:
