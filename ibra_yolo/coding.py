@@ -250,12 +250,14 @@ def check_codes(codes: torch.Tensor, max_code: int, what: str = "codes") -> tupl
 
 def to_planes(codes: torch.Tensor, max_code: int, encoding: str) -> torch.Tensor:
     """Encode integer codes as ``[P, *codes.shape]`` ``{0, 1}`` planes (all planes at once; see ``plane``).
+    ``max_code`` 0 gives ``P = 0`` planes (every code is 0, which takes no spike), as ``num_planes`` counts.
 
     Raises:
         ValueError: A code that is not a whole number in ``0..max_code`` (``check_codes``): it has no planes.
     """
     check_codes(codes, max_code)
-    return torch.stack([_plane(codes, j, encoding, wide=True) for j in range(num_planes(max_code, encoding))])
+    planes = [_plane(codes, j, encoding, wide=True) for j in range(num_planes(max_code, encoding))]
+    return torch.stack(planes) if planes else _plane(codes, 0, encoding, wide=True)[None][:0]
 
 
 def from_planes(planes: torch.Tensor, encoding: str) -> torch.Tensor:

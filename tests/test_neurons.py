@@ -455,6 +455,18 @@ def test_planes_decode_exactly_in_int64():
     assert from_planes(torch.ones(6, 2, dtype=torch.bool), "unary").tolist() == [6, 6]
 
 
+def test_max_code_zero_has_zero_planes():
+    # max_code 0 passes the helpers' check (a whole number >= 0) and num_planes(0) is 0; to_planes then stacked an
+    # empty list: torch's "stack expects a non-empty TensorList" (battery 16, AC03). Codes 0..0 take no plane, and
+    # those 0 planes decode back to the codes.
+    for encoding in ("binary", "unary"):
+        planes = to_planes(torch.zeros(2, 3, dtype=torch.int64), 0, encoding)
+        assert planes.shape == (0, 2, 3) and planes.dtype == torch.float32
+        assert from_planes(planes, encoding).tolist() == [[0, 0, 0], [0, 0, 0]]
+    with pytest.raises(ValueError, match=r"^codes: code 1 is outside 0\.\.0$"):
+        to_planes(torch.tensor([1]), 0, "binary")  # 1 is no code of 0..0
+
+
 @pytest.mark.parametrize("encoding", ["Binary", "gray", None])
 def test_unknown_encoding_is_refused(encoding):
     # any encoding but 'binary' was silently read as unary: from_planes(1, 1, 1, 'Binary') gave 3 instead of 7
