@@ -14,6 +14,7 @@ the restricted unpickler of ``ibra_yolo.unpickle``, which is just as strict.
 from __future__ import annotations
 
 import pickle
+import pickletools
 import re
 import warnings
 import zipfile
@@ -68,6 +69,12 @@ def _refused_globals(e: BaseException) -> tuple[bool, list[str], str]:
         return False, [], ""
     text = "\n".join(str(x) for x in chain)
     reason = re.search(r"WeightsUnpickler error:\s*(.+?)(?:\n\n|$)", text, re.S)
+    opcode = re.search(r"Unsupported operand (\d+)", text)  # torch's restricted unpickler reads fewer opcodes
+    if opcode and not reason:
+        op = pickletools.code2op.get(chr(int(opcode.group(1)) % 256))
+        named = op.name if op else f"code {opcode.group(1)}"
+        named += " (an integer of over 255 bytes)" if named == "LONG4" else ""
+        return True, [], f"torch's restricted loader does not read its pickle opcode {named}, which no saved model has"
     return True, list(dict.fromkeys(re.findall(r"GLOBAL ([\w.]+)", text))), reason.group(1).strip() if reason else ""
 
 

@@ -589,6 +589,16 @@ def test_a_pickle_protocol_torch_cannot_read_restricted_is_named(tmp_path, spiki
         UnsafePickleError, match=r"p4\.pt holds a pickle of protocol 4, which torch's restricted loader"
     ):
         load_checkpoint(tmp_path / "p4.pt")
+    # an integer of 20,000 bits is pickled with the opcode LONG4, which torch's restricted unpickler does not read
+    # ("Unsupported operand 139"): that file was called "not a torch.save file" (battery 16, KP-K14)
+    ckpt = torch.load(spiking_ckpt, weights_only=False)
+    ckpt["train_args"]["seed"] = 2**20000
+    torch.save(ckpt, tmp_path / "long.pt")
+    says = r"long\.pt holds a pickle that cannot be read safely \(torch's restricted loader does not read its pickle "
+    with pytest.raises(
+        UnsafePickleError, match=says + r"opcode LONG4 \(an integer of over 255 bytes\), which no saved"
+    ):
+        load_checkpoint(tmp_path / "long.pt")
 
 
 def test_a_checkpoint_that_stores_hooks_is_refused(tmp_path, spiking_ckpt, built):
