@@ -43,6 +43,7 @@ VARIANTS = {
     "ibra": ("spike-yolo-ibra.yaml", None, {}, "IBRA-LIF as in the paper (D 5.11, N 100, window STE)"),
     "ann-clip": ("spike-yolo-ann.yaml", {"kind": "ReLU", "D": 5.11}, {}, "is it the clip? ReLU clipped at D"),
     "ann-clip8": ("spike-yolo-ann.yaml", {"kind": "ReLU", "D": 8.0}, {}, "the clip at D 8: ReLU clipped at 8"),
+    "ann-clip16": ("spike-yolo-ann.yaml", {"kind": "ReLU", "D": 16.0}, {}, "the clip at D 16: ReLU clipped at 16"),
     "ibra-N1e4": ("spike-yolo-ibra.yaml", {"kind": "IBRALIF", "D": 5.11, "N": 10000}, {}, "is it the quantisation?"),
     "ibra-ste0.5": ("spike-yolo-ibra.yaml", {"kind": "IBRALIF", "ste_above": 0.5}, {}, "STE gradient 0.5 above D"),
     "ibra-D8": ("spike-yolo-ibra.yaml", {"kind": "IBRALIF", "D": 8.0, "N": 100}, {}, "a wider range, same N"),
@@ -53,6 +54,7 @@ VARIANTS = {
         "D 8 and STE 0.5 above D",
     ),
     "ibra-D16": ("spike-yolo-ibra.yaml", {"kind": "IBRALIF", "D": 16.0, "N": 100}, {}, "a much wider range"),
+    "ibra-D32": ("spike-yolo-ibra.yaml", {"kind": "IBRALIF", "D": 32.0, "N": 100}, {}, "wider still (M 3,200)"),
     "ibra-lr": ("spike-yolo-ibra.yaml", None, {"optimizer": "AdamW", "lr0": 0.002}, "the demo's AdamW lr0 0.002"),
     "ann-lr": ("spike-yolo-ann.yaml", None, {"optimizer": "AdamW", "lr0": 0.002}, "the demo's AdamW lr0 0.002"),
 }
