@@ -80,12 +80,13 @@ def yaml_text_problem(path: Path) -> Exception | None:
 
 
 def check_unique_keys(text: str, where: str) -> None:
-    """Refuse YAML text that repeats a key in one mapping (PyYAML silently keeps the last, e.g. a second ``nc``).
+    """Refuse YAML text that repeats a key in one mapping (PyYAML silently keeps the last, e.g. a second ``nc``), or
+    that writes a number with a colon (YAML 1.1 reads ``D: 1:30`` as the base-60 number 90, without a word).
 
     Merge keys (``<<: *base``) are YAML's way to override on purpose and are left to PyYAML.
 
     Raises:
-        ModelConfigError: Naming ``where``, the key and its line.
+        ModelConfigError: Naming ``where``, the key or value and its line.
     """
     import yaml
 
@@ -108,6 +109,17 @@ def check_unique_keys(text: str, where: str) -> None:
                 seen.add(key)
             return super().construct_mapping(node, deep)
 
+        def construct_base60(self, node):
+            value = (super().construct_yaml_int if node.tag.endswith(":int") else super().construct_yaml_float)(node)
+            if ":" in str(node.value):
+                raise ModelConfigError(
+                    f"{where}: {node.value!r:.40} at line {node.start_mark.line + 1} is read by YAML 1.1 as the "
+                    f"base-60 number {value!r:.40}: write the number you mean (or quote it if it is text)"
+                )
+            return value
+
+    _Unique.add_constructor("tag:yaml.org,2002:int", _Unique.construct_base60)
+    _Unique.add_constructor("tag:yaml.org,2002:float", _Unique.construct_base60)
     yaml.load(text, Loader=_Unique)  # noqa: S506 - a SafeLoader subclass
 
 

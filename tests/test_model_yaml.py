@@ -246,6 +246,21 @@ def test_repeated_yaml_keys_are_refused(tmp_path, key, value):
     assert msg == f"{path} repeats the key {key!r} at line {first + 2}: keep one (YAML keeps the last)"
 
 
+def test_a_number_written_with_a_colon_is_refused(tmp_path):
+    # YAML 1.1 (PyYAML) reads `D: 1:30` as the base-60 number 90 and `1:30.5` as 90.5: the model was built with D = 90
+    # without a word (battery 16, Y12). Such a value is named with its line and what YAML made of it (quoted: text).
+    text = (CFG / "spike-yolo-ibra.yaml").read_text()
+    line = next(i for i, row in enumerate(text.splitlines()) if row.startswith("neuron:")) + 1
+    for written, read in (("1:30", "90"), ("1:30.5", "90.5")):
+        bad = re.sub(r"(?m)^neuron:.*$", f"neuron: {{kind: IBRALIF, D: {written}, N: 100, beta: 0.25}}", text)
+        msg = yolo_error(write(tmp_path, text=bad))
+        path = tmp_path / "bad.yaml"
+        assert msg == (
+            f"{path}: {written!r} at line {line} is read by YAML 1.1 as the base-60 number {read}: write the number "
+            f"you mean (or quote it if it is text)"
+        )
+
+
 def test_files_whose_text_cannot_be_a_model(tmp_path):
     # Each hung, exhausted memory, or escaped as a multi-line or unnamed error before.
     good = (CFG / "spike-yolo-ibra.yaml").read_text()

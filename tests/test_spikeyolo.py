@@ -240,6 +240,8 @@ def test_our_own_checkpoint_is_not_a_spikeyolo_one(converted):
         ("{kind: Foo}", "neuron: neuron kind='Foo' is unknown"),
         # PyYAML keeps the last of two equal keys: D 2.0 was used without a word
         ("{kind: IBRALIF, D: 5.11, D: 2.0}", "--neuron repeats the key 'D' at line 1: keep one"),
+        # YAML 1.1 reads 1:30 as the base-60 number 90: D 90 was used without a word (battery 16, CV-neuron-yaml)
+        ("{kind: IBRALIF, D: 1:30}", "--neuron: '1:30' at line 1 is read by YAML 1.1 as the base-60 number 90"),
         ("{kind: IntegerLIF}", "neuron: neuron kind='IntegerLIF' needs max_code"),  # was a TypeError traceback
     ],
 )
