@@ -173,9 +173,9 @@ def _stored_code_error(path, where: str, what: str) -> UnsafePickleError:
 
 def _check_module_dicts(obj: StandIn, where: str, path) -> None:
     """A module's ``_modules`` holds modules (or None) under string names, and its hook dicts are empty: torch restores
-    hooks as saved and calls them on every forward, ``state_dict()`` or load. Its other attributes hold no layer
-    (torch keeps layers in ``_modules``; one stored as ``fuse`` or ``forward`` would be called in place of the method)
-    and nothing under the name of a method of its class (Python reads the instance dict first)."""
+    hooks as saved and calls them on every forward, ``state_dict()`` or load. Its attributes hold nothing under the
+    name of a method of its class (Python reads the instance dict first: ``fuse = 3`` would fail when called), but
+    parse_model's ``type`` name; code, ``getattr`` results and layers are named by the walk, wherever they are."""
     for key, value in obj.attrs.items():
         if "hook" in str(key) and isinstance(value, dict) and value:
             raise UnsafePickleError(
@@ -188,14 +188,7 @@ def _check_module_dicts(obj: StandIn, where: str, path) -> None:
     for key, value in obj.attrs.items():
         if key == "_modules" or not isinstance(key, str):
             continue
-        is_module = "_modules" in obj.attrs  # torch's __setattr__ puts a module's layers in _modules, always
-        if is_module and isinstance(value, StandIn) and _is_callable_stand_in(value):
-            raise UnsafePickleError(
-                f"checkpoint {path}: the {obj.name} at {at} stores the {value.name} layer as its attribute {key!r:.60} "
-                f"outside its child modules, where something would call it (torch keeps layers in _modules): not "
-                f"loaded, nothing in it was run (the file was altered or may be malicious)"
-            )
-        if _is_code(value) or (isinstance(value, Value) and value.qualname == "builtins.getattr"):
+        if _is_code(value) or _is_layer(value) or (isinstance(value, Value) and value.qualname == "builtins.getattr"):
             continue  # the walk names these, wherever they are stored (`_check_stored_code`)
         if _shadows_method(cls, key) and not (key == "type" and isinstance(value, str)):  # parse_model's m.type
             raise UnsafePickleError(
@@ -212,6 +205,32 @@ def _check_module_dicts(obj: StandIn, where: str, path) -> None:
                 f"{_code_name(kid)}, which is not a module under a name: not loaded, nothing in it was run (the file "
                 f"was altered or may be malicious)"
             )
+        if name.startswith("_") or name in _WRAPPER_NAMES:
+            why = _WRAPPER_NAMES.get(name, "Python's or torch's own name (e.g. __deepcopy__, _orig_mod)")
+            raise UnsafePickleError(
+                f"checkpoint {path}: the {obj.name} at {where or 'the top level'} has a child layer named "
+                f"{name!r:.60}, which is {why}, so something would use the layer in place of a method or of the "
+                f"model: not loaded, nothing in it was run (a saved model's layers are named by its YAML; the file "
+                f"was altered or may be malicious)"
+            )
+
+
+# child names that Ultralytics reads as something other than a layer: `unwrap_model` takes `m.module` (DataParallel's)
+# as the model itself, and the classify predictor calls `model.transforms` on every image
+_WRAPPER_NAMES = {
+    "module": "a parallel wrapper's model to Ultralytics (unwrap_model takes it as the model)",
+    "transforms": "a classification model's preprocessing (called on every image)",
+}
+
+
+# torchvision's transforms are modules too; a trained classification model stores its inference transforms as
+# `model.transforms`, a Compose (no module) whose list holds them (Ultralytics' classify trainer does so)
+_TRANSFORMS = "torchvision.transforms."
+
+
+def _is_layer(obj) -> bool:
+    """A stand-in for a module: its saved state has ``_modules`` (every ``nn.Module`` has one)."""
+    return isinstance(obj, StandIn) and "_modules" in obj.attrs
 
 
 def _real_class(obj: StandIn) -> type:
@@ -224,11 +243,6 @@ def _real_class(obj: StandIn) -> type:
     import torch
 
     return torch.nn.Module if "_modules" in obj.attrs else object
-
-
-def _is_callable_stand_in(obj: StandIn) -> bool:
-    """A stand-in for something callable: a module (its state has ``_modules``) or a class with ``__call__``."""
-    return "_modules" in obj.attrs or any("__call__" in vars(k) for k in _real_class(obj).__mro__)
 
 
 def _shadows_method(cls: type, key: str) -> bool:
@@ -246,10 +260,20 @@ def _check_stored_code(ckpt, path) -> None:
     """Refuse a checkpoint that stores code to be called later: hooks of its modules, which torch restores as saved
     and calls on every forward, ``state_dict()`` or load; any class or function stored as a value, e.g. a layer's
     ``forward``, ``fuse`` or ``_predict_once`` attribute set to an allow-listed class, which Python finds before the
-    method; and a ``getattr`` result anywhere but where official checkpoints keep one (`_getattr_stored_ok`)."""
-    seen, todo = set(), [("", ckpt, None, None)]  # (where, object, the module holding it, its attribute name)
+    method; a ``getattr`` result anywhere but where official checkpoints keep one (`_getattr_stored_ok`); and a layer
+    anywhere but in a module's ``_modules``, as the checkpoint's own entry (``model``, ``ema``) or as a torchvision
+    transform (a classification model's ``transforms``): as ``fuse``, in a list or in ``train_args`` something could
+    call it."""
+    # (where, object, the module holding it, its attribute name, whether a layer may sit there)
+    seen, todo = set(), [("", ckpt, None, None, True)]
     while todo:
-        where, obj, owner, key = todo.pop()
+        where, obj, owner, key, layer_place = todo.pop()
+        if _is_layer(obj) and not layer_place and not obj.qualname.startswith(_TRANSFORMS):  # at every reference
+            raise UnsafePickleError(
+                f"checkpoint {path}: {where} is a {obj.name} layer outside any module's children (torch keeps layers "
+                f"in _modules; a saved model holds them nowhere else), where something could call it in place of a "
+                f"method: not loaded, nothing in it was run (the file was altered or may be malicious)"
+            )
         if isinstance(obj, Value) and obj.qualname == "builtins.getattr":  # at every place it is stored (memo refs)
             if not _getattr_stored_ok(obj, owner, key):
                 target, name = obj.args
@@ -263,16 +287,16 @@ def _check_stored_code(ckpt, path) -> None:
         if isinstance(obj, StandIn):
             _check_module_dicts(obj, where, path)
             kids = obj.attrs.get("_modules") or {}
-            todo += [(f"{where}.{k}", v, None, None) for k, v in kids.items()]  # model.model.1: as named_modules
-            todo += [(f"{where}.{k}", v, obj, k) for k, v in obj.attrs.items() if k != "_modules"]
+            todo += [(f"{where}.{k}", v, None, None, True) for k, v in kids.items()]  # model.model.1: as named_modules
+            todo += [(f"{where}.{k}", v, obj, k, False) for k, v in obj.attrs.items() if k != "_modules"]
             if not isinstance(obj.__dict__.get("state"), dict):  # a state of another shape (a tuple) is walked too
-                todo.append((where, obj.__dict__.get("state"), None, None))
+                todo.append((where, obj.__dict__.get("state"), None, None, False))
         elif isinstance(obj, Value):  # its state (an args namespace's values); its arguments are checked by its call
-            todo.append((where, obj.state, None, None))
-        elif isinstance(obj, dict):
-            todo += [(f"{where}.{k}" if where else str(k), v, None, None) for k, v in obj.items()]
+            todo.append((where, obj.state, None, None, False))
+        elif isinstance(obj, dict):  # the checkpoint's own entries ("model", "ema") are the places for whole models
+            todo += [(f"{where}.{k}" if where else str(k), v, None, None, not where) for k, v in obj.items()]
         elif isinstance(obj, (list, tuple, set, frozenset)):
-            todo += [(f"{where}[{i}]", v, None, None) for i, v in enumerate(obj)]
+            todo += [(f"{where}[{i}]", v, None, None, False) for i, v in enumerate(obj)]
 
 
 def file_kind(path) -> str:

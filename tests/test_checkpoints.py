@@ -697,9 +697,19 @@ def test_a_checkpoint_that_stores_a_layer_or_data_in_place_of_a_method_is_refuse
     # torch keeps a module's layers in _modules; a file that puts a layer in a module's instance dict under a method's
     # name (`fuse`, `forward`, `_predict_once`, ...) had Python find it before the method, so the stock pipeline called
     # that layer with the method's arguments (battery 16, M01-M12: in predict, val, train, our blank-image check and
-    # the copy `ibra-yolo deploy` wrote). Data under a method's name (`fuse = 3`) would fail later with a raw
-    # "'int' object is not callable". Both loaders refuse the file before torch reads it, naming the place.
+    # the copy `ibra-yolo deploy` wrote). A layer anywhere else outside _modules (in a list, in train_args, in
+    # _parameters) is refused too, whatever is imported (battery 17): a saved model holds its layers in _modules, as
+    # the checkpoint's model/ema, or as torchvision transforms. Data under a method's name (`fuse = 3`) would fail
+    # later with a raw "'int' object is not callable". Both loaders refuse the file before torch reads it.
     from ultralytics import YOLO
+
+    def refused(edit, name, says, loaders=(load_checkpoint, YOLO)):
+        ckpt = torch.load(spiking_ckpt, weights_only=False)
+        edit(ckpt)
+        torch.save(ckpt, tmp_path / name)
+        for load in loaders:
+            with pytest.raises(UnsafePickleError, match=rf"^checkpoint {re.escape(str(tmp_path / name))}: {says}"):
+                load(str(tmp_path / name))
 
     for key, where, owner, value in (
         ("fuse", "model", lambda c: c["model"], lambda c: c["model"].model[0]),
@@ -707,36 +717,52 @@ def test_a_checkpoint_that_stores_a_layer_or_data_in_place_of_a_method_is_refuse
         ("state_dict", "model", lambda c: c["model"], lambda c: c["model"].model[0]),
         ("forward", "model.model.26", lambda c: c["model"].model[-1], lambda c: c["model"].model[0]),
         ("forward", "model.model.1.conv", lambda c: c["model"].model[1].conv, lambda c: torch.nn.Identity()),
-    ):
-        ckpt = torch.load(spiking_ckpt, weights_only=False)
-        owner(ckpt).__dict__[key] = value(ckpt)  # what object.__setattr__ does: torch's __setattr__ would use _modules
-        torch.save(ckpt, tmp_path / "layer.pt")
-        says = rf"^checkpoint {re.escape(str(tmp_path / 'layer.pt'))}: the \w+ at {re.escape(where)} stores the \w+ "
-        says += rf"layer as its attribute '{key}' outside its child modules, where something would call it"
-        for load in (load_checkpoint, YOLO):
-            with pytest.raises(UnsafePickleError, match=says):
-                load(str(tmp_path / "layer.pt"))
-    ckpt = torch.load(spiking_ckpt, weights_only=False)
-    ckpt["ema"] = torch.load(spiking_ckpt, weights_only=False)["model"]
-    ckpt["ema"].__dict__["fuse"] = ckpt["ema"].model[0]  # in the EMA copy only (the one YOLO() uses)
-    torch.save(ckpt, tmp_path / "ema.pt")
-    with pytest.raises(UnsafePickleError, match=r"ema\.pt: the DetectionModel at ema stores the \w+ layer as its"):
-        YOLO(str(tmp_path / "ema.pt"))
+        ("cache", "model", lambda c: c["model"], lambda c: [c["model"].model[2]]),  # a layer in a list
+    ):  # what object.__setattr__ does: torch's __setattr__ would use _modules
+        says = rf"{re.escape(where)}\.{key}(\[0\])? is a \w+ layer outside any module's children .*, where something "
+        edit = lambda c, o=owner, k=key, v=value: o(c).__dict__.__setitem__(k, v(c))  # noqa: E731
+        refused(edit, "layer.pt", says + "could call it")
+    refused(lambda c: c["train_args"].__setitem__("layer", torch.nn.Identity()), "args.pt",
+            r"train_args\.layer is a Identity layer outside any module's children")  # fmt: skip
+    refused(lambda c: c["model"].model[1].conv._parameters.__setitem__("weight", torch.nn.Identity()), "param.pt",
+            r"model\.model\.1\.conv\._parameters\.weight is a Identity layer outside")  # fmt: skip
+
+    def ema_only(c):  # in the EMA copy only (the one YOLO() uses)
+        c["ema"] = torch.load(spiking_ckpt, weights_only=False)["model"]
+        c["ema"].__dict__["fuse"] = c["ema"].model[0]
+
+    refused(ema_only, "ema.pt", r"ema\.fuse is a \w+ layer outside any module's children", loaders=(YOLO,))
+    # a child layer under a name Python, torch or Ultralytics reads as more than a layer: `__deepcopy__` is called by
+    # copy.deepcopy (every EMA, every save), `_orig_mod` and `module` are taken as the model itself by Ultralytics'
+    # unwrap_model, and `transforms` is called on every image by the classify predictor
+    own = "Python's or torch's own name"
+    for name, why in (("__deepcopy__", own), ("_orig_mod", own), ("module", "a parallel wrapper's model"),
+                      ("transforms", "a classification model's")):  # fmt: skip
+        says = rf"the DetectionModel at model has a child layer named '{name}', which is {re.escape(why)}"
+        refused(lambda c, n=name: c["model"]._modules.__setitem__(n, torch.nn.Identity()), "child.pt", says)
     for key, value, shown in (("fuse", 3, "int"), ("info", "x", "str"), ("named_modules", [], "list")):
-        ckpt = torch.load(spiking_ckpt, weights_only=False)
-        ckpt["model"].__dict__[key] = value
-        torch.save(ckpt, tmp_path / "data.pt")
         says = rf"the DetectionModel at model stores {shown} under the name of its method '{key}', which Python would"
-        with pytest.raises(UnsafePickleError, match=says):
-            load_checkpoint(tmp_path / "data.pt")
-    # a layer as plain data where nothing calls it by a method's name is data (a train_args value), and Ultralytics'
-    # parse_model stores each layer's type name as `m.type`, over nn.Module.type: both still load
+        edit = lambda c, k=key, v=value: c["model"].__dict__.__setitem__(k, v)  # noqa: E731
+        refused(edit, "data.pt", says, loaders=(load_checkpoint,))
+    # Ultralytics' parse_model stores each layer's type name as `m.type`, over nn.Module.type: it still loads
     ckpt = torch.load(spiking_ckpt, weights_only=False)
-    ckpt["train_args"]["layer"] = torch.nn.Identity()
     assert isinstance(ckpt["model"].model[1].type, str)
-    torch.save(ckpt, tmp_path / "plain.pt")
-    load_checkpoint(tmp_path / "plain.pt")
+    load_checkpoint(spiking_ckpt)
     assert built == []
+
+
+def test_a_classification_model_with_its_transforms_loads(tmp_path):
+    # Ultralytics' classify trainer stores the inference transforms as `model.transforms`, a torchvision Compose whose
+    # list holds transforms that are modules (Resize, CenterCrop, Normalize): those layers outside _modules are stock
+    from ultralytics import YOLO
+    from ultralytics.data.augment import classify_transforms
+
+    y = YOLO("yolov8n-cls.yaml")
+    y.model.transforms = classify_transforms(64)
+    assert any(isinstance(t, torch.nn.Module) for t in y.model.transforms.transforms)  # layers in a list: allowed
+    y.save(tmp_path / "cls.pt")
+    check_calls(tmp_path / "cls.pt")
+    assert YOLO(tmp_path / "cls.pt").model.transforms is not None
 
 
 @pytest.mark.parametrize(
