@@ -29,7 +29,7 @@ __all__ = (
     "plain_number",
 )
 
-NAN_CODE = -1  # what IntegerLIF.spike_codes() gives a NaN membrane: not a code (valid codes are 0..M)
+NAN_CODE = -1  # what IntegerLIF.spike_codes() gives a NaN or infinite membrane: not a code (valid codes are 0..M)
 ENCODINGS = ("binary", "unary")  # bit planes (weights 2**j) or thermometer planes (weight 1)
 
 
@@ -75,7 +75,9 @@ def _check_scale(scale) -> None:
 
 
 def quantize_codes(u: torch.Tensor, scale: float, max_code: int) -> torch.Tensor:
-    """Return the integer codes ``clip(round(scale * u), 0, max_code)`` as a float tensor of whole numbers.
+    """Return the integer codes ``clip(round(scale * u), 0, max_code)`` as a float tensor of whole numbers; NaN for a
+    NaN or infinite ``u``, which has no code (an overflowed current is not a saturated one: it is not passed on as
+    ``M`` or 0 without a word, as a ReLU passes inf on to the boxes).
 
     The product is formed in float32 (float64 for float64 input) whatever the input dtype (an fp16 ``100 * u`` would
     round codes above 256 wrongly), and ``torch.round`` rounds half to even. Clipping before rounding gives the same
@@ -87,7 +89,8 @@ def quantize_codes(u: torch.Tensor, scale: float, max_code: int) -> torch.Tensor
     if not isinstance(u, torch.Tensor) or u.is_complex():  # a numpy array: AttributeError; complex: imaginary dropped
         what = f"a {u.dtype} tensor" if isinstance(u, torch.Tensor) else f"a {type(u).__name__}"
         raise ValueError(f"u is {what}: membrane potentials are a real (float or integer) torch tensor")
-    return _scaled(u, scale).clamp_(0, max_code).round_()
+    codes = _scaled(u, scale).clamp_(0, max_code).round_()
+    return codes.masked_fill_(u.isinf(), float("nan"))  # an infinite membrane has no code either (see NAN_CODE)
 
 
 def _scaled(u: torch.Tensor, scale: float) -> torch.Tensor:

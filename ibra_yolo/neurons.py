@@ -202,29 +202,29 @@ class IntegerLIF(nn.Module):
         """Return the integer codes (``int32``, ``[T, B, ...]``) the neuron emits for input currents ``x``.
 
         Raises:
-            NonFiniteError: A membrane potential is NaN (it has no code).
+            NonFiniteError: A membrane potential is NaN or infinite (it has no code).
         """
         codes = self.spike_codes(x)
         bad = int((codes < 0).sum())
         if bad:
             raise NonFiniteError(
-                f"{type(self).__name__}: {bad} membrane potential(s) are NaN and have no code (the input currents "
-                f"hold NaN: check the image and the weights)"
+                f"{type(self).__name__}: {bad} membrane potential(s) are NaN or infinite and have no code (the input "
+                f"currents hold NaN or inf: check the image and the weights, or an fp16 overflow)"
             )
         return codes
 
     def spike_codes(self, x: torch.Tensor) -> torch.Tensor:
         """``codes(x)`` without the check, for spike-driven execution: no host sync, so it runs on a device's queue.
 
-        A NaN membrane gets ``NAN_CODE`` (-1), outside ``0..M``: the caller must not send it as spikes (``NeuronConv``
-        makes that sample's output NaN, as the integer path would), and every counting path refuses it.
+        A NaN or infinite membrane gets ``NAN_CODE`` (-1), outside ``0..M``: the caller must not send it as spikes
+        (``NeuronConv`` makes that sample's output NaN, as the integer path would), and every counting path refuses it.
         """
         self._check_input(x)
         codes = []
 
         def fire(u):
             c = quantize_codes(u, self.scale, self.max_code)
-            codes.append(c.to(torch.int32).masked_fill_(torch.isnan(u), NAN_CODE))
+            codes.append(c.to(torch.int32).masked_fill_(c.isnan(), NAN_CODE))  # quantize_codes: NaN for NaN/inf
             return _codes_to_values(c, self.scale, u.dtype)  # NaN stays NaN in the membrane
 
         lif_multistep(x, fire, self.beta, self.T)

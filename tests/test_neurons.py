@@ -538,10 +538,17 @@ def test_nan_membrane_has_no_code():
         x = t1([float("nan"), 1.0])
         out = n(x)
         assert torch.isnan(out[0, 0]) and out[0, 1] == 1.0
-        with pytest.raises(NonFiniteError, match=r"1 membrane potential\(s\) are NaN"):
+        with pytest.raises(NonFiniteError, match=r"1 membrane potential\(s\) are NaN or infinite"):
             n.codes(x)
-    # +inf saturates at M, -inf at 0: both are valid codes (I-LIF M = 4)
-    assert ILIF().codes(t1([float("inf"), float("-inf")])).tolist() == [[4, 0]]
+    # An infinite membrane (an overflowed current) has no code either: eval outputs NaN for it, as a ReLU passes inf
+    # on, where clipping gave M (or 0) without a word (battery 18, P13); the code paths refuse it. A huge finite
+    # current still saturates at M (I-LIF M = 4).
+    for n in (ILIF(), IBRALIF()):
+        x = t1([float("inf"), float("-inf"), 1e30])
+        assert torch.isnan(n.eval()(x)[0, :2]).all() and n(x)[0, 2] == n.max_code / n.scale
+        with pytest.raises(NonFiniteError, match=r"2 membrane potential\(s\) are NaN or infinite and have no code"):
+            n.codes(x)
+        assert n.spike_codes(x).tolist() == [[-1, -1, n.max_code]]  # NAN_CODE: spike-driven mode makes it NaN
 
 
 def test_counting_helpers_refuse_codes_outside_the_range():
