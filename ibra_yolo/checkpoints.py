@@ -185,6 +185,33 @@ def held_model(ckpt) -> nn.Module | None:
     return model if isinstance(model, nn.Module) else None
 
 
+def check_ema_matches(ckpt, path) -> None:
+    """A checkpoint that holds both ``model`` and ``ema`` holds two copies of one model (a training run's weights and
+    their moving average): the same class with the same tensors by name and shape. Ultralytics loads ``ema`` and the
+    trainer's ``pretrained=`` takes from it, so a file whose ``ema`` is another model (a stock detector beside a
+    spiking one) would load that model without a word.
+
+    Raises:
+        CheckpointError: The two differ, naming both and the first tensor that differs.
+    """
+    if not isinstance(ckpt, dict):
+        return
+    model, ema = ckpt.get("model"), ckpt.get("ema")
+    if not isinstance(model, nn.Module) or not isinstance(ema, nn.Module):
+        return
+    shapes = [{k: tuple(v.shape) for k, v in m.state_dict().items()} for m in (model, ema)]
+    if type(model) is type(ema) and shapes[0] == shapes[1]:
+        return
+    differs = next((k for k in {**shapes[0], **shapes[1]} if shapes[0].get(k) != shapes[1].get(k)), None)
+    detail = "" if differs is None else f"; first difference: {differs!r:.80} is {shapes[0].get(differs)} in model, "
+    detail += "" if differs is None else f"{shapes[1].get(differs)} in ema"
+    raise CheckpointError(
+        f"{path} holds two different models: 'model' is a {type(model).__name__} of {len(shapes[0])} tensors and "
+        f"'ema' (the one Ultralytics loads) a {type(ema).__name__} of {len(shapes[1])}{detail}; a training run saves "
+        f"two copies of one model: the file was altered, not loaded"
+    )
+
+
 def no_model_error(path, ckpt) -> CheckpointError:
     """The one-line error for a file that loaded but holds no model (``held_model`` is None): what it holds instead."""
     import torch
@@ -280,6 +307,7 @@ def checkpoint_model(ckpt: dict, path: str | Path, need: str = "model") -> nn.Mo
     model = held_model(ckpt)
     if model is None:
         raise no_model_error(path, ckpt)
+    check_ema_matches(ckpt, path)
     if not isinstance(model, BaseModel):
         raise CheckpointError(f"{path} holds a {type(model).__name__}, not an Ultralytics model (DetectionModel, ...)")
     check_model_state(model, path, ckpt)  # a file altered after saving: one line, before anything runs it

@@ -46,6 +46,7 @@ from ibra_yolo.stock_hooks import (
     OTHER_TASKS,
     check_predictions_before_nms,
     detector_only,
+    guard_checkpoint_named_data,
     spiking_dict_checked,
     spiking_fuse,
     stock_safe_load,
@@ -302,6 +303,7 @@ def register() -> None:
         stock_load = tasks.torch_safe_load
         _replace_everywhere({"torch_safe_load": ((stock_load,), _wrap(stock_load, stock_safe_load))})
     check_predictions_before_nms()
+    guard_checkpoint_named_data()
     import ibra_yolo.nn  # noqa: F401 - our classes exist, allow-listed for ULTRALYTICS_SAFE_LOAD=1 (see ibra_yolo.nn)
 
     _install_one_line_errors()

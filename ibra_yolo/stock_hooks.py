@@ -9,7 +9,10 @@ Each takes the stock callable as its first argument (``replacement(original, sel
 - `detector_only` (``__init__`` of the model classes of other tasks): ibra-yolo models are detectors;
 - `check_predictions_before_nms`: the detection predictor and validator refuse NaN/inf raw predictions of our models
   (NMS would drop them and report no detections);
-- `stock_safe_load` (``tasks.torch_safe_load``): the file's calls and hooks checked first, refusals in one line.
+- `stock_safe_load` (``tasks.torch_safe_load``): the file's calls and hooks checked first, refusals in one line;
+- `checkpoint_data_guarded` (``Model.train/val/export/benchmark``) and `scriptless_dataset_check`
+  (``check_det_dataset``): a dataset named by the checkpoint, not the user, never downloads or runs its YAML's script;
+- `resume_in_place` (``BaseTrainer.check_resume``): a resumed run never writes into another existing run folder.
 """
 
 from __future__ import annotations
@@ -17,6 +20,7 @@ from __future__ import annotations
 import functools
 import os
 import sys
+import threading
 from collections.abc import Mapping
 from pathlib import Path
 
@@ -33,6 +37,10 @@ __all__ = (
     "detector_only",
     "spiking_dict_checked",
     "stock_safe_load",
+    "checkpoint_data_guarded",
+    "scriptless_dataset_check",
+    "resume_in_place",
+    "guard_checkpoint_named_data",
 )
 
 
@@ -80,16 +88,81 @@ def unfolded_training(original, self, *args, **kwargs):
             "re-parameterisable branches are gone, so it cannot be trained or resumed; train or resume from the "
             "checkpoint it was folded from"
         )
-    return original(self, *args, **kwargs)
+    return checkpoint_data_guarded(original, self, *args, **kwargs)
+
+
+# the dataset names (``data=``) that the running Model call took from its checkpoint's train_args, not from the user
+_FROM_CHECKPOINT = threading.local()
+
+
+def checkpoint_data_guarded(original, self, *args, **kwargs):
+    """``Model.train``/``val``/``export``/``benchmark``: a dataset that the call takes from the loaded checkpoint's
+    ``train_args`` (the user gave no ``data=``) is checked without running its YAML's ``download`` (see
+    `scriptless_dataset_check`): the checkpoint chose that YAML, and a ``download:`` is Python or bash."""
+    outer = getattr(_FROM_CHECKPOINT, "names", frozenset())
+    data = (getattr(self, "overrides", None) or {}).get("data")
+    named = "data" not in kwargs and getattr(self, "ckpt", None) and isinstance(data, (str, Path))
+    _FROM_CHECKPOINT.names = outer | {str(data)} if named else outer
+    try:
+        return original(self, *args, **kwargs)
+    finally:
+        _FROM_CHECKPOINT.names = outer
+
+
+def scriptless_dataset_check(original, dataset, autodownload=True, *args, **kwargs):
+    """``ultralytics.data.utils.check_det_dataset`` that does not download a dataset named by a checkpoint (not by the
+    user) nor run its YAML's ``download`` script, which Ultralytics runs with ``exec`` (or ``bash``) when the images
+    are missing: a file must not choose code to run. The user's own ``data=`` behaves as in stock Ultralytics."""
+    from ibra_yolo.errors import MissingFileError
+
+    if not (autodownload and str(dataset) in getattr(_FROM_CHECKPOINT, "names", ())):
+        return original(dataset, autodownload, *args, **kwargs)
+    try:
+        return original(dataset, False, *args, **kwargs)
+    except FileNotFoundError as e:
+        missing = str(e).splitlines()[0] if str(e) else type(e).__name__
+        raise MissingFileError(
+            f"dataset {dataset} comes from the checkpoint (its train_args data=, not your command) and is not here "
+            f"({missing}): a checkpoint does not get to download data or run a dataset YAML's download script, so "
+            f"nothing was run; pass data={dataset} yourself to let Ultralytics fetch it, or the dataset you mean"
+        ) from None
+
+
+def resume_in_place(original, self, overrides, *args, **kwargs):
+    """``BaseTrainer.check_resume``: a resumed run writes into the run folder its checkpoint lies in. Stock
+    Ultralytics writes into the checkpoint's ``train_args`` ``save_dir``, wherever that is: a file that names another
+    run's folder (or a run folder moved after the checkpoint was copied) would replace that run's ``weights/last.pt``,
+    ``best.pt`` and ``results.csv`` without asking. A ``save_dir=`` of the user's is taken as given. A dataset the
+    resumed run takes from the checkpoint runs no download script (`scriptless_dataset_check`)."""
+    from ibra_yolo.errors import OutputExistsError
+
+    given = getattr(self.args, "data", None)
+    result = original(self, overrides, *args, **kwargs)
+    if getattr(self.args, "resume", None) and not given and isinstance(self.args.data, (str, Path)):
+        _FROM_CHECKPOINT.names = getattr(_FROM_CHECKPOINT, "names", frozenset()) | {str(self.args.data)}
+    last, stored = getattr(self.args, "resume", None), getattr(self.args, "save_dir", None)
+    if last and isinstance(last, (str, Path)) and stored and "save_dir" not in (overrides or {}):
+        here = Path(last).resolve().parent  # a run saves save_dir/weights/last.pt
+        here = here.parent if here.name == "weights" else here
+        there = Path(str(stored)).resolve()
+        if there != here and there.exists():
+            raise OutputExistsError(
+                f"checkpoint {last} says its run folder is {there} (train_args save_dir), which exists and is not "
+                f"the folder it lies in ({here}): resuming would write its weights and results.csv there; pass "
+                f"save_dir={here} to resume beside the checkpoint, or save_dir={there} if that is the run to continue"
+            )
+    return result
 
 
 def wrap_model_train() -> None:
-    """Wrap ``Model.train`` with `unfolded_training` once Ultralytics' ``Model`` class exists. ``register()`` runs
-    right after ``ultralytics.nn.tasks`` is imported, often from inside the import of ``ultralytics.engine.model``
-    (not yet holding ``Model``), so `stock_safe_load` calls this again: a folded model comes from a file."""
+    """Wrap ``Model.train`` with `unfolded_training`, and ``train``/``val``/``export``/``benchmark`` with
+    `checkpoint_data_guarded`, once Ultralytics' ``Model`` class exists. ``register()`` runs right after
+    ``ultralytics.nn.tasks`` is imported, often from inside the import of ``ultralytics.engine.model`` (not yet holding
+    ``Model``), so `stock_safe_load` calls this again: a folded model comes from a file."""
     module = sys.modules.get("ultralytics.engine.model")
     if module is not None and hasattr(module, "Model"):
-        wrap_methods("ultralytics.engine.model", "Model", {"train": unfolded_training})
+        guarded = dict.fromkeys(("val", "export", "benchmark"), checkpoint_data_guarded)
+        wrap_methods("ultralytics.engine.model", "Model", {"train": unfolded_training, **guarded})
 
 
 def wrap_method(original, replacement):
@@ -223,6 +296,34 @@ def check_predictions_before_nms() -> None:
     after_import(val, functools.partial(wrap_methods, val, "DetectionValidator", _VALIDATOR))
 
 
+def _wrap_check_det_dataset() -> None:
+    """Replace ``check_det_dataset`` in ``ultralytics.data.utils`` and in every Ultralytics module that imported it."""
+    current = getattr(sys.modules.get("ultralytics.data.utils"), "check_det_dataset", None)
+    if current is None:
+        return
+    stock = getattr(current, "__ibra_yolo_original__", current)
+    if current is stock:
+        current = functools.wraps(stock)(functools.partial(scriptless_dataset_check, stock))
+        current.__ibra_yolo_original__ = stock
+    for name, loaded in list(sys.modules.items()):
+        if name.partition(".")[0] == "ultralytics" and getattr(loaded, "check_det_dataset", None) is stock:
+            loaded.check_det_dataset = current
+
+
+def guard_checkpoint_named_data() -> None:
+    """Install `scriptless_dataset_check` (in ``ultralytics.data.utils`` and the modules that import it) and
+    `resume_in_place` (``BaseTrainer.check_resume``) as their modules are imported."""
+    from ibra_yolo._autoload import after_import
+
+    for name in ("ultralytics.data.utils", "ultralytics.engine.trainer", "ultralytics.engine.validator",
+                 "ultralytics.engine.exporter", "ultralytics.utils.benchmarks",
+                 "ultralytics.models.yolo.world.train_world", "ultralytics.models.yolo.world.val",
+                 "ultralytics.models.yolo.yoloe.val"):  # fmt: skip
+        after_import(name, _wrap_check_det_dataset)
+    trainer = "ultralytics.engine.trainer"
+    after_import(trainer, functools.partial(wrap_methods, trainer, "BaseTrainer", {"check_resume": resume_in_place}))
+
+
 def _check_before_stock_load(weight, safe_only):
     """What the stock loader is about to read: its CRC-32 checked and, for a restricted load (``safe_only``, or None
     with ``tasks.SAFE_LOAD`` on), its calls (`check_calls`); an official asset name the loader would download
@@ -258,6 +359,7 @@ def stock_safe_load(original, weight, *args, **kwargs):
 
     from ibra_yolo.checkpoints import (
         advice_error,
+        check_ema_matches,
         damaged_file_error,
         failed_read_error,
         foreign_module_error,
@@ -300,6 +402,7 @@ def stock_safe_load(original, weight, *args, **kwargs):
     model = held_model(loaded[0])
     if model is None:  # a state_dict or a foreign dict: Ultralytics' own TypeError was a traceback
         raise no_model_error(weight, loaded[0])
+    check_ema_matches(loaded[0], weight)  # YOLO() would load the ema without a word
     if not isinstance(model, tasks.BaseModel):  # e.g. a bare nn.Linear: it failed deep inside the predictor
         raise CheckpointError(
             f"{weight} holds a {type(model).__name__}, not an Ultralytics model (DetectionModel, ...)"

@@ -806,3 +806,70 @@ def test_stock_checkpoints_with_getattr_still_load(tmp_path):
         assert b"getattr" in z.read("seg/data.pkl")
     check_calls(tmp_path / "seg.pt")
     assert YOLO(tmp_path / "seg.pt").model.model[-1].detect is Detect.forward
+
+
+def test_a_dataset_named_by_a_checkpoint_runs_no_download_script(tmp_path, spiking_ckpt):
+    # Ultralytics exec()s a dataset YAML's `download:` when its images are missing, and `yolo val model=x.pt` without
+    # data= takes the dataset from the checkpoint's train_args: a file could name a YAML on disk whose download is
+    # Python (battery 18, R03/R05/R09: the canary was written). With the plugin, a dataset the checkpoint named is
+    # checked without download or script; the user's own data= behaves as in stock Ultralytics (the script runs).
+    from ultralytics import YOLO
+
+    canary = tmp_path / "ran"
+    (tmp_path / "evil.yaml").write_text(
+        f"path: {tmp_path / 'absent'}\ntrain: images\nval: images\nnames: {{0: a, 1: b, 2: c}}\n"
+        f"download: open({str(canary)!r}, 'w').write('x')\n"
+    )
+    ckpt = torch.load(spiking_ckpt, weights_only=False)
+    ckpt["train_args"] = {"data": str(tmp_path / "evil.yaml"), "imgsz": 32, "task": "detect"}
+    torch.save(ckpt, tmp_path / "named.pt")
+    model = YOLO(tmp_path / "named.pt")
+    says = rf"^dataset {re.escape(str(tmp_path / 'evil.yaml'))} comes from the checkpoint \(its train_args data=, not "
+    with pytest.raises(MissingFileError, match=says + r"your command\) and is not here .*so nothing was run"):
+        model.val(imgsz=32, batch=2, device="cpu", plots=False, project=str(tmp_path / "runs"))
+    assert not canary.exists()
+    with pytest.raises(Exception):  # noqa: B017, PT011 - the user's own YAML: its script runs, then the images lack
+        model.val(data=str(tmp_path / "evil.yaml"), imgsz=32, batch=2, device="cpu", project=str(tmp_path / "runs"))
+    assert canary.read_text() == "x"  # the guard is for the checkpoint's choice only, not a changed stock behaviour
+
+
+def test_resume_does_not_write_into_another_run_folder(tmp_path, spiking_ckpt):
+    # Stock resume writes into the checkpoint's train_args save_dir, wherever it is: a last.pt naming another run's
+    # folder replaced that run's weights/last.pt and results.csv (battery 18, R02). A resumed run writes beside its
+    # checkpoint; a save_dir elsewhere that exists is refused before anything is written, and save_dir= overrides.
+    from ultralytics import YOLO
+
+    victim = tmp_path / "victim"
+    (victim / "weights").mkdir(parents=True)
+    (victim / "weights" / "last.pt").write_text("precious")
+    (tmp_path / "run" / "weights").mkdir(parents=True)
+    ckpt = torch.load(spiking_ckpt, weights_only=False)
+    ckpt["train_args"] = {"save_dir": str(victim), "data": "x.yaml", "imgsz": 32, "task": "detect", "epochs": 2}
+    ckpt["epoch"], ckpt["optimizer"] = 0, torch.optim.SGD(ckpt["model"].parameters(), lr=0.01).state_dict()
+    last = tmp_path / "run" / "weights" / "last.pt"
+    torch.save(ckpt, last)
+    says = rf"^checkpoint {re.escape(str(last))} says its run folder is {re.escape(str(victim))} \(train_args "
+    says += rf"save_dir\), which exists and is not the folder it lies in \({re.escape(str(tmp_path / 'run'))}\)"
+    with pytest.raises(OutputExistsError, match=says):
+        YOLO(last).train(resume=True, device="cpu")
+    assert (victim / "weights" / "last.pt").read_text() == "precious"
+    assert sorted(p.name for p in victim.rglob("*")) == ["last.pt", "weights"]
+
+
+def test_a_checkpoint_whose_ema_is_another_model_is_refused(tmp_path, spiking_ckpt):
+    # Ultralytics loads `ema` when a file holds one: a file whose `ema` is a stock yolov8n beside our spiking `model`
+    # loaded the stock detector without a word (battery 18, H26a), and `pretrained=` took 6 of its tensors (H26p).
+    # A training run saves two copies of one model, so both loaders refuse two different ones.
+    from ultralytics import YOLO
+    from ultralytics.nn.tasks import DetectionModel
+
+    ckpt = torch.load(spiking_ckpt, weights_only=False)
+    ckpt["ema"] = DetectionModel("yolov8n.yaml", nc=3, verbose=False)
+    torch.save(ckpt, tmp_path / "two.pt")
+    says = r"two\.pt holds two different models: 'model' is a DetectionModel of \d+ tensors and 'ema' \(the one "
+    for load in (YOLO, lambda p: checkpoint_model(load_checkpoint(p), p)):
+        with pytest.raises(CheckpointError, match=says + r"Ultralytics loads\) a DetectionModel of \d+; first "):
+            load(str(tmp_path / "two.pt"))
+    ckpt["ema"] = torch.load(spiking_ckpt, weights_only=False)["model"]  # a copy of the same model: as trained
+    torch.save(ckpt, tmp_path / "same.pt")
+    assert isinstance(checkpoint_model(load_checkpoint(tmp_path / "same.pt"), tmp_path / "same.pt"), DetectionModel)

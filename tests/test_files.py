@@ -106,6 +106,26 @@ def test_run_command_os_error_is_one_line(capsys):
     assert capsys.readouterr().err == "error: Permission denied: /data/x.json\n"
 
 
+def test_ctrl_c_in_a_command_is_one_line(tmp_path):
+    # Ctrl-C during `ibra-yolo energy`, `eval` or `deploy` printed the traceback of wherever torch was (battery 18,
+    # N-int, X-int): every command now says one line and exits 130, the shell's status for SIGINT. Checked on a real
+    # process: SIGINT while `ibra-yolo models` is made to wait inside its body.
+    import signal
+    import subprocess
+    import sys
+
+    code = (
+        "import time, ibra_yolo.plugin as p, ibra_yolo.cli.models as m\n"
+        "p.available_models = lambda *a, **k: (print('ready', flush=True), time.sleep(60))\n"
+        "raise SystemExit(m.main([]))\n"
+    )
+    p = subprocess.Popen([sys.executable, "-c", code], stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
+    assert p.stdout.readline() == "ready\n"
+    p.send_signal(signal.SIGINT)
+    out, err = p.communicate(timeout=60)
+    assert (p.returncode, err) == (130, "error: interrupted (Ctrl-C)\n")
+
+
 def test_eval_checks_run_folder_before_work(tmp_path, capsys):
     # a second run into the same --project/--name used to overwrite predictions.json first and refuse only at the
     # end; now the run folder's files are checked before the weights are even looked at (an empty file here)

@@ -38,7 +38,7 @@ def run_command(parser: ArgumentParser, body: Callable[[argparse.Namespace], int
 
     Returns:
         (int): ``body``'s exit status, 0 after ``--help``, or 2 after printing ``error: <message>`` on stderr (for an
-            ``IbraYoloError``, a usage error or an ``OSError``).
+            ``IbraYoloError``, a usage error or an ``OSError``), 130 after Ctrl-C (one line, no traceback).
     """
     try:
         try:
@@ -58,6 +58,9 @@ def run_command(parser: ArgumentParser, body: Callable[[argparse.Namespace], int
 
         print(f"error: {one_line(describe_os_error(e))}", file=sys.stderr)
         return 2
+    except KeyboardInterrupt:  # Ctrl-C: one line, not the traceback of wherever torch was when it came
+        print("error: interrupted (Ctrl-C)", file=sys.stderr)
+        return 130
 
 
 def unit_interval(text: str) -> float:
