@@ -223,6 +223,11 @@ def no_model_error(path, ckpt) -> CheckpointError:
             f"{path} holds a state_dict ({len(ckpt)} tensors by name), not an Ultralytics checkpoint: load it into a "
             f"model built from its YAML (model.load_state_dict), or pass a file the trainer or YOLO(...).save() wrote"
         )
+    if ckpt.get("ema") is not None and not isinstance(ckpt["ema"], nn.Module):  # Ultralytics takes ema first
+        return CheckpointError(
+            f"{path}: its 'ema' (the model Ultralytics loads when the file holds one) is a "
+            f"{type(ckpt['ema']).__name__}, not a model: the file was altered (a checkpoint's ema is a model or None)"
+        )
     keys = ", ".join(repr(k)[:40] for k in list(ckpt)[:5]) or "no keys"
     return CheckpointError(f"{path} is not an Ultralytics checkpoint: it holds no 'model' module ({keys})")
 

@@ -11,7 +11,7 @@ from __future__ import annotations
 
 import copy
 from numbers import Integral
-from pathlib import Path
+from pathlib import Path, PurePath
 
 import torch
 from torch import nn
@@ -139,15 +139,25 @@ def _check_structure(model: nn.Module, path: str | Path) -> None:
     strides = getattr(model, "stride", None)
     side = 2 * int(strides.max()) if isinstance(strides, torch.Tensor) and strides.numel() else 64
     x = torch.zeros(1, model.yaml.get("channels", 3), side, side)
+    runner, seen = copy.deepcopy(model).float().eval(), []
+    if head is not None:  # the head's input maps give the strides the network really has (as Ultralytics probes them)
+        runner.model[-1].register_forward_pre_hook(lambda m, args: seen.extend(side / f.shape[-2] for f in args[0]))
     try:
         with torch.no_grad():
-            copy.deepcopy(model).float().eval()(x)
+            runner(x)
     except Exception as e:  # noqa: BLE001 - whatever the altered layer raises, named in one line
         line = str(e).strip().splitlines()[0][:300] if str(e).strip() else ""
         raise CheckpointError(
             f"{path}: the model it holds cannot run on a blank {side}x{side} image (the file was altered?): "
             f"{type(e).__name__}: {line}"
         ) from None
+    for name, held in (("the model's stride", strides), ("its head's stride", getattr(head, "stride", None))):
+        if seen and isinstance(held, torch.Tensor) and held.tolist() != seen:  # boxes are decoded with these
+            raise CheckpointError(
+                f"{path}: {name} is {held.tolist()!r:.80}, but its layers downsample by {seen} (a {side}x{side} image "
+                f"gives the head maps of {[int(side / s) for s in seen]} rows): every box would be decoded at the "
+                f"wrong scale (the file was altered)"
+            )
 
 
 def check_model_state(model: nn.Module, path: str | Path, ckpt: dict | None = None) -> None:
@@ -162,6 +172,11 @@ def check_model_state(model: nn.Module, path: str | Path, ckpt: dict | None = No
     if ckpt is not None and ckpt.get("train_args") is not None and not isinstance(ckpt["train_args"], dict):
         kind = type(ckpt["train_args"]).__name__
         raise CheckpointError(f"{path}: train_args is a {kind}, not a dict of arguments (the file was altered)")
+    data = (ckpt or {}).get("train_args", {}).get("data") if isinstance((ckpt or {}).get("train_args"), dict) else None
+    if data is not None and not isinstance(data, (str, PurePath)):  # Ultralytics keeps it for val: a dict gave coco8
+        raise CheckpointError(
+            f"{path}: train_args data is a {type(data).__name__}, not the name of a dataset YAML (the file was altered)"
+        )
     check_finite_weights(model, path)
     check_neuron_settings(model, path)
     _check_strides(model, path)

@@ -71,7 +71,37 @@ def unfolded_weights(original, self, weights, *args, **kwargs):
             f"deploy): their BNs and branches are merged into the convs, so few of this model's tensors would take "
             f"them; pass the checkpoint they were folded from"
         )
+    _check_dict_describes_layers(self, model)
     return original(self, weights, *args, **kwargs)
+
+
+def _check_dict_describes_layers(built, source) -> None:
+    """``yolo train model=x.pt`` builds the model from the file's model dict and loads the file's layers into it: a
+    dict that does not describe those layers (its ``scale`` or a row's channels edited) built another network that
+    took only the tensors that happened to fit ("Transferred 160/755"), and trained it without a word. When the built
+    model's dict is the file's (but ``nc``, which fine-tuning on another dataset changes: the head's class branch then
+    differs), every tensor outside the head must fit."""
+    from torch import nn
+
+    from ibra_yolo.errors import CheckpointError
+
+    spec, mine = getattr(source, "yaml", None), getattr(built, "yaml", None)
+    if not (isinstance(source, nn.Module) and isinstance(spec, dict) and isinstance(mine, dict) and _is_ours(built)):
+        return
+    if {k: v for k, v in spec.items() if k != "nc"} != {k: v for k, v in mine.items() if k != "nc"}:
+        return  # another model dict: a transfer between architectures, as the user asked
+    head = f"model.{len(built.model) - 1}." if isinstance(getattr(built, "model", None), nn.Sequential) else None
+    want = {k: tuple(v.shape) for k, v in built.state_dict().items()}
+    held = {k: tuple(v.shape) for k, v in source.state_dict().items() if not (head and k.startswith(head))}
+    bad = [k for k, shape in held.items() if want.get(k) != shape]
+    if bad:
+        name = getattr(source, "pt_path", None) or spec.get("yaml_file") or "the weights"
+        raise CheckpointError(
+            f"pretrained weights {name}: the file's model dict does not describe its layers: {bad[0]!r:.80} is "
+            f"{held[bad[0]]} in the file but {want.get(bad[0], 'absent')} in the model the dict builds ({len(bad)} of "
+            f"{len(held)} tensors outside the head differ); training would start from a mostly new network (the file "
+            f"was altered)"
+        )
 
 
 def unfolded_training(original, self, *args, **kwargs):

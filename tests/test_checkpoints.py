@@ -873,3 +873,69 @@ def test_a_checkpoint_whose_ema_is_another_model_is_refused(tmp_path, spiking_ck
     ckpt["ema"] = torch.load(spiking_ckpt, weights_only=False)["model"]  # a copy of the same model: as trained
     torch.save(ckpt, tmp_path / "same.pt")
     assert isinstance(checkpoint_model(load_checkpoint(tmp_path / "same.pt"), tmp_path / "same.pt"), DetectionModel)
+
+
+def test_a_checkpoint_whose_stride_is_not_its_layers_is_refused(tmp_path, spiking_ckpt):
+    # Boxes are decoded with the head's stride: a file whose stride says 16/32/64 for layers that downsample by
+    # 8/16/32 loaded and decoded every box twice too large and too far (battery 18, H83/H84). The load check runs a
+    # blank image anyway; the head's input maps give the strides the layers really have (as Ultralytics probes them).
+    from ultralytics import YOLO
+
+    wrong = torch.tensor([16.0, 32, 64])
+    for where, edit in (("its head's stride", lambda m: setattr(m.model[-1], "stride", wrong)),
+                        ("the model's stride", lambda m: setattr(m, "stride", wrong))):  # fmt: skip
+        ckpt = torch.load(spiking_ckpt, weights_only=False)
+        edit(ckpt["model"])
+        torch.save(ckpt, tmp_path / "stride.pt")
+        says = rf"stride\.pt: {where} is \[16\.0, 32\.0, 64\.0\], but its layers downsample by \[8\.0, 16\.0, 32\.0\]"
+        for load in (YOLO, lambda p: checkpoint_model(load_checkpoint(p), p)):
+            with pytest.raises(CheckpointError, match=says + r" .*every box would be decoded at the wrong scale"):
+                load(str(tmp_path / "stride.pt"))
+
+
+def test_pretrained_weights_whose_model_dict_is_not_their_layers_are_refused(spiking_ckpt):
+    # `yolo train model=x.pt` builds the model from the file's model dict and loads the file's layers into it: a dict
+    # whose scale was edited (n -> s) built a 23 M-parameter network that took 160 of 755 tensors and trained without
+    # a word (battery 18, H81/H82). When the dict is the file's, every tensor outside the head must fit; a changed nc
+    # (fine-tuning on another dataset) still transfers all but the head's class branch.
+    from ultralytics.nn.tasks import DetectionModel
+
+    source = torch.load(spiking_ckpt, weights_only=False)["model"]
+    source.yaml["scale"] = "s"
+    says = r"the file's model dict does not describe its layers: 'model\.1\.\S+' is \(\d+, 3, 7, 7\) in the file but "
+    with pytest.raises(CheckpointError, match=says + r"\(\d+, 3, 7, 7\) in the model the dict builds \(\d+ of \d+ "):
+        DetectionModel(source.yaml, verbose=False).load(source)
+    source = torch.load(spiking_ckpt, weights_only=False)["model"]
+    built = DetectionModel(source.yaml, nc=5, verbose=False)  # nc 3 -> 5: what fine-tuning on a 5-class set builds
+    built.load(source)
+    fitted = [k for k, v in source.state_dict().items() if torch.equal(built.state_dict()[k], v)]
+    assert len(fitted) > 0.95 * len(source.state_dict())  # all but the class branch's last convs
+
+
+def test_an_ema_that_is_not_a_model_is_named(tmp_path, spiking_ckpt):
+    # Ultralytics takes `ema` first: an `ema` set to a string made the message say the file "holds no 'model' module"
+    # although its model was intact (battery 18, H59a); the bad entry is named
+    from ultralytics import YOLO
+
+    ckpt = torch.load(spiking_ckpt, weights_only=False)
+    ckpt["ema"] = "model"
+    torch.save(ckpt, tmp_path / "ema.pt")
+    says = r"ema\.pt: its 'ema' \(the model Ultralytics loads when the file holds one\) is a str, not a model"
+    for load in (YOLO, lambda p: checkpoint_model(load_checkpoint(p), p)):
+        with pytest.raises(CheckpointError, match=says):
+            load(str(tmp_path / "ema.pt"))
+
+
+def test_train_args_data_that_is_not_a_dataset_name_is_refused(tmp_path, spiking_ckpt):
+    # Ultralytics keeps train_args' data for `yolo val model=x.pt`; a dict there fell back to coco8.yaml and printed
+    # five download tracebacks offline (battery 18, R04). A dataset is named by a string (or a path).
+    from ultralytics import YOLO
+
+    ckpt = torch.load(spiking_ckpt, weights_only=False)
+    ckpt["train_args"] = {"data": {"path": "/x", "val": "b", "download": "bash touch x"}}
+    torch.save(ckpt, tmp_path / "args.pt")
+    with pytest.raises(CheckpointError, match=r"args\.pt: train_args data is a dict, not the name of a dataset YAML"):
+        YOLO(tmp_path / "args.pt")
+    ckpt["train_args"] = {"data": Path("/datasets/coco.yaml")}  # a Path, as a user may pass it: loads
+    torch.save(ckpt, tmp_path / "path.pt")
+    assert YOLO(tmp_path / "path.pt").overrides["data"] == Path("/datasets/coco.yaml")

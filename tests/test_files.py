@@ -157,6 +157,17 @@ def test_eval_file_system_errors(tmp_path, capsys):
     assert _one_line(capsys) == f"error: cannot write {out}: {tmp_path}/file is a file, not a folder\n"
 
 
+def test_eval_data_that_is_a_folder_names_the_yaml(tmp_path, capsys):
+    # --data naming the dataset folder was read by Ultralytics as an image source ("No images or videos found ...
+    # Supported formats are ...": battery 18, M04); it is a usage error naming the YAML found in the folder
+    (tmp_path / "ds").mkdir()
+    (tmp_path / "ds" / "data.yaml").write_text("names: [a]\n")
+    (tmp_path / "best.pt").write_bytes(b"")
+    assert eval_cli.main(["--weights", str(tmp_path / "best.pt"), "--data", str(tmp_path / "ds")]) == 2
+    says = f"error: --data {tmp_path}/ds is a folder: name the dataset YAML (path, train/val and names), e.g. --data "
+    assert _one_line(capsys) == says + f"{tmp_path}/ds/data.yaml (see --help)\n"
+
+
 def test_energy_and_convert_outputs_checked_first(tmp_path, capsys):
     (tmp_path / "file").write_text("x")
     # energy: its --out folder is checked before the weights (which do not exist) are looked at

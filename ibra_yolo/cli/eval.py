@@ -97,6 +97,10 @@ def check_args(p: ArgumentParser, args: argparse.Namespace) -> None:
         p.error("--data, --spike-driven and --energy need a model (--weights), not --pred")
     if args.weights and not args.data:
         p.error("--weights needs --data (the dataset YAML)")
+    if args.data and Path(args.data).is_dir():  # Ultralytics took it as an image source and listed video formats
+        found = sorted(Path(args.data).glob("*.y*ml"))
+        hint = f", e.g. --data {found[0]}" if found else ""
+        p.error(f"--data {args.data} is a folder: name the dataset YAML (path, train/val and names){hint}")
     if args.weights and args.remap:
         p.error("--remap is for --pred files; in model mode category ids are matched automatically")
     for k in ("imgsz", "batch", "energy_images"):
