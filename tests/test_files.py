@@ -115,7 +115,8 @@ def test_ctrl_c_in_a_command_is_one_line(tmp_path):
     import sys
 
     code = (
-        "import time, ibra_yolo.plugin as p, ibra_yolo.cli.models as m\n"
+        "import signal, time, ibra_yolo.plugin as p, ibra_yolo.cli.models as m\n"
+        "signal.signal(signal.SIGINT, signal.default_int_handler)\n"  # a background job (nohup, CI) inherits SIG_IGN
         "p.available_models = lambda *a, **k: (print('ready', flush=True), time.sleep(60))\n"
         "raise SystemExit(m.main([]))\n"
     )
