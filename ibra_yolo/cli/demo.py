@@ -291,9 +291,27 @@ def eval_command(
             *(["--spike-driven"] if args.spike_driven else [])]  # fmt: skip
 
 
-def _run(cmd: list[str], cwd: Path, what: str) -> None:
+# torch's vectorised kernels and oneDNN's convolutions are chosen by the CPU's instruction set, and their sums round
+# differently: the same demo trained other weights on an AVX-512 CPU than on an AVX2 one (15.5 vs 14.6 % mAP@50:95).
+# Pinned to AVX2, which every x86 CPU of the last decade has, the run is the same on both (README, "The main job").
+PINNED_KERNELS = {"ATEN_CPU_CAPABILITY": "avx2", "ONEDNN_MAX_CPU_ISA": "AVX2"}
+
+
+def pinned_kernels(device: str) -> dict[str, str]:
+    """The environment that pins the demo's CPU kernels to AVX2 (`PINNED_KERNELS`): only for a CPU run on a CPU with
+    AVX2 or AVX-512 (an older or non-x86 CPU has other kernels anyway), and never over a value the user set."""
+    import torch
+
+    if str(device).lower() != "cpu" or torch.backends.cpu.get_cpu_capability() not in ("AVX2", "AVX512"):
+        return {}
+    if any(k in os.environ for k in PINNED_KERNELS):
+        return {}
+    return dict(PINNED_KERNELS)
+
+
+def _run(cmd: list[str], cwd: Path, what: str, pinned: dict[str, str]) -> None:
     print(f"\n$ {' '.join(cmd)}", flush=True)
-    env = {**os.environ, "YOLO_OFFLINE": os.environ.get("YOLO_OFFLINE", "1")}
+    env = {**os.environ, "YOLO_OFFLINE": os.environ.get("YOLO_OFFLINE", "1"), **pinned}
     rc = subprocess.run(cmd, cwd=cwd, env=env).returncode
     if rc != 0:
         raise IbraYoloError(f"{what} failed (exit status {rc}); its output is above")
@@ -335,7 +353,12 @@ def run(args: argparse.Namespace) -> int:
     times["data"] = time.time() - t0
 
     print(f"[2/3] training {args.model} for {args.epochs} epochs with the stock yolo CLI", flush=True)
-    _run(train_command(args, data, out, paths.train_name), out, "training")
+    pinned = pinned_kernels(args.device)
+    if pinned:
+        pins = " ".join(f"{k}={v}" for k, v in pinned.items())
+        print(f"CPU kernels pinned to AVX2 ({pins}), so every x86 CPU with AVX2 or AVX-512 trains the same weights; "
+              "set either variable yourself to choose", flush=True)  # fmt: skip
+    _run(train_command(args, data, out, paths.train_name), out, "training", pinned)
     best = out / "runs" / paths.train_name / "weights" / "best.pt"
     if not best.is_file():
         raise IbraYoloError(f"training finished without writing {best}")
@@ -343,15 +366,16 @@ def run(args: argparse.Namespace) -> int:
 
     print("[3/3] COCO evaluation of best.pt with ibra-yolo eval", flush=True)
     results = paths.results
-    _run(eval_command(args, best, data, out, results, paths.val_name), out, "evaluation")
+    _run(eval_command(args, best, data, out, results, paths.val_name), out, "evaluation", pinned)
     times["eval"] = time.time() - t0 - sum(times.values())
 
     m = json.loads(results.read_text())
     curve = learning_curve(best.parents[1])
     from ultralytics.utils import NUM_THREADS  # what the stock trainer gave torch: min(8, CPUs - 1)
 
-    print(f"\ntraining ran on {NUM_THREADS} torch thread(s): the same code, settings and thread count give the same "
-          "weights bit for bit; another thread count rounds sums differently and gives other numbers")  # fmt: skip
+    kernels = "AVX2 kernels" if pinned else "this CPU's kernels"
+    print(f"\ntraining ran on {NUM_THREADS} torch thread(s) with {kernels}: the same code, settings, thread count "
+          "and kernels give the same weights bit for bit; others round sums differently")  # fmt: skip
     if curve:
         print("\nmAP@50 after each epoch (stock trainer's validation): " + " ".join(f"{v:.3f}" for v in curve))
     print(f"\ndemo finished in {(time.time() - t0) / 60:.1f} min (data {times['data']:.0f} s, training "
