@@ -201,7 +201,15 @@ def check_ema_matches(ckpt, path) -> None:
         return
     shapes = [{k: tuple(v.shape) for k, v in m.state_dict().items()} for m in (model, ema)]
     if type(model) is type(ema) and shapes[0] == shapes[1]:
-        return
+        settings = [_settings(m) for m in (model, ema)]  # same tensors: then the same layers, names and model dict
+        differs = next((k for k in {**settings[0], **settings[1]} if settings[0].get(k) != settings[1].get(k)), None)
+        if differs is None:
+            return
+        raise CheckpointError(
+            f"{path} holds two different models: {differs} is {settings[0].get(differs, 'absent')} in 'model' but "
+            f"{settings[1].get(differs, 'absent')} in 'ema' (the one Ultralytics loads); a training run saves two "
+            f"copies of one model: the file was altered, not loaded"
+        )
     differs = next((k for k in {**shapes[0], **shapes[1]} if shapes[0].get(k) != shapes[1].get(k)), None)
     detail = "" if differs is None else f"; first difference: {differs!r:.80} is {shapes[0].get(differs)} in model, "
     detail += "" if differs is None else f"{shapes[1].get(differs)} in ema"
@@ -210,6 +218,26 @@ def check_ema_matches(ckpt, path) -> None:
         f"'ema' (the one Ultralytics loads) a {type(ema).__name__} of {len(shapes[1])}{detail}; a training run saves "
         f"two copies of one model: the file was altered, not loaded"
     )
+
+
+def _settings(model: nn.Module) -> dict[str, str]:
+    """What a model is besides its tensors, by place: each layer's class and plain settings (numbers, strings,
+    flags, small tensors such as a stride; ``repr`` so NaN equals NaN), its class names and model dict. Two copies of
+    one model agree in all of it; ``training`` (the trainer's EMA copy is in eval mode) and dicts of arguments not."""
+    spec = getattr(model, "yaml", None)
+    out = {"names": repr(getattr(model, "names", None))[:200]}
+    out |= {f"the model dict's {k!r:.40}": repr(v)[:200] for k, v in spec.items()} if isinstance(spec, dict) else {}
+    for name, m in model.named_modules():
+        out[f"{name or 'the model'} (class)"] = type(m).__qualname__
+        for key, value in vars(m).items():
+            if key.startswith("_") or key == "training":
+                continue
+            if isinstance(value, torch.Tensor) and value.numel() <= 64:
+                value = value.tolist()
+            elif not isinstance(value, (int, float, str, bool, type(None), tuple, list)):
+                continue
+            out[f"{name or 'the model'}.{key}"] = repr(value)[:200]
+    return out
 
 
 def no_model_error(path, ckpt) -> CheckpointError:

@@ -10,6 +10,7 @@ layer and the value; every ``.pt`` ibra-yolo opens, and every ibra-yolo model th
 from __future__ import annotations
 
 import copy
+import math
 from numbers import Integral
 from pathlib import Path, PurePath
 
@@ -71,6 +72,14 @@ def check_neuron_settings(model: nn.Module, path: str | Path) -> None:
 
 
 def _check_strides(model: nn.Module, path: str | Path) -> None:
+    head = model.model[-1] if isinstance(getattr(model, "model", None), nn.Sequential) else None
+    for name, m in (("the model", model), ("its head", head)):
+        s = getattr(m, "stride", None) if m is not None else None
+        if s is not None and not isinstance(s, torch.Tensor):  # a list: Ultralytics' max() / indexing tracebacks
+            raise CheckpointError(
+                f"{path}: {name} holds stride={s!r:.80} ({type(s).__name__}): a stride is a tensor of floats (the "
+                f"file was altered)"
+            )
     for name, m in [("model", model), *((f"{n} ({type(m).__name__})", m) for n, m in model.named_modules() if n)]:
         s = m.__dict__.get("stride", m._buffers.get("stride"))  # the model's and the head's, not a conv's tuple
         if isinstance(s, torch.Tensor) and (
@@ -160,6 +169,32 @@ def _check_structure(model: nn.Module, path: str | Path) -> None:
             )
 
 
+def _check_train_args(args: dict, path: str | Path) -> None:
+    """The training arguments Ultralytics reads back from a file (``yolo val model=x.pt`` keeps ``data``, ``imgsz``,
+    ``task`` and ``single_cls``; ``resume`` takes them all) hold what a training run writes: a NaN ``imgsz`` or
+    ``epochs``, a string ``single_cls``, a classify ``task`` on a detector or a dict ``data`` failed deep inside
+    Ultralytics (or fell back to downloading coco8)."""
+    bad = None
+    for key, value in args.items() if isinstance(args, dict) else ():
+        if isinstance(value, float) and not math.isfinite(value):
+            bad = f"{key} is {value}, not a finite number"
+        elif key == "data" and value is not None and not isinstance(value, (str, PurePath)):
+            bad = f"data is a {type(value).__name__}, not the name of a dataset YAML"
+        elif key == "imgsz" and not _is_imgsz(value):
+            bad = f"imgsz is {value!r:.40}, not a size in pixels (an integer > 0, or two)"
+        elif key == "single_cls" and not isinstance(value, bool):
+            bad = f"single_cls is {value!r:.40}, not true or false"
+        elif key == "task" and value not in (None, "detect"):
+            bad = f"task is {value!r:.40}, but the model is a detector (ibra-yolo models detect)"
+        if bad:
+            raise CheckpointError(f"{path}: train_args {bad} (the file was altered)")
+
+
+def _is_imgsz(value) -> bool:
+    sizes = value if isinstance(value, (list, tuple)) and len(value) in (1, 2) else [value]
+    return all(isinstance(v, Integral) and not isinstance(v, bool) and v > 0 for v in sizes)
+
+
 def check_model_state(model: nn.Module, path: str | Path, ckpt: dict | None = None) -> None:
     """Check what a loaded ibra-yolo model holds: finite weights, neuron settings a YAML gives, strides and class
     names Ultralytics can use, a model dict, a model that runs, layers holding the neuron the model dict gives, and
@@ -172,11 +207,7 @@ def check_model_state(model: nn.Module, path: str | Path, ckpt: dict | None = No
     if ckpt is not None and ckpt.get("train_args") is not None and not isinstance(ckpt["train_args"], dict):
         kind = type(ckpt["train_args"]).__name__
         raise CheckpointError(f"{path}: train_args is a {kind}, not a dict of arguments (the file was altered)")
-    data = (ckpt or {}).get("train_args", {}).get("data") if isinstance((ckpt or {}).get("train_args"), dict) else None
-    if data is not None and not isinstance(data, (str, PurePath)):  # Ultralytics keeps it for val: a dict gave coco8
-        raise CheckpointError(
-            f"{path}: train_args data is a {type(data).__name__}, not the name of a dataset YAML (the file was altered)"
-        )
+    _check_train_args((ckpt or {}).get("train_args") or {}, path)
     check_finite_weights(model, path)
     check_neuron_settings(model, path)
     _check_strides(model, path)

@@ -236,7 +236,8 @@ def _running_ultralytics_cli() -> bool:
 
 
 def _one_line_errors(previous):
-    """An excepthook that prints an ``IbraYoloError`` as its one line and hands every other exception on."""
+    """An excepthook that prints an ``IbraYoloError`` as its one line, Ctrl-C as ``KeyboardInterrupt: interrupted
+    (Ctrl-C)`` (not the traceback of wherever torch was), and hands every other exception on."""
 
     def hook(exc_type, exc, tb):
         from ibra_yolo.errors import IbraYoloError
@@ -244,6 +245,9 @@ def _one_line_errors(previous):
         wanted = os.environ.get("IBRA_YOLO_TRACEBACK", "").strip().lower() not in {"", *_OFF}  # 0/false/no/off: off
         if issubclass(exc_type, IbraYoloError) and not wanted:
             print(f"{exc_type.__name__}: {exc}", file=sys.stderr)
+            return
+        if issubclass(exc_type, KeyboardInterrupt) and not wanted:
+            print("KeyboardInterrupt: interrupted (Ctrl-C)", file=sys.stderr)
             return
         previous(exc_type, exc, tb)
 

@@ -12,7 +12,7 @@ Each takes the stock callable as its first argument (``replacement(original, sel
 - `stock_safe_load` (``tasks.torch_safe_load``): the file's calls and hooks checked first, refusals in one line;
 - `checkpoint_data_guarded` (``Model.train/val/export/benchmark``) and `scriptless_dataset_check`
   (``check_det_dataset``): a dataset named by the checkpoint, not the user, never downloads or runs its YAML's script;
-- `resume_in_place` (``BaseTrainer.check_resume``): a resumed run never writes into another existing run folder.
+- `resume_in_place` (``BaseTrainer.check_resume``): a resumed run writes beside its checkpoint, nowhere else.
 """
 
 from __future__ import annotations
@@ -162,7 +162,8 @@ def resume_in_place(original, self, overrides, *args, **kwargs):
     """``BaseTrainer.check_resume``: a resumed run writes into the run folder its checkpoint lies in. Stock
     Ultralytics writes into the checkpoint's ``train_args`` ``save_dir``, wherever that is: a file that names another
     run's folder (or a run folder moved after the checkpoint was copied) would replace that run's ``weights/last.pt``,
-    ``best.pt`` and ``results.csv`` without asking. A ``save_dir=`` of the user's is taken as given. A dataset the
+    ``best.pt`` and ``results.csv`` without asking (or create a folder where nobody looks for the run). A
+    ``save_dir=`` of the user's is taken as given. A dataset the
     resumed run takes from the checkpoint runs no download script (`scriptless_dataset_check`)."""
     from ibra_yolo.errors import OutputExistsError
 
@@ -175,10 +176,10 @@ def resume_in_place(original, self, overrides, *args, **kwargs):
         here = Path(last).resolve().parent  # a run saves save_dir/weights/last.pt
         here = here.parent if here.name == "weights" else here
         there = Path(str(stored)).resolve()
-        if there != here and there.exists():
+        if there != here:  # an existing folder would lose files; a new one would hide the run where none looks
             raise OutputExistsError(
-                f"checkpoint {last} says its run folder is {there} (train_args save_dir), which exists and is not "
-                f"the folder it lies in ({here}): resuming would write its weights and results.csv there; pass "
+                f"checkpoint {last} says its run folder is {there} (train_args save_dir), not the folder it lies in "
+                f"({here}): resuming would write its weights and results.csv there; pass "
                 f"save_dir={here} to resume beside the checkpoint, or save_dir={there} if that is the run to continue"
             )
     return result

@@ -836,7 +836,7 @@ def test_a_dataset_named_by_a_checkpoint_runs_no_download_script(tmp_path, spiki
 def test_resume_does_not_write_into_another_run_folder(tmp_path, spiking_ckpt):
     # Stock resume writes into the checkpoint's train_args save_dir, wherever it is: a last.pt naming another run's
     # folder replaced that run's weights/last.pt and results.csv (battery 18, R02). A resumed run writes beside its
-    # checkpoint; a save_dir elsewhere that exists is refused before anything is written, and save_dir= overrides.
+    # checkpoint; a save_dir elsewhere is refused before anything is written, and save_dir= overrides.
     from ultralytics import YOLO
 
     victim = tmp_path / "victim"
@@ -849,11 +849,17 @@ def test_resume_does_not_write_into_another_run_folder(tmp_path, spiking_ckpt):
     last = tmp_path / "run" / "weights" / "last.pt"
     torch.save(ckpt, last)
     says = rf"^checkpoint {re.escape(str(last))} says its run folder is {re.escape(str(victim))} \(train_args "
-    says += rf"save_dir\), which exists and is not the folder it lies in \({re.escape(str(tmp_path / 'run'))}\)"
+    says += rf"save_dir\), not the folder it lies in \({re.escape(str(tmp_path / 'run'))}\)"
     with pytest.raises(OutputExistsError, match=says):
         YOLO(last).train(resume=True, device="cpu")
     assert (victim / "weights" / "last.pt").read_text() == "precious"
     assert sorted(p.name for p in victim.rglob("*")) == ["last.pt", "weights"]
+    # a save_dir that does not exist yet is refused too: the run would go where nobody looks (battery 19, R02b)
+    ckpt["train_args"]["save_dir"] = str(tmp_path / "elsewhere")
+    torch.save(ckpt, last)
+    with pytest.raises(OutputExistsError, match=r"says its run folder is .*elsewhere \(train_args save_dir\), not the"):
+        YOLO(last).train(resume=True, device="cpu")
+    assert not (tmp_path / "elsewhere").exists()
 
 
 def test_a_checkpoint_whose_ema_is_another_model_is_refused(tmp_path, spiking_ckpt):
@@ -870,7 +876,22 @@ def test_a_checkpoint_whose_ema_is_another_model_is_refused(tmp_path, spiking_ck
     for load in (YOLO, lambda p: checkpoint_model(load_checkpoint(p), p)):
         with pytest.raises(CheckpointError, match=says + r"Ultralytics loads\) a DetectionModel of \d+; first "):
             load(str(tmp_path / "two.pt"))
+    # the same tensors but other class names, neuron settings or BN eps: still two models (battery 19, K39/K45/K57)
+    for edit, says in (
+        (lambda m: setattr(m, "names", {0: "cat", 1: "dog", 2: "car"}), r"names is \{0: 'a', .* but \{0: 'cat'"),
+        (lambda m: setattr(m.model[1].bn, "eps", 10.0), r"model\.1\.bn\.eps is 0\.001 in 'model' but 10\.0 in 'ema'"),
+        (lambda m: m.yaml["neuron"].__setitem__("D", 3), r"the model dict's 'neuron' is \{'kind': 'ILIF', 'D': 4.*3"),
+    ):  # fmt: skip
+        ckpt["ema"] = torch.load(spiking_ckpt, weights_only=False)["model"]
+        ckpt["model"].names = {0: "a", 1: "b", 2: "c"}
+        ckpt["ema"].names = {0: "a", 1: "b", 2: "c"}
+        edit(ckpt["ema"])
+        torch.save(ckpt, tmp_path / "two.pt")
+        for load in (YOLO, lambda p: checkpoint_model(load_checkpoint(p), p)):
+            with pytest.raises(CheckpointError, match=r"two\.pt holds two different models: " + says):
+                load(str(tmp_path / "two.pt"))
     ckpt["ema"] = torch.load(spiking_ckpt, weights_only=False)["model"]  # a copy of the same model: as trained
+    ckpt["model"] = torch.load(spiking_ckpt, weights_only=False)["model"].train()  # the EMA copy is in eval mode
     torch.save(ckpt, tmp_path / "same.pt")
     assert isinstance(checkpoint_model(load_checkpoint(tmp_path / "same.pt"), tmp_path / "same.pt"), DetectionModel)
 
@@ -936,6 +957,25 @@ def test_train_args_data_that_is_not_a_dataset_name_is_refused(tmp_path, spiking
     torch.save(ckpt, tmp_path / "args.pt")
     with pytest.raises(CheckpointError, match=r"args\.pt: train_args data is a dict, not the name of a dataset YAML"):
         YOLO(tmp_path / "args.pt")
+    # the other arguments Ultralytics reads back fail deep inside it when they are not what training writes
+    # (battery 19: K31 imgsz NaN, R11 epochs NaN, K62 single_cls 'yes', K32 task classify)
+    for args, says in (({"imgsz": float("nan")}, "imgsz is nan, not a finite number"),
+                       ({"epochs": float("inf")}, "epochs is inf, not a finite number"),
+                       ({"imgsz": "640"}, "imgsz is '640', not a size in pixels"),
+                       ({"single_cls": "yes"}, "single_cls is 'yes', not true or false"),
+                       ({"task": "classify"}, "task is 'classify', but the model is a detector")):  # fmt: skip
+        ckpt["train_args"] = args
+        torch.save(ckpt, tmp_path / "args.pt")
+        with pytest.raises(
+            CheckpointError, match=rf"args\.pt: train_args {re.escape(says)}.* \(the file was altered\)"
+        ):
+            YOLO(tmp_path / "args.pt")
+    ckpt["train_args"] = {"imgsz": 64, "task": "detect", "single_cls": False}
+    ckpt["model"].stride = [8.0, 16.0, 32.0]  # the right values as a list (K41): Ultralytics calls stride.max()
+    torch.save(ckpt, tmp_path / "stride.pt")
+    with pytest.raises(CheckpointError, match=r"the model holds stride=\[8\.0, 16\.0, 32\.0\] \(list\): a stride is"):
+        YOLO(tmp_path / "stride.pt")
+    ckpt = torch.load(spiking_ckpt, weights_only=False)
     ckpt["train_args"] = {"data": Path("/datasets/coco.yaml")}  # a Path, as a user may pass it: loads
     torch.save(ckpt, tmp_path / "path.pt")
     assert YOLO(tmp_path / "path.pt").overrides["data"] == Path("/datasets/coco.yaml")

@@ -452,3 +452,21 @@ def test_demo_end_to_end(tmp_path, python):
     # a second run into the same folder needs --overwrite and then trains into a new folder (tests/test_demo.py)
     paths = demo.prepare_out(out, demo.parse_args(["--out", str(out), "--overwrite", *map(str, args[2:])]))
     assert (paths.train_name, paths.val_name) == ("train2", "val2")
+
+
+def test_a_refused_model_run_leaves_no_predictions_behind(checkpoint, tiny_data, tmp_path, capsys):
+    # Annotations of other images: the run is refused after the validator wrote predictions.json, which then blocked
+    # the corrected rerun under the same --name ("predictions.json exists": battery 19, E29). A refused run removes
+    # what it wrote (its new run folder too), so the rerun with the right annotations goes through.
+    shipped = json.loads((tiny_data.parent / "annotations" / "instances_val.json").read_text())
+    images = [{**i, "id": i["id"] + 100, "file_name": f"x{i['file_name']}"} for i in shipped["images"]]
+    anns = [{**a, "image_id": a["image_id"] + 100} for a in shipped["annotations"]]
+    other = {**shipped, "images": images, "annotations": anns}
+    common = ["--weights", checkpoint, "--data", tiny_data, "--imgsz", 64, "--device", "cpu", "--project", tmp_path,
+              "--name", "v", "--no-energy"]  # fmt: skip
+    err = _error([*common, "--ann", write(tmp_path / "other.json", other)], capsys)
+    assert "image ids in the model's predictions are not in the annotation file" in err
+    assert not (tmp_path / "v").exists()
+    rc, _, err = cli(common, capsys)
+    assert rc == 0, err
+    assert (tmp_path / "v" / "predictions.json").is_file()

@@ -397,3 +397,19 @@ def test_training_recipe_is_valid_ultralytics_cfg():
         True,
         False,
     )
+
+
+def test_ctrl_c_in_the_yolo_cli_is_one_line(capsys, monkeypatch):
+    # Ctrl-C in the stock `yolo val`/`predict` printed a 35-frame traceback from wherever torch was (battery 19, I02,
+    # I04); the plugin's excepthook for the yolo console script prints one line (IBRA_YOLO_TRACEBACK=1 shows it all)
+    from ibra_yolo import plugin
+
+    handed_on = []
+    hook = plugin._one_line_errors(lambda *exc: handed_on.append(exc[0]))
+    monkeypatch.delenv("IBRA_YOLO_TRACEBACK", raising=False)
+    hook(KeyboardInterrupt, KeyboardInterrupt(), None)
+    assert capsys.readouterr().err == "KeyboardInterrupt: interrupted (Ctrl-C)\n" and handed_on == []
+    monkeypatch.setenv("IBRA_YOLO_TRACEBACK", "1")
+    hook(KeyboardInterrupt, KeyboardInterrupt(), None)
+    hook(ValueError, ValueError("x"), None)
+    assert handed_on == [KeyboardInterrupt, ValueError]

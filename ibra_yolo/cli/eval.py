@@ -13,7 +13,7 @@ import time
 from pathlib import Path
 
 from ibra_yolo.cli.parser import ArgumentParser, run_command, unit_interval
-from ibra_yolo.errors import one_line
+from ibra_yolo.errors import IbraYoloError, one_line
 from ibra_yolo.limits import MAX_IMGSZ
 
 __all__ = ("build_parser", "parse_args", "main", "energy_summary")
@@ -75,7 +75,11 @@ def build_parser() -> ArgumentParser:
         choices=("coco80to91", "coco91to80"),
         help="file mode: convert predicted category ids between COCO's contiguous 1..80 and original 91-id schemes",
     )
-    p.add_argument("--project", help="model mode: folder for the validator's run (Ultralytics' project=)")
+    p.add_argument(
+        "--project",
+        help="model mode: folder for the validator's run (Ultralytics' project=: a relative "
+        "one lies under Ultralytics' runs_dir/detect, as for yolo val project=)",
+    )
     p.add_argument(
         "--name",
         help="model mode: run name inside --project (an existing run folder is reused when it holds none of the files "
@@ -128,7 +132,6 @@ def energy_summary(args: argparse.Namespace, run) -> dict | None:
     if args.energy is False:  # --no-energy
         return None
     from ibra_yolo.energy import measure
-    from ibra_yolo.errors import IbraYoloError
 
     images = run.im_files[: args.energy_images]
     device = {"device": args.device} if args.device else {}
@@ -184,7 +187,7 @@ def _evaluate_model(args: argparse.Namespace) -> dict:
     """Model mode: predict with the stock validator, then check and score."""
     from ibra_yolo import coco
     from ibra_yolo.errors import MissingFileError
-    from ibra_yolo.files import check_output, check_outputs, write_json
+    from ibra_yolo.files import check_output, check_outputs
     from ibra_yolo.sources import load_dataset
 
     # every file this run writes is checked before any work: the validator's folder is known before it runs
@@ -204,10 +207,33 @@ def _evaluate_model(args: argparse.Namespace) -> dict:
         select_device(args.device)  # one line now, not Ultralytics' traceback after the model loaded
     data = load_dataset(args.data, args.split)
     check_output(out, args.overwrite, inputs=_dataset_inputs(args, data))  # --out may not be one of them either
-    run = coco.predict_split(
-        args.weights, args.data, imgsz=args.imgsz, batch=args.batch, conf=args.conf, iou=args.iou,
-        device=args.device, spike_driven=args.spike_driven, split=args.split, project=folder.parent, name=folder.name,
-    )  # fmt: skip
+    before = {f for f in made if (folder / f).exists()} if folder.is_dir() else None
+    try:
+        run = coco.predict_split(
+            args.weights, args.data, imgsz=args.imgsz, batch=args.batch, conf=args.conf, iou=args.iou,
+            device=args.device, spike_driven=args.spike_driven, split=args.split, project=folder.parent,
+            name=folder.name,
+        )  # fmt: skip
+        return _score_run(args, data, run, out)
+    except (IbraYoloError, KeyboardInterrupt):  # refused or stopped: no half-written run blocks the corrected rerun
+        _remove_made(folder, made, before)
+        raise
+
+
+def _remove_made(folder: Path, made: tuple[str, ...], before: set[str] | None) -> None:
+    """Remove what a refused run wrote into its run folder (``before``: the files it held, None: it did not exist)."""
+    for name in made:
+        if name not in (before or ()) and (folder / name).is_file():
+            (folder / name).unlink()
+    if before is None and folder.is_dir() and not any(folder.iterdir()):
+        folder.rmdir()
+
+
+def _score_run(args: argparse.Namespace, data, run, out: Path) -> dict:
+    """Model mode after prediction: the annotations, matching, scoring and the energy summary."""
+    from ibra_yolo import coco
+    from ibra_yolo.files import write_json
+
     gt, ann, source = _annotations_for(args, data, run)
     matched = coco.run_detections(run, gt)
     dets, notes = matched.detections, matched.notes
