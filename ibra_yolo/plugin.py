@@ -40,6 +40,7 @@ import functools
 import os
 import re
 import sys
+import warnings
 from pathlib import Path
 
 from ibra_yolo.stock_hooks import (
@@ -159,11 +160,20 @@ def _spiking_yaml_model_load(original, path):
         except FileNotFoundError as e:
             raise MissingFileError(f"{e}: {_missing_hint()}") from None
     file, scale, d = found
+    scales = d.get("scales") if isinstance(d.get("scales"), dict) else {}
     if scale:
-        scales = d.get("scales") if isinstance(d.get("scales"), dict) else {}
         if scale not in scales:
             raise ModelConfigError(f"{path}: scale '{scale}' is not one of {sorted(scales)} in {file}")
         d["scale"] = scale
+    else:  # a file of its own: its `scale:` key decides, whatever its name says (battery 19, Y27: a copy named -n.yaml)
+        named = _SCALE_SUFFIX.match(Path(file).stem)
+        if named and named["scale"] in scales and d.get("scale") not in (None, named["scale"]):
+            warnings.warn(
+                f"{file}: its name ends in -{named['scale']}, but its scale: key says {d['scale']!r}, and the key "
+                f"decides: scale {d['scale']} is built; write scale: {named['scale']} in the file to build that one",
+                UserWarning,
+                stacklevel=2,
+            )
     d["yaml_file"] = str(path)
     plan_model(d, d.get("channels", 3))  # every key and row, before Ultralytics reads the dict
     return d

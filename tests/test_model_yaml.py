@@ -452,3 +452,23 @@ def test_stock_multiples_and_other_tasks_are_refused(tmp_path):
         with pytest.raises(ModelConfigError, match=rf"^task='{task}' is invalid: ibra-yolo models are detectors"):
             YOLO("spike-yolo-ibra-n.yaml", task=task)
     assert YOLO("yolov8n-seg.yaml").task == "segment"  # stock models of other tasks build as before
+
+
+def test_a_copy_named_for_another_scale_says_which_scale_it_builds(tmp_path):
+    # A copy of cfg/spike-yolo-ibra.yaml saved as my-ibra-n.yaml keeps its `scale: m`, and the key decides: it built
+    # the 47.8 M-parameter m model without a word (battery 19, Y27). It warns, naming both; a copy whose key matches
+    # its name, and the shipped names with a scale suffix, stay silent.
+    import warnings
+
+    from ultralytics.nn.tasks import yaml_model_load
+
+    text = (CFG / "spike-yolo-ibra.yaml").read_text()
+    (tmp_path / "my-ibra-n.yaml").write_text(text)
+    says = r"my-ibra-n\.yaml: its name ends in -n, but its scale: key says 'm', and the key decides: scale m is built"
+    with pytest.warns(UserWarning, match=says):
+        assert yaml_model_load(str(tmp_path / "my-ibra-n.yaml"))["scale"] == "m"
+    (tmp_path / "my-ibra-s.yaml").write_text(text.replace("\nscale: m", "\nscale: s"))
+    with warnings.catch_warnings():
+        warnings.simplefilter("error")
+        assert yaml_model_load(str(tmp_path / "my-ibra-s.yaml"))["scale"] == "s"
+        assert yaml_model_load("spike-yolo-ibra-n.yaml")["scale"] == "n"
