@@ -202,7 +202,7 @@ def check_ema_matches(ckpt, path) -> None:
     shapes = [{k: tuple(v.shape) for k, v in m.state_dict().items()} for m in (model, ema)]
     if type(model) is type(ema) and shapes[0] == shapes[1]:
         settings = [_settings(m) for m in (model, ema)]  # same tensors: then the same layers, names and model dict
-        differs = next((k for k in {**settings[0], **settings[1]} if settings[0].get(k) != settings[1].get(k)), None)
+        differs = _first_difference(*settings)
         if differs is None:
             return
         raise CheckpointError(
@@ -210,7 +210,7 @@ def check_ema_matches(ckpt, path) -> None:
             f"{settings[1].get(differs, 'absent')} in 'ema' (the one Ultralytics loads); a training run saves two "
             f"copies of one model: the file was altered, not loaded"
         )
-    differs = next((k for k in {**shapes[0], **shapes[1]} if shapes[0].get(k) != shapes[1].get(k)), None)
+    differs = _first_difference(*shapes)
     detail = "" if differs is None else f"; first difference: {differs!r:.80} is {shapes[0].get(differs)} in model, "
     detail += "" if differs is None else f"{shapes[1].get(differs)} in ema"
     raise CheckpointError(
@@ -218,6 +218,12 @@ def check_ema_matches(ckpt, path) -> None:
         f"'ema' (the one Ultralytics loads) a {type(ema).__name__} of {len(shapes[1])}{detail}; a training run saves "
         f"two copies of one model: the file was altered, not loaded"
     )
+
+
+def _first_difference(a: dict, b: dict):
+    """The first key whose value differs between ``a`` and ``b`` (one missing counts), or None."""
+    missing = object()
+    return next((k for k in {**a, **b} if a.get(k, missing) != b.get(k, missing)), None)
 
 
 def _settings(model: nn.Module) -> dict[str, str]:
