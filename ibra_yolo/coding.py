@@ -90,7 +90,9 @@ def quantize_codes(u: torch.Tensor, scale: float, max_code: int) -> torch.Tensor
         what = f"a {u.dtype} tensor" if isinstance(u, torch.Tensor) else f"a {type(u).__name__}"
         raise ValueError(f"u is {what}: membrane potentials are a real (float or integer) torch tensor")
     codes = _scaled(u, scale).clamp_(0, max_code).round_()
-    return codes.masked_fill_(u.isinf(), float("nan"))  # an infinite membrane has no code either (see NAN_CODE)
+    # an infinite membrane has no code either (see NAN_CODE): u * 0 is 0, or NaN for inf/NaN, and adding it is exact;
+    # one multiply-add costs +3 % of the n model's eval step, where masked_fill(isinf) cost +12 % (320 px, 1 thread)
+    return codes.add_(u.mul(0))
 
 
 def _scaled(u: torch.Tensor, scale: float) -> torch.Tensor:
