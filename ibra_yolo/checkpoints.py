@@ -25,7 +25,7 @@ from torch import nn
 
 from ibra_yolo.errors import CheckpointError, IbraYoloError, MissingFileError, UnsafePickleError
 from ibra_yolo.files import as_path
-from ibra_yolo.model_state import check_finite_weights, check_model_state
+from ibra_yolo.model_state import check_finite_weights, check_model_state, layer_settings
 from ibra_yolo.pickle_checks import check_calls, check_zip_crc, file_kind
 
 __all__ = (
@@ -227,23 +227,13 @@ def _first_difference(a: dict, b: dict):
 
 
 def _settings(model: nn.Module) -> dict[str, str]:
-    """What a model is besides its tensors, by place: each layer's class and plain settings (numbers, strings,
-    flags, small tensors such as a stride; ``repr`` so NaN equals NaN), its class names and model dict. Two copies of
-    one model agree in all of it; ``training`` (the trainer's EMA copy is in eval mode) and dicts of arguments not."""
+    """What a model is besides its tensors, by place: its class names, model dict, and each layer's class and plain
+    settings (``layer_settings``). Two copies of one model agree in all of it; ``training`` (the trainer's EMA copy is
+    in eval mode) and dicts of arguments not."""
     spec = getattr(model, "yaml", None)
     out = {"names": repr(getattr(model, "names", None))[:200]}
     out |= {f"the model dict's {k!r:.40}": repr(v)[:200] for k, v in spec.items()} if isinstance(spec, dict) else {}
-    for name, m in model.named_modules():
-        out[f"{name or 'the model'} (class)"] = type(m).__qualname__
-        for key, value in vars(m).items():
-            if key.startswith("_") or key == "training":
-                continue
-            if isinstance(value, torch.Tensor) and value.numel() <= 64:
-                value = value.tolist()
-            elif not isinstance(value, (int, float, str, bool, type(None), tuple, list)):
-                continue
-            out[f"{name or 'the model'}.{key}"] = repr(value)[:200]
-    return out
+    return out | layer_settings(model)
 
 
 def no_model_error(path, ckpt) -> CheckpointError:

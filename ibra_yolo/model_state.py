@@ -19,7 +19,14 @@ from torch import nn
 
 from ibra_yolo.errors import CheckpointError, NonFiniteError
 
-__all__ = ("check_model_state", "check_finite_weights", "check_neuron_settings", "check_yaml_neuron")
+__all__ = (
+    "check_model_state",
+    "check_finite_weights",
+    "check_neuron_settings",
+    "check_yaml_neuron",
+    "check_layer_settings",
+    "layer_settings",
+)
 
 MAX_STRIDE = 1024  # YOLO heads stride 8-64; the check runs an image of twice the largest stride
 
@@ -133,6 +140,78 @@ def check_yaml_neuron(model: nn.Module, path: str | Path) -> None:
             )
 
 
+def layer_settings(model: nn.Module, prefix: str = "", tensors: bool = True) -> dict[str, str]:
+    """Each layer's class and plain settings, by place: ``{"model.9.m (class)": "MaxPool2d", "model.9.m.kernel_size":
+    "3", ...}`` -- numbers, strings, flags, tuples, lists and (``tensors``) small tensors such as a stride, as
+    ``repr`` (so NaN equals NaN); ``training`` and private attributes not."""
+    out = {}
+    for name, m in model.named_modules(prefix=prefix):
+        out[f"{name or 'the model'} (class)"] = type(m).__qualname__
+        for key, value in vars(m).items():
+            if key.startswith("_") or key == "training":
+                continue
+            if isinstance(value, torch.Tensor) and tensors and value.numel() <= 64:
+                value = value.tolist()
+            elif not isinstance(value, (int, float, str, bool, type(None), tuple, list)):
+                continue
+            out[f"{name or 'the model'}.{key}"] = repr(value)[:200]
+    return out
+
+
+# Plain settings that running or converting a model sets (not its model dict): spike-driven mode, Ultralytics' in-place
+# activations and its head's export / shape / max_det state. Everything else a layer holds, its model dict gives.
+RUN_TIME_SETTINGS = frozenset({"spike_driven", "inplace", "export", "format", "dynamic", "shape", "max_det"})
+
+
+def check_layer_settings(model: nn.Module, path: str | Path) -> None:
+    """Refuse a model whose layers are not the ones its model dict builds: the dict is built again (and folded as the
+    file says, ``fuse`` or ``deploy``) and every layer must be of the same class, in the same place, with the same
+    plain settings (a pooling kernel, a conv's padding, a BN's eps, a block's shortcut flag). A file edited after
+    saving -- an SPPF pooling kernel 5 changed to 3 -- runs, scores other boxes, and trains or resumes as the dict's
+    layers (``yolo train model=x.pt`` rebuilds them), without a word.
+
+    Raises:
+        CheckpointError: Naming the layer, the setting, what the file holds and what the model dict builds.
+    """
+    from ultralytics.nn.tasks import DetectionModel
+
+    from ibra_yolo.deployment import deploy, fuse_bn
+    from ibra_yolo.nn.builder import FOLDED_KEY
+
+    layers = getattr(model, "model", None)
+    if not isinstance(layers, nn.Sequential):
+        return
+    spec = {k: v for k, v in model.yaml.items() if k != FOLDED_KEY}
+    try:  # as `yolo train model=x.pt` builds it (Ultralytics' BN eps and momentum included)
+        built = DetectionModel(spec, ch=spec.get("channels", 3), verbose=False).model
+        if model.yaml.get(FOLDED_KEY) in ("bn", "all"):
+            (fuse_bn if model.yaml[FOLDED_KEY] == "bn" else deploy)(built)
+    except Exception as e:  # noqa: BLE001 - whatever an altered dict makes the builder raise: one line
+        line = str(e).strip().splitlines()[0][:300] if str(e).strip() else type(e).__name__
+        raise CheckpointError(f"{path}: its model dict builds no model (the file was altered?): {line}") from None
+    held, want = (layer_settings(m, "model", tensors=False) for m in (layers, built))  # strides: _check_structure
+    for key in {**want, **held}:
+        layer, _, setting = key.rpartition(".")
+        if key.endswith(" (class)"):
+            if held.get(key) != want.get(key):
+                what, builds = (_a(d[key]) if key in d else "no such layer" for d in (held, want))
+                raise CheckpointError(
+                    f"{path}: {key.removesuffix(' (class)')} is {what}, but its model dict builds {builds} there: the "
+                    f"file was altered after it was saved, and training or resuming from it would rebuild the dict's "
+                    f"layers"
+                )
+        elif key in want and setting not in RUN_TIME_SETTINGS and held.get(key, "absent") != want[key]:
+            raise CheckpointError(
+                f"{path}: {layer} ({held.get(layer + ' (class)')}) holds {setting}={held.get(key, 'absent'):.80}, but "
+                f"its model dict builds {setting}={want[key]:.80}: the file was altered after it was saved, and "
+                f"training or resuming from it would rebuild the dict's layers"
+            )
+
+
+def _a(name: str) -> str:
+    return f"{'an' if name[:1] in 'AEIOU' else 'a'} {name}"
+
+
 def _check_structure(model: nn.Module, path: str | Path) -> None:
     """The model dict is there, there is a class name per class, and the model runs on one blank image: a layer
     altered out of step with its neighbours (a neuron's ``T``, a head's ``nc`` or ``reg_max``, a conv stride of 0)
@@ -214,3 +293,4 @@ def check_model_state(model: nn.Module, path: str | Path, ckpt: dict | None = No
     _check_names(model, path)
     _check_structure(model, path)
     check_yaml_neuron(model, path)  # after _check_structure, which checks that the model dict is a dict
+    check_layer_settings(model, path)

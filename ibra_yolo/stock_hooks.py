@@ -59,10 +59,15 @@ def unfolded_weights(original, self, weights, *args, **kwargs):
     """``BaseModel.load`` (how the stock trainer applies ``pretrained=``) that refuses a folded model's weights: its
     BNs and re-parameterisable branches are merged into its convs, so few tensors would transfer (74 of 755 for an
     n model), reported only in the stock "Transferred" line."""
+    _check_pretrained(self, weights.get("model") if isinstance(weights, dict) else weights)
+    return original(self, weights, *args, **kwargs)
+
+
+def _check_pretrained(built, model) -> None:
+    """Weights ``model`` can start the training of ``built``: not folded, and their model dict describes them."""
     from ibra_yolo.errors import FoldedModelError
     from ibra_yolo.nn.builder import FOLDED_KEY
 
-    model = weights.get("model") if isinstance(weights, dict) else weights
     spec = getattr(model, "yaml", None)
     if isinstance(spec, dict) and spec.get(FOLDED_KEY):
         name = getattr(model, "pt_path", None) or spec.get("yaml_file") or "the weights"
@@ -71,8 +76,20 @@ def unfolded_weights(original, self, weights, *args, **kwargs):
             f"deploy): their BNs and branches are merged into the convs, so few of this model's tensors would take "
             f"them; pass the checkpoint they were folded from"
         )
-    _check_dict_describes_layers(self, model)
-    return original(self, weights, *args, **kwargs)
+    _check_dict_describes_layers(built, model)
+
+
+def _check_pretrained_file(built, pretrained) -> None:
+    """``pretrained=<file>`` of a training run, checked before the trainer makes its run folder: a refusal then
+    leaves nothing behind (the stock trainer applies it after writing ``args.yaml`` and ``weights/``). A name that is
+    not a file here is left to Ultralytics (it may be a model it downloads). (With ``model=x.pt`` the trainer starts
+    from that file and ignores ``pretrained=``: nothing to check.)"""
+    from ibra_yolo.checkpoints import checkpoint_model, load_checkpoint
+
+    if isinstance(pretrained, (str, Path)) and str(pretrained).endswith(".pt") and Path(pretrained).is_file():
+        model = checkpoint_model(load_checkpoint(pretrained), pretrained)
+        model.pt_path = str(pretrained)  # as Ultralytics' loader names it
+        _check_pretrained(built, model)
 
 
 def _check_dict_describes_layers(built, source) -> None:
@@ -118,6 +135,9 @@ def unfolded_training(original, self, *args, **kwargs):
             "re-parameterisable branches are gone, so it cannot be trained or resumed; train or resume from the "
             "checkpoint it was folded from"
         )
+    overrides = {**(getattr(self, "overrides", None) or {}), **kwargs}
+    if not (overrides.get("resume") or getattr(self, "ckpt", None)) and getattr(self, "model", None) is not None:
+        _check_pretrained_file(self.model, overrides.get("pretrained"))
     return checkpoint_data_guarded(original, self, *args, **kwargs)
 
 
@@ -189,7 +209,8 @@ def wrap_model_train() -> None:
     """Wrap ``Model.train`` with `unfolded_training`, and ``train``/``val``/``export``/``benchmark`` with
     `checkpoint_data_guarded`, once Ultralytics' ``Model`` class exists. ``register()`` runs right after
     ``ultralytics.nn.tasks`` is imported, often from inside the import of ``ultralytics.engine.model`` (not yet holding
-    ``Model``), so `stock_safe_load` calls this again: a folded model comes from a file."""
+    ``Model``), so `stock_safe_load` (a folded model comes from a file) and `spiking_dict_checked` (``YOLO("x.yaml")``
+    with ``pretrained=``) call it again."""
     module = sys.modules.get("ultralytics.engine.model")
     if module is not None and hasattr(module, "Model"):
         guarded = dict.fromkeys(("val", "export", "benchmark"), checkpoint_data_guarded)
@@ -312,6 +333,7 @@ def spiking_dict_checked(original, self, *args, **kwargs):
         nc = args[2] if len(args) > 2 else kwargs.get("nc")
         ch = cfg.get("channels", args[1] if len(args) > 1 else kwargs.get("ch", 3))  # as the stock constructor
         plan_model({**cfg, **({"nc": nc} if nc else {})}, ch, dict_name(cfg))
+        wrap_model_train()  # YOLO("x.yaml") loads no file: its train() must check pretrained= all the same
     return original(self, *args, **kwargs)
 
 

@@ -914,6 +914,67 @@ def test_a_checkpoint_whose_stride_is_not_its_layers_is_refused(tmp_path, spikin
                 load(str(tmp_path / "stride.pt"))
 
 
+def test_a_layer_other_than_its_model_dict_builds_is_refused(tmp_path, spiking_ckpt):
+    # An SPPF pooling kernel edited from 5 to 3 in a checkpoint loaded and scored other boxes, and training from the
+    # file would rebuild the dict's kernel 5 (battery 19, K61). Every layer is compared, by place, with what the
+    # model dict builds: its class and plain settings (BN eps 0.001 and momentum 0.03 are what Ultralytics sets).
+    from torch import nn
+    from ultralytics import YOLO
+
+    from ibra_yolo.deployment import deploy, fuse_bn
+    from ibra_yolo.spike_mode import set_spike_driven
+
+    def pool(m):
+        return next(x for x in m.modules() if isinstance(x, nn.MaxPool2d))
+
+    for edit, says in (
+        (lambda m: pool(m).__dict__.update(kernel_size=3, padding=1), r"model\.\d+\.pool \(MaxPool2d\) holds kernel_size=3, but its "
+         r"model dict builds kernel_size=5"),
+        (lambda m: setattr(m.model[1].bn, "eps", 0.1), r"model\.1\.bn \(BatchNorm2d\) holds eps=0\.1, but its model "
+         r"dict builds eps=0\.001"),
+        (lambda m: setattr(m.model[3], "extra", nn.ReLU()), r"model\.3\.extra is a ReLU, but its model dict builds no "
+         r"such layer there"),
+        (lambda m: setattr(m.model[1], "bn", nn.Identity()), r"model\.1\.bn is an Identity, but its model dict builds "
+         r"a BatchNorm2d there"),
+    ):  # fmt: skip
+        ckpt = torch.load(spiking_ckpt, weights_only=False)
+        edit(ckpt["model"])
+        torch.save(ckpt, tmp_path / "edited.pt")
+        for load in (YOLO, lambda p: checkpoint_model(load_checkpoint(p), p)):
+            with pytest.raises(CheckpointError, match=r"edited\.pt: " + says + r": the file was altered after it was"):
+                load(str(tmp_path / "edited.pt"))
+    # what fuse_bn, deploy and spike-driven mode change is what the dict's model, folded the same way, holds
+    for name, change in (("fused", fuse_bn), ("deployed", deploy), ("spikes", set_spike_driven)):
+        ckpt = torch.load(spiking_ckpt, weights_only=False)
+        change(ckpt["model"])
+        torch.save(ckpt, tmp_path / f"{name}.pt")
+        assert checkpoint_model(load_checkpoint(tmp_path / f"{name}.pt"), name).yaml.get("folded") == {
+            "fused": "bn", "deployed": "all", "spikes": None}[name]  # fmt: skip
+
+
+def test_a_refused_pretrained_file_leaves_no_run_folder(tmp_path, spiking_ckpt, shapes_data):
+    # The stock trainer applies pretrained= after writing its run folder (args.yaml, weights/): a refused file left
+    # that folder behind, and the corrected rerun went to train2 (battery 19, K17p). It is checked before the trainer.
+    from ultralytics import YOLO
+
+    from ibra_yolo.deployment import deploy
+    from ibra_yolo.errors import FoldedModelError
+
+    ckpt = torch.load(spiking_ckpt, weights_only=False)
+    ckpt["model"].model[1].bn.eps = 0.1
+    torch.save(ckpt, tmp_path / "edited.pt")
+    ckpt = torch.load(spiking_ckpt, weights_only=False)
+    deploy(ckpt["model"])
+    torch.save(ckpt, tmp_path / "folded.pt")
+    for name, error, says in ((
+        "edited.pt", CheckpointError, r"model\.1\.bn \(BatchNorm2d\) holds eps=0\.1"), (
+        "folded.pt", FoldedModelError, r"pretrained weights .*folded\.pt are folded for inference")):  # fmt: skip
+        args = {"data": str(shapes_data), "epochs": 1, "imgsz": 64, "device": "cpu", "project": str(tmp_path / "runs")}
+        with pytest.raises(error, match=says):
+            YOLO("spike-yolo-ilif-n.yaml").train(pretrained=str(tmp_path / name), workers=0, **args)
+        assert not (tmp_path / "runs").exists()
+
+
 def test_pretrained_weights_whose_model_dict_is_not_their_layers_are_refused(spiking_ckpt):
     # `yolo train model=x.pt` builds the model from the file's model dict and loads the file's layers into it: a dict
     # whose scale was edited (n -> s) built a 23 M-parameter network that took 160 of 755 tensors and trained without
