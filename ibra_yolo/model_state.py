@@ -29,6 +29,7 @@ __all__ = (
 )
 
 MAX_STRIDE = 1024  # YOLO heads stride 8-64; the check runs an image of twice the largest stride
+DATASET_SUFFIXES = (".yaml", ".yml", ".zip", ".tar", ".tar.gz", ".tgz")  # what Ultralytics' detection data= takes
 
 
 def check_finite_weights(model: nn.Module, path: str | Path) -> None:
@@ -173,17 +174,18 @@ def check_layer_settings(model: nn.Module, path: str | Path) -> None:
     Raises:
         CheckpointError: Naming the layer, the setting, what the file holds and what the model dict builds.
     """
-    from ultralytics.nn.tasks import DetectionModel
+    from ultralytics.utils.torch_utils import initialize_weights
 
     from ibra_yolo.deployment import deploy, fuse_bn
-    from ibra_yolo.nn.builder import FOLDED_KEY
+    from ibra_yolo.nn.builder import FOLDED_KEY, build_spiking_model
 
     layers = getattr(model, "model", None)
     if not isinstance(layers, nn.Sequential):
         return
     spec = {k: v for k, v in model.yaml.items() if k != FOLDED_KEY}
-    try:  # as `yolo train model=x.pt` builds it (Ultralytics' BN eps and momentum included)
-        built = DetectionModel(spec, ch=spec.get("channels", 3), verbose=False).model
+    try:  # the layers `yolo train model=x.pt` builds (with the BN eps and momentum DetectionModel gives them)
+        built, _ = build_spiking_model(spec, spec.get("channels", 3), verbose=False)
+        initialize_weights(built)
         if model.yaml.get(FOLDED_KEY) in ("bn", "all"):
             (fuse_bn if model.yaml[FOLDED_KEY] == "bn" else deploy)(built)
     except Exception as e:  # noqa: BLE001 - whatever an altered dict makes the builder raise: one line
@@ -259,6 +261,8 @@ def _check_train_args(args: dict, path: str | Path) -> None:
             bad = f"{key} is {value}, not a finite number"
         elif key == "data" and value is not None and not isinstance(value, (str, PurePath)):
             bad = f"data is a {type(value).__name__}, not the name of a dataset YAML"
+        elif key == "data" and value and not _is_dataset(str(value)):
+            bad = f"data is {str(value)!r:.80}, not a dataset YAML, a folder or archive of one, or a dataset name"
         elif key == "imgsz" and not _is_imgsz(value):
             bad = f"imgsz is {value!r:.40}, not a size in pixels (an integer > 0, or two)"
         elif key == "single_cls" and not isinstance(value, bool):
@@ -267,6 +271,15 @@ def _check_train_args(args: dict, path: str | Path) -> None:
             bad = f"task is {value!r:.40}, but the model is a detector (ibra-yolo models detect)"
         if bad:
             raise CheckpointError(f"{path}: train_args {bad} (the file was altered)")
+
+
+def _is_dataset(name: str) -> bool:
+    """What Ultralytics' detection ``data=`` takes: a YAML, a .zip/.tar of a dataset, a URL, a folder holding a YAML,
+    or a bare name (``coco8`` for ``coco8.yaml``) -- not another file (``/etc/passwd`` failed as "Not a YAML file")."""
+    path = Path(name)
+    if name.lower().endswith(DATASET_SUFFIXES) or "://" in name or path.is_dir():
+        return True
+    return not (path.suffix or path.is_file())
 
 
 def _is_imgsz(value) -> bool:

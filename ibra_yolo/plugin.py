@@ -246,15 +246,21 @@ def _running_ultralytics_cli() -> bool:
 
 
 def _one_line_errors(previous):
-    """An excepthook that prints an ``IbraYoloError`` as its one line, Ctrl-C as ``KeyboardInterrupt: interrupted
+    """An excepthook that prints an ``IbraYoloError`` as its one line (also when Ultralytics raised another error
+    from it: the dataset check wraps ours in a ``RuntimeError``), Ctrl-C as ``KeyboardInterrupt: interrupted
     (Ctrl-C)`` (not the traceback of wherever torch was), and hands every other exception on."""
 
     def hook(exc_type, exc, tb):
         from ibra_yolo.errors import IbraYoloError
 
         wanted = os.environ.get("IBRA_YOLO_TRACEBACK", "").strip().lower() not in {"", *_OFF}  # 0/false/no/off: off
-        if issubclass(exc_type, IbraYoloError) and not wanted:
-            print(f"{exc_type.__name__}: {exc}", file=sys.stderr)
+        ours = exc
+        for _ in range(8):  # Ultralytics re-raises some errors as its own (`raise RuntimeError(...) from e`)
+            if ours is None or isinstance(ours, IbraYoloError):
+                break
+            ours = ours.__cause__
+        if isinstance(ours, IbraYoloError) and not wanted:
+            print(f"{type(ours).__name__}: {ours}", file=sys.stderr)
             return
         if issubclass(exc_type, KeyboardInterrupt) and not wanted:
             print("KeyboardInterrupt: interrupted (Ctrl-C)", file=sys.stderr)

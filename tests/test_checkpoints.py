@@ -928,8 +928,8 @@ def test_a_layer_other_than_its_model_dict_builds_is_refused(tmp_path, spiking_c
         return next(x for x in m.modules() if isinstance(x, nn.MaxPool2d))
 
     for edit, says in (
-        (lambda m: pool(m).__dict__.update(kernel_size=3, padding=1), r"model\.\d+\.pool \(MaxPool2d\) holds kernel_size=3, but its "
-         r"model dict builds kernel_size=5"),
+        (lambda m: pool(m).__dict__.update(kernel_size=3, padding=1),
+         r"model\.\d+\.pool \(MaxPool2d\) holds kernel_size=3, but its model dict builds kernel_size=5"),
         (lambda m: setattr(m.model[1].bn, "eps", 0.1), r"model\.1\.bn \(BatchNorm2d\) holds eps=0\.1, but its model "
          r"dict builds eps=0\.001"),
         (lambda m: setattr(m.model[3], "extra", nn.ReLU()), r"model\.3\.extra is a ReLU, but its model dict builds no "
@@ -1017,6 +1017,17 @@ def test_train_args_data_that_is_not_a_dataset_name_is_refused(tmp_path, spiking
     ckpt["train_args"] = {"data": {"path": "/x", "val": "b", "download": "bash touch x"}}
     torch.save(ckpt, tmp_path / "args.pt")
     with pytest.raises(CheckpointError, match=r"args\.pt: train_args data is a dict, not the name of a dataset YAML"):
+        YOLO(tmp_path / "args.pt")
+    # a file that is no dataset (battery 19, K47v: /etc/passwd was Ultralytics' "Not a YAML file" traceback in `yolo
+    # val`); what Ultralytics takes as data= still loads: YAMLs, archives, folders, URLs, bare names (coco8)
+    (tmp_path / "notes.txt").write_text("x")
+    ckpt["train_args"] = {"data": str(tmp_path / "notes.txt")}
+    torch.save(ckpt, tmp_path / "args.pt")
+    with pytest.raises(CheckpointError, match=r"args\.pt: train_args data is '.*notes\.txt', not a dataset YAML, a "):
+        YOLO(tmp_path / "args.pt")
+    for data in ("coco8.yaml", "/x/d.YML", "d.zip", "d.tar.gz", "https://x/d.zip", "coco8", str(tmp_path)):
+        ckpt["train_args"] = {"data": data}
+        torch.save(ckpt, tmp_path / "args.pt")
         YOLO(tmp_path / "args.pt")
     # the other arguments Ultralytics reads back fail deep inside it when they are not what training writes
     # (battery 19: K31 imgsz NaN, R11 epochs NaN, K62 single_cls 'yes', K32 task classify)

@@ -413,3 +413,23 @@ def test_ctrl_c_in_the_yolo_cli_is_one_line(capsys, monkeypatch):
     hook(KeyboardInterrupt, KeyboardInterrupt(), None)
     hook(ValueError, ValueError("x"), None)
     assert handed_on == [KeyboardInterrupt, ValueError]
+
+
+def test_our_error_wrapped_by_ultralytics_is_one_line_in_the_yolo_cli(capsys, monkeypatch):
+    # The stock trainer re-raises a dataset error as `RuntimeError("Dataset ... error ❌ ...") from e`: a resumed run
+    # whose checkpoint named a dataset that may not download printed two tracebacks around our one line (battery 19,
+    # R12). The hook follows `__cause__` to our error; an unrelated cause is handed on untouched.
+    from ibra_yolo import plugin
+    from ibra_yolo.errors import MissingFileError
+
+    handed_on = []
+    hook = plugin._one_line_errors(lambda *exc: handed_on.append(exc[1]))
+    monkeypatch.delenv("IBRA_YOLO_TRACEBACK", raising=False)
+    wrapped = RuntimeError("Dataset 'evil.yaml' error ❌ dataset evil.yaml comes from the checkpoint")
+    wrapped.__cause__ = MissingFileError("dataset evil.yaml comes from the checkpoint")
+    hook(RuntimeError, wrapped, None)
+    assert capsys.readouterr().err == "MissingFileError: dataset evil.yaml comes from the checkpoint\n"
+    other = RuntimeError("Dataset 'x.yaml' error ❌ 'x.yaml' does not exist")
+    other.__cause__ = FileNotFoundError("'x.yaml' does not exist")
+    hook(RuntimeError, other, None)
+    assert handed_on == [other] and capsys.readouterr().err == ""
