@@ -71,7 +71,9 @@ _DTYPES = {str(d).removeprefix("torch."): d for d in {*_STORAGE_DTYPES.values(),
 
 
 class _NoCall(type):
-    """Metaclass of the stand-ins: calling one, which is how a pickle runs a function, is refused."""
+    """Metaclass of the stand-ins: calling one, which is how a pickle runs a function, is refused; so is writing into
+    one (``SETITEM``/``BUILD`` on the class a pickle names, not on an object it made), which is how a pickle would
+    change a global of the program (``ultralytics.utils.DEFAULT_CFG_DICT['data'] = ...``)."""
 
     def __call__(cls, *args, **kwargs):
         raise _refused(
@@ -81,9 +83,35 @@ class _NoCall(type):
             "calls",
         )
 
+    def __setitem__(cls, key, value):
+        raise _writes_global(cls)
+
+
+def _writes_global(cls) -> UnsafePickleError:
+    return _refused(
+        f"the checkpoint's pickle writes into {cls.qualname} itself (a global of the program it names, not an object "
+        "it built): refused, nothing was changed (the file may be malicious)",
+        cls.qualname,
+        "writes",
+    )
+
+
+class _OnInstances:
+    """``__setstate__`` for objects a pickle made; read on the class itself (a pickle's ``BUILD`` on a global it
+    names), a function that refuses (`_writes_global`)."""
+
+    def __init__(self, method):
+        self.method = method
+
+    def __get__(self, obj, cls):
+        if obj is None:
+            return lambda *args: (_ for _ in ()).throw(_writes_global(cls))
+        return self.method.__get__(obj, cls)
+
 
 def _refused(message: str, name: str, how: str) -> UnsafePickleError:
-    """An `UnsafePickleError` that also says what was refused: ``refused = (name, "names", "calls" or "hooks")``."""
+    """An `UnsafePickleError` that also says what was refused: ``refused = (name, "names", "calls", "writes" or
+    "hooks")``."""
     e = UnsafePickleError(message)
     e.refused = (name, how)
     return e
@@ -100,6 +128,7 @@ class StandIn(metaclass=_NoCall):
     def __new__(cls, *args, **kwargs):
         return object.__new__(cls)
 
+    @_OnInstances
     def __setstate__(self, state):
         self.__dict__["state"] = state
 

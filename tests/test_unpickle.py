@@ -3,6 +3,7 @@
 import collections
 import os
 import pickle
+import re
 import zipfile
 from pathlib import Path, PosixPath
 
@@ -191,3 +192,34 @@ def test_allowed_data_calls_build_nothing_and_their_results_cannot_be_called(tmp
     torch.save({"w": torch.arange(6.0).reshape(2, 3).t()}, tmp_path / "t.pt")
     w = read_checkpoint(tmp_path / "t.pt", data=False)["w"]
     assert w.device.type == "meta" and w.shape == (3, 2) and w.stride() == (1, 3)
+
+
+WRITABLE = {"data": "coco8.yaml"}  # a global of the program, as Ultralytics' DEFAULT_CFG_DICT is
+
+
+def _with_pickle(tmp_path, program: bytes) -> Path:
+    """A torch.save file whose data.pkl is replaced by ``program`` (hand-written pickle opcodes)."""
+    torch.save({}, tmp_path / "base.pt")
+    path = tmp_path / "evil.pt"
+    with zipfile.ZipFile(tmp_path / "base.pt") as src, zipfile.ZipFile(path, "w") as dst:
+        for item in src.infolist():
+            dst.writestr(item, program if item.filename.endswith("/data.pkl") else src.read(item))
+    return path
+
+
+def test_a_pickle_that_writes_into_a_global_is_refused(tmp_path):
+    # A pickle can name a global (GLOBAL) and write into it (SETITEM, or BUILD on the class itself): the stock
+    # unpickler sets DEFAULT_CFG_DICT['data'] for every later command. The reader's stand-ins refuse the write, and
+    # the message says what it is (battery 19, K01/K03/K04 called such files "damaged").
+    setitem = b"\x80\x02ctest_unpickle\nWRITABLE\nX\x04\x00\x00\x00dataX\x04\x00\x00\x00evils0}."  # g['data']='evil'
+    path = _with_pickle(tmp_path, setitem)
+    says = "the checkpoint's pickle writes into test_unpickle.WRITABLE itself (a global of the program it names"
+    with pytest.raises(UnsafePickleError, match=re.escape(says)):
+        read_checkpoint(path)
+    assert WRITABLE == {"data": "coco8.yaml"}
+    pickle.loads(setitem)  # the payload is real: the stock unpickler writes the global
+    assert WRITABLE == {"data": "evil"}
+    WRITABLE["data"] = "coco8.yaml"
+    build = b"\x80\x02ctest_unpickle\nModule\n}X\x01\x00\x00\x00xK\x01sb0}."  # BUILD {'x': 1} on the class itself
+    with pytest.raises(UnsafePickleError, match=re.escape("pickle writes into test_unpickle.Module itself")):
+        read_checkpoint(_with_pickle(tmp_path, build))
