@@ -67,11 +67,20 @@ def _loader_files(source: str | list[str], what: str) -> list[str]:
     if isinstance(source, str) and Path(source).exists() and not (Path(source).is_file() or Path(source).is_dir()):
         raise IbraYoloError(f"{what} {source} is not a file or folder (a device or FIFO): pass images")
     try:
-        loader = LoadImagesAndVideos(source)
+        loader = LoadImagesAndVideos([_literal(x) for x in source] if isinstance(source, list) else _literal(source))
     except FileNotFoundError as e:
         raise MissingFileError(f"{what} {source}: {_one_line(e)}") from None
     loader.close()  # a video capture opened on construction
     return loader.files[: loader.ni]  # images come first
+
+
+def _literal(path: str) -> str:
+    """``path`` for ``LoadImagesAndVideos``, which takes a name holding ``*`` as a glob pattern (as ``yolo predict``
+    does, and so do we): a pattern that matches nothing but names an existing image or folder (``img[1]*.png``: the
+    ``[1]`` matches only ``1``) was "No images or videos found"; that name is escaped to be read as it is."""
+    if "*" not in path or not Path(path).exists() or glob.glob(path, recursive=True):
+        return path
+    return str(Path(glob.escape(path)) / "*.*") if Path(path).is_dir() else glob.escape(path)
 
 
 def list_images(source: str | Path | list | tuple, split: str = "val") -> list[str]:
@@ -97,7 +106,8 @@ def list_images(source: str | Path | list | tuple, split: str = "val") -> list[s
         entries = d[split] if isinstance(d[split], list) else [d[split]]
         files = []
         for e in map(Path, entries):  # as YOLODataset.get_img_files: folders recursively, list files line by line
-            files += _loader_files(str(e / "**" / "*.*") if e.is_dir() else str(e), f"{split} split of {source}:")
+            pattern = str(Path(glob.escape(str(e))) / "**" / "*.*")  # a folder named set[1] is a folder, no pattern
+            files += _loader_files(pattern if e.is_dir() else str(e), f"{split} split of {source}:")
         files = sorted(files)
     else:
         files = _loader_files(str(source), "source")

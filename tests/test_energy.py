@@ -467,6 +467,15 @@ def test_a_file_named_like_a_glob_is_measured_once(tmp_path):
     assert sum(len(b) for b in image_batches(files, 32, 4)) == 2
     model = tiny(nn.Conv2d(4, 6, 1, bias=False), lif7())
     assert measure(model, str(tmp_path / "a*b.png"), imgsz=32, progress=False).summary()["images"] == 2
+    # a pattern that matches nothing but is the name of an image or folder (the [1] of img[1]*.png matches only "1")
+    # is that image or folder, not "No images found" (battery 19, E06); a folder named set[1] is a folder
+    folder = tmp_path / "set[1]" / "x*"
+    folder.mkdir(parents=True)
+    cv2.imwrite(str(folder / "img[1]*.png"), np.zeros((8, 8, 3), np.uint8))
+    assert list_images(str(folder / "img[1]*.png")) == [str(folder / "img[1]*.png")]
+    assert list_images(str(folder)) == [str(folder / "img[1]*.png")]
+    (tmp_path / "d.yaml").write_text(f"path: {tmp_path / 'set[1]'}\ntrain: x*\nval: x*\nnames: {{0: a}}\n")
+    assert list_images(tmp_path / "d.yaml") == [str(folder / "img[1]*.png")]
 
 
 # ----------------------------------------------------------------------------------------------------------------------
