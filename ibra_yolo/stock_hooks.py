@@ -86,10 +86,14 @@ def _check_pretrained_file(built, pretrained) -> None:
     from that file and ignores ``pretrained=``: nothing to check.)"""
     from ibra_yolo.checkpoints import checkpoint_model, load_checkpoint
 
-    if isinstance(pretrained, (str, Path)) and str(pretrained).endswith(".pt") and Path(pretrained).is_file():
-        model = checkpoint_model(load_checkpoint(pretrained), pretrained)
-        model.pt_path = str(pretrained)  # as Ultralytics' loader names it
-        _check_pretrained(built, model)
+    if not (isinstance(pretrained, (str, Path)) and str(pretrained).endswith(".pt") and Path(pretrained).is_file()):
+        return
+    ckpt = load_checkpoint(pretrained)  # read safely: a hostile file is refused here, before any folder exists
+    if not any(_is_ours(ckpt.get(k)) for k in ("model", "ema")):
+        return  # a stock model's weights: what the stock trainer does with them is unchanged
+    model = checkpoint_model(ckpt, pretrained)
+    model.pt_path = str(pretrained)  # as Ultralytics' loader names it
+    _check_pretrained(built, model)
 
 
 def _check_dict_describes_layers(built, source) -> None:

@@ -966,13 +966,15 @@ def test_a_refused_pretrained_file_leaves_no_run_folder(tmp_path, spiking_ckpt, 
     ckpt = torch.load(spiking_ckpt, weights_only=False)
     deploy(ckpt["model"])
     torch.save(ckpt, tmp_path / "folded.pt")
+    torch.save({"model": Evil(tmp_path), "train_args": {}}, tmp_path / "evil.pt")
     for name, error, says in ((
         "edited.pt", CheckpointError, r"model\.1\.bn \(BatchNorm2d\) holds eps=0\.1"), (
-        "folded.pt", FoldedModelError, r"pretrained weights .*folded\.pt are folded for inference")):  # fmt: skip
+        "folded.pt", FoldedModelError, r"pretrained weights .*folded\.pt are folded for inference"), (
+        "evil.pt", UnsafePickleError, r"evil\.pt refers to posix\.system")):  # fmt: skip
         args = {"data": str(shapes_data), "epochs": 1, "imgsz": 64, "device": "cpu", "project": str(tmp_path / "runs")}
         with pytest.raises(error, match=says):
             YOLO("spike-yolo-ilif-n.yaml").train(pretrained=str(tmp_path / name), workers=0, **args)
-        assert not (tmp_path / "runs").exists()
+        assert not (tmp_path / "runs").exists() and not (tmp_path / "MARKER").exists()
 
 
 def test_pretrained_weights_whose_model_dict_is_not_their_layers_are_refused(spiking_ckpt):
