@@ -274,12 +274,13 @@ def _check_train_args(args: dict, path: str | Path) -> None:
 
 
 def _is_dataset(name: str) -> bool:
-    """What Ultralytics' detection ``data=`` takes: a YAML, a .zip/.tar of a dataset, a URL, a folder holding a YAML,
-    or a bare name (``coco8`` for ``coco8.yaml``) -- not another file (``/etc/passwd`` failed as "Not a YAML file")."""
+    """What Ultralytics' detection ``data=`` can take: a name that is not here (``coco8``, ``DOTAv1.5``, a URL:
+    Ultralytics resolves it, or says it is missing), a folder, or a YAML or .zip/.tar file -- not another file
+    (``/etc/passwd`` failed as "Not a YAML file") nor a device (``/dev/zero`` would be read without end)."""
     path = Path(name)
-    if name.lower().endswith(DATASET_SUFFIXES) or "://" in name or path.is_dir():
+    if not path.exists():
         return True
-    return not (path.suffix or path.is_file())
+    return path.is_dir() or (path.is_file() and name.lower().endswith(DATASET_SUFFIXES))
 
 
 def _is_imgsz(value) -> bool:

@@ -1027,7 +1027,13 @@ def test_train_args_data_that_is_not_a_dataset_name_is_refused(tmp_path, spiking
     torch.save(ckpt, tmp_path / "args.pt")
     with pytest.raises(CheckpointError, match=r"args\.pt: train_args data is '.*notes\.txt', not a dataset YAML, a "):
         YOLO(tmp_path / "args.pt")
-    for data in ("coco8.yaml", "/x/d.YML", "d.zip", "d.tar.gz", "https://x/d.zip", "coco8", str(tmp_path)):
+    ckpt["train_args"] = {"data": "/dev/zero"}  # read as YAML without end
+    torch.save(ckpt, tmp_path / "args.pt")
+    with pytest.raises(CheckpointError, match=r"args\.pt: train_args data is '/dev/zero', not a dataset YAML, a "):
+        YOLO(tmp_path / "args.pt")
+    (tmp_path / "d.tar.gz").write_bytes(b"x")
+    for data in ("coco8.yaml", "/x/d.YML", "d.zip", str(tmp_path / "d.tar.gz"), "https://x/d.zip", "DOTAv1.5",
+                 str(tmp_path)):  # fmt: skip
         ckpt["train_args"] = {"data": data}
         torch.save(ckpt, tmp_path / "args.pt")
         YOLO(tmp_path / "args.pt")
