@@ -9,6 +9,9 @@ half the seed spread (max - min) / 2, every seed, and the ratio of the mean to t
 
 Runs are independent processes (``--jobs`` at a time, one CPU thread each, as Ultralytics trains on a 2-core CPU);
 a finished run is never repeated (its ``result.json`` is reused), so an interrupted benchmark resumes where it stopped.
+On an x86 CPU the runs pin torch's and oneDNN's kernels to AVX2, as the demo does (``ibra_yolo.cli.demo.
+pinned_kernels``): a seed then trains the same weights on an AVX-512 machine as on an AVX2 one, so rows measured on
+different machines compare. The working folder records the pinning and refuses runs made otherwise.
 
 Usage (from the repository root):
     python -m benchmarks.ablation                         # all variants, seeds 0 1 2, 2 runs at a time
@@ -33,9 +36,10 @@ from pathlib import Path
 import yaml
 
 from benchmarks.common import write_readme_section
+from ibra_yolo.cli.demo import pinned_kernels
 
 ROOT = Path(__file__).resolve().parents[1]
-ENV = {**os.environ, "YOLO_OFFLINE": "1", "YOLO_AUTOINSTALL": "0", "OMP_NUM_THREADS": "1"}
+ENV = {**os.environ, "YOLO_OFFLINE": "1", "YOLO_AUTOINSTALL": "0", "OMP_NUM_THREADS": "1", **pinned_kernels("cpu")}
 
 # name: (base YAML, neuron override or None, extra `yolo train` arguments, what it asks)
 VARIANTS = {
@@ -56,6 +60,12 @@ VARIANTS = {
     "ibra-D16": ("spike-yolo-ibra.yaml", {"kind": "IBRALIF", "D": 16.0, "N": 100}, {}, "a much wider range"),
     "ibra-D32": ("spike-yolo-ibra.yaml", {"kind": "IBRALIF", "D": 32.0, "N": 100}, {}, "wider still (M 3,200)"),
     "ibra-lr": ("spike-yolo-ibra.yaml", None, {"optimizer": "AdamW", "lr0": 0.002}, "the demo's AdamW lr0 0.002"),
+    "ibra-D16-lr": (
+        "spike-yolo-ibra.yaml",
+        {"kind": "IBRALIF", "D": 16.0, "N": 100},
+        {"optimizer": "AdamW", "lr0": 0.002},
+        "D 16 and the demo's AdamW lr0 0.002",
+    ),
     "ann-lr": ("spike-yolo-ann.yaml", None, {"optimizer": "AdamW", "lr0": 0.002}, "the demo's AdamW lr0 0.002"),
 }
 
@@ -175,6 +185,10 @@ def table(results: dict[str, list[dict]]) -> str:
     return "\n".join(lines)
 
 
+def _kernels(pinned: dict[str, str]) -> str:
+    return "CPU kernels " + ("pinned: " + " ".join(f"{k}={v}" for k, v in pinned.items()) if pinned else "not pinned")
+
+
 def main(argv=None) -> int:
     p = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     p.add_argument("--dataset", choices=list(DATASETS), default="shapes", help="shapes (demo data) or digits")
@@ -197,8 +211,11 @@ def main(argv=None) -> int:
         setattr(a, key, value if getattr(a, key) is None else getattr(a, key))
     out = Path(a.out).resolve()
     settings = {k: getattr(a, k) for k in ("dataset", "epochs", "imgsz", "batch", "scale", "n_train", "n_val")}
+    settings["kernels"] = {k: ENV[k] for k in ("ATEN_CPU_CAPABILITY", "ONEDNN_MAX_CPU_ISA") if k in ENV}
     stamp = out / "settings.json"
-    if stamp.is_file() and json.loads(stamp.read_text()) != settings:
+    if a.report and stamp.is_file():  # nothing is trained: the table states the kernels the runs were made with
+        settings["kernels"] = json.loads(stamp.read_text()).get("kernels", {})
+    if stamp.is_file() and {"kernels": {}, **json.loads(stamp.read_text())} != settings:  # older folders: unpinned
         raise SystemExit(f"error: {out} holds runs made with other settings ({stamp}): choose another --out")
     out.mkdir(parents=True, exist_ok=True)
     stamp.write_text(json.dumps(settings))
@@ -221,7 +238,8 @@ def main(argv=None) -> int:
                   f"train {r['train_s'] / 60:.1f} min", flush=True)  # fmt: skip
     md = (
         f"\n### Ablations on {what} ({date.today()}; scale {a.scale}, {a.epochs} epochs at {a.imgsz} px, batch "
-        f"{a.batch}, {a.n_train} train / {a.n_val} val images, seeds {', '.join(map(str, a.seeds))}; stock "
+        f"{a.batch}, {a.n_train} train / {a.n_val} val images, seeds {', '.join(map(str, a.seeds))}; "
+        f"{_kernels(settings['kernels'])}; stock "
         f"Ultralytics training defaults unless the row says otherwise; pycocotools)\n\n"
         + table(results)
         + "\n\n± is half the seed spread (max − min) / 2; × ANN twin is the ratio of the means. clip% / hi%: share of "
