@@ -203,6 +203,7 @@ def main(argv=None) -> int:
     p.add_argument("--jobs", type=int, default=2, help="runs at a time (one CPU thread each)")
     p.add_argument("--out", default="runs/ablation-benchmark", help="working folder; finished runs are reused")
     p.add_argument("--readme", help="also rewrite the ablation section of this README (between its markers)")
+    p.add_argument("--section", help="the README section's marker name; default ablation-<dataset>")
     p.add_argument("--report", action="store_true", help="train nothing: tabulate the finished runs in --out")
     a = p.parse_args(argv)
 
@@ -249,7 +250,7 @@ def main(argv=None) -> int:
     print(md)
     (out / "ablation.json").write_text(json.dumps(results, indent=1))
     if a.readme:
-        write_readme_section(md, a.readme, f"ablation-{a.dataset}")
+        write_readme_section(md, a.readme, a.section or f"ablation-{a.dataset}")
     return 0
 
 
