@@ -15,7 +15,7 @@ import importlib.abc
 import os
 import sys
 
-__all__ = ("install", "enabled", "after_import")
+__all__ = ("install", "enabled", "after_import", "run_pending")
 
 TARGET = "ultralytics.nn.tasks"
 
@@ -63,9 +63,47 @@ class _Finder(importlib.abc.MetaPathFinder):
         return None
 
 
+# (module, callback) pairs whose module was still executing when they were asked for (see `after_import`)
+_PENDING: list[tuple[str, object]] = []
+
+
+def _initializing(module: str) -> bool:
+    """True while ``module`` is in ``sys.modules`` but its code is still running (importlib's flag on its spec)."""
+    return bool(getattr(getattr(sys.modules.get(module), "__spec__", None), "_initializing", False))
+
+
+def run_pending() -> None:
+    """Call the `after_import` callbacks whose module has finished executing since they were asked for."""
+    for item in list(_PENDING):
+        if item in _PENDING and not _initializing(item[0]):
+            _PENDING.remove(item)
+            item[1]()
+
+
+class _PendingFinder(importlib.abc.MetaPathFinder):
+    """Finds nothing; on every import it runs the pending callbacks whose module has finished (`run_pending`)."""
+
+    def find_spec(self, fullname, path=None, target=None):
+        if _PENDING:
+            run_pending()
+        return None
+
+
 def after_import(module: str, callback) -> None:
-    """Call ``callback()`` right after ``module`` is first imported (now, if it is imported already)."""
-    if module in sys.modules:
+    """Call ``callback()`` right after ``module`` is first imported (now, if it is imported already).
+
+    A module that is being imported right now -- ``from ultralytics.engine.trainer import BaseTrainer`` as a program's
+    first import executes the trainer module, which imports ``ultralytics.nn.tasks``, which registers the plugin
+    before the trainer module has defined ``BaseTrainer`` -- is not ready: its callback waits until the module has
+    finished, and runs at the next import anywhere, or when `run_pending` is called (the plugin's wrappers of
+    ``Model.train`` and ``DetectionModel`` do, before any trainer is made).
+    """
+    if module in sys.modules and _initializing(module):
+        if (module, callback) not in _PENDING:
+            _PENDING.append((module, callback))
+        if not any(isinstance(f, _PendingFinder) for f in sys.meta_path):
+            sys.meta_path.insert(0, _PendingFinder())
+    elif module in sys.modules:
         callback()
     elif not any(isinstance(f, _Finder) and f.target == module and f.callback == callback for f in sys.meta_path):
         sys.meta_path.insert(0, _Finder(module, callback))

@@ -215,6 +215,9 @@ def wrap_model_train() -> None:
     ``ultralytics.nn.tasks`` is imported, often from inside the import of ``ultralytics.engine.model`` (not yet holding
     ``Model``), so `stock_safe_load` (a folded model comes from a file) and `spiking_dict_checked` (``YOLO("x.yaml")``
     with ``pretrained=``) call it again."""
+    from ibra_yolo._autoload import run_pending
+
+    run_pending()  # hooks of a module that was still executing when the plugin registered (e.g. the trainer's)
     module = sys.modules.get("ultralytics.engine.model")
     if module is not None and hasattr(module, "Model"):
         guarded = dict.fromkeys(("val", "export", "benchmark"), checkpoint_data_guarded)

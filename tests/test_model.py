@@ -308,6 +308,22 @@ def test_importing_ultralytics_leaves_excepthook_alone(python):
     assert run([python, "-c", code]).stdout.split()[-2:] == ["True", "True"]
 
 
+@pytest.mark.parametrize("first", ["ultralytics.engine.trainer", "ultralytics.data.utils", "ultralytics"])
+def test_any_ultralytics_module_may_be_imported_first(python, first):
+    # `from ultralytics.engine.trainer import BaseTrainer` as a program's first import (a custom trainer) crashed with
+    # the plugin armed: the trainer module imports ultralytics.nn.tasks, which registered the plugin while the trainer
+    # module had not yet defined BaseTrainer ("partially initialized module"). A module still executing gets its
+    # hooks once it has finished: at the next import, or when a model is built.
+    code = (
+        f"import importlib; importlib.import_module({first!r}); from ultralytics import YOLO;"
+        "from ultralytics.engine.trainer import BaseTrainer; import ultralytics.data.utils as du;"
+        "YOLO('spike-yolo-ibra-n.yaml');"  # our YAML builds: the plugin is registered
+        "print(hasattr(BaseTrainer.check_resume, '__ibra_yolo_original__'),"
+        "     hasattr(du.check_det_dataset, '__ibra_yolo_original__'))"
+    )
+    assert run([python, "-c", code]).stdout.split()[-2:] == ["True", "True"]
+
+
 WRAPPED = ("parse_model", "yaml_model_load")
 ULTRALYTICS_MODULES = (  # the modules the stock CLI, training, validation, prediction and export run through
     "ultralytics", "ultralytics.cfg", "ultralytics.engine.model", "ultralytics.engine.trainer",
