@@ -208,6 +208,19 @@ def check_layer_settings(model: nn.Module, path: str | Path) -> None:
                 f"its model dict builds {setting}={want[key]:.80}: the file was altered after it was saved, and "
                 f"training or resuming from it would rebuild the dict's layers"
             )
+    for name, m in layers.named_modules(prefix="model"):  # a setting the class holds, shadowed in the file's layer
+        for key, value in vars(m).items():
+            default = getattr(type(m), key, None)
+            if key.startswith("_") or key in RUN_TIME_SETTINGS or f"{name}.{key}" in want or default is None:
+                continue
+            if isinstance(default, (bool, int, float, str, tuple)) and (
+                type(value) is not type(default) or value != default
+            ):
+                raise CheckpointError(
+                    f"{path}: {name} ({type(m).__name__}) holds {key}={value!r:.80}, but its class gives "
+                    f"{key}={default!r} and its model dict sets no other: the file was altered after it was saved "
+                    f"(e.g. xyxy=True decodes every box in another format)"
+                )
 
 
 def _a(name: str) -> str:
