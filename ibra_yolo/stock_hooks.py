@@ -142,7 +142,50 @@ def unfolded_training(original, self, *args, **kwargs):
     overrides = {**(getattr(self, "overrides", None) or {}), **kwargs}
     if not (overrides.get("resume") or getattr(self, "ckpt", None)) and getattr(self, "model", None) is not None:
         _check_pretrained_file(self.model, overrides.get("pretrained"))
+    if overrides.get("resume") is True and isinstance(getattr(self, "ckpt", None), dict) and _is_ours(self.model):
+        _check_resumable(self.ckpt, getattr(self, "ckpt_path", None) or "the checkpoint")
     return checkpoint_data_guarded(original, self, *args, **kwargs)
+
+
+def _check_resumable(ckpt: dict, name) -> None:
+    """``resume=True`` on one of our checkpoints: the training state it continues is one a run saves. Stock
+    Ultralytics started a *new* training on its default dataset (coco8, downloading it) when the file held no
+    optimizer state or a negative epoch, asserted with a traceback when the run had finished, and resumed silently
+    from a NaN ``best_fitness`` (``best.pt`` was then never written) or NaN optimizer moments (NaN losses)."""
+    import math
+    from numbers import Real
+
+    from ibra_yolo.errors import CheckpointError, NonFiniteError
+
+    epoch, optimizer, fitness = ckpt.get("epoch", -1), ckpt.get("optimizer"), ckpt.get("best_fitness")
+    epochs = (ckpt.get("train_args") or {}).get("epochs")
+    if not isinstance(epoch, int) or isinstance(epoch, bool) or epoch < -1:
+        raise CheckpointError(f"{name}: its epoch is {epoch!r:.40}, which no training run saves (the file was altered)")
+    if epoch < 0 or not isinstance(optimizer, dict):
+        raise CheckpointError(
+            f"{name} is not a resumable checkpoint: it holds epoch {epoch} and {'an' if optimizer else 'no'} optimizer "
+            f"state (a finished run strips both from best.pt and last.pt); resume=True continues an interrupted run "
+            f"from its weights/last.pt: to train again from these weights, leave out resume=True"
+        )
+    if isinstance(epochs, int) and epoch + 1 >= epochs:
+        raise CheckpointError(
+            f"{name}: its run finished all {epochs} epochs (it saved epoch {epoch + 1}), so there is nothing to "
+            f"resume: to train on from these weights, leave out resume=True (and set epochs=)"
+        )
+    if fitness is not None and (
+        not isinstance(fitness, Real) or isinstance(fitness, bool) or not math.isfinite(fitness)
+    ):
+        raise CheckpointError(
+            f"{name}: its best_fitness is {fitness!r:.40}, not a finite number: a resumed run would never save "
+            f"best.pt (the file was altered)"
+        )
+    for i, state in (optimizer.get("state") or {}).items() if isinstance(optimizer.get("state"), dict) else ():
+        for key, t in state.items() if isinstance(state, dict) else ():
+            if hasattr(t, "isfinite") and t.is_floating_point() and not bool(t.isfinite().all()):
+                raise NonFiniteError(
+                    f"{name}: its optimizer state holds NaN or infinite values ({key} of parameter {i}): resuming "
+                    f"would train on NaN losses (the file was altered, or the run had diverged)"
+                )
 
 
 # the dataset names (``data=``) that the running Model call took from its checkpoint's train_args, not from the user
@@ -196,9 +239,12 @@ def resume_in_place(original, self, overrides, *args, **kwargs):
     if getattr(self.args, "resume", None) and not given and isinstance(self.args.data, (str, Path)):
         _FROM_CHECKPOINT.names = getattr(_FROM_CHECKPOINT, "names", frozenset()) | {str(self.args.data)}
     last, stored = getattr(self.args, "resume", None), getattr(self.args, "save_dir", None)
-    if last and isinstance(last, (str, Path)) and stored and "save_dir" not in (overrides or {}):
+    if last and isinstance(last, (str, Path)) and "save_dir" not in (overrides or {}):
         here = Path(last).resolve().parent  # a run saves save_dir/weights/last.pt
         here = here.parent if here.name == "weights" else here
+        if not stored:  # no save_dir: Ultralytics would make project/name, a folder the file chose (or name-2)
+            self.args.save_dir = str(here)
+            return result
         there = Path(str(stored)).resolve()
         if there != here:  # an existing folder would lose files; a new one would hide the run where none looks
             raise OutputExistsError(

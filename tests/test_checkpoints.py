@@ -860,6 +860,44 @@ def test_resume_does_not_write_into_another_run_folder(tmp_path, spiking_ckpt):
     with pytest.raises(OutputExistsError, match=r"says its run folder is .*elsewhere \(train_args save_dir\), not the"):
         YOLO(last).train(resume=True, device="cpu")
     assert not (tmp_path / "elsewhere").exists()
+    # no save_dir (or an empty one): Ultralytics made project/name, a folder the file chose (battery 20, R20/R23);
+    # the run resumes beside its checkpoint (here it then stops: the checkpoint's dataset x.yaml is not there)
+    for stored in ({}, {"save_dir": ""}):
+        ckpt["train_args"] = {"data": "x.yaml", "imgsz": 32, "task": "detect", "epochs": 2, **stored,
+                              "project": str(tmp_path), "name": "chosen"}  # fmt: skip
+        torch.save(ckpt, last)
+        with pytest.raises(RuntimeError, match=r"dataset x\.yaml comes from the checkpoint"):  # the trainer wraps it
+            YOLO(last).train(resume=True, device="cpu")
+        assert not (tmp_path / "chosen").exists() and not (tmp_path / "chosen2").exists()
+        assert sorted(p.name for p in tmp_path.iterdir()) == ["run", "victim"]
+
+
+def test_resume_takes_only_the_training_state_a_run_saves(tmp_path, spiking_ckpt):
+    # resume=True on a file without optimizer state or with epoch < 0 started a NEW training on Ultralytics' default
+    # dataset (coco8, downloading it); a finished run was an AssertionError traceback; a NaN best_fitness resumed and
+    # never saved best.pt, NaN optimizer moments trained on NaN losses (battery 20, R21/R22/R24)
+    from ultralytics import YOLO
+
+    from ibra_yolo.errors import NonFiniteError
+
+    ckpt = torch.load(spiking_ckpt, weights_only=False)
+    ckpt["train_args"] = {"data": "x.yaml", "imgsz": 32, "task": "detect", "epochs": 4}
+    sgd = torch.optim.SGD(ckpt["model"].parameters(), lr=0.01, momentum=0.9)
+    opt = sgd.state_dict()
+    state = {"state": {0: {"momentum_buffer": torch.full((3,), float("nan"))}}, "param_groups": opt["param_groups"]}
+    for edit, error, says in (
+        ({"epoch": -1, "optimizer": None}, CheckpointError, r"is not a resumable checkpoint: it holds epoch -1 and no"),
+        ({"epoch": -5, "optimizer": opt}, CheckpointError, r"its epoch is -5, which no training run saves"),
+        ({"epoch": 3, "optimizer": opt}, CheckpointError, r"its run finished all 4 epochs"),
+        ({"epoch": 1, "optimizer": opt, "best_fitness": float("nan")}, CheckpointError,
+         r"its best_fitness is nan, not a finite number"),
+        ({"epoch": 1, "optimizer": state}, NonFiniteError, r"its optimizer state holds NaN or infinite values \("
+         r"momentum_buffer of parameter 0\)"),
+    ):  # fmt: skip
+        torch.save({**ckpt, "best_fitness": None, **edit}, tmp_path / "last.pt")
+        with pytest.raises(error, match=re.escape(str(tmp_path / "last.pt")) + ".*" + says):
+            YOLO(tmp_path / "last.pt").train(resume=True, device="cpu", project=str(tmp_path / "runs"))
+        assert not (tmp_path / "runs").exists()
 
 
 def test_a_checkpoint_whose_ema_is_another_model_is_refused(tmp_path, spiking_ckpt):
