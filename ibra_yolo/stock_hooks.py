@@ -81,13 +81,30 @@ def _check_pretrained(built, model) -> None:
 
 def _check_pretrained_file(built, pretrained) -> None:
     """``pretrained=<file>`` of a training run, checked before the trainer makes its run folder: a refusal then
-    leaves nothing behind (the stock trainer applies it after writing ``args.yaml`` and ``weights/``). A name that is
-    not a file here is left to Ultralytics (it may be a model it downloads). (With ``model=x.pt`` the trainer starts
-    from that file and ignores ``pretrained=``: nothing to check.)"""
-    from ibra_yolo.checkpoints import checkpoint_model, load_checkpoint
+    leaves nothing behind (the stock trainer applies it after writing ``args.yaml`` and ``weights/``). An Ultralytics
+    asset name that is not here is left to Ultralytics (it downloads it). (With ``model=x.pt`` the trainer starts from
+    that file and ignores ``pretrained=``: nothing to check.)"""
+    from ultralytics.utils.downloads import GITHUB_ASSETS_NAMES
 
-    if not (isinstance(pretrained, (str, Path)) and str(pretrained).endswith(".pt") and Path(pretrained).is_file()):
-        return
+    from ibra_yolo.checkpoints import checkpoint_model, load_checkpoint
+    from ibra_yolo.errors import CheckpointError, MissingFileError
+
+    if not isinstance(pretrained, (str, Path)) or str(pretrained) in ("", "True", "False"):
+        return  # true/false: the stock meaning
+    path = Path(pretrained)
+    if path.suffix != ".pt":
+        raise CheckpointError(f"pretrained={pretrained} must be a .pt checkpoint (Ultralytics loads no other suffix)")
+    if not path.exists():
+        if str(pretrained) == path.name and path.name in GITHUB_ASSETS_NAMES:
+            return  # an Ultralytics asset name (yolo11n.pt): the stock trainer downloads it
+        raise MissingFileError(
+            f"pretrained={pretrained} does not exist: pass the .pt checkpoint to start from (or an Ultralytics asset "
+            f"name such as yolo11n.pt)"
+        )
+    if not path.is_file():
+        raise CheckpointError(
+            f"pretrained={pretrained} is not a regular file (a folder, FIFO or device): pass a .pt file"
+        )
     ckpt = load_checkpoint(pretrained)  # read safely: a hostile file is refused here, before any folder exists
     if not any(_is_ours(ckpt.get(k)) for k in ("model", "ema")):
         return  # a stock model's weights: what the stock trainer does with them is unchanged

@@ -1008,10 +1008,16 @@ def test_a_refused_pretrained_file_leaves_no_run_folder(tmp_path, spiking_ckpt, 
     deploy(ckpt["model"])
     torch.save(ckpt, tmp_path / "folded.pt")
     torch.save({"model": Evil(tmp_path), "train_args": {}}, tmp_path / "evil.pt")
+    (tmp_path / "folder.pt").mkdir()
+    os.mkfifo(tmp_path / "fifo.png")
     for name, error, says in ((
         "edited.pt", CheckpointError, r"model\.1\.bn \(BatchNorm2d\) holds eps=0\.1"), (
         "folded.pt", FoldedModelError, r"pretrained weights .*folded\.pt are folded for inference"), (
-        "evil.pt", UnsafePickleError, r"evil\.pt refers to posix\.system")):  # fmt: skip
+        "evil.pt", UnsafePickleError, r"evil\.pt refers to posix\.system"), (
+        # a folder, a missing file, a FIFO named .png: refused before the run folder too (battery 20, PT1/PT2/PT5)
+        "folder.pt", CheckpointError, r"pretrained=.*folder\.pt is not a regular file \(a folder, FIFO or device\)"), (
+        "missing.pt", MissingFileError, r"pretrained=.*missing\.pt does not exist: pass the \.pt checkpoint"), (
+        "fifo.png", CheckpointError, r"pretrained=.*fifo\.png must be a \.pt checkpoint")):  # fmt: skip
         args = {"data": str(shapes_data), "epochs": 1, "imgsz": 64, "device": "cpu", "project": str(tmp_path / "runs")}
         with pytest.raises(error, match=says):
             YOLO("spike-yolo-ilif-n.yaml").train(pretrained=str(tmp_path / name), workers=0, **args)
