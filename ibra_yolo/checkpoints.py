@@ -321,8 +321,8 @@ def checkpoint_model(ckpt: dict, path: str | Path, need: str = "model") -> nn.Mo
     Args:
         ckpt (dict): From ``load_checkpoint``.
         path (str | Path): The file, for messages.
-        need (str): ``"model"`` (any torch module), ``"ibra-yolo"`` (a model with our layers) or ``"spiking"`` (with
-            integer spiking neurons: IBRA-LIF, IB-LIF, I-LIF).
+        need (str): ``"model"`` or ``"ibra-yolo"`` (a model with our layers: a spiking model or its ANN twin) or
+            ``"spiking"`` (with integer spiking neurons: IBRA-LIF, IB-LIF, I-LIF).
 
     Raises:
         CheckpointError: No model in it, not the model needed, or state that no training run gives (an altered
@@ -339,10 +339,13 @@ def checkpoint_model(ckpt: dict, path: str | Path, need: str = "model") -> nn.Mo
     check_ema_matches(ckpt, path)
     if not isinstance(model, BaseModel):
         raise CheckpointError(f"{path} holds a {type(model).__name__}, not an Ultralytics model (DetectionModel, ...)")
-    check_model_state(model, path, ckpt)  # a file altered after saving: one line, before anything runs it
     units = [m for m in model.modules() if isinstance(m, NeuronConv)]
-    if need != "model" and not units:
-        raise CheckpointError(f"{path} holds a {type(model).__name__} without ibra-yolo layers, not an ibra-yolo model")
+    if not units:  # a stock model: the checks below would call its model dict "altered" (battery 20, X2/X3/X8)
+        raise CheckpointError(
+            f"{path} holds a {type(model).__name__} without ibra-yolo layers (a stock Ultralytics model?), not an "
+            f"ibra-yolo model: use the stock yolo commands for it"
+        )
+    check_model_state(model, path, ckpt)  # a file altered after saving: one line, before anything runs it
     if need == "spiking" and not any(u.spiking for u in units):
         raise CheckpointError(
             f"{path} holds a model without integer spiking neurons (an ANN twin?): spike-driven mode needs an "

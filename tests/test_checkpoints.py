@@ -1106,3 +1106,18 @@ def test_train_args_data_that_is_not_a_dataset_name_is_refused(tmp_path, spiking
     ckpt["train_args"] = {"data": Path("/datasets/coco.yaml")}  # a Path, as a user may pass it: loads
     torch.save(ckpt, tmp_path / "path.pt")
     assert YOLO(tmp_path / "path.pt").overrides["data"] == Path("/datasets/coco.yaml")
+
+
+def test_a_stock_model_is_named_as_such_by_our_tools(tmp_path):
+    # `ibra-yolo deploy/energy` of an unaltered stock yolov8n said "its model dict is invalid (the file was
+    # altered?): neuron=None is invalid", of a yolov8n-cls "every box would be decoded at the wrong scale" (battery
+    # 20, X2/X3/X8): a model without our layers is named as a stock model before any check of what it holds
+    from ultralytics import YOLO
+
+    for cfg in ("yolov8n.yaml", "yolov8n-cls.yaml"):
+        YOLO(cfg).save(tmp_path / "stock.pt")
+        kind = "ClassificationModel" if "cls" in cfg else "DetectionModel"
+        says = rf"stock\.pt holds a {kind} without ibra-yolo layers \(a stock Ultralytics model\?\), not an ibra-yolo"
+        for need in ("model", "ibra-yolo", "spiking"):
+            with pytest.raises(CheckpointError, match=says):
+                checkpoint_model(load_checkpoint(tmp_path / "stock.pt"), tmp_path / "stock.pt", need=need)
