@@ -160,11 +160,11 @@ def unfolded_training(original, self, *args, **kwargs):
     if not (overrides.get("resume") or getattr(self, "ckpt", None)) and getattr(self, "model", None) is not None:
         _check_pretrained_file(self.model, overrides.get("pretrained"))
     if overrides.get("resume") is True and isinstance(getattr(self, "ckpt", None), dict) and _is_ours(self.model):
-        _check_resumable(self.ckpt, getattr(self, "ckpt_path", None) or "the checkpoint")
+        _check_resumable(self.ckpt, getattr(self, "ckpt_path", None) or "the checkpoint", overrides)
     return checkpoint_data_guarded(original, self, *args, **kwargs)
 
 
-def _check_resumable(ckpt: dict, name) -> None:
+def _check_resumable(ckpt: dict, name, overrides: dict) -> None:
     """``resume=True`` on one of our checkpoints: the training state it continues is one a run saves. Stock
     Ultralytics started a *new* training on its default dataset (coco8, downloading it) when the file held no
     optimizer state or a negative epoch, asserted with a traceback when the run had finished, and resumed silently
@@ -172,10 +172,24 @@ def _check_resumable(ckpt: dict, name) -> None:
     import math
     from numbers import Real
 
+    import torch
+
     from ibra_yolo.errors import CheckpointError, NonFiniteError
 
     epoch, optimizer, fitness = ckpt.get("epoch", -1), ckpt.get("optimizer"), ckpt.get("best_fitness")
-    epochs = (ckpt.get("train_args") or {}).get("epochs")
+    args = ckpt.get("train_args") if isinstance(ckpt.get("train_args"), dict) else {}
+    epochs, device = args.get("epochs"), args.get("device")
+    if not args.get("data") and not overrides.get("data"):  # stock: Ultralytics' default dataset, coco8, downloaded
+        raise CheckpointError(
+            f"{name}: its train_args name no dataset (data), which every training run saves: pass data= with the "
+            f"dataset the run trained on"
+        )
+    gpu = isinstance(device, (str, int)) and str(device).strip().lower() not in ("", "cpu", "mps", "none")
+    if gpu and "device" not in overrides and not torch.cuda.is_available():  # stock: a select_device traceback
+        raise CheckpointError(
+            f"{name} was trained on device={device}, which this machine does not have (no CUDA GPU): pass "
+            f"device=cpu to resume it here"
+        )
     if not isinstance(epoch, int) or isinstance(epoch, bool) or epoch < -1:
         raise CheckpointError(f"{name}: its epoch is {epoch!r:.40}, which no training run saves (the file was altered)")
     if epoch < 0 or not isinstance(optimizer, dict):

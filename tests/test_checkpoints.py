@@ -893,10 +893,16 @@ def test_resume_takes_only_the_training_state_a_run_saves(tmp_path, spiking_ckpt
          r"its best_fitness is nan, not a finite number"),
         ({"epoch": 1, "optimizer": state}, NonFiniteError, r"its optimizer state holds NaN or infinite values \("
          r"momentum_buffer of parameter 0\)"),
+        # no dataset (stock: coco8, downloaded), a GPU this machine lacks (stock: a select_device traceback)
+        ({"epoch": 1, "optimizer": opt, "train_args": {"epochs": 4}}, CheckpointError,
+         r"its train_args name no dataset \(data\), which every training run saves: pass data="),
+        *[({"epoch": 1, "optimizer": opt, "train_args": {**ckpt["train_args"], "device": "cuda:0"}}, CheckpointError,
+           r"was trained on device=cuda:0, which this machine does not have \(no CUDA GPU\): pass device=cpu")]
+        * (not torch.cuda.is_available()),
     ):  # fmt: skip
         torch.save({**ckpt, "best_fitness": None, **edit}, tmp_path / "last.pt")
         with pytest.raises(error, match=re.escape(str(tmp_path / "last.pt")) + ".*" + says):
-            YOLO(tmp_path / "last.pt").train(resume=True, device="cpu", project=str(tmp_path / "runs"))
+            YOLO(tmp_path / "last.pt").train(resume=True, project=str(tmp_path / "runs"))  # (no device=: R25)
         assert not (tmp_path / "runs").exists()
 
 
