@@ -223,6 +223,23 @@ def check_layer_settings(model: nn.Module, path: str | Path) -> None:
                 )
 
 
+def _check_dfl(model: nn.Module, path: str | Path) -> None:
+    """The head's DFL conv is fixed, not trained: its weight is 0, 1, ..., reg_max - 1 (the expected distance of a
+    box side's distribution). Another weight scales every box (doubled, battery 20 A38: every box twice its size)."""
+    from ultralytics.nn.modules.block import DFL
+
+    for name, m in model.named_modules():
+        if isinstance(m, DFL):
+            w = m.conv.weight
+            want = torch.arange(w.numel(), dtype=torch.float64).view(w.shape)
+            if w.shape[:2] != (1, m.c1) or not torch.equal(w.detach().double().cpu(), want):
+                raise CheckpointError(
+                    f"{path}: {name}.conv.weight is not the fixed 0, 1, ..., {m.c1 - 1} of a DFL (it holds "
+                    f"{w.detach().flatten()[:4].tolist()}...): every box would be decoded at another size (the file "
+                    f"was altered)"
+                )
+
+
 def _a(name: str) -> str:
     return f"{'an' if name[:1] in 'AEIOU' else 'a'} {name}"
 
@@ -321,3 +338,4 @@ def check_model_state(model: nn.Module, path: str | Path, ckpt: dict | None = No
     _check_structure(model, path)
     check_yaml_neuron(model, path)  # after _check_structure, which checks that the model dict is a dict
     check_layer_settings(model, path)
+    _check_dfl(model, path)

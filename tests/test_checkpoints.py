@@ -1127,3 +1127,30 @@ def test_a_stock_model_is_named_as_such_by_our_tools(tmp_path):
         for need in ("model", "ibra-yolo", "spiking"):
             with pytest.raises(CheckpointError, match=says):
                 checkpoint_model(load_checkpoint(tmp_path / "stock.pt"), tmp_path / "stock.pt", need=need)
+
+
+def test_the_heads_box_decoding_comes_from_its_layers_not_the_file(tmp_path, spiking_ckpt):
+    # The head caches its anchor grid with the input shape it was made for: a file holding that shape with anchors of
+    # its choice decoded every box on its grid (battery 20, A02: all boxes [0, 0, 0, 0]); a loaded head rebuilds the
+    # cache. The DFL's fixed weight 0..15 doubled made every box twice its size (A38): refused.
+    from ultralytics import YOLO
+
+    ckpt = torch.load(spiking_ckpt, weights_only=False)
+    model, x = ckpt["model"].eval(), torch.rand(1, 3, 64, 64)
+    with torch.no_grad():
+        ref = model(x)[0]
+    head = model.model[-1]
+    assert head.shape is not None  # the forward filled the cache for x's grid
+    head.anchors = head.anchors - 100
+    torch.save(ckpt, tmp_path / "cache.pt")
+    loaded = YOLO(tmp_path / "cache.pt").model.eval()
+    assert loaded.model[-1].shape is None
+    with torch.no_grad():
+        assert torch.equal(loaded(x)[0], ref)
+    ckpt = torch.load(spiking_ckpt, weights_only=False)
+    ckpt["model"].model[-1].dfl.conv.weight.data *= 2
+    torch.save(ckpt, tmp_path / "dfl.pt")
+    says = r"dfl\.pt: model\.\d+\.dfl\.conv\.weight is not the fixed 0, 1, \.\.\., 15 of a DFL \(it holds \[0\.0, 2\.0"
+    for load in (YOLO, lambda p: checkpoint_model(load_checkpoint(p), p)):
+        with pytest.raises(CheckpointError, match=says):
+            load(str(tmp_path / "dfl.pt"))

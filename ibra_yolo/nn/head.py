@@ -87,6 +87,13 @@ class SpikeDetect(Detect):
         scores = torch.cat([cls_head[i](x[i]).view(bs, self.nc, -1) for i in range(self.nl)], dim=-1)
         return {"boxes": boxes, "scores": scores, "feats": [xi.mean(0) for xi in x]}
 
+    def __setstate__(self, state):
+        """Loaded from a file, the head rebuilds its anchor cache at its first forward: ``shape``, ``anchors`` and
+        ``strides`` cache the grid of the last input size, and a file's own (a file could hold a matching ``shape``
+        with anchors of its choice: every box decoded on another grid) is never used."""
+        super().__setstate__(state)
+        self.shape = None
+
     def _get_decode_boxes(self, x: dict) -> torch.Tensor:
         """Decode boxes as ``Detect`` does, with anchors from ``grid_anchors`` (no graph break under compile)."""
         shape = x["feats"][0].shape
