@@ -59,8 +59,28 @@ def unfolded_weights(original, self, weights, *args, **kwargs):
     """``BaseModel.load`` (how the stock trainer applies ``pretrained=``) that refuses a folded model's weights: its
     BNs and re-parameterisable branches are merged into its convs, so few tensors would transfer (74 of 755 for an
     n model), reported only in the stock "Transferred" line."""
-    _check_pretrained(self, weights.get("model") if isinstance(weights, dict) else weights)
+    model = weights.get("model") if isinstance(weights, dict) else weights
+    _check_pretrained(self, model)
+    _warn_if_few_fit(self, model)
     return original(self, weights, *args, **kwargs)
+
+
+def _warn_if_few_fit(built, model) -> None:
+    """A warning when pretrained weights fit under half of one of our models' tensors: stock yolov8n weights fit 6 of
+    the 755 of spike-yolo-ibra-n, reported only in Ultralytics' info line "Transferred 6/755 items"."""
+    from torch import nn
+    from ultralytics.utils import LOGGER
+
+    if not (_is_ours(built) and isinstance(model, nn.Module)):
+        return
+    want = built.state_dict()
+    fit = sum(k in want and want[k].shape == v.shape for k, v in model.state_dict().items())
+    if fit < len(want) / 2:
+        name = getattr(model, "pt_path", None) or "the pretrained weights"
+        LOGGER.warning(
+            f"pretrained weights {name}: only {fit} of this model's {len(want)} tensors take them (another "
+            f"architecture); training starts mostly from new weights"
+        )
 
 
 def _check_pretrained(built, model) -> None:

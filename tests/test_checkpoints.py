@@ -1154,3 +1154,30 @@ def test_the_heads_box_decoding_comes_from_its_layers_not_the_file(tmp_path, spi
     for load in (YOLO, lambda p: checkpoint_model(load_checkpoint(p), p)):
         with pytest.raises(CheckpointError, match=says):
             load(str(tmp_path / "dfl.pt"))
+
+
+def test_pretrained_weights_of_another_architecture_warn(tmp_path):
+    # stock yolov8n weights as pretrained= of spike-yolo-ilif-n fit 6 of its 755 tensors, said only in the stock info
+    # line "Transferred 6/755 items" (battery 20, PT6): a warning says that training starts mostly from new weights.
+    # Weights of the same model fit all (no warning).
+    import logging
+
+    from ultralytics.nn.tasks import DetectionModel
+
+    lines = []
+    handler = logging.Handler()
+    handler.emit = lambda record: lines.append((record.levelname, record.getMessage()))
+    logging.getLogger("ultralytics").addHandler(handler)
+    try:
+        DetectionModel("spike-yolo-ilif-n.yaml", verbose=False).load(DetectionModel("yolov8n.yaml", verbose=False))
+        warned = [m for level, m in lines if level == "WARNING"]
+        assert len(warned) == 1 and re.search(
+            r"only \d of this model's \d+ tensors take them \(another architec", warned[0]
+        )
+        lines.clear()
+        DetectionModel("spike-yolo-ilif-n.yaml", verbose=False).load(
+            DetectionModel("spike-yolo-ilif-n.yaml", verbose=False)
+        )
+        assert not [m for level, m in lines if level == "WARNING"]
+    finally:
+        logging.getLogger("ultralytics").removeHandler(handler)
