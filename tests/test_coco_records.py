@@ -341,3 +341,19 @@ def test_json_paths_that_are_no_paths(path, error, says):
         coco.load_predictions(path)
     with pytest.raises(error, match=rf"^annotation path{re.escape(says)}"):
         coco.load_annotations(path)
+
+
+def test_a_model_whose_class_order_differs_is_scored_by_name_and_says_so():
+    # The model's class 0 is 'dog' where the annotation file's first category is 'cat' (trained on another class
+    # order, or names edited in the file): scored by name without a word (battery 20, A42). Matching by name stays
+    # (it is what maps COCO's 80 classes onto its 91 ids); a note names the first class out of order.
+    dets = [{"image_id": 1, "category_id": 1, "bbox": [1.0, 2.0, 3.0, 4.0], "score": 0.9, "file_name": "1.jpg"}]
+    run = ValidationRun(dets, [1, 2], {0: "dog", 1: "cat"}, ["1.jpg", "2.jpg", "3.jpg"], None, {})
+    matched = coco.run_detections(run, GT)
+    assert matched.detections[0]["category_id"] == 2  # the model's class 0, 'dog', is the file's category 2
+    assert matched.notes == [
+        "the model's class order differs from the annotation file's (2 of 2 classes; class 0 is 'dog' in the model, "
+        "the file's category 0 (by id) 'cat'): classes matched by name"
+    ]
+    run = ValidationRun(dets, [1, 2], {0: "cat", 1: "dog"}, ["1.jpg", "2.jpg", "3.jpg"], None, {})
+    assert coco.run_detections(run, GT).notes == []  # the same order: nothing to say

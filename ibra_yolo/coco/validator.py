@@ -149,6 +149,15 @@ def run_detections(run: ValidationRun, gt: dict) -> MatchedDetections:
                      "not scored")  # fmt: skip
     if how == "by order":
         notes.append("class names differ from the annotation file's category names: classes mapped by order")
+    by_id = [c.get("name") for c in sorted(gt["categories"], key=lambda c: c["id"])]
+    moved = [i for i in sorted(run.names) if how == "by name" and i < len(by_id) and by_id[i] != run.names[i]]
+    if moved:  # a model trained on another class order, or names edited in its file: say which way it was scored
+        i = moved[0]
+        notes.append(
+            f"the model's class order differs from the annotation file's ({len(moved)} of {len(run.names)} classes; "
+            f"class {i} is {run.names[i]!r} in the model, the file's category {i} (by id) {by_id[i]!r}): classes "
+            f"matched by name"
+        )
     categories = {"how": how, "ids": {run.names[i]: c for i, c in zip(sorted(run.names), cat_ids)}}
     return MatchedDetections(dets, img_ids, categories, notes)
 
