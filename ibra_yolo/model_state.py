@@ -11,6 +11,7 @@ from __future__ import annotations
 
 import copy
 import math
+import unicodedata
 from numbers import Integral
 from pathlib import Path, PurePath
 
@@ -102,11 +103,18 @@ def _check_strides(model: nn.Module, path: str | Path) -> None:
 def _check_names(model: nn.Module, path: str | Path) -> None:
     """Class names as Ultralytics reads them (``check_class_names``): a list, or a dict keyed by class indices."""
     names = getattr(model, "names", None)
-    if names is None or isinstance(names, (list, tuple)):
+    if names is None:
         return
-    if not isinstance(names, dict):
+    if not isinstance(names, (dict, list, tuple)):
         raise CheckpointError(f"{path}: the model's class names are a {type(names).__name__}, not a dict or a list")
-    for k in names:
+    for k, name in names.items() if isinstance(names, dict) else enumerate(names):
+        if isinstance(name, str) and any(unicodedata.category(c) == "Cc" for c in name):  # printed in every table
+            raise CheckpointError(
+                f"{path}: the model's class name {k!r:.20} is {name!r:.60}: it holds control characters (a line break "
+                "or a terminal escape would forge or hide output lines; the file was altered)"
+            )
+        if not isinstance(names, dict):
+            continue
         index = isinstance(k, Integral) and not isinstance(k, bool) and k >= 0
         if not (index or (isinstance(k, str) and k.isdigit())):  # Ultralytics takes int(k): int('a') was a traceback
             raise CheckpointError(

@@ -1181,3 +1181,18 @@ def test_pretrained_weights_of_another_architecture_warn(tmp_path):
         assert not [m for level, m in lines if level == "WARNING"]
     finally:
         logging.getLogger("ultralytics").removeHandler(handler)
+
+
+def test_class_names_with_control_characters_are_refused(tmp_path, spiking_ckpt):
+    # a class name holding a line break or a terminal escape reached the terminal raw through every table that prints
+    # names (battery 20, A40: a file can forge or hide output lines)
+    from ultralytics import YOLO
+
+    for names in ({0: "a", 1: "circ\nle", 2: "c"}, ["a", "b", "\x1b[31mRED"]):
+        ckpt = torch.load(spiking_ckpt, weights_only=False)
+        ckpt["model"].names = names
+        torch.save(ckpt, tmp_path / "names.pt")
+        says = r"names\.pt: the model's class name [12] is '.*': it holds control characters \(a line break or a "
+        for load in (YOLO, lambda p: checkpoint_model(load_checkpoint(p), p)):
+            with pytest.raises(CheckpointError, match=says):
+                load(str(tmp_path / "names.pt"))
