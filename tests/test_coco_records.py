@@ -353,7 +353,7 @@ def test_a_model_whose_class_order_differs_is_scored_by_name_and_says_so():
     assert matched.detections[0]["category_id"] == 2  # the model's class 0, 'dog', is the file's category 2
     assert matched.notes == [
         "the model's class order differs from the annotation file's (2 of 2 classes; class 0 is 'dog' in the model, "
-        "the file's category 0 (by id) 'cat'): classes matched by name"
+        "category 0 in id order 'cat' in the file): classes matched by name"
     ]
     run = ValidationRun(dets, [1, 2], {0: "cat", 1: "dog"}, ["1.jpg", "2.jpg", "3.jpg"], None, {})
     assert coco.run_detections(run, GT).notes == []  # the same order: nothing to say

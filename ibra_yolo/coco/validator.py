@@ -155,7 +155,7 @@ def run_detections(run: ValidationRun, gt: dict) -> MatchedDetections:
         i = moved[0]
         notes.append(
             f"the model's class order differs from the annotation file's ({len(moved)} of {len(run.names)} classes; "
-            f"class {i} is {run.names[i]!r} in the model, the file's category {i} (by id) {by_id[i]!r}): classes "
+            f"class {i} is {run.names[i]!r} in the model, category {i} in id order {by_id[i]!r} in the file): classes "
             f"matched by name"
         )
     categories = {"how": how, "ids": {run.names[i]: c for i, c in zip(sorted(run.names), cat_ids)}}
