@@ -104,9 +104,13 @@ class _OnInstances:
         self.method = method
 
     def __get__(self, obj, cls):
-        if obj is None:
-            return lambda *args: (_ for _ in ()).throw(_writes_global(cls))
-        return self.method.__get__(obj, cls)
+        if obj is not None:
+            return self.method.__get__(obj, cls)
+
+        def refuse(*args):
+            raise _writes_global(cls)
+
+        return refuse
 
 
 def _refused(message: str, name: str, how: str) -> UnsafePickleError:
