@@ -48,6 +48,7 @@ from ibra_yolo.stock_hooks import (
     check_predictions_before_nms,
     detector_only,
     guard_checkpoint_named_data,
+    no_cls_remap_for_ours,
     spiking_dict_checked,
     spiking_fuse,
     stock_safe_load,
@@ -312,7 +313,11 @@ def register() -> None:
             ),
         }
     )
-    wrap_methods("ultralytics.nn.tasks", "BaseModel", {"fuse": spiking_fuse, "load": unfolded_weights})
+    wrap_methods(
+        "ultralytics.nn.tasks",
+        "BaseModel",
+        {"fuse": spiking_fuse, "load": unfolded_weights, "_remap_cls_by_names": no_cls_remap_for_ours},
+    )
     wrap_methods("ultralytics.nn.tasks", "DetectionModel", {"__init__": spiking_dict_checked})
     wrap_model_train()
     for name in OTHER_TASKS:

@@ -27,6 +27,7 @@ from pathlib import Path
 __all__ = (
     "spiking_fuse",
     "unfolded_weights",
+    "no_cls_remap_for_ours",
     "unfolded_training",
     "wrap_model_train",
     "wrap_method",
@@ -81,6 +82,16 @@ def _warn_if_few_fit(built, model) -> None:
             f"pretrained weights {name}: only {fit} of this model's {len(want)} tensors take them (another "
             f"architecture); training starts mostly from new weights"
         )
+
+
+def no_cls_remap_for_ours(original, self, csd, src_model, *args, **kwargs):
+    """``BaseModel._remap_cls_by_names`` (Ultralytics 8.4 remaps the class rows of pretrained weights by class name
+    when fine-tuning to other classes) skipped for our models: it indexes each head branch as a ``Sequential``, and a
+    ``DetectBranch`` is not one, so fine-tuning a trained spiking model to another class list died with "'DetectBranch'
+    object is not subscriptable" (battery 21, L07/L13). Our class convs then transfer as before 8.4: by shape."""
+    if _is_ours(self):
+        return 0
+    return original(self, csd, src_model, *args, **kwargs)
 
 
 def _check_pretrained(built, model) -> None:

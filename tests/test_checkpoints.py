@@ -1043,7 +1043,9 @@ def test_pretrained_weights_whose_model_dict_is_not_their_layers_are_refused(spi
     with pytest.raises(CheckpointError, match=says + r"\(\d+, 3, 7, 7\) in the model the dict builds \(\d+ of \d+ "):
         DetectionModel(source.yaml, verbose=False).load(source)
     source = torch.load(spiking_ckpt, weights_only=False)["model"]
+    source.names = {0: "cat", 1: "dog", 2: "car"}  # real names: Ultralytics 8.4 remaps class rows by name, which
     built = DetectionModel(source.yaml, nc=5, verbose=False)  # nc 3 -> 5: what fine-tuning on a 5-class set builds
+    built.names = {0: "dog", 1: "bus", 2: "cat", 3: "x", 4: "y"}  # indexed our head as a Sequential (battery 21, L07)
     built.load(source)
     fitted = [k for k, v in source.state_dict().items() if torch.equal(built.state_dict()[k], v)]
     assert len(fitted) > 0.95 * len(source.state_dict())  # all but the class branch's last convs
