@@ -318,7 +318,11 @@ def _is_dataset(name: str) -> bool:
     path = Path(name)
     if not path.exists():
         return True
-    return path.is_dir() or (path.is_file() and name.lower().endswith(DATASET_SUFFIXES))
+    if path.is_dir():  # Ultralytics reads the YAML it finds in it (find_dataset_yaml): a FIFO there blocked forever
+        yamls = list(path.glob("*.yaml")) or list(path.rglob("*.yaml"))
+        yamls = [f for f in yamls if f.stem == path.stem] if len(yamls) > 1 else yamls  # as Ultralytics picks one
+        return len(yamls) == 1 and yamls[0].is_file()
+    return path.is_file() and name.lower().endswith(DATASET_SUFFIXES)
 
 
 def _is_imgsz(value) -> bool:

@@ -1086,9 +1086,20 @@ def test_train_args_data_that_is_not_a_dataset_name_is_refused(tmp_path, spiking
     torch.save(ckpt, tmp_path / "args.pt")
     with pytest.raises(CheckpointError, match=r"args\.pt: train_args data is '/dev/zero', not a dataset YAML, a "):
         YOLO(tmp_path / "args.pt")
+    # a folder is read through the one YAML in it: a FIFO there blocked `yolo val` forever, an empty folder was
+    # Ultralytics' "No YAML file found" traceback (battery 21, C03/C03b)
+    for name, make in (("fifo", lambda d: os.mkfifo(d / "data.yaml")), ("empty", lambda d: None)):
+        (tmp_path / name).mkdir()
+        make(tmp_path / name)
+        ckpt["train_args"] = {"data": str(tmp_path / name)}
+        torch.save(ckpt, tmp_path / "args.pt")
+        with pytest.raises(CheckpointError, match=rf"train_args data is '.*{name}', not a dataset YAML, a folder or"):
+            YOLO(tmp_path / "args.pt")
+    (tmp_path / "ds").mkdir()
+    (tmp_path / "ds" / "data.yaml").write_text("names: {0: a}\n")
     (tmp_path / "d.tar.gz").write_bytes(b"x")
     for data in ("coco8.yaml", "/x/d.YML", "d.zip", str(tmp_path / "d.tar.gz"), "https://x/d.zip", "DOTAv1.5",
-                 str(tmp_path)):  # fmt: skip
+                 str(tmp_path / "ds")):  # fmt: skip
         ckpt["train_args"] = {"data": data}
         torch.save(ckpt, tmp_path / "args.pt")
         YOLO(tmp_path / "args.pt")
