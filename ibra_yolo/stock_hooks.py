@@ -24,6 +24,8 @@ import threading
 from collections.abc import Mapping
 from pathlib import Path
 
+from ibra_yolo.training_checks import check_pretrained, check_pretrained_file, check_resumable, is_ours, warn_if_few_fit
+
 __all__ = (
     "spiking_fuse",
     "unfolded_weights",
@@ -61,27 +63,9 @@ def unfolded_weights(original, self, weights, *args, **kwargs):
     BNs and re-parameterisable branches are merged into its convs, so few tensors would transfer (74 of 755 for an
     n model), reported only in the stock "Transferred" line."""
     model = weights.get("model") if isinstance(weights, dict) else weights
-    _check_pretrained(self, model)
-    _warn_if_few_fit(self, model)
+    check_pretrained(self, model)
+    warn_if_few_fit(self, model)
     return original(self, weights, *args, **kwargs)
-
-
-def _warn_if_few_fit(built, model) -> None:
-    """A warning when pretrained weights fit under half of one of our models' tensors: stock yolov8n weights fit 6 of
-    the 755 of spike-yolo-ibra-n, reported only in Ultralytics' info line "Transferred 6/755 items"."""
-    from torch import nn
-    from ultralytics.utils import LOGGER
-
-    if not (_is_ours(built) and isinstance(model, nn.Module)):
-        return
-    want = built.state_dict()
-    fit = sum(k in want and want[k].shape == v.shape for k, v in model.state_dict().items())
-    if fit < len(want) / 2:
-        name = getattr(model, "pt_path", None) or "the pretrained weights"
-        LOGGER.warning(
-            f"pretrained weights {name}: only {fit} of this model's {len(want)} tensors take them (another "
-            f"architecture); training starts mostly from new weights"
-        )
 
 
 def no_cls_remap_for_ours(original, self, csd, src_model, *args, **kwargs):
@@ -89,88 +73,9 @@ def no_cls_remap_for_ours(original, self, csd, src_model, *args, **kwargs):
     when fine-tuning to other classes) skipped for our models: it indexes each head branch as a ``Sequential``, and a
     ``DetectBranch`` is not one, so fine-tuning a trained spiking model to another class list died with "'DetectBranch'
     object is not subscriptable" (battery 21, L07/L13). Our class convs then transfer as before 8.4: by shape."""
-    if _is_ours(self):
+    if is_ours(self):
         return 0
     return original(self, csd, src_model, *args, **kwargs)
-
-
-def _check_pretrained(built, model) -> None:
-    """Weights ``model`` can start the training of ``built``: not folded, and their model dict describes them."""
-    from ibra_yolo.errors import FoldedModelError
-    from ibra_yolo.nn.builder import FOLDED_KEY
-
-    spec = getattr(model, "yaml", None)
-    if isinstance(spec, dict) and spec.get(FOLDED_KEY):
-        name = getattr(model, "pt_path", None) or spec.get("yaml_file") or "the weights"
-        raise FoldedModelError(
-            f"pretrained weights {name} are folded for inference ({FOLDED_KEY}: {spec[FOLDED_KEY]}, by fuse() or "
-            f"deploy): their BNs and branches are merged into the convs, so few of this model's tensors would take "
-            f"them; pass the checkpoint they were folded from"
-        )
-    _check_dict_describes_layers(built, model)
-
-
-def _check_pretrained_file(built, pretrained) -> None:
-    """``pretrained=<file>`` of a training run, checked before the trainer makes its run folder: a refusal then
-    leaves nothing behind (the stock trainer applies it after writing ``args.yaml`` and ``weights/``). An Ultralytics
-    asset name that is not here is left to Ultralytics (it downloads it). (With ``model=x.pt`` the trainer starts from
-    that file and ignores ``pretrained=``: nothing to check.)"""
-    from ultralytics.utils.downloads import GITHUB_ASSETS_NAMES
-
-    from ibra_yolo.checkpoints import checkpoint_model, load_checkpoint
-    from ibra_yolo.errors import CheckpointError, MissingFileError
-
-    if not isinstance(pretrained, (str, Path)) or str(pretrained) in ("", "True", "False"):
-        return  # true/false: the stock meaning
-    path = Path(pretrained)
-    if path.suffix != ".pt":
-        raise CheckpointError(f"pretrained={pretrained} must be a .pt checkpoint (Ultralytics loads no other suffix)")
-    if not path.exists():
-        if str(pretrained) == path.name and path.name in GITHUB_ASSETS_NAMES:
-            return  # an Ultralytics asset name (yolo11n.pt): the stock trainer downloads it
-        raise MissingFileError(
-            f"pretrained={pretrained} does not exist: pass the .pt checkpoint to start from (or an Ultralytics asset "
-            f"name such as yolo11n.pt)"
-        )
-    if not path.is_file():
-        raise CheckpointError(
-            f"pretrained={pretrained} is not a regular file (a folder, FIFO or device): pass a .pt file"
-        )
-    ckpt = load_checkpoint(pretrained)  # read safely: a hostile file is refused here, before any folder exists
-    if not any(_is_ours(ckpt.get(k)) for k in ("model", "ema")):
-        return  # a stock model's weights: what the stock trainer does with them is unchanged
-    model = checkpoint_model(ckpt, pretrained)
-    model.pt_path = str(pretrained)  # as Ultralytics' loader names it
-    _check_pretrained(built, model)
-
-
-def _check_dict_describes_layers(built, source) -> None:
-    """``yolo train model=x.pt`` builds the model from the file's model dict and loads the file's layers into it: a
-    dict that does not describe those layers (its ``scale`` or a row's channels edited) built another network that
-    took only the tensors that happened to fit ("Transferred 160/755"), and trained it without a word. When the built
-    model's dict is the file's (but ``nc``, which fine-tuning on another dataset changes: the head's class branch then
-    differs), every tensor outside the head must fit."""
-    from torch import nn
-
-    from ibra_yolo.errors import CheckpointError
-
-    spec, mine = getattr(source, "yaml", None), getattr(built, "yaml", None)
-    if not (isinstance(source, nn.Module) and isinstance(spec, dict) and isinstance(mine, dict) and _is_ours(built)):
-        return
-    if {k: v for k, v in spec.items() if k != "nc"} != {k: v for k, v in mine.items() if k != "nc"}:
-        return  # another model dict: a transfer between architectures, as the user asked
-    head = f"model.{len(built.model) - 1}." if isinstance(getattr(built, "model", None), nn.Sequential) else None
-    want = {k: tuple(v.shape) for k, v in built.state_dict().items()}
-    held = {k: tuple(v.shape) for k, v in source.state_dict().items() if not (head and k.startswith(head))}
-    bad = [k for k, shape in held.items() if want.get(k) != shape]
-    if bad:
-        name = getattr(source, "pt_path", None) or spec.get("yaml_file") or "the weights"
-        raise CheckpointError(
-            f"pretrained weights {name}: the file's model dict does not describe its layers: {bad[0]!r:.80} is "
-            f"{held[bad[0]]} in the file but {want.get(bad[0], 'absent')} in the model the dict builds ({len(bad)} of "
-            f"{len(held)} tensors outside the head differ); training would start from a mostly new network (the file "
-            f"was altered)"
-        )
 
 
 def unfolded_training(original, self, *args, **kwargs):
@@ -189,65 +94,10 @@ def unfolded_training(original, self, *args, **kwargs):
         )
     overrides = {**(getattr(self, "overrides", None) or {}), **kwargs}
     if not (overrides.get("resume") or getattr(self, "ckpt", None)) and getattr(self, "model", None) is not None:
-        _check_pretrained_file(self.model, overrides.get("pretrained"))
-    if overrides.get("resume") is True and isinstance(getattr(self, "ckpt", None), dict) and _is_ours(self.model):
-        _check_resumable(self.ckpt, getattr(self, "ckpt_path", None) or "the checkpoint", overrides)
+        check_pretrained_file(self.model, overrides.get("pretrained"))
+    if overrides.get("resume") is True and isinstance(getattr(self, "ckpt", None), dict) and is_ours(self.model):
+        check_resumable(self.ckpt, getattr(self, "ckpt_path", None) or "the checkpoint", overrides)
     return checkpoint_data_guarded(original, self, *args, **kwargs)
-
-
-def _check_resumable(ckpt: dict, name, overrides: dict) -> None:
-    """``resume=True`` on one of our checkpoints: the training state it continues is one a run saves. Stock
-    Ultralytics started a *new* training on its default dataset (coco8, downloading it) when the file held no
-    optimizer state or a negative epoch, asserted with a traceback when the run had finished, and resumed silently
-    from a NaN ``best_fitness`` (``best.pt`` was then never written) or NaN optimizer moments (NaN losses)."""
-    import math
-    from numbers import Real
-
-    import torch
-
-    from ibra_yolo.errors import CheckpointError, NonFiniteError
-
-    epoch, optimizer, fitness = ckpt.get("epoch", -1), ckpt.get("optimizer"), ckpt.get("best_fitness")
-    args = ckpt.get("train_args") if isinstance(ckpt.get("train_args"), dict) else {}
-    epochs, device = args.get("epochs"), args.get("device")
-    if not args.get("data") and not overrides.get("data"):  # stock: Ultralytics' default dataset, coco8, downloaded
-        raise CheckpointError(
-            f"{name}: its train_args name no dataset (data), which every training run saves: pass data= with the "
-            f"dataset the run trained on"
-        )
-    gpu = isinstance(device, (str, int)) and str(device).strip().lower() not in ("", "cpu", "mps", "none")
-    if gpu and "device" not in overrides and not torch.cuda.is_available():  # stock: a select_device traceback
-        raise CheckpointError(
-            f"{name} was trained on device={device}, which this machine does not have (no CUDA GPU): pass "
-            f"device=cpu to resume it here"
-        )
-    if not isinstance(epoch, int) or isinstance(epoch, bool) or epoch < -1:
-        raise CheckpointError(f"{name}: its epoch is {epoch!r:.40}, which no training run saves (the file was altered)")
-    if epoch < 0 or not isinstance(optimizer, dict):
-        raise CheckpointError(
-            f"{name} is not a resumable checkpoint: it holds epoch {epoch} and {'an' if optimizer else 'no'} optimizer "
-            f"state (a finished run strips both from best.pt and last.pt); resume=True continues an interrupted run "
-            f"from its weights/last.pt: to train again from these weights, leave out resume=True"
-        )
-    if isinstance(epochs, int) and epoch + 1 >= epochs:
-        raise CheckpointError(
-            f"{name}: its run finished all {epochs} epochs (it saved epoch {epoch + 1}), so there is nothing to "
-            f"resume: to train on from these weights, leave out resume=True (and set epochs=)"
-        )
-    if fitness is not None and (
-        not isinstance(fitness, Real) or isinstance(fitness, bool) or not math.isfinite(fitness)
-    ):
-        raise CheckpointError(
-            f"{name}: its best_fitness is {fitness!r:.40}, not a finite number: a resumed run would never save "
-            f"best.pt (the file was altered)"
-        )
-    for i, state in (optimizer.get("state") or {}).items() if isinstance(optimizer.get("state"), dict) else ():
-        for key, t in state.items() if isinstance(state, dict) else ():
-            if hasattr(t, "isfinite") and t.is_floating_point() and not bool(t.isfinite().all()):
-                raise NonFiniteError(
-                    f"{name}: its optimizer state holds NaN or infinite values ({key} of parameter {i}): resuming "
-                    f"would train on NaN losses (the file was altered, or the run had diverged)"
-                )
 
 
 # the dataset names (``data=``) that the running Model call took from its checkpoint's train_args, not from the user
@@ -341,20 +191,6 @@ def wrap_method(original, replacement):
     return method
 
 
-def _is_ours(model) -> bool:
-    """True for one of our models, also inside Ultralytics' wrappers (AutoBackend keeps it as ``.model`` of a backend
-    object, not as a submodule; torch.compile and DDP hold it as a submodule)."""
-    from torch import nn
-
-    from ibra_yolo.nn.head import SpikeDetect
-
-    for _ in range(3):
-        if isinstance(model, nn.Module) and any(isinstance(m, SpikeDetect) for m in model.modules()):
-            return True
-        model = getattr(model, "model", None)
-    return False
-
-
 def check_finite_predictions(preds) -> None:
     """Raise ``NonFiniteError`` when a model's raw boxes or scores hold NaN or inf (NMS would drop them silently).
 
@@ -374,13 +210,13 @@ def check_finite_predictions(preds) -> None:
 
 
 def _predictor_postprocess(original, self, preds, *args, **kwargs):
-    if _is_ours(self.model):
+    if is_ours(self.model):
         check_finite_predictions(preds)
     return original(self, preds, *args, **kwargs)
 
 
 def _validator_init_metrics(original, self, model, *args, **kwargs):
-    self.__ibra_yolo_checks__ = not self.training and _is_ours(model)  # training: the trainer handles NaN itself
+    self.__ibra_yolo_checks__ = not self.training and is_ours(model)  # training: the trainer handles NaN itself
     return original(self, model, *args, **kwargs)
 
 
@@ -428,7 +264,7 @@ def detector_only(original, self, *args, **kwargs):
     if is_spiking_yaml(cfg):
         raise refusal
     original(self, *args, **kwargs)
-    if _is_ours(self):
+    if is_ours(self):
         raise refusal
 
 

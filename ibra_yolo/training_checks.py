@@ -1,0 +1,181 @@
+"""The checks the plugin's training hooks (``ibra_yolo.stock_hooks``) run before the stock trainer starts: which
+models are ours, what ``pretrained=`` weights and a ``resume=True`` checkpoint must hold. Each refusal is one line."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+__all__ = (
+    "is_ours",
+    "warn_if_few_fit",
+    "check_pretrained",
+    "check_pretrained_file",
+    "check_dict_describes_layers",
+    "check_resumable",
+)
+
+
+def warn_if_few_fit(built, model) -> None:
+    """A warning when pretrained weights fit under half of one of our models' tensors: stock yolov8n weights fit 6 of
+    the 755 of spike-yolo-ibra-n, reported only in Ultralytics' info line "Transferred 6/755 items"."""
+    from torch import nn
+    from ultralytics.utils import LOGGER
+
+    if not (is_ours(built) and isinstance(model, nn.Module)):
+        return
+    want = built.state_dict()
+    fit = sum(k in want and want[k].shape == v.shape for k, v in model.state_dict().items())
+    if fit < len(want) / 2:
+        name = getattr(model, "pt_path", None) or "the pretrained weights"
+        LOGGER.warning(
+            f"pretrained weights {name}: only {fit} of this model's {len(want)} tensors take them (another "
+            f"architecture); training starts mostly from new weights"
+        )
+
+
+def check_pretrained(built, model) -> None:
+    """Weights ``model`` can start the training of ``built``: not folded, and their model dict describes them."""
+    from ibra_yolo.errors import FoldedModelError
+    from ibra_yolo.nn.builder import FOLDED_KEY
+
+    spec = getattr(model, "yaml", None)
+    if isinstance(spec, dict) and spec.get(FOLDED_KEY):
+        name = getattr(model, "pt_path", None) or spec.get("yaml_file") or "the weights"
+        raise FoldedModelError(
+            f"pretrained weights {name} are folded for inference ({FOLDED_KEY}: {spec[FOLDED_KEY]}, by fuse() or "
+            f"deploy): their BNs and branches are merged into the convs, so few of this model's tensors would take "
+            f"them; pass the checkpoint they were folded from"
+        )
+    check_dict_describes_layers(built, model)
+
+
+def check_pretrained_file(built, pretrained) -> None:
+    """``pretrained=<file>`` of a training run, checked before the trainer makes its run folder: a refusal then
+    leaves nothing behind (the stock trainer applies it after writing ``args.yaml`` and ``weights/``). An Ultralytics
+    asset name that is not here is left to Ultralytics (it downloads it). (With ``model=x.pt`` the trainer starts from
+    that file and ignores ``pretrained=``: nothing to check.)"""
+    from ultralytics.utils.downloads import GITHUB_ASSETS_NAMES
+
+    from ibra_yolo.checkpoints import checkpoint_model, load_checkpoint
+    from ibra_yolo.errors import CheckpointError, MissingFileError
+
+    if not isinstance(pretrained, (str, Path)) or str(pretrained) in ("", "True", "False"):
+        return  # true/false: the stock meaning
+    path = Path(pretrained)
+    if path.suffix != ".pt":
+        raise CheckpointError(f"pretrained={pretrained} must be a .pt checkpoint (Ultralytics loads no other suffix)")
+    if not path.exists():
+        if str(pretrained) == path.name and path.name in GITHUB_ASSETS_NAMES:
+            return  # an Ultralytics asset name (yolo11n.pt): the stock trainer downloads it
+        raise MissingFileError(
+            f"pretrained={pretrained} does not exist: pass the .pt checkpoint to start from (or an Ultralytics asset "
+            f"name such as yolo11n.pt)"
+        )
+    if not path.is_file():
+        raise CheckpointError(
+            f"pretrained={pretrained} is not a regular file (a folder, FIFO or device): pass a .pt file"
+        )
+    ckpt = load_checkpoint(pretrained)  # read safely: a hostile file is refused here, before any folder exists
+    if not any(is_ours(ckpt.get(k)) for k in ("model", "ema")):
+        return  # a stock model's weights: what the stock trainer does with them is unchanged
+    model = checkpoint_model(ckpt, pretrained)
+    model.pt_path = str(pretrained)  # as Ultralytics' loader names it
+    check_pretrained(built, model)
+
+
+def check_dict_describes_layers(built, source) -> None:
+    """``yolo train model=x.pt`` builds the model from the file's model dict and loads the file's layers into it: a
+    dict that does not describe those layers (its ``scale`` or a row's channels edited) built another network that
+    took only the tensors that happened to fit ("Transferred 160/755"), and trained it without a word. When the built
+    model's dict is the file's (but ``nc``, which fine-tuning on another dataset changes: the head's class branch then
+    differs), every tensor outside the head must fit."""
+    from torch import nn
+
+    from ibra_yolo.errors import CheckpointError
+
+    spec, mine = getattr(source, "yaml", None), getattr(built, "yaml", None)
+    if not (isinstance(source, nn.Module) and isinstance(spec, dict) and isinstance(mine, dict) and is_ours(built)):
+        return
+    if {k: v for k, v in spec.items() if k != "nc"} != {k: v for k, v in mine.items() if k != "nc"}:
+        return  # another model dict: a transfer between architectures, as the user asked
+    head = f"model.{len(built.model) - 1}." if isinstance(getattr(built, "model", None), nn.Sequential) else None
+    want = {k: tuple(v.shape) for k, v in built.state_dict().items()}
+    held = {k: tuple(v.shape) for k, v in source.state_dict().items() if not (head and k.startswith(head))}
+    bad = [k for k, shape in held.items() if want.get(k) != shape]
+    if bad:
+        name = getattr(source, "pt_path", None) or spec.get("yaml_file") or "the weights"
+        raise CheckpointError(
+            f"pretrained weights {name}: the file's model dict does not describe its layers: {bad[0]!r:.80} is "
+            f"{held[bad[0]]} in the file but {want.get(bad[0], 'absent')} in the model the dict builds ({len(bad)} of "
+            f"{len(held)} tensors outside the head differ); training would start from a mostly new network (the file "
+            f"was altered)"
+        )
+
+
+def check_resumable(ckpt: dict, name, overrides: dict) -> None:
+    """``resume=True`` on one of our checkpoints: the training state it continues is one a run saves. Stock
+    Ultralytics started a *new* training on its default dataset (coco8, downloading it) when the file held no
+    optimizer state or a negative epoch, asserted with a traceback when the run had finished, and resumed silently
+    from a NaN ``best_fitness`` (``best.pt`` was then never written) or NaN optimizer moments (NaN losses)."""
+    import math
+    from numbers import Real
+
+    import torch
+
+    from ibra_yolo.errors import CheckpointError, NonFiniteError
+
+    epoch, optimizer, fitness = ckpt.get("epoch", -1), ckpt.get("optimizer"), ckpt.get("best_fitness")
+    args = ckpt.get("train_args") if isinstance(ckpt.get("train_args"), dict) else {}
+    epochs, device = args.get("epochs"), args.get("device")
+    if not args.get("data") and not overrides.get("data"):  # stock: Ultralytics' default dataset, coco8, downloaded
+        raise CheckpointError(
+            f"{name}: its train_args name no dataset (data), which every training run saves: pass data= with the "
+            f"dataset the run trained on"
+        )
+    gpu = isinstance(device, (str, int)) and str(device).strip().lower() not in ("", "cpu", "mps", "none")
+    if gpu and "device" not in overrides and not torch.cuda.is_available():  # stock: a select_device traceback
+        raise CheckpointError(
+            f"{name} was trained on device={device}, which this machine does not have (no CUDA GPU): pass "
+            f"device=cpu to resume it here"
+        )
+    if not isinstance(epoch, int) or isinstance(epoch, bool) or epoch < -1:
+        raise CheckpointError(f"{name}: its epoch is {epoch!r:.40}, which no training run saves (the file was altered)")
+    if epoch < 0 or not isinstance(optimizer, dict):
+        raise CheckpointError(
+            f"{name} is not a resumable checkpoint: it holds epoch {epoch} and {'an' if optimizer else 'no'} optimizer "
+            f"state (a finished run strips both from best.pt and last.pt); resume=True continues an interrupted run "
+            f"from its weights/last.pt: to train again from these weights, leave out resume=True"
+        )
+    if isinstance(epochs, int) and epoch + 1 >= epochs:
+        raise CheckpointError(
+            f"{name}: its run finished all {epochs} epochs (it saved epoch {epoch + 1}), so there is nothing to "
+            f"resume: to train on from these weights, leave out resume=True (and set epochs=)"
+        )
+    if fitness is not None and (
+        not isinstance(fitness, Real) or isinstance(fitness, bool) or not math.isfinite(fitness)
+    ):
+        raise CheckpointError(
+            f"{name}: its best_fitness is {fitness!r:.40}, not a finite number: a resumed run would never save "
+            f"best.pt (the file was altered)"
+        )
+    for i, state in (optimizer.get("state") or {}).items() if isinstance(optimizer.get("state"), dict) else ():
+        for key, t in state.items() if isinstance(state, dict) else ():
+            if hasattr(t, "isfinite") and t.is_floating_point() and not bool(t.isfinite().all()):
+                raise NonFiniteError(
+                    f"{name}: its optimizer state holds NaN or infinite values ({key} of parameter {i}): resuming "
+                    f"would train on NaN losses (the file was altered, or the run had diverged)"
+                )
+
+
+def is_ours(model) -> bool:
+    """True for one of our models, also inside Ultralytics' wrappers (AutoBackend keeps it as ``.model`` of a backend
+    object, not as a submodule; torch.compile and DDP hold it as a submodule)."""
+    from torch import nn
+
+    from ibra_yolo.nn.head import SpikeDetect
+
+    for _ in range(3):
+        if isinstance(model, nn.Module) and any(isinstance(m, SpikeDetect) for m in model.modules()):
+            return True
+        model = getattr(model, "model", None)
+    return False
