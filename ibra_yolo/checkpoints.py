@@ -25,7 +25,7 @@ from torch import nn
 
 from ibra_yolo.errors import CheckpointError, IbraYoloError, MissingFileError, UnsafePickleError
 from ibra_yolo.files import as_path
-from ibra_yolo.model_state import check_finite_weights, check_model_state, layer_settings
+from ibra_yolo.model_state import check_finite_weights, check_model_state, check_nesting, layer_settings
 from ibra_yolo.pickle_checks import check_calls, check_zip_crc, file_kind
 
 __all__ = (
@@ -336,6 +336,7 @@ def checkpoint_model(ckpt: dict, path: str | Path, need: str = "model") -> nn.Mo
     model = held_model(ckpt)
     if model is None:
         raise no_model_error(path, ckpt)
+    check_nesting(ckpt, path)  # before anything walks the model with torch (a module cycle recursed without end)
     check_ema_matches(ckpt, path)
     if not isinstance(model, BaseModel):
         raise CheckpointError(f"{path} holds a {type(model).__name__}, not an Ultralytics model (DetectionModel, ...)")

@@ -359,6 +359,7 @@ def stock_safe_load(original, weight, *args, **kwargs):
     """Ultralytics' ``torch_safe_load`` (``original``, wrapped by ``ibra_yolo.plugin``) whose refusals are our one-line
     errors, not chained tracebacks: an unsafe pickle (``UnsafePickleError``), a FIFO, a folder, a damaged file, a
     missing module, or a file that holds no Ultralytics model (``CheckpointError``)."""
+    from torch import nn
     from ultralytics.nn import tasks
 
     from ibra_yolo.checkpoints import (
@@ -373,7 +374,7 @@ def stock_safe_load(original, weight, *args, **kwargs):
         refusal_error,
     )
     from ibra_yolo.errors import CheckpointError, IbraYoloError
-    from ibra_yolo.model_state import check_model_state
+    from ibra_yolo.model_state import check_model_state, check_nesting
 
     wrap_model_train()  # Model exists by now: a model loaded from a file refuses training if it is folded
     local = Path(str(weight))
@@ -406,13 +407,16 @@ def stock_safe_load(original, weight, *args, **kwargs):
     model = held_model(loaded[0])
     if model is None:  # a state_dict or a foreign dict: Ultralytics' own TypeError was a traceback
         raise no_model_error(weight, loaded[0])
+    from ibra_yolo.nn.blocks import NeuronConv
+
+    ours = isinstance(model, nn.Module) and any(isinstance(m, NeuronConv) for m in model.modules())  # stock models load as they always did
+    if ours:
+        check_nesting(loaded[0], weight)  # before anything walks the model with torch (a module cycle: no end)
     check_ema_matches(loaded[0], weight)  # YOLO() would load the ema without a word
     if not isinstance(model, tasks.BaseModel):  # e.g. a bare nn.Linear: it failed deep inside the predictor
         raise CheckpointError(
             f"{weight} holds a {type(model).__name__}, not an Ultralytics model (DetectionModel, ...)"
         )
-    from ibra_yolo.nn.blocks import NeuronConv
-
-    if any(isinstance(m, NeuronConv) for m in model.modules()):  # ours; stock models load as they always did
+    if ours:
         check_model_state(model, weight, loaded[0])
     return loaded

@@ -272,12 +272,14 @@ class Value:
 
 def data_call(qualname: str):
     """An inert stand-in for a data type a checkpoint may construct (e.g. ``pathlib.PosixPath``): it returns a `Value`
-    holding the arguments, so a pickle that builds one can be read without constructing anything."""
+    holding the arguments, so a pickle that builds one can be read without constructing anything. It is a class, as
+    pickle's NEWOBJ (``cls.__new__(cls, *args)``, how protocol 2 builds an object) takes only a class; called either
+    way it makes a `Value`."""
 
-    def call(*args, **kwargs):
+    def new(cls, *args, **kwargs):
         return Value(qualname, args)
 
-    return call
+    return type(f"DataCall[{qualname}]", (), {"__new__": new, "__module__": __name__, "qualname": qualname})
 
 
 ZIP_MAGIC = b"PK\x03\x04"  # torch.load reads a file as a zip only when it starts with this, any other as a pickle

@@ -1,5 +1,6 @@
 """Checkpoints are read without running their code (ibra_yolo.checkpoints), by every command that opens a ``.pt``."""
 
+import copy
 import os
 import pickle
 import re
@@ -1201,11 +1202,58 @@ def test_class_names_with_control_characters_are_refused(tmp_path, spiking_ckpt)
     # names (battery 20, A40: a file can forge or hide output lines)
     from ultralytics import YOLO
 
-    for names in ({0: "a", 1: "circ\nle", 2: "c"}, ["a", "b", "\x1b[31mRED"]):
+    # battery 21, Z06: a right-to-left override reorders the rest of a printed line, a zero-width space makes two
+    # names print alike; a zero-width non-joiner spells Persian words and stays a name (below)
+    bad = ({0: "a", 1: "circ\nle", 2: "c"}, ["a", "b", "\x1b[31mRED"], ["a", "circle\u202e", "c"], ["a", "b", "tri\u200bangle"])
+    for names in bad:
         ckpt = torch.load(spiking_ckpt, weights_only=False)
         ckpt["model"].names = names
         torch.save(ckpt, tmp_path / "names.pt")
-        says = r"names\.pt: the model's class name [12] is '.*': it holds control characters \(a line break or a "
+        says = r"names\.pt: the model's class name [12] is '.*': it holds control characters \(a line break, a "
         for load in (YOLO, lambda p: checkpoint_model(load_checkpoint(p), p)):
             with pytest.raises(CheckpointError, match=says):
                 load(str(tmp_path / "names.pt"))
+
+    ckpt = torch.load(spiking_ckpt, weights_only=False)
+    ckpt["model"].names = {0: "a", 1: "\u0645\u06cc\u200c\u0634\u0648\u062f", 2: "c"}  # Persian, with a ZWNJ
+    torch.save(ckpt, tmp_path / "persian.pt")
+    assert YOLO(str(tmp_path / "persian.pt")).names[1] == "\u0645\u06cc\u200c\u0634\u0648\u062f"
+
+
+def test_a_module_cycle_or_deeply_nested_data_is_one_line(tmp_path, spiking_ckpt, python):
+    # battery 21, H14/C01/C02: a layer holding the whole model as a child loads (pickle rebuilds cycles), then every
+    # torch walk of the tree (.float(), .to(), deepcopy, state_dict) recursed without end: a bare RecursionError in
+    # YOLO(p), yolo predict and ibra-yolo deploy
+    from ultralytics import YOLO
+
+    ckpt = torch.load(spiking_ckpt, weights_only=False)
+    ckpt["model"].model[10]._modules["loop"] = ckpt["model"]
+    torch.save(ckpt, tmp_path / "cycle.pt")
+    says = r"cycle\.pt: layer model\.model\.10\.loop holds DetectionModel model, one of its own parents \(a module cycle"
+    for load in (YOLO, lambda p: checkpoint_model(load_checkpoint(p), p)):
+        with pytest.raises(CheckpointError, match=says):
+            load(str(tmp_path / "cycle.pt"))
+    # a mid-run checkpoint: the cycle in 'ema' was met first by the check that model and ema hold one model
+    ckpt = torch.load(spiking_ckpt, weights_only=False)
+    ckpt["ema"] = copy.deepcopy(ckpt["model"])
+    ckpt["ema"].model[3]._modules["loop"] = ckpt["ema"].model
+    torch.save(ckpt, tmp_path / "ema.pt")
+    with pytest.raises(CheckpointError, match=r"ema\.pt: layer ema\.model\.3\.loop holds Sequential ema\.model, one"):
+        YOLO(str(tmp_path / "ema.pt"))
+    # H26: train_args nested deeper than any run writes loaded, then torch.save of it (ibra-yolo deploy, the trainer)
+    # recursed once per level; 64 levels is the bound (a real checkpoint's data nests <= 5: optimizer state)
+    for depth, refused in ((62, False), (63, True), (200, True)):
+        nested = []
+        for _ in range(depth):
+            nested = [nested]  # train_args is level 1, 'extra' level 2: the innermost list is at level depth + 2
+        ckpt = torch.load(spiking_ckpt, weights_only=False)
+        ckpt["train_args"] = {**ckpt["train_args"], "extra": nested}
+        torch.save(ckpt, tmp_path / "deep.pt")
+        if refused:
+            with pytest.raises(CheckpointError, match=r"deep\.pt: its 'train_args' data is nested over 64 deep"):
+                checkpoint_model(load_checkpoint(tmp_path / "deep.pt"), tmp_path / "deep.pt")
+        else:
+            checkpoint_model(load_checkpoint(tmp_path / "deep.pt"), tmp_path / "deep.pt")
+    p = run([python, "-m", "ibra_yolo", "deploy", str(tmp_path / "cycle.pt"), str(tmp_path / "out.pt")], check=False)
+    assert p.returncode == 2 and p.stderr.startswith("error: ") and "a module cycle" in p.stderr
+    assert p.stderr.count("\n") == 1 and not (tmp_path / "out.pt").exists()

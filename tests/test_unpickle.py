@@ -188,6 +188,13 @@ def test_allowed_data_calls_build_nothing_and_their_results_cannot_be_called(tmp
     with pytest.raises(UnsafePickleError, match=r"names builtins\.getattr, which may run code") as e:
         read_checkpoint(tmp_path / "chain.pt")
     assert e.value.refused == ("builtins.getattr", "names")
+    # an allowed data type built the way protocol 2 builds objects (NEWOBJ cls.__new__(cls), then BUILD with its
+    # state; Ultralytics' IterableSimpleNamespace is): read as a Value, not called "damaged" (battery 20, B11: the
+    # stand-in was a function, and NEWOBJ takes only a class)
+    torch.save({"ns": Module(data="x.yaml")}, tmp_path / "newobj.pt")
+    assert b"\x81" in zipfile.ZipFile(tmp_path / "newobj.pt").read("newobj/data.pkl")  # NEWOBJ is in it
+    ns = read_checkpoint(tmp_path / "newobj.pt", calls={(Module.__module__, "Module"): data_call("Module")})["ns"]
+    assert isinstance(ns, Value) and ns.qualname == "Module" and ns.args == () and ns.state == {"data": "x.yaml"}
     # data=False: shapes only, no byte of a tensor read
     torch.save({"w": torch.arange(6.0).reshape(2, 3).t()}, tmp_path / "t.pt")
     w = read_checkpoint(tmp_path / "t.pt", data=False)["w"]
