@@ -74,13 +74,16 @@ def _check_module_tree(model: nn.Module, path: str | Path, root: str = "model") 
             continue
         if id(child) in open_:
             raise CheckpointError(
-                f"{path}: layer {where[:120]} holds {type(child).__name__} {_find(stack, child)}, one of its own parents "
-                "(a module cycle, which no model builds; the file was altered)"
+                f"{path}: layer {where[:120]} holds {type(child).__name__} {_find(stack, child)}, one of its own "
+                "parents (a module cycle, which no model builds; the file was altered)"
             )
         if depth + 1 > MAX_DEPTH:
-            raise CheckpointError(f"{path}: layer {where[:120]}... is nested over {MAX_DEPTH} deep (the file was altered)")
+            raise CheckpointError(
+                f"{path}: layer {where[:120]}... is nested over {MAX_DEPTH} deep (the file was altered)"
+            )
         if not isinstance(child, nn.Module):
-            raise CheckpointError(f"{path}: layer {where[:120]} is a {type(child).__name__}, not a layer (the file was altered)")
+            what = type(child).__name__
+            raise CheckpointError(f"{path}: layer {where[:120]} is a {what}, not a layer (the file was altered)")
         open_.add(id(child))
         stack.append((where, child, depth + 1, iter(child._modules.items())))
 
@@ -109,7 +112,9 @@ def check_nesting(ckpt: dict, path: str | Path) -> None:
         if not isinstance(value, (dict, list, tuple, set, frozenset)) or id(value) in seen:
             continue
         if depth > MAX_DEPTH:
-            raise CheckpointError(f"{path}: its {where!r:.40} data is nested over {MAX_DEPTH} deep (the file was altered)")
+            raise CheckpointError(
+                f"{path}: its {where!r:.40} data is nested over {MAX_DEPTH} deep (the file was altered)"
+            )
         seen.add(id(value))
         items = [*value.keys(), *value.values()] if isinstance(value, dict) else value
         stack.extend((where, item, depth + 1) for item in items)
@@ -221,9 +226,11 @@ def check_yaml_neuron(model: nn.Module, path: str | Path) -> None:
 def layer_settings(model: nn.Module, prefix: str = "", tensors: bool = True) -> dict[str, str]:
     """Each layer's class and plain settings, by place: ``{"model.9.m (class)": "MaxPool2d", "model.9.m.kernel_size":
     "3", ...}`` -- numbers, strings, flags, tuples, lists and (``tensors``) small tensors such as a stride, as
-    ``repr`` (so NaN equals NaN); ``training`` and private attributes not."""
+    ``repr`` (so NaN equals NaN); ``training`` and private attributes not. A layer held at two places is listed at
+    both (no model builds one: a file's extra child that is another layer must not pass unlisted); a module cycle is
+    refused before this runs (`check_nesting`)."""
     out = {}
-    for name, m in model.named_modules(prefix=prefix):
+    for name, m in model.named_modules(prefix=prefix, remove_duplicate=False):
         out[f"{name or 'the model'} (class)"] = type(m).__qualname__
         for key, value in vars(m).items():
             if key.startswith("_") or key == "training":

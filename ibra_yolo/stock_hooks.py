@@ -409,7 +409,8 @@ def stock_safe_load(original, weight, *args, **kwargs):
         raise no_model_error(weight, loaded[0])
     from ibra_yolo.nn.blocks import NeuronConv
 
-    ours = isinstance(model, nn.Module) and any(isinstance(m, NeuronConv) for m in model.modules())  # stock models load as they always did
+    # ours: stock models load as they always did
+    ours = isinstance(model, nn.Module) and any(isinstance(m, NeuronConv) for m in model.modules())
     if ours:
         check_nesting(loaded[0], weight)  # before anything walks the model with torch (a module cycle: no end)
     check_ema_matches(loaded[0], weight)  # YOLO() would load the ema without a word
