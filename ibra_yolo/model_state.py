@@ -292,6 +292,7 @@ def check_layer_settings(model: nn.Module, path: str | Path) -> None:
                 f"its model dict builds {setting}={want[key]:.80}: the file was altered after it was saved, and "
                 f"training or resuming from it would rebuild the dict's layers"
             )
+    _check_tensors(layers, built, path)
     for name, m in layers.named_modules(prefix="model"):  # a setting the class holds, shadowed in the file's layer
         for key, value in vars(m).items():
             default = getattr(type(m), key, None)
@@ -305,6 +306,20 @@ def check_layer_settings(model: nn.Module, path: str | Path) -> None:
                     f"{key}={default!r} and its model dict sets no other: the file was altered after it was saved "
                     f"(e.g. xyxy=True decodes every box in another format)"
                 )
+
+
+def _check_tensors(layers: nn.Module, built: nn.Module, path: str | Path) -> None:
+    """The layers hold the tensors (weights, biases, BN statistics) the model dict builds, by name and shape: a bias
+    added to a conv that has none (battery 22, K12: every output moved, and no setting shows it) or a tensor removed or
+    reshaped is an altered file."""
+    held, want = ({k: tuple(v.shape) for k, v in m.state_dict(prefix="model.").items()} for m in (layers, built))
+    for key in {**want, **held}:
+        if held.get(key) != want.get(key):
+            what, builds = (f"a tensor of shape {d[key]}" if key in d else "no such tensor" for d in (held, want))
+            raise CheckpointError(
+                f"{path}: {key} is {what}, but its model dict builds {builds} there: the file was altered after it was "
+                f"saved"
+            )
 
 
 def _check_dfl(model: nn.Module, path: str | Path) -> None:

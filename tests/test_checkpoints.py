@@ -324,6 +324,20 @@ ALTERED = {  # a file changed after saving: each failed deep in torch (100-line 
         lambda c: setattr(c["model"], "names", "abc"),
         r"class names are a str, not a dict or a list",
     ),
+    # battery 22, K12: a bias added to a conv the model dict builds without one moved every output, and no plain
+    # setting shows it (the layer check compared settings only); a tensor removed is as altered
+    "a bias added": (
+        lambda c: setattr(
+            c["model"].model[2].sep.pw2.op.dw,
+            "bias",
+            torch.nn.Parameter(torch.ones(c["model"].model[2].sep.pw2.op.dw.out_channels)),
+        ),
+        r"model\.2\.sep\.pw2\.op\.dw\.bias is a tensor of shape \(\d+,\), but its model dict builds no such tensor",
+    ),
+    "a conv's bias removed": (  # the box branch then runs without its bias: every box shifted
+        lambda c: setattr(c["model"].model[-1].cv2[0].pred.op, "bias", None),
+        r"model\.26\.cv2\.0\.pred\.op\.bias is no such tensor, but its model dict builds a tensor of shape \(64,\)",
+    ),
     "train_args a list": (
         lambda c: c.__setitem__("train_args", ["x"]),
         r"train_args is a list, not a dict of arguments",
