@@ -30,6 +30,9 @@ __all__ = (
     "layer_settings",
 )
 
+# the largest train_args imgsz a file may give `yolo predict/val` without imgsz= (battery 22, K25: 4096 took 55 s and
+# 3.9 GB for one 64 px image with an n model; 100000 would exhaust the machine); a user's own imgsz= is not limited
+MAX_IMGSZ = 8192
 MAX_STRIDE = 1024  # YOLO heads stride 8-64; the check runs an image of twice the largest stride
 DATASET_SUFFIXES = (".yaml", ".yml", ".zip", ".tar", ".tar.gz", ".tgz")  # what Ultralytics' detection data= takes
 
@@ -393,7 +396,7 @@ def _check_train_args(args: dict, path: str | Path) -> None:
         elif key == "data" and value and not _is_dataset(str(value)):
             bad = f"data is {str(value)!r:.80}, not a dataset YAML, a folder or archive of one, or a dataset name"
         elif key == "imgsz" and not _is_imgsz(value):
-            bad = f"imgsz is {value!r:.40}, not a size in pixels (an integer > 0, or two)"
+            bad = f"imgsz is {value!r:.40}, not a size in pixels (an integer in 1..{MAX_IMGSZ}, or two)"
         elif key == "single_cls" and not isinstance(value, bool):
             bad = f"single_cls is {value!r:.40}, not true or false"
         elif key == "task" and value not in (None, "detect"):
@@ -418,7 +421,7 @@ def _is_dataset(name: str) -> bool:
 
 def _is_imgsz(value) -> bool:
     sizes = value if isinstance(value, (list, tuple)) and len(value) in (1, 2) else [value]
-    return all(isinstance(v, Integral) and not isinstance(v, bool) and v > 0 for v in sizes)
+    return all(isinstance(v, Integral) and not isinstance(v, bool) and 0 < v <= MAX_IMGSZ for v in sizes)
 
 
 def check_model_state(model: nn.Module, path: str | Path, ckpt: dict | None = None) -> None:

@@ -158,6 +158,7 @@ def check_resumable(ckpt: dict, name, overrides: dict) -> None:
             f"{name}: its best_fitness is {fitness!r:.40}, not a finite number: a resumed run would never save "
             f"best.pt (the file was altered)"
         )
+    _check_run_state(ckpt, name, args, optimizer)
     for i, state in (optimizer.get("state") or {}).items() if isinstance(optimizer.get("state"), dict) else ():
         for key, t in state.items() if isinstance(state, dict) else ():
             if hasattr(t, "isfinite") and t.is_floating_point() and not bool(t.isfinite().all()):
@@ -165,6 +166,49 @@ def check_resumable(ckpt: dict, name, overrides: dict) -> None:
                     f"{name}: its optimizer state holds NaN or infinite values ({key} of parameter {i}): resuming "
                     f"would train on NaN losses (the file was altered, or the run had diverged)"
                 )
+
+
+# the optimizer names Ultralytics 8.4's BaseTrainer.build_optimizer takes (another raised NotImplementedError there)
+OPTIMIZERS = frozenset({"Adam", "Adamax", "AdamW", "NAdam", "RAdam", "RMSprop", "SGD", "MuSGD", "auto"})
+
+
+def _check_run_state(ckpt: dict, name, args: dict, optimizer: dict) -> None:
+    """What the stock trainer reads back from a resumed file and failed on with a traceback (battery 22): train_args
+    it validates again (``batch='abc'``, ``lr0=-1``: Ultralytics' own check, in one line), an optimizer it cannot
+    build, optimizer state for another set of parameters (a group missing: torch's ValueError), or an EMA update count
+    that is not a count (NaN: every validation loss NaN, without a word)."""
+    from numbers import Integral
+
+    from torch import nn
+    from ultralytics.cfg import check_cfg
+
+    from ibra_yolo.errors import CheckpointError
+
+    try:
+        check_cfg(dict(args), hard=True)  # a copy: the check converts values in place
+    except (TypeError, ValueError) as e:
+        raise CheckpointError(f"{name}: its train_args cannot be resumed: {str(e).splitlines()[0][:200]}") from None
+    if args.get("optimizer", "auto") not in OPTIMIZERS:
+        raise CheckpointError(
+            f"{name}: its train_args name optimizer={args['optimizer']!r:.40}, which Ultralytics does not build "
+            f"(one of {', '.join(sorted(OPTIMIZERS))}): the file was altered"
+        )
+    updates = ckpt.get("updates")
+    if ckpt.get("ema") is not None and (not isinstance(updates, Integral) or isinstance(updates, bool) or updates < 0):
+        raise CheckpointError(
+            f"{name}: its EMA update count is {updates!r:.40}, not a count (>= 0) a training run saves: the resumed "
+            f"moving average would be NaN (the file was altered)"
+        )
+    model = ckpt.get("ema") if isinstance(ckpt.get("ema"), nn.Module) else ckpt.get("model")
+    groups = optimizer.get("param_groups")
+    if isinstance(model, nn.Module) and isinstance(groups, list):
+        saved = sum(len(g.get("params", ())) if isinstance(g, dict) else 0 for g in groups)
+        held = sum(1 for _ in model.parameters())
+        if saved != held:
+            raise CheckpointError(
+                f"{name}: its optimizer state covers {saved} parameters, but its model has {held} (a group missing "
+                f"or added): the file was altered, and the trainer cannot load that state"
+            )
 
 
 def is_ours(model) -> bool:

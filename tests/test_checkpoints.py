@@ -908,6 +908,17 @@ def test_resume_takes_only_the_training_state_a_run_saves(tmp_path, spiking_ckpt
          r"its best_fitness is nan, not a finite number"),
         ({"epoch": 1, "optimizer": state}, NonFiniteError, r"its optimizer state holds NaN or infinite values \("
          r"momentum_buffer of parameter 0\)"),
+        # battery 22 (H50-H57): each was a traceback from torch or Ultralytics, or NaN validation losses (H55)
+        ({"epoch": 1, "optimizer": {"state": {}, "param_groups": []}}, CheckpointError,
+         r"its optimizer state covers 0 parameters, but its model has \d+ \(a group missing or added\)"),
+        ({"epoch": 1, "optimizer": opt, "train_args": {**ckpt["train_args"], "optimizer": "Evil"}}, CheckpointError,
+         r"its train_args name optimizer='Evil', which Ultralytics does not build"),
+        ({"epoch": 1, "optimizer": opt, "train_args": {**ckpt["train_args"], "batch": "abc"}}, CheckpointError,
+         r"its train_args cannot be resumed: 'batch=abc' is of invalid type str"),
+        ({"epoch": 1, "optimizer": opt, "train_args": {**ckpt["train_args"], "lr0": -1.0}}, CheckpointError,
+         r"its train_args cannot be resumed: 'lr0=-1\.0' is an invalid value"),
+        ({"epoch": 1, "optimizer": opt, "ema": ckpt["model"], "updates": float("nan")}, CheckpointError,
+         r"its EMA update count is nan, not a count"),
         # no dataset (stock: coco8, downloaded), a GPU this machine lacks (stock: a select_device traceback)
         ({"epoch": 1, "optimizer": opt, "train_args": {"epochs": 4}}, CheckpointError,
          r"its train_args name no dataset \(data\), which every training run saves: pass data="),
@@ -1123,6 +1134,9 @@ def test_train_args_data_that_is_not_a_dataset_name_is_refused(tmp_path, spiking
     for args, says in (({"imgsz": float("nan")}, "imgsz is nan, not a finite number"),
                        ({"epochs": float("inf")}, "epochs is inf, not a finite number"),
                        ({"imgsz": "640"}, "imgsz is '640', not a size in pixels"),
+                       # battery 22, K25: yolo predict without imgsz= takes the file's; 4096 took 3.9 GB per image
+                       ({"imgsz": 100000}, "imgsz is 100000, not a size in pixels (an integer in 1..8192, or two)"),
+                       ({"imgsz": [640, 8193]}, "imgsz is [640, 8193], not a size in pixels"),
                        ({"single_cls": "yes"}, "single_cls is 'yes', not true or false"),
                        ({"task": "classify"}, "task is 'classify', but the model is a detector")):  # fmt: skip
         ckpt["train_args"] = args

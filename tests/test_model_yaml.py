@@ -121,13 +121,16 @@ def test_input_channels_are_checked():
         ("activation", "nn.SiLU()", "activation='nn.SiLU()' is not read by spiking YAMLs: the neuron: key sets"),
         ("end2end", True, "end2end=True is not read by spiking YAMLs"),
         ("kpt_shape", [17, 3], "kpt_shape=[17, 3] is not read by spiking YAMLs: spiking models detect boxes only"),
+        # a misspelt key was ignored (battery 22, Y52: `t: 4` built one timestep); a key of its own (author) is not one
+        ("t", 4, "t: is not a key spiking YAMLs read (it would be ignored): did you mean T:?"),
+        ("neurons", {"kind": "ILIF", "D": 4}, "neurons: is not a key spiking YAMLs read (it would be ignored): did"),
     ],
 )
 def test_bad_top_level_keys(key, value, says):
     with pytest.raises(ModelConfigError, match=re.escape(says)):
         build_spiking_model(load(**{"scale": "n", key: value}), verbose=False)
     harmless = {"reg_max": 16, "end2end": False, "activation": None, "kpt_shape": None}  # what ours does anyway
-    build_spiking_model(load(scale="n", **harmless), verbose=False)
+    build_spiking_model(load(scale="n", **harmless, author="me", scaling="none"), verbose=False)
 
 
 # ---------------------------------------------------------------------------------------------------- rows

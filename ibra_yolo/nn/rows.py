@@ -167,6 +167,29 @@ _STOCK_KEYS = {  # stock model-YAML keys our builder does not read: (the one val
 }
 
 
+# every key a spiking model dict may hold: ours, what Ultralytics adds (channels, yaml_file), what deployment adds
+# (folded), and the stock keys refused with advice above or below
+_KNOWN_KEYS = frozenset(
+    {"nc", "T", "neuron", "backbone", "head", "scales", "scale", "scale_args", "channels", "ch", "yaml_file", "folded"}
+    | {"depth_multiple", "width_multiple", "max_channels", *_STOCK_KEYS}
+)
+
+
+def _misspelt_key(d: dict) -> tuple[str, str] | None:
+    """``(key, the key it misspells)`` for a key that is a known key in another case or nearly one (``t: 4`` for
+    ``T: 4`` built one timestep without a word: Ultralytics and our builder ignore keys they do not read)."""
+    import difflib
+
+    for key in d:
+        if not isinstance(key, str) or key in _KNOWN_KEYS:
+            continue
+        same = [k for k in _KNOWN_KEYS if k.lower() == key.lower()]
+        close = same or difflib.get_close_matches(key, _KNOWN_KEYS, n=1, cutoff=0.75)
+        if close:
+            return key, close[0]
+    return None
+
+
 def check_top_level(d) -> tuple[dict, float, float, float]:
     """Check the keys outside the rows; return (names usable in args, depth, width, max_channels).
 
@@ -176,6 +199,11 @@ def check_top_level(d) -> tuple[dict, float, float, float]:
     """
     if not isinstance(d, dict):
         raise ModelConfigError(f"a model YAML must be a mapping (nc, neuron, backbone, head), got a {type(d).__name__}")
+    misspelt = _misspelt_key(d)
+    if misspelt:
+        raise ModelConfigError(
+            f"{misspelt[0]}: is not a key spiking YAMLs read (it would be ignored): did you mean {misspelt[1]}:?"
+        )
     T = d.get("T", 1)
     if not is_int(T) or not 1 <= T <= LIMITS["T"]:
         raise ModelConfigError(f"T={T!r} is invalid: the number of timesteps must be an integer in [1, {LIMITS['T']}]")
