@@ -312,17 +312,26 @@ def check_layer_settings(model: nn.Module, path: str | Path) -> None:
 
 
 def _check_tensors(layers: nn.Module, built: nn.Module, path: str | Path) -> None:
-    """The layers hold the tensors (weights, biases, BN statistics) the model dict builds, by name and shape: a bias
-    added to a conv that has none (battery 22, K12: every output moved, and no setting shows it) or a tensor removed or
-    reshaped is an altered file."""
-    held, want = ({k: tuple(v.shape) for k, v in m.state_dict(prefix="model.").items()} for m in (layers, built))
-    for key in {**want, **held}:
-        if held.get(key) != want.get(key):
-            what, builds = (f"a tensor of shape {d[key]}" if key in d else "no such tensor" for d in (held, want))
+    """The layers hold the tensors (weights, biases, BN statistics) the model dict builds, by name, shape and kind: a
+    bias added to a conv that has none (battery 22, K12: every output moved, and no setting shows it), a tensor removed
+    or reshaped, or a weight made a buffer (never trained) is an altered file."""
+    held, want = (_tensors(m) for m in (layers, built))
+    for k in {**want, **held}:
+        if held.get(k) != want.get(k):
+            what, builds = (f"a {d[k][1]} of shape {d[k][0]}" if k in d else "no such tensor" for d in (held, want))
             raise CheckpointError(
-                f"{path}: {key} is {what}, but its model dict builds {builds} there: the file was altered after it was "
+                f"{path}: {k} is {what}, but its model dict builds {builds} there: the file was altered after it was "
                 f"saved"
             )
+
+
+def _tensors(layers: nn.Module) -> dict[str, tuple[tuple, str]]:
+    """``{name: (shape, "parameter" or "buffer")}`` of what a model saves: a weight made a buffer is not trained."""
+    params = {k for k, _ in layers.named_parameters(prefix="model", remove_duplicate=False)}
+    return {
+        k: (tuple(v.shape), "parameter" if k in params else "buffer")
+        for k, v in layers.state_dict(prefix="model.").items()
+    }
 
 
 def _check_dfl(model: nn.Module, path: str | Path) -> None:

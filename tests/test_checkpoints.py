@@ -253,6 +253,13 @@ def _neurons(ckpt, kind):
 
 
 IBRA = "IBRALIF"
+
+
+def _as_buffer(module: torch.nn.Module, name: str) -> None:
+    value = module._parameters.pop(name).detach()
+    module.register_buffer(name, value)
+
+
 ALTERED = {  # a file changed after saving: each failed deep in torch (100-line tracebacks) or ran and meant nothing
     "negative N": (
         lambda c: setattr(_neurons(c, IBRA)[0], "scale", -100.0),
@@ -332,11 +339,15 @@ ALTERED = {  # a file changed after saving: each failed deep in torch (100-line 
             "bias",
             torch.nn.Parameter(torch.ones(c["model"].model[2].sep.pw2.op.dw.out_channels)),
         ),
-        r"model\.2\.sep\.pw2\.op\.dw\.bias is a tensor of shape \(\d+,\), but its model dict builds no such tensor",
+        r"model\.2\.sep\.pw2\.op\.dw\.bias is a parameter of shape \(\d+,\), but its model dict builds no such tensor",
     ),
     "a conv's bias removed": (  # the box branch then runs without its bias: every box shifted
         lambda c: setattr(c["model"].model[-1].cv2[0].pred.op, "bias", None),
-        r"model\.26\.cv2\.0\.pred\.op\.bias is no such tensor, but its model dict builds a tensor of shape \(64,\)",
+        r"model\.26\.cv2\.0\.pred\.op\.bias is no such tensor, but its model dict builds a parameter of shape \(64,\)",
+    ),
+    "a weight made a buffer": (  # runs as before, but training would never update it
+        lambda c: _as_buffer(c["model"].model[1].conv.op, "weight"),
+        r"model\.1\.conv\.op\.weight is a buffer of shape \(48, 3, 7, 7\), but its model dict builds a parameter of",
     ),
     "train_args a list": (
         lambda c: c.__setitem__("train_args", ["x"]),
