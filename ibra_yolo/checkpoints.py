@@ -25,7 +25,8 @@ from torch import nn
 
 from ibra_yolo.errors import CheckpointError, IbraYoloError, MissingFileError, UnsafePickleError
 from ibra_yolo.files import as_path
-from ibra_yolo.model_state import check_finite_weights, check_model_state, check_nesting, layer_settings
+from ibra_yolo.model_state import check_finite_weights, check_model_state, layer_settings
+from ibra_yolo.nesting import check_nesting
 from ibra_yolo.pickle_checks import check_calls, check_zip_crc, file_kind
 
 __all__ = (

@@ -19,10 +19,10 @@ import torch
 from torch import nn
 
 from ibra_yolo.errors import CheckpointError, NonFiniteError
+from ibra_yolo.nesting import check_module_tree, check_nesting
 
 __all__ = (
     "check_model_state",
-    "check_nesting",
     "check_finite_weights",
     "check_neuron_settings",
     "check_yaml_neuron",
@@ -55,72 +55,6 @@ def check_finite_weights(model: nn.Module, path: str | Path) -> None:
 # make two names print alike (zero-width space, word joiner, BOM). Other Cf characters spell words (ZWNJ in Persian,
 # ZWJ in emoji, soft hyphen) and are left to the name.
 HIDING = frozenset("\u200b\u2060\ufeff" + "".join(map(chr, [*range(0x202A, 0x202F), *range(0x2066, 0x206A)])))
-MAX_DEPTH = 64  # our module trees nest <= 6 deep and checkpoint data <= 5; torch and pickle recurse once per level
-
-
-def _check_module_tree(model: nn.Module, path: str | Path, root: str = "model") -> None:
-    """Refuse a module tree torch cannot walk: a layer holding one of its own parents (a cycle: ``.float()``,
-    ``.to()`` and ``deepcopy`` recursed without end) or layers nested deeper than `MAX_DEPTH`. Walked without
-    recursion, each module once."""
-    stack, open_, done = [(root, model, 0, iter(model._modules.items()))], {id(model)}, set()
-    while stack:
-        name, module, depth, children = stack[-1]
-        step = next(children, None)
-        if step is None:
-            open_.discard(id(module))
-            done.add(id(module))
-            stack.pop()
-            continue
-        key, child = step
-        where = f"{name}.{key}"
-        if child is None or id(child) in done:
-            continue
-        if id(child) in open_:
-            raise CheckpointError(
-                f"{path}: layer {where[:120]} holds {type(child).__name__} {_find(stack, child)}, one of its own "
-                "parents (a module cycle, which no model builds; the file was altered)"
-            )
-        if depth + 1 > MAX_DEPTH:
-            raise CheckpointError(
-                f"{path}: layer {where[:120]}... is nested over {MAX_DEPTH} deep (the file was altered)"
-            )
-        if not isinstance(child, nn.Module):
-            what = type(child).__name__
-            raise CheckpointError(f"{path}: layer {where[:120]} is a {what}, not a layer (the file was altered)")
-        open_.add(id(child))
-        stack.append((where, child, depth + 1, iter(child._modules.items())))
-
-
-def _find(stack: list, module: nn.Module) -> str:
-    return next((name[:120] for name, m, *_ in stack if m is module), "?")
-
-
-def check_nesting(ckpt: dict, path: str | Path) -> None:
-    """Refuse a checkpoint torch cannot walk or write again, before anything walks it: a model (``model``, ``ema``)
-    with a module cycle or nested too deep (`_check_module_tree`), or data (``train_args``, ``git``, the optimizer
-    state) nested deeper than `MAX_DEPTH`: Ultralytics and ``ibra-yolo deploy`` write the file's data again with
-    ``torch.save``, whose pickler recursed once per level (a list nested 30,000 deep: RecursionError).
-
-    Raises:
-        CheckpointError: Naming the layer or the entry.
-    """
-    if not isinstance(ckpt, dict):
-        return
-    for key, value in ckpt.items():
-        if isinstance(value, nn.Module):
-            _check_module_tree(value, path, str(key))
-    stack, seen = [(key, value, 1) for key, value in ckpt.items() if not isinstance(value, nn.Module)], set()
-    while stack:
-        where, value, depth = stack.pop()
-        if not isinstance(value, (dict, list, tuple, set, frozenset)) or id(value) in seen:
-            continue
-        if depth > MAX_DEPTH:
-            raise CheckpointError(
-                f"{path}: its {where!r:.40} data is nested over {MAX_DEPTH} deep (the file was altered)"
-            )
-        seen.add(id(value))
-        items = [*value.keys(), *value.values()] if isinstance(value, dict) else value
-        stack.extend((where, item, depth + 1) for item in items)
 
 
 def _settings(neuron: nn.Module) -> dict:
@@ -442,7 +376,7 @@ def check_model_state(model: nn.Module, path: str | Path, ckpt: dict | None = No
         NonFiniteError: A NaN or infinite weight or buffer.
         CheckpointError: Anything else, naming the file, the layer and the value.
     """
-    _check_module_tree(model, path)  # first: the checks below walk the tree with torch, which recurses
+    check_module_tree(model, path)  # first: the checks below walk the tree with torch, which recurses
     check_nesting(ckpt, path)
     if ckpt is not None and ckpt.get("train_args") is not None and not isinstance(ckpt["train_args"], dict):
         kind = type(ckpt["train_args"]).__name__

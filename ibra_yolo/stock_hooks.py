@@ -374,7 +374,8 @@ def stock_safe_load(original, weight, *args, **kwargs):
         refusal_error,
     )
     from ibra_yolo.errors import CheckpointError, IbraYoloError
-    from ibra_yolo.model_state import check_model_state, check_nesting
+    from ibra_yolo.model_state import check_model_state
+    from ibra_yolo.nesting import check_nesting
 
     wrap_model_train()  # Model exists by now: a model loaded from a file refuses training if it is folded
     local = Path(str(weight))
