@@ -175,6 +175,13 @@ def _spiking_yaml_model_load(original, path):
                 UserWarning,
                 stacklevel=2,
             )
+        elif named and named["scale"] in "nslmx" and named["scale"] not in scales and scales:  # battery 23, Y14
+            warnings.warn(
+                f"{file}: its name ends in -{named['scale']}, a scale this file does not have ({', '.join(scales)}): "
+                f"its scale: key decides, scale {d.get('scale') or next(iter(scales))} is built",
+                UserWarning,
+                stacklevel=2,
+            )
     d["yaml_file"] = str(path)
     plan_model(d, d.get("channels", 3))  # every key and row, before Ultralytics reads the dict
     return d

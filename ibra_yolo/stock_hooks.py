@@ -24,7 +24,15 @@ import threading
 from collections.abc import Mapping
 from pathlib import Path
 
-from ibra_yolo.training_checks import check_pretrained, check_pretrained_file, check_resumable, is_ours, warn_if_few_fit
+from ibra_yolo.training_checks import (
+    check_freeze,
+    check_pretrained,
+    check_pretrained_file,
+    check_resumable,
+    checked_training_state,
+    is_ours,
+    warn_if_few_fit,
+)
 
 __all__ = (
     "spiking_fuse",
@@ -97,6 +105,8 @@ def unfolded_training(original, self, *args, **kwargs):
         check_pretrained_file(self.model, overrides.get("pretrained"))
     if overrides.get("resume") is True and isinstance(getattr(self, "ckpt", None), dict) and is_ours(self.model):
         check_resumable(self.ckpt, getattr(self, "ckpt_path", None) or "the checkpoint", overrides)
+    if "freeze" in overrides and getattr(self, "model", None) is not None and is_ours(self.model):
+        check_freeze(self.model, overrides["freeze"])
     return checkpoint_data_guarded(original, self, *args, **kwargs)
 
 
@@ -325,7 +335,8 @@ def guard_checkpoint_named_data() -> None:
                  "ultralytics.models.yolo.yoloe.val"):  # fmt: skip
         after_import(name, _wrap_check_det_dataset)
     trainer = "ultralytics.engine.trainer"
-    after_import(trainer, functools.partial(wrap_methods, trainer, "BaseTrainer", {"check_resume": resume_in_place}))
+    trainer_hooks = {"check_resume": resume_in_place, "_load_checkpoint_state": checked_training_state}
+    after_import(trainer, functools.partial(wrap_methods, trainer, "BaseTrainer", trainer_hooks))
 
 
 def _check_before_stock_load(weight, safe_only):

@@ -11,7 +11,9 @@ __all__ = (
     "check_pretrained",
     "check_pretrained_file",
     "check_dict_describes_layers",
+    "check_freeze",
     "check_resumable",
+    "checked_training_state",
 )
 
 
@@ -158,7 +160,7 @@ def check_resumable(ckpt: dict, name, overrides: dict) -> None:
             f"{name}: its best_fitness is {fitness!r:.40}, not a finite number: a resumed run would never save "
             f"best.pt (the file was altered)"
         )
-    _check_run_state(ckpt, name, args, optimizer)
+    _check_run_state(ckpt, name, args, optimizer, overrides)
     for i, state in (optimizer.get("state") or {}).items() if isinstance(optimizer.get("state"), dict) else ():
         for key, t in state.items() if isinstance(state, dict) else ():
             if hasattr(t, "isfinite") and t.is_floating_point() and not bool(t.isfinite().all()):
@@ -172,7 +174,7 @@ def check_resumable(ckpt: dict, name, overrides: dict) -> None:
 OPTIMIZERS = frozenset({"Adam", "Adamax", "AdamW", "NAdam", "RAdam", "RMSprop", "SGD", "MuSGD", "auto"})
 
 
-def _check_run_state(ckpt: dict, name, args: dict, optimizer: dict) -> None:
+def _check_run_state(ckpt: dict, name, args: dict, optimizer: dict, overrides: dict) -> None:
     """What the stock trainer reads back from a resumed file and failed on with a traceback (battery 22): train_args
     it validates again (``batch='abc'``, ``lr0=-1``: Ultralytics' own check, in one line), an optimizer it cannot
     build, optimizer state for another set of parameters (a group missing: torch's ValueError), or an EMA update count
@@ -209,6 +211,82 @@ def _check_run_state(ckpt: dict, name, args: dict, optimizer: dict) -> None:
                 f"{name}: its optimizer state covers {saved} parameters, but its model has {held} (a group missing "
                 f"or added): the file was altered, and the trainer cannot load that state"
             )
+    _check_param_groups(groups if isinstance(groups, list) else [], name)
+    if isinstance(model, nn.Module) and "freeze" not in overrides:  # freeze= given on resume replaces the file's
+        check_freeze(model, args.get("freeze"), f"{name}: its train_args' ", CheckpointError)
+
+
+def _check_param_groups(groups: list, name) -> None:
+    """The optimizer's parameter groups as torch's ``state_dict`` writes them: parameter ids 0, 1, 2, ... in order
+    (battery 23, N41: one id repeated in place of another gave that parameter another's moments) and settings torch's
+    optimizers take (N24: Adam betas (5.0, 0.999), which Adam refuses when built, were used without a word)."""
+    import math
+    from numbers import Real
+
+    from ibra_yolo.errors import CheckpointError
+
+    ids = [i for g in groups if isinstance(g, dict) for i in g.get("params", ())]
+    if ids != list(range(len(ids))):
+        raise CheckpointError(
+            f"{name}: its optimizer's parameter ids are {ids[:6]!r:.60}..., not 0, 1, 2, ... in order as torch saves "
+            f"them (one repeated or missing): the file was altered"
+        )
+    for g in (g for g in groups if isinstance(g, dict)):
+        for key in ("lr", "initial_lr", "momentum", "weight_decay", "eps", "betas"):
+            values = g.get(key, ()) if key == "betas" else [g[key]] if key in g else []
+            top = 1.0 if key in ("betas", "momentum") else math.inf
+            if not isinstance(values, (list, tuple)) or not all(
+                isinstance(v, Real) and not isinstance(v, bool) and 0 <= v <= top and math.isfinite(v) for v in values
+            ):
+                raise CheckpointError(
+                    f"{name}: its optimizer holds {key}={g[key]!r:.60}, which torch's optimizers refuse (a number >= 0"
+                    f"{', at most 1' if top == 1.0 else ''}): the file was altered"
+                )
+
+
+def check_freeze(model, freeze, where: str = "", error: type | None = None) -> None:
+    """``freeze=`` that leaves something to train: an integer below the model's layer count, or layer indices that
+    are not all of them (``freeze=999``: Ultralytics' "froze the entire model" RuntimeError, as a traceback)."""
+    from numbers import Integral
+
+    from ibra_yolo.errors import IbraYoloError
+
+    error = error or IbraYoloError
+    layers = len(getattr(model, "model", ()))
+    if not layers:
+        return
+    if isinstance(freeze, Integral) and not isinstance(freeze, bool):
+        frozen = set(range(min(int(freeze), layers)))
+    elif isinstance(freeze, (list, tuple)):
+        frozen = {int(i) for i in freeze if isinstance(i, Integral) and not isinstance(i, bool)}
+    else:
+        return
+    if frozen >= set(range(layers)):
+        raise error(
+            f"{where}freeze={freeze!r:.40} freezes all {layers} layers of the model: nothing would train; freeze "
+            f"fewer (freeze=N freezes layers 0..N-1, e.g. freeze=10 the backbone)"
+        )
+
+
+def checked_training_state(original, self, ckpt):
+    """``BaseTrainer._load_checkpoint_state`` (resume) for our models: every optimizer moment loaded has its
+    parameter's shape (battery 23, N20/N40: moments of two parameters swapped, or one flattened, passed the count check
+    and ended the first resumed epoch in a traceback from torch's Adam)."""
+    import torch
+
+    from ibra_yolo.errors import CheckpointError
+
+    original(self, ckpt)
+    if not is_ours(getattr(self, "model", None)):
+        return
+    for group in self.optimizer.param_groups:
+        for p in group["params"]:
+            for key, v in self.optimizer.state.get(p, {}).items():
+                if isinstance(v, torch.Tensor) and v.dim() > 0 and v.shape != p.shape:
+                    raise CheckpointError(
+                        f"{self.args.resume}: its optimizer state holds {key} of shape {tuple(v.shape)} for a "
+                        f"parameter of shape {tuple(p.shape)}: the file was altered, and training cannot resume from it"
+                    )
 
 
 def is_ours(model) -> bool:

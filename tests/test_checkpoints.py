@@ -17,7 +17,7 @@ from conftest import run
 from ibra_yolo.checkpoints import checkpoint_model, load_checkpoint, load_yolo
 from ibra_yolo.cli import energy as energy_cli
 from ibra_yolo.cli import eval as eval_cli
-from ibra_yolo.errors import CheckpointError, MissingFileError, OutputExistsError, UnsafePickleError
+from ibra_yolo.errors import CheckpointError, IbraYoloError, MissingFileError, OutputExistsError, UnsafePickleError
 from ibra_yolo.pickle_checks import check_calls
 from ibra_yolo.spike_mode import convert_checkpoint, is_spike_driven
 
@@ -930,6 +930,14 @@ def test_resume_takes_only_the_training_state_a_run_saves(tmp_path, spiking_ckpt
          r"its train_args cannot be resumed: 'lr0=-1\.0' is an invalid value"),
         ({"epoch": 1, "optimizer": opt, "ema": ckpt["model"], "updates": float("nan")}, CheckpointError,
          r"its EMA update count is nan, not a count"),
+        # battery 23: an id repeated in place of another (N41: another parameter's moments), Adam betas torch refuses
+        # (N24: used without a word), freeze= covering every layer (N34: Ultralytics' RuntimeError traceback)
+        ({"epoch": 1, "optimizer": {**opt, "param_groups": [{**opt["param_groups"][0], "params": [0, 0, *range(2, len(
+            opt["param_groups"][0]["params"]))]}]}}, CheckpointError, r"its optimizer's parameter ids are \[0, 0, 2,"),
+        ({"epoch": 1, "optimizer": {**opt, "param_groups": [{**opt["param_groups"][0], "betas": (5.0, 0.999)}]}},
+         CheckpointError, r"its optimizer holds betas=\(5\.0, 0\.999\), which torch's optimizers refuse"),
+        ({"epoch": 1, "optimizer": opt, "train_args": {**ckpt["train_args"], "freeze": 999}}, CheckpointError,
+         r"its train_args' freeze=999 freezes all 27 layers of the model: nothing would train"),
         # no dataset (stock: coco8, downloaded), a GPU this machine lacks (stock: a select_device traceback)
         ({"epoch": 1, "optimizer": opt, "train_args": {"epochs": 4}}, CheckpointError,
          r"its train_args name no dataset \(data\), which every training run saves: pass data="),
@@ -941,6 +949,30 @@ def test_resume_takes_only_the_training_state_a_run_saves(tmp_path, spiking_ckpt
         with pytest.raises(error, match=re.escape(str(tmp_path / "last.pt")) + ".*" + says):
             YOLO(tmp_path / "last.pt").train(resume=True, project=str(tmp_path / "runs"))  # (no device=: R25)
         assert not (tmp_path / "runs").exists()
+
+
+def test_resumed_optimizer_moments_must_fit_their_parameters(spiking_ckpt):
+    # battery 23, N20/N40: moments of two parameters swapped, or one flattened, kept the parameter count and ended the
+    # first resumed epoch in a traceback from torch's Adam; the trainer's loaded state is checked, shape by shape
+    from types import SimpleNamespace
+
+    from ibra_yolo.training_checks import check_freeze, checked_training_state
+
+    model = torch.load(spiking_ckpt, weights_only=False)["model"]
+    params = list(model.parameters())
+    trainer = SimpleNamespace(model=model, optimizer=torch.optim.Adam(params), args=SimpleNamespace(resume="last.pt"))
+    checked_training_state(lambda self, ckpt: None, trainer, {})  # no moments yet: nothing to refuse
+    trainer.optimizer.state[params[0]] = {"step": torch.tensor(3.0), "exp_avg": torch.zeros(params[0].numel())}
+    says = rf"last\.pt: its optimizer state holds exp_avg of shape \({params[0].numel()},\) for a parameter of shape"
+    with pytest.raises(CheckpointError, match=says):
+        checked_training_state(lambda self, ckpt: None, trainer, {})
+    trainer.optimizer.state[params[0]]["exp_avg"] = torch.zeros_like(params[0])  # the right shape passes
+    checked_training_state(lambda self, ckpt: None, trainer, {})
+    # freeze= of one's own: all 27 layers is nothing to train; 26 (or a list without the head) leaves the head
+    with pytest.raises(IbraYoloError, match=r"^freeze=27 freezes all 27 layers of the model: nothing would train"):
+        check_freeze(model, 27)
+    check_freeze(model, 26)
+    check_freeze(model, list(range(26)))
 
 
 def test_a_checkpoint_whose_ema_is_another_model_is_refused(tmp_path, spiking_ckpt):
