@@ -190,7 +190,7 @@ def _check_run_state(ckpt: dict, name, args: dict, optimizer: dict, overrides: d
         check_cfg(dict(args), hard=True)  # a copy: the check converts values in place
     except (TypeError, ValueError) as e:
         raise CheckpointError(f"{name}: its train_args cannot be resumed: {str(e).splitlines()[0][:200]}") from None
-    if args.get("optimizer", "auto") not in OPTIMIZERS:
+    if str(args.get("optimizer", "auto")).lower() not in {o.lower() for o in OPTIMIZERS}:  # as Ultralytics matches
         raise CheckpointError(
             f"{name}: its train_args name optimizer={args['optimizer']!r:.40}, which Ultralytics does not build "
             f"(one of {', '.join(sorted(OPTIMIZERS))}): the file was altered"
@@ -212,8 +212,39 @@ def _check_run_state(ckpt: dict, name, args: dict, optimizer: dict, overrides: d
                 f"or added): the file was altered, and the trainer cannot load that state"
             )
     _check_param_groups(groups if isinstance(groups, list) else [], name)
+    if isinstance(model, nn.Module):
+        _check_dataset_classes(model, overrides.get("data") or args.get("data"), name)
     if isinstance(model, nn.Module) and "freeze" not in overrides:  # freeze= given on resume replaces the file's
         check_freeze(model, args.get("freeze"), f"{name}: its train_args' ", CheckpointError)
+
+
+def _check_dataset_classes(model, data, name) -> None:
+    """A resumed run continues the same model, so its dataset must have the model's class count: a data YAML edited
+    to 2 classes under a 3-class run rebuilt a 2-class head and failed to load the run's weights into it (battery 24,
+    K02: torch's size-mismatch traceback). Read only when ``data`` is a local YAML file; otherwise Ultralytics'
+    own dataset check decides."""
+    from pathlib import Path
+
+    import yaml
+
+    from ibra_yolo.errors import CheckpointError
+
+    path = Path(str(data)) if isinstance(data, (str, Path)) else None
+    if path is None or path.suffix.lower() not in (".yaml", ".yml") or not path.is_file():
+        return
+    try:
+        spec = yaml.safe_load(path.read_text(encoding="utf-8"))
+    except (OSError, UnicodeDecodeError, yaml.YAMLError):
+        return  # the dataset check names it
+    names = spec.get("names") if isinstance(spec, dict) else None
+    nc = len(names) if isinstance(names, (dict, list)) else None
+    held = getattr(model.model[-1], "nc", None) if len(getattr(model, "model", ())) else None
+    if isinstance(nc, int) and isinstance(held, int) and nc != held:
+        raise CheckpointError(
+            f"{name}: its model detects {held} classes, but its dataset {path} names {nc}: resume=True continues the "
+            f"same model on the same classes; to train these weights on the {nc}-class data, start a new run without "
+            f"resume=True (yolo train model={name} data={path})"
+        )
 
 
 def _check_param_groups(groups: list, name) -> None:

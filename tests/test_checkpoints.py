@@ -910,6 +910,8 @@ def test_resume_takes_only_the_training_state_a_run_saves(tmp_path, spiking_ckpt
     ckpt["train_args"] = {"data": "x.yaml", "imgsz": 32, "task": "detect", "epochs": 4}
     sgd = torch.optim.SGD(ckpt["model"].parameters(), lr=0.01, momentum=0.9)
     opt = sgd.state_dict()
+    two = tmp_path / "two.yaml"
+    two.write_text("path: .\ntrain: images\nval: images\nnames: {0: a, 1: b}\n")
     state = {"state": {0: {"momentum_buffer": torch.full((3,), float("nan"))}}, "param_groups": opt["param_groups"]}
     for edit, error, says in (
         ({"epoch": -1, "optimizer": None}, CheckpointError, r"is not a resumable checkpoint: it holds epoch -1 and no"),
@@ -938,6 +940,10 @@ def test_resume_takes_only_the_training_state_a_run_saves(tmp_path, spiking_ckpt
          CheckpointError, r"its optimizer holds betas=\(5\.0, 0\.999\), which torch's optimizers refuse"),
         ({"epoch": 1, "optimizer": opt, "train_args": {**ckpt["train_args"], "freeze": 999}}, CheckpointError,
          r"its train_args' freeze=999 freezes all 27 layers of the model: nothing would train"),
+        # battery 24, K02: the run's data YAML edited to 2 classes under the 3-class model: torch's size-mismatch
+        # traceback when the trainer loaded the run's weights into the rebuilt 2-class head
+        ({"epoch": 1, "optimizer": opt, "train_args": {**ckpt["train_args"], "data": str(two)}}, CheckpointError,
+         r"its model detects 3 classes, but its dataset .*two\.yaml names 2: resume=True continues the same model"),
         # no dataset (stock: coco8, downloaded), a GPU this machine lacks (stock: a select_device traceback)
         ({"epoch": 1, "optimizer": opt, "train_args": {"epochs": 4}}, CheckpointError,
          r"its train_args name no dataset \(data\), which every training run saves: pass data="),
@@ -949,6 +955,21 @@ def test_resume_takes_only_the_training_state_a_run_saves(tmp_path, spiking_ckpt
         with pytest.raises(error, match=re.escape(str(tmp_path / "last.pt")) + ".*" + says):
             YOLO(tmp_path / "last.pt").train(resume=True, project=str(tmp_path / "runs"))  # (no device=: R25)
         assert not (tmp_path / "runs").exists()
+
+
+def test_resume_takes_optimizer_names_as_ultralytics_does(spiking_ckpt):
+    # Ultralytics builds `optimizer=sgd` or `RMSProp` (it matches names in any case): a real run trained so was refused
+    # on resume as "an optimizer Ultralytics does not build" (battery 24, LR-sgdlow / LR-RMSprop)
+    from ibra_yolo.training_checks import check_resumable
+
+    ckpt = torch.load(spiking_ckpt, weights_only=False)
+    opt = torch.optim.SGD(ckpt["model"].parameters(), lr=0.01).state_dict()
+    for name in ("sgd", "RMSProp", "adamw", "auto"):
+        args = {"data": "x.yaml", "epochs": 4, "optimizer": name}
+        check_resumable({**ckpt, "epoch": 1, "optimizer": opt, "train_args": args}, "last.pt", {})
+    with pytest.raises(CheckpointError, match=r"optimizer='Lion', which Ultralytics does not build"):
+        args = {"data": "x.yaml", "epochs": 4, "optimizer": "Lion"}
+        check_resumable({**ckpt, "epoch": 1, "optimizer": opt, "train_args": args}, "last.pt", {})
 
 
 def test_resumed_optimizer_moments_must_fit_their_parameters(spiking_ckpt):
