@@ -473,7 +473,7 @@ def test_a_copy_named_for_another_scale_says_which_scale_it_builds(tmp_path):
     # named for a scale letter the file lacks (battery 23, Y14: my-ibra-x.yaml built m without a word)
     (tmp_path / "my-ibra-x.yaml").write_text(text)
     says = r"my-ibra-x\.yaml: its name ends in -x, a scale this file does not have \(n, s, m, l\): its scale: key"
-    with pytest.warns(UserWarning, match=says + ", scale m is built"):
+    with pytest.warns(UserWarning, match=says + " decides, scale m is built"):
         assert yaml_model_load(str(tmp_path / "my-ibra-x.yaml"))["scale"] == "m"
     (tmp_path / "my-ibra-s.yaml").write_text(text.replace("\nscale: m", "\nscale: s"))
     (tmp_path / "my-ibra-v2.yaml").write_text(text.replace("\nscale: m", "\nscale: s"))  # not a scale letter
