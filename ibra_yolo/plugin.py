@@ -175,7 +175,7 @@ def _spiking_yaml_model_load(original, path):
                 UserWarning,
                 stacklevel=2,
             )
-        elif named and named["scale"] in "nslmx" and named["scale"] not in scales and scales:  # battery 23, Y14
+        elif named and named["scale"] in {"n", "s", "m", "l", "x"} - set(scales) and scales:  # battery 23, Y14
             warnings.warn(
                 f"{file}: its name ends in -{named['scale']}, a scale this file does not have ({', '.join(scales)}): "
                 f"its scale: key decides, scale {d.get('scale') or next(iter(scales))} is built",

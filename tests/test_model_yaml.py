@@ -476,9 +476,11 @@ def test_a_copy_named_for_another_scale_says_which_scale_it_builds(tmp_path):
     with pytest.warns(UserWarning, match=says + " decides, scale m is built"):
         assert yaml_model_load(str(tmp_path / "my-ibra-x.yaml"))["scale"] == "m"
     (tmp_path / "my-ibra-s.yaml").write_text(text.replace("\nscale: m", "\nscale: s"))
-    (tmp_path / "my-ibra-v2.yaml").write_text(text.replace("\nscale: m", "\nscale: s"))  # not a scale letter
+    for name in ("my-ibra-v2.yaml", "my-ibra-sl.yaml"):  # not a scale letter
+        (tmp_path / name).write_text(text.replace("\nscale: m", "\nscale: s"))
     with warnings.catch_warnings():
         warnings.simplefilter("error")
         assert yaml_model_load(str(tmp_path / "my-ibra-s.yaml"))["scale"] == "s"
         assert yaml_model_load(str(tmp_path / "my-ibra-v2.yaml"))["scale"] == "s"
+        assert yaml_model_load(str(tmp_path / "my-ibra-sl.yaml"))["scale"] == "s"
         assert yaml_model_load("spike-yolo-ibra-n.yaml")["scale"] == "n"
