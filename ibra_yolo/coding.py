@@ -64,8 +64,8 @@ def is_int(v) -> bool:
 def _check_max_code(max_code) -> None:
     """A static check (no host sync): ``max_code`` is a whole number >= 0 (a bool, 511.5, NaN or -3 gave codes outside
     ``0..M`` or none)."""
-    if not (is_number(max_code) and max_code >= 0 and max_code == int(max_code)):
-        raise ValueError(f"max_code={max_code!r} is invalid: it must be a whole number >= 0")
+    if not (is_number(max_code) and 0 <= max_code <= 2**53 and max_code == int(max_code)):  # 2**70: torch OverflowError
+        raise ValueError(f"max_code={max_code!r} is invalid: it must be a whole number in 0..2**53")
 
 
 def _check_scale(scale) -> None:

@@ -358,8 +358,30 @@ def _is_dataset(name: str) -> bool:
     if path.is_dir():  # Ultralytics reads the YAML it finds in it (find_dataset_yaml): a FIFO there blocked forever
         yamls = list(path.glob("*.yaml")) or list(path.rglob("*.yaml"))
         yamls = [f for f in yamls if f.stem == path.stem] if len(yamls) > 1 else yamls  # as Ultralytics picks one
-        return len(yamls) == 1 and yamls[0].is_file()
+        return len(yamls) == 1 and yamls[0].is_file() and _is_dataset_yaml(yamls[0])
+    if path.is_file() and name.lower().endswith((".yaml", ".yml")):
+        return _is_dataset_yaml(path)
     return path.is_file() and name.lower().endswith(DATASET_SUFFIXES)
+
+
+def _is_dataset_yaml(path: Path) -> bool:
+    """A detection dataset YAML as Ultralytics' ``check_det_dataset`` reads one: a mapping with ``train``, ``val`` (or
+    ``validation``) and ``names`` (or ``nc``). A model YAML named by a file's train_args ended in its "'train:' key
+    missing" traceback (battery 25, X08/K20). A file over 10 MB is not read (no dataset YAML is that large)."""
+    import yaml
+
+    try:
+        if path.stat().st_size > 10_000_000:
+            return False
+        spec = yaml.safe_load(path.read_text(encoding="utf-8"))
+    except (OSError, UnicodeDecodeError, yaml.YAMLError, RecursionError):
+        return False
+    return (
+        isinstance(spec, dict)
+        and "train" in spec
+        and ("val" in spec or "validation" in spec)
+        and ("names" in spec or "nc" in spec)
+    )
 
 
 def _is_imgsz(value) -> bool:

@@ -12,7 +12,7 @@ import cv2
 import numpy as np
 import pytest
 import torch
-from conftest import run
+from conftest import CFG, run
 
 from ibra_yolo.checkpoints import checkpoint_model, load_checkpoint, load_yolo
 from ibra_yolo.cli import energy as energy_cli
@@ -1172,6 +1172,12 @@ def test_train_args_data_that_is_not_a_dataset_name_is_refused(tmp_path, spiking
     torch.save(ckpt, tmp_path / "args.pt")
     with pytest.raises(CheckpointError, match=r"args\.pt: train_args data is '.*notes\.txt', not a dataset YAML, a "):
         YOLO(tmp_path / "args.pt")
+    # a YAML that is not a dataset (battery 25, X08/K20: a model YAML; Ultralytics' "'train:' key missing" traceback)
+    (tmp_path / "model.yaml").write_text((CFG / "spike-yolo-ibra.yaml").read_text())
+    ckpt["train_args"] = {"data": str(tmp_path / "model.yaml")}
+    torch.save(ckpt, tmp_path / "args.pt")
+    with pytest.raises(CheckpointError, match=r"args\.pt: train_args data is '.*model\.yaml', not a dataset YAML, a "):
+        YOLO(tmp_path / "args.pt")
     ckpt["train_args"] = {"data": "/dev/zero"}  # read as YAML without end
     torch.save(ckpt, tmp_path / "args.pt")
     with pytest.raises(CheckpointError, match=r"args\.pt: train_args data is '/dev/zero', not a dataset YAML, a "):
@@ -1186,7 +1192,7 @@ def test_train_args_data_that_is_not_a_dataset_name_is_refused(tmp_path, spiking
         with pytest.raises(CheckpointError, match=rf"train_args data is '.*{name}', not a dataset YAML, a folder or"):
             YOLO(tmp_path / "args.pt")
     (tmp_path / "ds").mkdir()
-    (tmp_path / "ds" / "data.yaml").write_text("names: {0: a}\n")
+    (tmp_path / "ds" / "data.yaml").write_text("train: images\nval: images\nnames: {0: a}\n")
     (tmp_path / "d.tar.gz").write_bytes(b"x")
     for data in ("coco8.yaml", "/x/d.YML", "d.zip", str(tmp_path / "d.tar.gz"), "https://x/d.zip", "DOTAv1.5",
                  str(tmp_path / "ds")):  # fmt: skip
