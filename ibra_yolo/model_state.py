@@ -19,7 +19,6 @@ import torch
 from torch import nn
 
 from ibra_yolo.errors import CheckpointError, NonFiniteError
-from ibra_yolo.nesting import check_module_tree, check_nesting
 
 __all__ = (
     "check_model_state",
@@ -165,7 +164,7 @@ def layer_settings(model: nn.Module, prefix: str = "", tensors: bool = True) -> 
     "3", ...}`` -- numbers, strings, flags, tuples, lists and (``tensors``) small tensors such as a stride, as
     ``repr`` (so NaN equals NaN); ``training`` and private attributes not. A layer held at two places is listed at
     both (no model builds one: a file's extra child that is another layer must not pass unlisted); a module cycle is
-    refused before this runs (`check_nesting`)."""
+    refused before this runs (``ibra_yolo.nesting.check_nesting``)."""
     out = {}
     for name, m in model.named_modules(prefix=prefix, remove_duplicate=False):
         out[f"{name or 'the model'} (class)"] = type(m).__qualname__
@@ -392,14 +391,14 @@ def _is_imgsz(value) -> bool:
 def check_model_state(model: nn.Module, path: str | Path, ckpt: dict | None = None) -> None:
     """Check what a loaded ibra-yolo model holds: finite weights, neuron settings a YAML gives, strides and class
     names Ultralytics can use, a model dict, a model that runs, layers holding the neuron the model dict gives, and
-    (given the checkpoint) ``train_args`` that is a dict.
+    (given the checkpoint) ``train_args`` that is a dict. The checkpoint must have passed
+    ``ibra_yolo.nesting.check_nesting`` first (both loaders run it before anything walks the model): the checks here
+    walk the tree with torch, which recursed without end on a module cycle.
 
     Raises:
         NonFiniteError: A NaN or infinite weight or buffer.
         CheckpointError: Anything else, naming the file, the layer and the value.
     """
-    check_module_tree(model, path)  # first: the checks below walk the tree with torch, which recurses
-    check_nesting(ckpt, path)
     if ckpt is not None and ckpt.get("train_args") is not None and not isinstance(ckpt["train_args"], dict):
         kind = type(ckpt["train_args"]).__name__
         raise CheckpointError(f"{path}: train_args is a {kind}, not a dict of arguments (the file was altered)")

@@ -255,6 +255,15 @@ def _neurons(ckpt, kind):
 IBRA = "IBRALIF"
 
 
+def _refused_by_both_loaders(path: Path, says: str) -> None:
+    """The stock loader (``YOLO(p)``: yolo predict/val) and ours (eval, energy, deploy) refuse the file alike."""
+    from ultralytics import YOLO
+
+    for load in (YOLO, lambda p: checkpoint_model(load_checkpoint(p), p)):
+        with pytest.raises(CheckpointError, match=says):
+            load(str(path))
+
+
 def _as_buffer(module: torch.nn.Module, name: str) -> None:
     value = module._parameters.pop(name).detach()
     module.register_buffer(name, value)
@@ -1000,16 +1009,13 @@ def test_a_checkpoint_whose_ema_is_another_model_is_refused(tmp_path, spiking_ck
     # Ultralytics loads `ema` when a file holds one: a file whose `ema` is a stock yolov8n beside our spiking `model`
     # loaded the stock detector without a word (battery 18, H26a), and `pretrained=` took 6 of its tensors (H26p).
     # A training run saves two copies of one model, so both loaders refuse two different ones.
-    from ultralytics import YOLO
     from ultralytics.nn.tasks import DetectionModel
 
     ckpt = torch.load(spiking_ckpt, weights_only=False)
     ckpt["ema"] = DetectionModel("yolov8n.yaml", nc=3, verbose=False)
     torch.save(ckpt, tmp_path / "two.pt")
     says = r"two\.pt holds two different models: 'model' is a DetectionModel of \d+ tensors and 'ema' \(the one "
-    for load in (YOLO, lambda p: checkpoint_model(load_checkpoint(p), p)):
-        with pytest.raises(CheckpointError, match=says + r"Ultralytics loads\) a DetectionModel of \d+; first "):
-            load(str(tmp_path / "two.pt"))
+    _refused_by_both_loaders(tmp_path / "two.pt", says + r"Ultralytics loads\) a DetectionModel of \d+; first ")
     # the same tensors but other class names, neuron settings or BN eps: still two models (battery 19, K39/K45/K57)
     for edit, says in (
         (lambda m: setattr(m, "names", {0: "cat", 1: "dog", 2: "car"}), r"names is \{0: 'a', .* but \{0: 'cat'"),
@@ -1021,9 +1027,7 @@ def test_a_checkpoint_whose_ema_is_another_model_is_refused(tmp_path, spiking_ck
         ckpt["ema"].names = {0: "a", 1: "b", 2: "c"}
         edit(ckpt["ema"])
         torch.save(ckpt, tmp_path / "two.pt")
-        for load in (YOLO, lambda p: checkpoint_model(load_checkpoint(p), p)):
-            with pytest.raises(CheckpointError, match=r"two\.pt holds two different models: " + says):
-                load(str(tmp_path / "two.pt"))
+        _refused_by_both_loaders(tmp_path / "two.pt", r"two\.pt holds two different models: " + says)
     ckpt["ema"] = torch.load(spiking_ckpt, weights_only=False)["model"]  # a copy of the same model: as trained
     ckpt["model"] = torch.load(spiking_ckpt, weights_only=False)["model"].train()  # the EMA copy is in eval mode
     torch.save(ckpt, tmp_path / "same.pt")
@@ -1034,7 +1038,6 @@ def test_a_checkpoint_whose_stride_is_not_its_layers_is_refused(tmp_path, spikin
     # Boxes are decoded with the head's stride: a file whose stride says 16/32/64 for layers that downsample by
     # 8/16/32 loaded and decoded every box twice too large and too far (battery 18, H83/H84). The load check runs a
     # blank image anyway; the head's input maps give the strides the layers really have (as Ultralytics probes them).
-    from ultralytics import YOLO
 
     wrong = torch.tensor([16.0, 32, 64])
     for where, edit in (("its head's stride", lambda m: setattr(m.model[-1], "stride", wrong)),
@@ -1043,9 +1046,7 @@ def test_a_checkpoint_whose_stride_is_not_its_layers_is_refused(tmp_path, spikin
         edit(ckpt["model"])
         torch.save(ckpt, tmp_path / "stride.pt")
         says = rf"stride\.pt: {where} is \[16\.0, 32\.0, 64\.0\], but its layers downsample by \[8\.0, 16\.0, 32\.0\]"
-        for load in (YOLO, lambda p: checkpoint_model(load_checkpoint(p), p)):
-            with pytest.raises(CheckpointError, match=says + r" .*every box would be decoded at the wrong scale"):
-                load(str(tmp_path / "stride.pt"))
+        _refused_by_both_loaders(tmp_path / "stride.pt", says + r" .*every box would be decoded at the wrong scale")
 
 
 def test_a_layer_other_than_its_model_dict_builds_is_refused(tmp_path, spiking_ckpt):
@@ -1053,7 +1054,6 @@ def test_a_layer_other_than_its_model_dict_builds_is_refused(tmp_path, spiking_c
     # file would rebuild the dict's kernel 5 (battery 19, K61). Every layer is compared, by place, with what the
     # model dict builds: its class and plain settings (BN eps 0.001 and momentum 0.03 are what Ultralytics sets).
     from torch import nn
-    from ultralytics import YOLO
 
     from ibra_yolo.deployment import deploy, fuse_bn
     from ibra_yolo.spike_mode import set_spike_driven
@@ -1077,9 +1077,7 @@ def test_a_layer_other_than_its_model_dict_builds_is_refused(tmp_path, spiking_c
         ckpt = torch.load(spiking_ckpt, weights_only=False)
         edit(ckpt["model"])
         torch.save(ckpt, tmp_path / "edited.pt")
-        for load in (YOLO, lambda p: checkpoint_model(load_checkpoint(p), p)):
-            with pytest.raises(CheckpointError, match=r"edited\.pt: " + says + r".*: the file was altered after"):
-                load(str(tmp_path / "edited.pt"))
+        _refused_by_both_loaders(tmp_path / "edited.pt", r"edited\.pt: " + says + r".*: the file was altered after")
     # what fuse_bn, deploy and spike-driven mode change is what the dict's model, folded the same way, holds
     for name, change in (("fused", fuse_bn), ("deployed", deploy), ("spikes", set_spike_driven)):
         ckpt = torch.load(spiking_ckpt, weights_only=False)
@@ -1144,15 +1142,12 @@ def test_pretrained_weights_whose_model_dict_is_not_their_layers_are_refused(spi
 def test_an_ema_that_is_not_a_model_is_named(tmp_path, spiking_ckpt):
     # Ultralytics takes `ema` first: an `ema` set to a string made the message say the file "holds no 'model' module"
     # although its model was intact (battery 18, H59a); the bad entry is named
-    from ultralytics import YOLO
 
     ckpt = torch.load(spiking_ckpt, weights_only=False)
     ckpt["ema"] = "model"
     torch.save(ckpt, tmp_path / "ema.pt")
     says = r"ema\.pt: its 'ema' \(the model Ultralytics loads when the file holds one\) is a str, not a model"
-    for load in (YOLO, lambda p: checkpoint_model(load_checkpoint(p), p)):
-        with pytest.raises(CheckpointError, match=says):
-            load(str(tmp_path / "ema.pt"))
+    _refused_by_both_loaders(tmp_path / "ema.pt", says)
 
 
 def test_train_args_data_that_is_not_a_dataset_name_is_refused(tmp_path, spiking_ckpt):
@@ -1263,9 +1258,7 @@ def test_the_heads_box_decoding_comes_from_its_layers_not_the_file(tmp_path, spi
     ckpt["model"].model[-1].dfl.conv.weight.data *= 2
     torch.save(ckpt, tmp_path / "dfl.pt")
     says = r"dfl\.pt: model\.\d+\.dfl\.conv\.weight is not the fixed 0, 1, \.\.\., 15 of a DFL \(it holds \[0\.0, 2\.0"
-    for load in (YOLO, lambda p: checkpoint_model(load_checkpoint(p), p)):
-        with pytest.raises(CheckpointError, match=says):
-            load(str(tmp_path / "dfl.pt"))
+    _refused_by_both_loaders(tmp_path / "dfl.pt", says)
 
 
 def test_pretrained_weights_of_another_architecture_warn(tmp_path):
@@ -1309,9 +1302,7 @@ def test_class_names_with_control_characters_are_refused(tmp_path, spiking_ckpt)
         ckpt["model"].names = names
         torch.save(ckpt, tmp_path / "names.pt")
         says = r"names\.pt: the model's class name [12] is '.*': it holds control characters \(a line break, a "
-        for load in (YOLO, lambda p: checkpoint_model(load_checkpoint(p), p)):
-            with pytest.raises(CheckpointError, match=says):
-                load(str(tmp_path / "names.pt"))
+        _refused_by_both_loaders(tmp_path / "names.pt", says)
 
     ckpt = torch.load(spiking_ckpt, weights_only=False)
     ckpt["model"].names = {0: "a", 1: "\u0645\u06cc\u200c\u0634\u0648\u062f", 2: "c"}  # Persian, with a ZWNJ
@@ -1329,9 +1320,7 @@ def test_a_module_cycle_or_deeply_nested_data_is_one_line(tmp_path, spiking_ckpt
     ckpt["model"].model[10]._modules["loop"] = ckpt["model"]
     torch.save(ckpt, tmp_path / "cycle.pt")
     says = r"cycle\.pt: layer model\.model\.10\.loop holds DetectionModel model, one of its own parents \(a module"
-    for load in (YOLO, lambda p: checkpoint_model(load_checkpoint(p), p)):
-        with pytest.raises(CheckpointError, match=says):
-            load(str(tmp_path / "cycle.pt"))
+    _refused_by_both_loaders(tmp_path / "cycle.pt", says)
     # a layer held at two places (layer 3 also as a child of layer 10) is not a cycle; torch lists it once, so the
     # layer check saw no extra layer and the file loaded with tensors no model dict builds
     ckpt = torch.load(spiking_ckpt, weights_only=False)
