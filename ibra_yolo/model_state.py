@@ -363,20 +363,27 @@ def _is_dataset(name: str) -> bool:
     return path.is_file() and name.lower().endswith(DATASET_SUFFIXES)
 
 
-def _is_dataset_yaml(path: Path) -> bool:
-    """A detection dataset YAML as Ultralytics' ``check_det_dataset`` reads one: a mapping with ``train``, ``val`` (or
-    ``validation``) and ``names`` (or ``nc``). A model YAML named by a file's train_args ended in its "'train:' key
-    missing" traceback (battery 25, X08/K20). A file over 10 MB is not read (no dataset YAML is that large)."""
+def read_dataset_yaml(path: Path) -> dict | None:
+    """The mapping a local dataset YAML holds, or None: not a regular file, over 10 MB (no dataset YAML is that
+    large), unreadable, not YAML, or not a mapping. Read with ``yaml.safe_load`` (no tags run)."""
     import yaml
 
     try:
-        if path.stat().st_size > 10_000_000:
-            return False
+        if not path.is_file() or path.stat().st_size > 10_000_000:
+            return None
         spec = yaml.safe_load(path.read_text(encoding="utf-8"))
     except (OSError, UnicodeDecodeError, yaml.YAMLError, RecursionError):
-        return False
+        return None
+    return spec if isinstance(spec, dict) else None
+
+
+def _is_dataset_yaml(path: Path) -> bool:
+    """A detection dataset YAML as Ultralytics' ``check_det_dataset`` reads one: a mapping with ``train``, ``val`` (or
+    ``validation``) and ``names`` (or ``nc``). A model YAML named by a file's train_args ended in its "'train:' key
+    missing" traceback (battery 25, X08/K20)."""
+    spec = read_dataset_yaml(path)
     return (
-        isinstance(spec, dict)
+        spec is not None
         and "train" in spec
         and ("val" in spec or "validation" in spec)
         and ("names" in spec or "nc" in spec)

@@ -223,20 +223,14 @@ def _check_dataset_classes(model, data, name) -> None:
     to 2 classes under a 3-class run rebuilt a 2-class head and failed to load the run's weights into it (battery 24,
     K02: torch's size-mismatch traceback). Read only when ``data`` is a local YAML file; otherwise Ultralytics'
     own dataset check decides."""
-    from pathlib import Path
-
-    import yaml
-
     from ibra_yolo.errors import CheckpointError
+    from ibra_yolo.model_state import read_dataset_yaml
 
     path = Path(str(data)) if isinstance(data, (str, Path)) else None
-    if path is None or path.suffix.lower() not in (".yaml", ".yml") or not path.is_file():
+    if path is None or path.suffix.lower() not in (".yaml", ".yml"):
         return
-    try:
-        spec = yaml.safe_load(path.read_text(encoding="utf-8"))
-    except (OSError, UnicodeDecodeError, yaml.YAMLError):
-        return  # the dataset check names it
-    names = spec.get("names") if isinstance(spec, dict) else None
+    spec = read_dataset_yaml(path)  # None: the dataset check names what is wrong with it
+    names = spec.get("names") if spec else None
     nc = len(names) if isinstance(names, (dict, list)) else None
     held = getattr(model.model[-1], "nc", None) if len(getattr(model, "model", ())) else None
     if isinstance(nc, int) and isinstance(held, int) and nc != held:
