@@ -29,6 +29,20 @@ def test_pack_bit_order_by_hand():
     assert bitmask.pack(torch.ones(16, dtype=torch.bool)).tolist() == [255, 255]
 
 
+def test_pack_under_torch_compile_writes_numpy_bytes():
+    # Under torch.compile pack() takes the tensor-op path (inductor's C++ code on a CPU): it must write exactly the
+    # bytes numpy's packbits writes for the same mask, padding included (lengths 1, 13 and 8003 are not multiples of
+    # 8), and unpack them back, or a compiled training step would take another straight-through gradient than eager.
+    pack_c = torch.compile(bitmask.pack, fullgraph=True, dynamic=False)
+    unpack_c = torch.compile(bitmask.unpack, fullgraph=True, dynamic=False)
+    for n in (1, 13, 8003):
+        mask = torch.rand(n, generator=torch.Generator().manual_seed(n)) < 0.3
+        packed = pack_c(mask)
+        assert packed.dtype == torch.uint8 and packed.shape == ((n + 7) // 8,)
+        assert torch.equal(packed, bitmask.pack(mask))  # eager on a CPU: numpy
+        assert torch.equal(unpack_c(packed, mask.shape), mask)
+
+
 def test_unpack_refuses_bytes_of_another_mask():
     # one byte unpacked as a 100-element mask gave 8 set bits and 92 invented zeros (battery 15, AC12); a mask of 100
     # elements is packed in ceil(100 / 8) = 13 bytes, and only those unpack to it
