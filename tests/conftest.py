@@ -1,6 +1,8 @@
 """Shared test set-up: Ultralytics runs offline with a private settings folder; small helpers and fixtures."""
 
+import atexit
 import os
+import shutil
 import subprocess
 import sys
 import tempfile
@@ -9,7 +11,9 @@ from pathlib import Path
 # Before anything imports Ultralytics: no downloads, no auto-installs, settings in a writable private folder.
 os.environ["YOLO_OFFLINE"] = "1"
 os.environ["YOLO_AUTOINSTALL"] = "0"
-os.environ.setdefault("YOLO_CONFIG_DIR", tempfile.mkdtemp(prefix="ibra_yolo_ycfg_"))
+if not os.environ.get("YOLO_CONFIG_DIR"):  # a folder of our own, removed when the session ends (one was left per run)
+    os.environ["YOLO_CONFIG_DIR"] = tempfile.mkdtemp(prefix="ibra_yolo_ycfg_")
+    atexit.register(shutil.rmtree, os.environ["YOLO_CONFIG_DIR"], ignore_errors=True)
 
 import pytest  # noqa: E402
 import torch  # noqa: E402
