@@ -120,6 +120,25 @@ def test_gradient_equals_reference(neuron, dtype, shape):
     assert (x.grad[torch.isnan(u)] == 0).all()
 
 
+@pytest.mark.parametrize("neuron", [IBRALIF(), IBRALIF(ste_above=0.25)], ids=["window", "ste_above"])
+def test_compiled_gradient_equals_reference(neuron):
+    # Under torch.compile the window is not bit-packed (inductor's partitioner decides what backward keeps, and it
+    # recomputes the window from the tensors it keeps anyway): the gradient must still be the reference rule exactly,
+    # boundaries and NaN included. A BN in front, as in the model, so the window is recomputed from a fused producer.
+    shape = (1, 2, 3, 9, 7)  # 378 elements: not a multiple of 8
+    u = edge_inputs(shape, neuron.scale, neuron.max_code, torch.float32, seed=3)
+    w = torch.randn(shape, generator=torch.Generator().manual_seed(1))
+    bn = torch.nn.BatchNorm2d(3, affine=False, track_running_stats=False)
+
+    def loss(x, net):
+        # BN fused in front; x itself reaches the neuron (0 * finite + x is x, NaN included)
+        return (net(bn(x[0].nan_to_num(0.0)).unsqueeze(0) * 0 + x) * w).sum()
+
+    x = u.clone().requires_grad_()
+    torch.compile(loss, fullgraph=True, dynamic=False)(x, neuron.train()).backward()
+    assert torch.equal(x.grad, reference_grad(u, neuron.scale, neuron.max_code, neuron.ste_above, w))
+
+
 @pytest.mark.parametrize("neuron", [IBRALIF(T=3), IBRALIF(T=2, ste_above=0.5)], ids=["window", "ste_above"])
 def test_gradient_equals_reference_over_time(neuron):
     # T > 1: the membrane carries H[t] = beta * (U[t] - S[t].detach()); the gradient reaches X[t-1] through U[t] with
