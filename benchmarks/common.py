@@ -16,7 +16,7 @@ os.environ.setdefault("YOLO_AUTOINSTALL", "0")
 
 import torch  # noqa: E402
 
-__all__ = ("VARIANTS", "build", "sync", "interleaved", "environment", "table", "write_readme_section")
+__all__ = ("VARIANTS", "build", "sync", "interleaved", "saved_bytes", "environment", "table", "write_readme_section")
 
 VARIANTS = {"IBRA-LIF": "ibra", "I-LIF": "ilif", "IB-LIF": "iblif", "ANN twin": "ann"}
 
@@ -49,6 +49,21 @@ def interleaved(runners: dict, reps: int, warmup: int) -> dict[str, float]:
         for n in names[r % len(names) :] + names[: r % len(names)]:
             times[n].append(runners[n].step())
     return {n: statistics.median(v) for n, v in times.items()}
+
+
+def saved_bytes(forward) -> int:
+    """Bytes autograd keeps for backward while ``forward()`` runs (each storage counted once; compiled graphs too:
+    a compiled training graph saves its tensors through the same hooks)."""
+    seen = {}
+
+    def pack(t):
+        seen[t.untyped_storage().data_ptr()] = t.untyped_storage().nbytes()
+        return t
+
+    with torch.autograd.graph.saved_tensors_hooks(pack, lambda t: t):
+        out = forward()
+    del out
+    return sum(seen.values())
 
 
 def environment(device: torch.device, **settings) -> str:

@@ -9,6 +9,7 @@ separately (seconds for the first step).
 Usage:
     python -m benchmarks.compiled                        # CPU tables: train 320 px batch 4, inference 640 px batch 1
     python -m benchmarks.compiled --readme README.md     # and regenerate the README's compiled-vs-eager tables
+    python -m benchmarks.compiled --saved                # saved-for-backward bytes, compiled vs eager (no timing)
     python -m benchmarks.compiled --matrix --device 0    # GPU: eager/compiled x fp16/bf16 x IBRA/ANN x m, n at 640 px
     python -m benchmarks.compiled --matrix --dry-run     # the matrix's every code path on CPU, tiny model and images
 """
@@ -26,7 +27,7 @@ from pathlib import Path
 
 import torch
 
-from benchmarks.common import interleaved, sync, table, write_readme_section
+from benchmarks.common import interleaved, saved_bytes, sync, table, write_readme_section
 from benchmarks.speed import fake_batch
 
 FAMILIES = {"IBRA-LIF": "ibra", "ANN twin": "ann"}
@@ -97,6 +98,11 @@ class Step:
         sync(self.device)
         return time.perf_counter() - t
 
+    def saved_bytes(self) -> int:
+        """Bytes autograd keeps for backward in one training forward (compiled: what inductor's partitioner keeps)."""
+        with self.autocast():
+            return saved_bytes(lambda: self.model.loss(self.batch, self.net(self.batch["img"])))
+
 
 class Infer:
     """One inference forward (eval, no grad), eager or compiled."""
@@ -157,6 +163,26 @@ def compiled_tables(a: argparse.Namespace, device: torch.device) -> tuple[str, d
         del runners
         torch._dynamo.reset()
     return "\n".join(sections), {"env": env, **results}
+
+
+def saved_table(a: argparse.Namespace, device: torch.device) -> tuple[str, dict]:
+    """Saved-for-backward bytes of one training forward, eager vs compiled, IBRA-LIF vs the ANN twin (no timing)."""
+    env = environment(device, f" · scale {a.scale}")
+    rows, results = [], {}
+    for mode in ("eager", "compiled"):
+        got = {}
+        for v, f in FAMILIES.items():
+            step = Step(f, a.scale, a.train_batch, a.train_imgsz, device, mode == "compiled")
+            step.step()  # compiles; the count below is of the graph that then runs
+            got[v] = step.saved_bytes()
+            del step
+            torch._dynamo.reset()
+        for v, n in got.items():
+            rows.append((v, mode, f"{n / 2**20:.1f}", f"{n / got['ANN twin']:.3f}"))
+            results[f"{v} {mode}"] = n
+    what = f"Saved for backward ({a.train_imgsz} px, batch {a.train_batch}), compiled vs eager — {env}"
+    headers = ["variant", "mode", "MiB saved for backward", "× ANN twin (same mode)"]
+    return f"\n### {what}\n\n" + table(headers, rows), {"env": env, **results}
 
 
 # ----------------------------------------------------------------------------------------------------------------------
@@ -237,6 +263,7 @@ def main(argv=None) -> int:
     p.add_argument("--warmup", type=int, default=2, help="untimed steps after the first (compiling) one")
     p.add_argument("--threads", type=int, default=0, help="torch CPU threads (0: torch's default)")
     p.add_argument("--matrix", action="store_true", help="the GPU matrix instead of the CPU tables")
+    p.add_argument("--saved", action="store_true", help="saved-for-backward bytes instead of the CPU time tables")
     p.add_argument("--scales", type=parse_scales, default="m:10,n:10", help="matrix: scale:batch pairs")
     p.add_argument("--precisions", nargs="+", default=["fp16", "bf16"], choices=list(DTYPES))
     p.add_argument("--imgsz", type=int, default=640, help="matrix: image size")
@@ -254,10 +281,11 @@ def main(argv=None) -> int:
     import ibra_yolo
 
     ibra_yolo.register()  # also without the installed autoload hook (a bare checkout on PYTHONPATH)
-    md, results = matrix(a, device) if a.matrix else compiled_tables(a, device)
+    kind = "gpu" if a.matrix else "compiled-saved" if a.saved else "compiled"
+    md, results = {"gpu": matrix, "compiled-saved": saved_table, "compiled": compiled_tables}[kind](a, device)
     print(md, flush=True)
     if a.readme:
-        write_readme_section(md, a.readme, "gpu-benchmark" if a.matrix else "compiled-benchmark")
+        write_readme_section(md, a.readme, f"{kind}-benchmark")
     if a.json:
         Path(a.json).write_text(json.dumps(results, indent=2))
     return 0

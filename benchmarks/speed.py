@@ -25,7 +25,7 @@ from pathlib import Path
 
 import torch
 
-from benchmarks.common import VARIANTS, build, environment, interleaved, sync, table, write_readme_section
+from benchmarks.common import VARIANTS, build, environment, interleaved, saved_bytes, sync, table, write_readme_section
 
 
 def fake_batch(batch: int, imgsz: int, device: torch.device) -> dict:
@@ -66,16 +66,8 @@ class Trainer:
 
     def saved_bytes(self) -> int:
         """Bytes autograd keeps for backward in one forward (counted once per storage)."""
-        seen = {}
-
-        def pack(t):
-            seen[t.untyped_storage().data_ptr()] = t.untyped_storage().nbytes()
-            return t
-
-        with torch.autograd.graph.saved_tensors_hooks(pack, lambda t: t), self.autocast():
-            loss, _ = self.model(self.batch)
-        del loss
-        return sum(seen.values())
+        with self.autocast():
+            return saved_bytes(lambda: self.model(self.batch))
 
 
 class Predictor:
