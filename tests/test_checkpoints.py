@@ -761,6 +761,12 @@ def test_a_checkpoint_that_stores_a_layer_or_data_in_place_of_a_method_is_refuse
             r"train_args\.layer is a Identity layer outside any module's children")  # fmt: skip
     refused(lambda c: c["model"].model[1].conv._parameters.__setitem__("weight", torch.nn.Identity()), "param.pt",
             r"model\.model\.1\.conv\._parameters\.weight is a Identity layer outside")  # fmt: skip
+    # a layer under a top-level key of its own loaded everywhere (and deploy wrote it out again), while the same layer
+    # in train_metrics was refused (battery 26, H81/H84): only `model` and `ema` hold whole models
+    for key, layer in (("zz_layer", lambda c: c["model"].model[11]), ("stopper", lambda c: c["model"].model[9]),
+                       ("train_metrics", lambda c: torch.nn.Identity())):  # fmt: skip
+        says = rf"{key} is a {type(layer(torch.load(spiking_ckpt, weights_only=False))).__name__} layer outside any "
+        refused(lambda c, k=key, v=layer: c.__setitem__(k, copy.deepcopy(v(c))), "top.pt", says + "module's children")
 
     def ema_only(c):  # in the EMA copy only (the one YOLO() uses)
         c["ema"] = torch.load(spiking_ckpt, weights_only=False)["model"]
