@@ -155,7 +155,9 @@ def lif_multistep(
 
     Raises:
         TypeError: ``fire`` is not callable.
-        ValueError: A bad ``beta``, ``x`` or ``steps``, or a ``fire`` that changes the shape.
+        ValueError: A bad ``beta``, ``x`` or ``steps``, or a ``fire`` that changes the shape or returns a tensor that
+            is not floating point (a bool or integer mask; any float dtype is taken, as ``(u > th).float()`` gives
+            float32 for a float16 membrane under autocast, and torch promotes ``U - S``).
     """
     if not (is_number(beta) and 0 <= beta <= 1):  # NaN, a string or a tensor too (a tensor 5.0 was taken)
         raise ValueError(f"beta={beta!r:.80} is invalid: the membrane decay must be a number in [0, 1]")
@@ -173,6 +175,12 @@ def lif_multistep(
         if not tracing and (not isinstance(s, torch.Tensor) or s.shape != u.shape):  # S[t] replaces U[t]
             got = tuple(s.shape) if isinstance(s, torch.Tensor) else type(s).__name__
             raise ValueError(f"fire returned {got} for a membrane of shape {tuple(u.shape)}: it must keep the shape")
+        if not s.is_floating_point():  # a bool mask (u > th) was torch's NotImplementedError at U - S (battery 26, P42)
+            name = str(getattr(fire, "__qualname__", type(fire).__name__)).rpartition("<locals>.")[2]
+            raise ValueError(
+                f"fire={name:.80} returned a {s.dtype} tensor for a {u.dtype} membrane: spikes must be floating "
+                f"point (e.g. (u > th).to(u.dtype))"
+            )
         return s
 
     if (x.shape[0] if steps is None else steps) == 1:

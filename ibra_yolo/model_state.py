@@ -19,6 +19,7 @@ import torch
 from torch import nn
 
 from ibra_yolo.errors import CheckpointError, NonFiniteError
+from ibra_yolo.plain_attributes import check_plain_attributes, check_shadowing
 
 __all__ = (
     "check_model_state",
@@ -229,6 +230,7 @@ def check_layer_settings(model: nn.Module, path: str | Path) -> None:
                 f"training or resuming from it would rebuild the dict's layers"
             )
     _check_tensors(layers, built, path)
+    check_plain_attributes(layers, built, path, RUN_TIME_SETTINGS)  # tensors outside the state_dict, extra settings
     for name, m in layers.named_modules(prefix="model"):  # a setting the class holds, shadowed in the file's layer
         for key, value in vars(m).items():
             default = getattr(type(m), key, None)
@@ -396,7 +398,8 @@ def _is_imgsz(value) -> bool:
 
 
 def check_model_state(model: nn.Module, path: str | Path, ckpt: dict | None = None) -> None:
-    """Check what a loaded ibra-yolo model holds: finite weights, neuron settings a YAML gives, strides and class
+    """Check what a loaded ibra-yolo model holds: no plain attribute hiding a parameter, buffer or child (in the
+    checkpoint's model and ema, `check_shadowing`), finite weights, neuron settings a YAML gives, strides and class
     names Ultralytics can use, a model dict, a model that runs, layers holding the neuron the model dict gives, and
     (given the checkpoint) ``train_args`` that is a dict. The checkpoint must have passed
     ``ibra_yolo.nesting.check_nesting`` first (both loaders run it before anything walks the model): the checks here
@@ -410,6 +413,8 @@ def check_model_state(model: nn.Module, path: str | Path, ckpt: dict | None = No
         kind = type(ckpt["train_args"]).__name__
         raise CheckpointError(f"{path}: train_args is a {kind}, not a dict of arguments (the file was altered)")
     _check_train_args((ckpt or {}).get("train_args") or {}, path)
+    others = {f"the {k}'s ": v for k, v in (ckpt or {}).items() if k in ("model", "ema") and isinstance(v, nn.Module)}
+    check_shadowing({"": model, **{k: v for k, v in others.items() if v is not model}}, path)
     check_finite_weights(model, path)
     check_neuron_settings(model, path)
     _check_strides(model, path)

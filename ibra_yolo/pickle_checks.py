@@ -223,6 +223,10 @@ _WRAPPER_NAMES = {
 }
 
 
+# the checkpoint's own entries that hold whole models (Ultralytics reads `ema`, else `model`); a layer under a key of
+# its own (`ck["stopper"] = SPPF(...)`) is one no saved checkpoint holds (battery 26, H81/H84)
+MODEL_KEYS = ("model", "ema")
+
 # torchvision's transforms are modules too; a trained classification model stores its inference transforms as
 # `model.transforms`, a Compose (no module) whose list holds them (Ultralytics' classify trainer does so)
 _TRANSFORMS = "torchvision.transforms."
@@ -261,7 +265,8 @@ def _check_stored_code(ckpt, path) -> None:
     and calls on every forward, ``state_dict()`` or load; any class or function stored as a value, e.g. a layer's
     ``forward``, ``fuse`` or ``_predict_once`` attribute set to an allow-listed class, which Python finds before the
     method; a ``getattr`` result anywhere but where official checkpoints keep one (`_getattr_stored_ok`); and a layer
-    anywhere but in a module's ``_modules``, as the checkpoint's own entry (``model``, ``ema``) or as a torchvision
+    anywhere but in a module's ``_modules``, as the checkpoint's own ``model`` or ``ema`` (`MODEL_KEYS`; not under a
+    top-level key of its own) or as a torchvision
     transform (a classification model's ``transforms``): as ``fuse``, in a list or in ``train_args`` something could
     call it."""
     # (where, object, the module holding it, its attribute name, whether a layer may sit there)
@@ -271,8 +276,9 @@ def _check_stored_code(ckpt, path) -> None:
         if _is_layer(obj) and not layer_place and not obj.qualname.startswith(_TRANSFORMS):  # at every reference
             raise UnsafePickleError(
                 f"checkpoint {path}: {where} is a {obj.name} layer outside any module's children (torch keeps layers "
-                f"in _modules; a saved model holds them nowhere else), where something could call it in place of a "
-                f"method: not loaded, nothing in it was run (the file was altered or may be malicious)"
+                f"in _modules, and a checkpoint its models under 'model' and 'ema'; a saved model holds them "
+                f"nowhere else), where something could call it in place of a method: not loaded, nothing in it was "
+                f"run (the file was altered or may be malicious)"
             )
         if isinstance(obj, Value) and obj.qualname == "builtins.getattr":  # at every place it is stored (memo refs)
             if not _getattr_stored_ok(obj, owner, key):
@@ -293,8 +299,11 @@ def _check_stored_code(ckpt, path) -> None:
                 todo.append((where, obj.__dict__.get("state"), None, None, False))
         elif isinstance(obj, Value):  # its state (an args namespace's values); its arguments are checked by its call
             todo.append((where, obj.state, None, None, False))
-        elif isinstance(obj, dict):  # the checkpoint's own entries ("model", "ema") are the places for whole models
-            todo += [(f"{where}.{k}" if where else str(k), v, None, None, not where) for k, v in obj.items()]
+        elif isinstance(obj, dict):  # the checkpoint's own "model" and "ema" are the places for whole models
+            top = not where and obj is ckpt
+            todo += [
+                (f"{where}.{k}" if where else str(k), v, None, None, top and k in MODEL_KEYS) for k, v in obj.items()
+            ]
         elif isinstance(obj, (list, tuple, set, frozenset)):
             todo += [(f"{where}[{i}]", v, None, None, False) for i, v in enumerate(obj)]
 

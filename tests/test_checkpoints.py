@@ -761,6 +761,12 @@ def test_a_checkpoint_that_stores_a_layer_or_data_in_place_of_a_method_is_refuse
             r"train_args\.layer is a Identity layer outside any module's children")  # fmt: skip
     refused(lambda c: c["model"].model[1].conv._parameters.__setitem__("weight", torch.nn.Identity()), "param.pt",
             r"model\.model\.1\.conv\._parameters\.weight is a Identity layer outside")  # fmt: skip
+    # a layer under a top-level key of its own loaded everywhere (and deploy wrote it out again), while the same layer
+    # in train_metrics was refused (battery 26, H81/H84): only `model` and `ema` hold whole models
+    for key, layer in (("zz_layer", lambda c: c["model"].model[11]), ("stopper", lambda c: c["model"].model[9]),
+                       ("train_metrics", lambda c: torch.nn.Identity())):  # fmt: skip
+        says = rf"{key} is a {type(layer(torch.load(spiking_ckpt, weights_only=False))).__name__} layer outside any "
+        refused(lambda c, k=key, v=layer: c.__setitem__(k, copy.deepcopy(v(c))), "top.pt", says + "module's children")
 
     def ema_only(c):  # in the EMA copy only (the one YOLO() uses)
         c["ema"] = torch.load(spiking_ckpt, weights_only=False)["model"]
@@ -1085,6 +1091,83 @@ def test_a_layer_other_than_its_model_dict_builds_is_refused(tmp_path, spiking_c
         torch.save(ckpt, tmp_path / f"{name}.pt")
         assert checkpoint_model(load_checkpoint(tmp_path / f"{name}.pt"), name).yaml.get("folded") == {
             "fused": "bn", "deployed": "all", "spikes": None}[name]  # fmt: skip
+
+
+def test_a_plain_attribute_hiding_a_tensor_or_setting_is_refused(tmp_path, spiking_ckpt):
+    # Python finds a layer's instance __dict__ before nn.Module.__getattr__ looks in _parameters/_buffers/_modules: a
+    # file whose conv held `weight = zeros` (or a BN `running_var * 1000`, or a `bias` where the conv has none) as a
+    # plain attribute ran with it while its state_dict -- what the other checks and training see -- held the trained
+    # one (battery 26, N14b/N15b/N26: other boxes in predict, eval, energy, and deploy folded the zeros in). torch's
+    # __setattr__ never leaves such a pair, so both loaders refuse it, in the model or the ema, naming the layer and
+    # the attribute; a tensor kept as a plain attribute the model dict's layer does not hold (forward may read it;
+    # no state_dict shows it) and a setting no model dict gives are refused too.
+    from torch import nn
+
+    def first(m, kind, **has):
+        return next((n, x) for n, x in m.named_modules() if isinstance(x, kind) and all(
+            (getattr(x, k) is None) == v for k, v in has.items()))  # fmt: skip
+
+    def shadow(kind, key, value, **has):
+        def edit(m):
+            _, x = first(m, kind, **has)
+            x.__dict__[key] = value(x)  # what object.__setattr__ does: nn.Module.__setattr__ would replace the tensor
+
+        return edit
+
+    m = torch.load(spiking_ckpt, weights_only=False)["model"]
+    conv, bn, nobias = (re.escape(first(m, *a, **h)[0]) for a, h in (((nn.Conv2d,), {}), ((nn.BatchNorm2d,), {}),
+                                                                     ((nn.Conv2d,), {"bias": True})))  # fmt: skip
+    cases = (
+        (shadow(nn.Conv2d, "weight", lambda x: x.weight.detach() * 0), "model",
+         rf"{conv} \(Conv2d\) holds a plain attribute 'weight' \(a torch\.float32 tensor of shape \(\d+, \d+, \d+, "
+         r"\d+\)\) beside its parameter 'weight', so it would run with that attribute while its state_dict shows the "
+         r"parameter"),
+        (shadow(nn.BatchNorm2d, "running_var", lambda x: x.running_var * 1000), "model",
+         rf"{bn} \(BatchNorm2d\) holds a plain attribute 'running_var' .* beside its buffer 'running_var'"),
+        (shadow(nn.Conv2d, "bias", lambda x: torch.full((x.out_channels,), 3.0), bias=True), "model",
+         rf"{nobias} \(Conv2d\) holds a plain attribute 'bias' .* beside its parameter 'bias' \(None: it has none\)"),
+        # in the copy YOLO() runs (a small tensor there is named by the model/ema comparison first, as "two models")
+        (shadow(nn.Conv2d, "weight", lambda x: x.weight.detach() * 0), "ema",
+         rf"{conv} \(Conv2d\) holds a plain attribute 'weight'"),
+        (lambda m: m.model[1].__dict__.__setitem__("bn", 3), "model",
+         r"model\.1 \(\w+\) holds a plain attribute 'bn' \(3\) beside its child layer 'bn'"),
+        (shadow(nn.Conv2d, "threshold", lambda x: torch.ones(3)), "model",
+         rf"{conv} \(Conv2d\) holds the plain attribute 'threshold' \(a torch\.float32 tensor of shape \(3,\)\), but "
+         r"its model dict builds no such attribute there \(a tensor outside the state_dict"),
+        (shadow(nn.BatchNorm2d, "_mask", lambda x: torch.ones(3, dtype=torch.bool)), "model",  # private names too
+         rf"{bn} \(BatchNorm2d\) holds the plain attribute '_mask' \(a torch\.bool tensor of shape \(3,\)\)"),
+        (lambda m: m.model[3].__dict__.__setitem__("gain", 2.0), "model",
+         r"model\.3 \(\w+\) holds the plain attribute 'gain' \(2\.0\), but its model dict builds no such setting"),
+    )  # fmt: skip
+    for edit, where, says in cases:
+        ckpt = torch.load(spiking_ckpt, weights_only=False)
+        if where == "ema":
+            ckpt["ema"] = torch.load(spiking_ckpt, weights_only=False)["model"]
+        edit(ckpt[where])
+        torch.save(ckpt, tmp_path / "hidden.pt")
+        _refused_by_both_loaders(tmp_path / "hidden.pt", r"hidden\.pt: " + says + r".*the file was altered after")
+    # the shadow in `model` beside a clean `ema` (the one YOLO() runs) is named as the model's
+    ckpt = torch.load(spiking_ckpt, weights_only=False)
+    ckpt["ema"] = torch.load(spiking_ckpt, weights_only=False)["model"]
+    shadow(nn.Conv2d, "weight", lambda x: x.weight.detach() * 0)(ckpt["model"])
+    torch.save(ckpt, tmp_path / "hidden.pt")
+    _refused_by_both_loaders(
+        tmp_path / "hidden.pt", rf"hidden\.pt: the model's {conv} \(Conv2d\) holds a plain attribute"
+    )
+    # what a legitimate file holds outside its state_dict still loads: the head's anchor cache after a forward (a file
+    # saved after predict/val), an fp16 copy (Ultralytics' _apply casts the head's stride and anchors too)
+    ckpt = torch.load(spiking_ckpt, weights_only=False)
+    with torch.no_grad():
+        ckpt["model"].eval()(torch.zeros(1, 3, 64, 64))
+    assert ckpt["model"].model[-1].__dict__["anchors"].numel()  # a plain tensor attribute, as saved after predict
+    torch.save(ckpt, tmp_path / "predicted.pt")
+    ckpt["model"].half()
+    torch.save(ckpt, tmp_path / "half.pt")
+    from ultralytics import YOLO
+
+    for name in ("predicted.pt", "half.pt"):
+        checkpoint_model(load_checkpoint(tmp_path / name), tmp_path / name)
+        assert YOLO(tmp_path / name).names == {0: "0", 1: "1", 2: "2"}
 
 
 def test_a_refused_pretrained_file_leaves_no_run_folder(tmp_path, spiking_ckpt, shapes_data):

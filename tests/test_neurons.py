@@ -404,6 +404,17 @@ def test_public_plane_helpers_take_wide_codes_and_check_their_arguments():
         lif_multistep(torch.ones(3, 2), None, 0.5)
     with pytest.raises(ValueError, match=r"^fire returned \(1,\) for a membrane of shape \(2,\): it must keep"):
         lif_multistep(torch.ones(3, 2), lambda u: u[:1], 0.5)
+    # a bool spike mask (a natural threshold, u > 0.5) was torch's NotImplementedError from U - S inside coding.py, not
+    # naming fire (battery 26, P42); an integer mask would give integer outputs. Any float dtype is taken:
+    # (u > th).float() is float32 for a float16 membrane under autocast
+    for mask in (lambda u: u > 0.5, lambda u: (u > 0.5).long()):
+        says = r"^fire=.*<lambda> returned a torch\.(bool|int64) tensor for a torch\.float32 membrane: spikes must be"
+        with pytest.raises(ValueError, match=says + r" floating point"):
+            lif_multistep(torch.ones(2, 3), mask, 0.5)
+    with pytest.raises(ValueError, match=r"returned a torch\.bool tensor"):  # T = 1 returns S as it is: checked too
+        lif_multistep(torch.ones(1, 3), lambda u: u > 0.5, 0.5)
+    half = lif_multistep(torch.ones(2, 1, dtype=torch.float16), lambda u: (u > 0.5).float(), 0.5)
+    assert half.tolist() == [[1.0], [1.0]]  # U1 = 1, S1 = 1, H1 = 0; U2 = 1, S2 = 1
     # a numpy array was "'numpy.ndarray' object has no attribute 'float'"; complex input dropped its imaginary part
     with pytest.raises(ValueError, match=r"^u is a ndarray: membrane potentials are a real .* torch tensor"):
         quantize_codes(np.array([1.0]), 100.0, 511)
