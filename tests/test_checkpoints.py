@@ -1352,3 +1352,32 @@ def test_a_module_cycle_or_deeply_nested_data_is_one_line(tmp_path, spiking_ckpt
     p = run([python, "-m", "ibra_yolo", "deploy", str(tmp_path / "cycle.pt"), str(tmp_path / "out.pt")], check=False)
     assert p.returncode == 2 and p.stderr.startswith("error: ") and "a module cycle" in p.stderr
     assert p.stderr.count("\n") == 1 and not (tmp_path / "out.pt").exists()
+
+
+def test_data_that_expands_without_end_through_shared_references_is_refused(tmp_path, spiking_ckpt):
+    # battery 26, K31/H85: a pickle's memo shares one tuple at every level, t(k) = (t(k-1), t(k-1)): 1 KB in the
+    # file, 2**39 values when copied or printed; nested 39 deep (< 64) it passed every check, then deepcopy (every
+    # loader) and print_args (resume) ran until killed. Expanded, t(k) holds 2**(k+1) - 1 values; the bound is
+    # 1,000,000 (as for YAML aliases; our checkpoints hold ~20,000): t(19) = 1,048,575 is the first over it.
+    def bomb(levels):
+        value = "leaf"
+        for _ in range(levels):
+            value = (value, value)
+        return value
+
+    ckpt = torch.load(spiking_ckpt, weights_only=False)
+    ckpt["train_args"] = {**ckpt["train_args"], "classes": bomb(39)}
+    torch.save(ckpt, tmp_path / "args.pt")
+    assert (tmp_path / "args.pt").stat().st_size < spiking_ckpt.stat().st_size + 2000  # shared in the file
+    says = r"args\.pt: its train_args\['classes'\]\[0\]\[0\]"
+    _refused_by_both_loaders(tmp_path / "args.pt", says + r".* data expands to 1,048,575 values through shared ref")
+    # under a key of one's own in the model dict (H85): model.yaml is counted with the layer's other attributes
+    ckpt = torch.load(spiking_ckpt, weights_only=False)
+    ckpt["model"].yaml["zz"] = bomb(20)
+    torch.save(ckpt, tmp_path / "yaml.pt")
+    says = r"yaml\.pt: its model\.yaml\['zz'\]\[0\] data expands to 1,048,575 values through shared references \(ov"
+    _refused_by_both_loaders(tmp_path / "yaml.pt", says)
+    # the bound is on the expanded count, not on sharing: t(18), 524,287 values, loads
+    ckpt["model"].yaml["zz"] = bomb(18)
+    torch.save(ckpt, tmp_path / "yaml.pt")
+    checkpoint_model(load_checkpoint(tmp_path / "yaml.pt"), tmp_path / "yaml.pt")
