@@ -868,6 +868,47 @@ def test_a_dataset_named_by_a_checkpoint_runs_no_download_script(tmp_path, spiki
     assert canary.read_text() == "x"  # the guard is for the checkpoint's choice only, not a changed stock behaviour
 
 
+def test_a_url_dataset_named_by_a_checkpoint_is_never_fetched(tmp_path, spiking_ckpt, monkeypatch):
+    # battery 26, X-N28/K37: train_args data = https://example.com/evil.zip made `yolo val model=x.pt` (no data=) and
+    # `yolo train resume=True` call Ultralytics' check_file, which downloads a URL whatever autodownload says (and
+    # unpacks an archive into the datasets folder), after the run folder and args.yaml were made. A URL the file chose
+    # is refused by name before any folder is made; the user's own data=<URL> is fetched as in stock Ultralytics.
+    from ultralytics import YOLO
+    from ultralytics.data import utils as data_utils
+    from ultralytics.models.yolo.detect import DetectionTrainer
+    from ultralytics.utils import downloads
+
+    fetched = []
+
+    def no_network(url="", *args, **kwargs):
+        fetched.append(str(url))
+        raise ConnectionError(f"offline test: {url}")
+
+    monkeypatch.setattr(downloads, "safe_download", no_network)
+    monkeypatch.setattr(data_utils, "safe_download", no_network)
+    run_dir = tmp_path / "run"
+    (run_dir / "weights").mkdir(parents=True)
+    ckpt = torch.load(spiking_ckpt, weights_only=False)
+    ckpt["epoch"], ckpt["optimizer"] = 0, torch.optim.SGD(ckpt["model"].parameters(), lr=0.01).state_dict()
+    for url in ("https://example.com/evil.zip", "gs://bucket/evil.yaml"):  # any scheme Ultralytics fetches
+        ckpt["train_args"] = {"data": url, "imgsz": 32, "task": "detect", "epochs": 2, "save_dir": str(run_dir)}
+        last = run_dir / "weights" / "last.pt"
+        torch.save(ckpt, last)
+        says = rf"^dataset {re.escape(url)} comes from the checkpoint \(its train_args data=, not your command\) and "
+        says += r"is a URL: a checkpoint does not get to make Ultralytics download anything, so nothing was fetched; "
+        with pytest.raises(CheckpointError, match=says + "pass data= yourself"):
+            YOLO(last).val(imgsz=32, batch=2, device="cpu", plots=False, project=str(tmp_path / "runs"), name="v")
+        with pytest.raises(CheckpointError, match=says):
+            YOLO(last).train(resume=True, device="cpu")
+        with pytest.raises(CheckpointError, match=says):  # the trainer without Model.train: its check_resume refuses
+            DetectionTrainer(overrides={"resume": str(last), "model": str(last), "device": "cpu"})
+        assert fetched == [] and not (tmp_path / "runs").exists()
+        assert sorted(str(p.relative_to(run_dir)) for p in run_dir.rglob("*")) == ["weights", "weights/last.pt"]
+    with pytest.raises(Exception):  # noqa: B017, PT011 - the user's own URL: stock Ultralytics fetches it
+        YOLO(last).val(data="https://example.com/mine.yaml", imgsz=32, device="cpu", project=str(tmp_path / "runs"))
+    assert fetched and fetched[0].startswith("https://example.com/mine.yaml")
+
+
 def test_resume_does_not_write_into_another_run_folder(tmp_path, spiking_ckpt):
     # Stock resume writes into the checkpoint's train_args save_dir, wherever it is: a last.pt naming another run's
     # folder replaced that run's weights/last.pt and results.csv (battery 18, R02). A resumed run writes beside its
