@@ -393,7 +393,7 @@ def stock_safe_load(original, weight, *args, **kwargs):
     )
     from ibra_yolo.errors import CheckpointError, IbraYoloError
     from ibra_yolo.model_state import check_model_state
-    from ibra_yolo.nesting import check_nesting
+    from ibra_yolo.nesting import check_expanded_size, check_nesting
 
     wrap_model_train()  # Model exists by now: a model loaded from a file refuses training if it is folded
     local = Path(str(weight))
@@ -432,6 +432,8 @@ def stock_safe_load(original, weight, *args, **kwargs):
     ours = isinstance(model, nn.Module) and any(isinstance(m, NeuronConv) for m in model.modules())
     if ours:
         check_nesting(loaded[0], weight)  # before anything walks the model with torch (a module cycle: no end)
+    elif isinstance(loaded[0], dict):  # stock files too: a shared tuple bomb, deep-copied by the EMA, never ends
+        check_expanded_size(loaded[0], weight)
     check_ema_matches(loaded[0], weight)  # YOLO() would load the ema without a word
     if not isinstance(model, tasks.BaseModel):  # e.g. a bare nn.Linear: it failed deep inside the predictor
         raise CheckpointError(

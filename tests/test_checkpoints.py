@@ -1418,6 +1418,15 @@ def test_data_that_expands_without_end_through_shared_references_is_refused(tmp_
     torch.save(ckpt, tmp_path / "yaml.pt")
     says = r"yaml\.pt: its model\.yaml\['zz'\]\[0\] data expands to 1,048,575 values through shared references \(ov"
     _refused_by_both_loaders(tmp_path / "yaml.pt", says)
+    # a stock model's file too, through YOLO(p) (the EMA of `yolo train model=x.pt` deep-copies its model dict)
+    from ultralytics import YOLO
+
+    YOLO("yolov8n.yaml").save(tmp_path / "stock.pt")
+    stock = torch.load(tmp_path / "stock.pt", weights_only=False)
+    stock["model"].yaml["zz"] = bomb(39)
+    torch.save(stock, tmp_path / "stock.pt")
+    with pytest.raises(CheckpointError, match=r"stock\.pt: its model\.yaml\['zz'\]\[0\].* data expands to 1,048,575 "):
+        YOLO(tmp_path / "stock.pt")
     # the bound is on the expanded count, not on sharing: t(18), 524,287 values, loads
     ckpt["model"].yaml["zz"] = bomb(18)
     torch.save(ckpt, tmp_path / "yaml.pt")
