@@ -123,7 +123,7 @@ def checkpoint_data_guarded(original, self, *args, **kwargs):
     outer = getattr(_FROM_CHECKPOINT, "names", frozenset())
     data = (getattr(self, "overrides", None) or {}).get("data")
     named = "data" not in kwargs and getattr(self, "ckpt", None) and isinstance(data, (str, Path))
-    if named:
+    if named and getattr(original, "__name__", "") in ("train", "val"):  # export reads it only for int8 calibration
         check_checkpoint_dataset(data)  # a URL: before the validator or trainer makes a run folder
     _FROM_CHECKPOINT.names = outer | {str(data)} if named else outer
     try:
