@@ -20,8 +20,8 @@ __all__ = ("MAX_DEPTH", "MAX_EXPANDED", "check_expanded_size", "check_module_tre
 MAX_DEPTH = 64  # our module trees nest <= 6 deep and checkpoint data <= 5; torch and pickle recurse once per level
 # Values a checkpoint holds when each shared reference is counted each time it is met (`check_expanded_size`): stock
 # yolov8n 8,900, our trained n-scale checkpoints 16,000-21,000, a mid-run last.pt with its optimizer state 24,000
-# (counted in ~30 ms). The same bound as the YAML reader's aliases (``ibra_yolo.yaml_files.MAX_YAML_VALUES``); a
-# pickle's memo makes 1 KB expand to 2**39 values.
+# (counted in 25-80 ms on a busy 2-core machine; reading the file takes seconds). The same bound as the YAML reader's
+# aliases (``ibra_yolo.yaml_files.MAX_YAML_VALUES``); a pickle's memo makes 1 KB expand to 2**39 values.
 MAX_EXPANDED = 1_000_000
 
 
