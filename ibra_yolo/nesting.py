@@ -1,10 +1,11 @@
-"""A checkpoint torch can walk and write again: no module cycle, nothing nested without end.
+"""A checkpoint torch can walk and write again: no module cycle, nothing nested or shared without end.
 
 A pickle can rebuild any object graph, including a layer that holds one of its own parents or a list nested 30,000
 deep. Loading such a file works; then every torch walk of the model (``.float()``, ``.to()``, ``deepcopy``,
 ``state_dict``) or ``torch.save`` of its data recursed until Python's limit: a bare ``RecursionError`` in ``YOLO(p)``,
-``yolo predict`` and ``ibra-yolo deploy`` (battery 21, H14/H26). These checks walk without recursion, each object once,
-before anything else walks the file.
+``yolo predict`` and ``ibra-yolo deploy`` (battery 21, H14/H26). Its memo can also share one tuple at every level, so
+that ``deepcopy`` and printing expand 1 KB into 2**39 values (battery 26, K31/H85). These checks walk without
+recursion, each object once, before anything else walks the file.
 """
 
 from __future__ import annotations
