@@ -3,11 +3,13 @@
 Every file ibra-yolo writes goes through ``write_atomic``: the content is written to a uniquely named temporary file
 in the destination folder and moved onto the destination, so a crash or a full disk never leaves a half-written file,
 two writers never share a temporary file, and a file of the user's is never taken for a temporary one. Every command
-checks all its output paths with ``check_output``/``check_outputs`` before any work starts.
+checks all its output paths with ``check_output``/``check_outputs`` before any work starts, by creating and removing a
+file (or folder) of its own there: ``/proc`` or a read-only mount passes every permission check of root.
 """
 
 from __future__ import annotations
 
+import contextlib
 import json
 import os
 import sys
@@ -50,7 +52,9 @@ def as_path(value, name: str) -> Path:
 
 
 def _folder_problem(folder: Path) -> str | None:
-    """Why files cannot be created in ``folder`` (created if missing): an ancestor that is a file, or no permission."""
+    """Why files cannot be created in ``folder`` (created if missing): an ancestor that is a file, no permission, or a
+    folder where creating fails (``/proc``, a read-only mount: the process may run as root, whom every permission bit
+    lets pass, so only trying proves it; see `_probe`)."""
     existing = folder
     while not existing.exists() and existing != existing.parent:
         existing = existing.parent
@@ -58,6 +62,27 @@ def _folder_problem(folder: Path) -> str | None:
         return f"{existing} is a file, not a folder"
     if not os.access(existing, os.W_OK | os.X_OK):
         return f"permission denied: cannot write in {existing}"
+    return _probe(existing, folder=existing != folder)
+
+
+def _probe(where: Path, folder: bool) -> str | None:
+    """Create and remove a new, uniquely named file in ``where`` (or a folder, when the output's folder is still to be
+    made there): None if that works, else why not. Created exclusively, so no existing file is ever opened; removed
+    also when something fails after it was made."""
+    probe = where / f".ibra-yolo-probe.{os.getpid()}.{uuid.uuid4().hex[:12]}"
+    made = False
+    try:
+        if folder:
+            probe.mkdir()
+        else:
+            os.close(os.open(probe, os.O_WRONLY | os.O_CREAT | os.O_EXCL, 0o600))
+        made = True
+    except OSError as e:
+        return f"cannot create a {'folder' if folder else 'file'} in {where}: {e.strerror or type(e).__name__}"
+    finally:
+        if made:
+            with contextlib.suppress(OSError):
+                probe.rmdir() if folder else probe.unlink()
     return None
 
 
@@ -69,7 +94,7 @@ def check_folder(path: str | Path, flag: str = "--out") -> Path:
         flag (str): The option or argument that names it, for the message.
 
     Raises:
-        PathError: ``path`` or a parent is a file, or the nearest existing one is not writable.
+        PathError: ``path`` or a parent is a file, or nothing can be created in the nearest existing one.
     """
     path = Path(path)
     problem = _folder_problem(path)

@@ -11,7 +11,8 @@ Each takes the stock callable as its first argument (``replacement(original, sel
   (NMS would drop them and report no detections);
 - `stock_safe_load` (``tasks.torch_safe_load``): the file's calls and hooks checked first, refusals in one line;
 - `checkpoint_data_guarded` (``Model.train/val/export/benchmark``) and `scriptless_dataset_check`
-  (``check_det_dataset``): a dataset named by the checkpoint, not the user, never downloads or runs its YAML's script;
+  (``check_det_dataset``): a dataset named by the checkpoint, not the user, is never downloaded (a URL is refused)
+  nor runs its YAML's script;
 - `resume_in_place` (``BaseTrainer.check_resume``): a resumed run writes beside its checkpoint, nowhere else.
 """
 
@@ -25,6 +26,7 @@ from collections.abc import Mapping
 from pathlib import Path
 
 from ibra_yolo.training_checks import (
+    check_checkpoint_dataset,
     check_freeze,
     check_pretrained,
     check_pretrained_file,
@@ -121,6 +123,8 @@ def checkpoint_data_guarded(original, self, *args, **kwargs):
     outer = getattr(_FROM_CHECKPOINT, "names", frozenset())
     data = (getattr(self, "overrides", None) or {}).get("data")
     named = "data" not in kwargs and getattr(self, "ckpt", None) and isinstance(data, (str, Path))
+    if named and getattr(original, "__name__", "") in ("train", "val"):  # export reads it only for int8 calibration
+        check_checkpoint_dataset(data)  # a URL: before the validator or trainer makes a run folder
     _FROM_CHECKPOINT.names = outer | {str(data)} if named else outer
     try:
         return original(self, *args, **kwargs)
@@ -134,6 +138,8 @@ def scriptless_dataset_check(original, dataset, autodownload=True, *args, **kwar
     are missing: a file must not choose code to run. The user's own ``data=`` behaves as in stock Ultralytics."""
     from ibra_yolo.errors import MissingFileError
 
+    if str(dataset) in getattr(_FROM_CHECKPOINT, "names", ()):
+        check_checkpoint_dataset(dataset)  # check_file downloads a URL whatever autodownload says
     if not (autodownload and str(dataset) in getattr(_FROM_CHECKPOINT, "names", ())):
         return original(dataset, autodownload, *args, **kwargs)
     try:
@@ -159,6 +165,7 @@ def resume_in_place(original, self, overrides, *args, **kwargs):
     given = getattr(self.args, "data", None)
     result = original(self, overrides, *args, **kwargs)
     if getattr(self.args, "resume", None) and not given and isinstance(self.args.data, (str, Path)):
+        check_checkpoint_dataset(self.args.data)  # a URL: before the trainer writes args.yaml
         _FROM_CHECKPOINT.names = getattr(_FROM_CHECKPOINT, "names", frozenset()) | {str(self.args.data)}
     last, stored = getattr(self.args, "resume", None), getattr(self.args, "save_dir", None)
     if last and isinstance(last, (str, Path)) and "save_dir" not in (overrides or {}):
@@ -386,7 +393,7 @@ def stock_safe_load(original, weight, *args, **kwargs):
     )
     from ibra_yolo.errors import CheckpointError, IbraYoloError
     from ibra_yolo.model_state import check_model_state
-    from ibra_yolo.nesting import check_nesting
+    from ibra_yolo.nesting import check_expanded_size, check_nesting
 
     wrap_model_train()  # Model exists by now: a model loaded from a file refuses training if it is folded
     local = Path(str(weight))
@@ -425,6 +432,8 @@ def stock_safe_load(original, weight, *args, **kwargs):
     ours = isinstance(model, nn.Module) and any(isinstance(m, NeuronConv) for m in model.modules())
     if ours:
         check_nesting(loaded[0], weight)  # before anything walks the model with torch (a module cycle: no end)
+    elif isinstance(loaded[0], dict):  # stock files too: a shared tuple bomb, deep-copied by the EMA, never ends
+        check_expanded_size(loaded[0], weight)
     check_ema_matches(loaded[0], weight)  # YOLO() would load the ema without a word
     if not isinstance(model, tasks.BaseModel):  # e.g. a bare nn.Linear: it failed deep inside the predictor
         raise CheckpointError(

@@ -14,6 +14,7 @@ __all__ = (
     "check_freeze",
     "check_resumable",
     "checked_training_state",
+    "check_checkpoint_dataset",
 )
 
 
@@ -238,6 +239,21 @@ def _check_dataset_classes(model, data, name) -> None:
             f"{name}: its model detects {held} classes, but its dataset {path} names {nc}: resume=True continues the "
             f"same model on the same classes; to train these weights on the {nc}-class data, start a new run without "
             f"resume=True (yolo train model={name} data={path})"
+        )
+
+
+def check_checkpoint_dataset(data) -> None:
+    """A dataset the checkpoint chose (its ``train_args`` data, not the user's ``data=``) is never fetched: Ultralytics'
+    ``check_file`` downloads a name starting ``https://``, ``http://``, ``gs://``, ``ul://`` (and more) before any
+    ``autodownload`` is asked, and unpacks an archive into its datasets folder (battery 26, X-N28/K37). Any
+    ``scheme://`` is refused, which covers every scheme Ultralytics reads as remote; no local path holds one."""
+    from ibra_yolo.errors import CheckpointError
+
+    if "://" in str(data):
+        raise CheckpointError(
+            f"dataset {str(data)[:200]} comes from the checkpoint (its train_args data=, not your command) and is a "
+            f"URL: a checkpoint does not get to make Ultralytics download anything, so nothing was fetched; pass "
+            f"data= yourself (that URL to let Ultralytics fetch it, or the dataset you mean)"
         )
 
 

@@ -874,6 +874,47 @@ def test_a_dataset_named_by_a_checkpoint_runs_no_download_script(tmp_path, spiki
     assert canary.read_text() == "x"  # the guard is for the checkpoint's choice only, not a changed stock behaviour
 
 
+def test_a_url_dataset_named_by_a_checkpoint_is_never_fetched(tmp_path, spiking_ckpt, monkeypatch):
+    # battery 26, X-N28/K37: train_args data = https://example.com/evil.zip made `yolo val model=x.pt` (no data=) and
+    # `yolo train resume=True` call Ultralytics' check_file, which downloads a URL whatever autodownload says (and
+    # unpacks an archive into the datasets folder), after the run folder and args.yaml were made. A URL the file chose
+    # is refused by name before any folder is made; the user's own data=<URL> is fetched as in stock Ultralytics.
+    from ultralytics import YOLO
+    from ultralytics.data import utils as data_utils
+    from ultralytics.models.yolo.detect import DetectionTrainer
+    from ultralytics.utils import downloads
+
+    fetched = []
+
+    def no_network(url="", *args, **kwargs):
+        fetched.append(str(url))
+        raise ConnectionError(f"offline test: {url}")
+
+    monkeypatch.setattr(downloads, "safe_download", no_network)
+    monkeypatch.setattr(data_utils, "safe_download", no_network)
+    run_dir = tmp_path / "run"
+    (run_dir / "weights").mkdir(parents=True)
+    ckpt = torch.load(spiking_ckpt, weights_only=False)
+    ckpt["epoch"], ckpt["optimizer"] = 0, torch.optim.SGD(ckpt["model"].parameters(), lr=0.01).state_dict()
+    for url in ("https://example.com/evil.zip", "gs://bucket/evil.yaml"):  # any scheme Ultralytics fetches
+        ckpt["train_args"] = {"data": url, "imgsz": 32, "task": "detect", "epochs": 2, "save_dir": str(run_dir)}
+        last = run_dir / "weights" / "last.pt"
+        torch.save(ckpt, last)
+        says = rf"^dataset {re.escape(url)} comes from the checkpoint \(its train_args data=, not your command\) and "
+        says += r"is a URL: a checkpoint does not get to make Ultralytics download anything, so nothing was fetched; "
+        with pytest.raises(CheckpointError, match=says + "pass data= yourself"):
+            YOLO(last).val(imgsz=32, batch=2, device="cpu", plots=False, project=str(tmp_path / "runs"), name="v")
+        with pytest.raises(CheckpointError, match=says):
+            YOLO(last).train(resume=True, device="cpu")
+        with pytest.raises(CheckpointError, match=says):  # the trainer without Model.train: its check_resume refuses
+            DetectionTrainer(overrides={"resume": str(last), "model": str(last), "device": "cpu"})
+        assert fetched == [] and not (tmp_path / "runs").exists()
+        assert sorted(str(p.relative_to(run_dir)) for p in run_dir.rglob("*")) == ["weights", "weights/last.pt"]
+    with pytest.raises(Exception):  # noqa: B017, PT011 - the user's own URL: stock Ultralytics fetches it
+        YOLO(last).val(data="https://example.com/mine.yaml", imgsz=32, device="cpu", project=str(tmp_path / "runs"))
+    assert fetched and fetched[0].startswith("https://example.com/mine.yaml")
+
+
 def test_resume_does_not_write_into_another_run_folder(tmp_path, spiking_ckpt):
     # Stock resume writes into the checkpoint's train_args save_dir, wherever it is: a last.pt naming another run's
     # folder replaced that run's weights/last.pt and results.csv (battery 18, R02). A resumed run writes beside its
@@ -1435,3 +1476,41 @@ def test_a_module_cycle_or_deeply_nested_data_is_one_line(tmp_path, spiking_ckpt
     p = run([python, "-m", "ibra_yolo", "deploy", str(tmp_path / "cycle.pt"), str(tmp_path / "out.pt")], check=False)
     assert p.returncode == 2 and p.stderr.startswith("error: ") and "a module cycle" in p.stderr
     assert p.stderr.count("\n") == 1 and not (tmp_path / "out.pt").exists()
+
+
+def test_data_that_expands_without_end_through_shared_references_is_refused(tmp_path, spiking_ckpt):
+    # battery 26, K31/H85: a pickle's memo shares one tuple at every level, t(k) = (t(k-1), t(k-1)): 1 KB in the
+    # file, 2**39 values when copied or printed; nested 39 deep (< 64) it passed every check, then deepcopy (every
+    # loader) and print_args (resume) ran until killed. Expanded, t(k) holds 2**(k+1) - 1 values; the bound is
+    # 1,000,000 (as for YAML aliases; our checkpoints hold ~20,000): t(19) = 1,048,575 is the first over it.
+    def bomb(levels):
+        value = "leaf"
+        for _ in range(levels):
+            value = (value, value)
+        return value
+
+    ckpt = torch.load(spiking_ckpt, weights_only=False)
+    ckpt["train_args"] = {**ckpt["train_args"], "classes": bomb(39)}
+    torch.save(ckpt, tmp_path / "args.pt")
+    assert (tmp_path / "args.pt").stat().st_size < spiking_ckpt.stat().st_size + 2000  # shared in the file
+    says = r"args\.pt: its train_args\['classes'\]\[0\]\[0\]"
+    _refused_by_both_loaders(tmp_path / "args.pt", says + r".* data expands to 1,048,575 values through shared ref")
+    # under a key of one's own in the model dict (H85): model.yaml is counted with the layer's other attributes
+    ckpt = torch.load(spiking_ckpt, weights_only=False)
+    ckpt["model"].yaml["zz"] = bomb(20)
+    torch.save(ckpt, tmp_path / "yaml.pt")
+    says = r"yaml\.pt: its model\.yaml\['zz'\]\[0\] data expands to 1,048,575 values through shared references \(ov"
+    _refused_by_both_loaders(tmp_path / "yaml.pt", says)
+    # a stock model's file too, through YOLO(p) (the EMA of `yolo train model=x.pt` deep-copies its model dict)
+    from ultralytics import YOLO
+
+    YOLO("yolov8n.yaml").save(tmp_path / "stock.pt")
+    stock = torch.load(tmp_path / "stock.pt", weights_only=False)
+    stock["model"].yaml["zz"] = bomb(39)
+    torch.save(stock, tmp_path / "stock.pt")
+    with pytest.raises(CheckpointError, match=r"stock\.pt: its model\.yaml\['zz'\]\[0\].* data expands to 1,048,575 "):
+        YOLO(tmp_path / "stock.pt")
+    # the bound is on the expanded count, not on sharing: t(18), 524,287 values, loads
+    ckpt["model"].yaml["zz"] = bomb(18)
+    torch.save(ckpt, tmp_path / "yaml.pt")
+    checkpoint_model(load_checkpoint(tmp_path / "yaml.pt"), tmp_path / "yaml.pt")

@@ -4,6 +4,8 @@ import json
 import os
 import re
 
+import cv2
+import numpy as np
 import pytest
 import torch
 from test_eval_coco import GT, PRED
@@ -338,3 +340,58 @@ def test_write_json_refuses_keys_json_writes_as_one_name(tmp_path):
         write_json(tmp_path / "o.json", {"id": 10**5000})  # json.dumps raised Python's raw int-limit ValueError
     assert list(tmp_path.iterdir()) == []
     assert json.loads(write_json(tmp_path / "o.json", {1: 2, 2: 3}).read_text()) == {"1": 2, "2": 3}
+
+
+@pytest.mark.skipif(not os.path.isdir("/proc/self"), reason="needs Linux /proc, where nothing can be created")
+def test_an_output_folder_where_nothing_can_be_created_is_refused_before_work(tmp_path, monkeypatch, capsys):
+    # battery 26, D24/D35/D36: an output under /proc (or a read-only mount) passed the early check (root passes every
+    # permission check), so energy, eval and deploy did all their work and failed only when writing. The check now
+    # creates and removes a file (or, for a folder still to be made, a folder) of its own there, before any work.
+    import uuid
+
+    from ibra_yolo import checkpoints, coco, energy
+    from ibra_yolo.cli.demo import main as demo_main
+    from ibra_yolo.cli.deploy import main as deploy_main
+    from ibra_yolo.files import check_folder
+
+    name = f"/proc/ibra-yolo-test-{uuid.uuid4().hex[:8]}"  # no such entry: /proc makes none for us either
+    with pytest.raises(IbraYoloError, match=f"^cannot write {name}.json: cannot create a file in /proc: No such file"):
+        check_output(f"{name}.json")
+    with pytest.raises(IbraYoloError, match=f"^cannot write {name}/e.json: cannot create a folder in /proc: No such "):
+        check_output(f"{name}/e.json")
+    with pytest.raises(IbraYoloError, match=f"^--out {name}: cannot create a folder in /proc: No such file"):
+        check_folder(name)
+    # the probe leaves nothing behind in a folder that can be written, and the output is still written
+    (tmp_path / "keep.txt").write_text("x")
+    check_output(tmp_path / "new" / "o.json")
+    check_output(tmp_path / "o.json")
+    assert [p.name for p in tmp_path.iterdir()] == ["keep.txt"]
+    # every command refuses it before its work: the work functions are replaced by ones that record a call
+    work = []
+    for module, attr in ((energy, "measure"), (energy, "load_model"), (coco, "score"), (coco, "load_annotations"),
+                         (coco, "predict_split"), (checkpoints, "load_checkpoint")):  # fmt: skip
+        monkeypatch.setattr(module, attr, lambda *a, _n=attr, **k: work.append(_n))
+    (tmp_path / "img").mkdir()
+    cv2.imwrite(str(tmp_path / "img" / "a.png"), np.zeros((32, 32, 3), np.uint8))
+    (tmp_path / "w.pt").write_bytes(b"x")
+    (tmp_path / "gt.json").write_text(json.dumps(GT))
+    (tmp_path / "pred.json").write_text(json.dumps(PRED))
+    argv = ["--weights", tmp_path / "w.pt", "--source", tmp_path / "img", "--out", name]
+    assert energy_cli.main([str(a) for a in argv]) == 2  # ibra-yolo energy, tools/energy.py
+    assert _one_line(capsys) == f"error: cannot write {name}/energy.json: cannot create a folder in /proc: No such " \
+                                "file or directory\n"  # fmt: skip
+    argv = ["--pred", tmp_path / "pred.json", "--ann", tmp_path / "gt.json", "--out", f"{name}.json"]
+    assert eval_cli.main([str(a) for a in argv]) == 2  # ibra-yolo eval, tools/eval_coco.py
+    assert _one_line(capsys).startswith(f"error: cannot write {name}.json: cannot create a file in /proc: ")
+    argv = ["--weights", tmp_path / "w.pt", "--data", tmp_path / "no.yaml", "--project", name]
+    assert eval_cli.main([str(a) for a in argv]) == 2  # model mode: the validator's run folder
+    assert _one_line(capsys).startswith(f"error: cannot write {name}/val/coco_eval.json: cannot create a folder in")
+    assert deploy_main([str(tmp_path / "w.pt"), f"{name}.pt"]) == 2
+    assert _one_line(capsys).startswith(f"error: cannot write {name}.pt: cannot create a file in /proc: ")
+    assert convert_spikeyolo_main([str(tmp_path / "w.pt"), f"{name}.pt"]) == 2
+    assert _one_line(capsys).startswith(f"error: cannot write {name}.pt: cannot create a file in /proc: ")
+    with pytest.raises(IbraYoloError, match=f"^cannot write {name}.pt: cannot create a file in /proc: "):
+        convert_checkpoint(tmp_path / "w.pt", f"{name}.pt")
+    assert demo_main(["--out", name, "--epochs", "1"]) == 2  # ibra-yolo demo, tools/demo.py
+    assert _one_line(capsys) == f"error: --out {name}: cannot create a folder in /proc: No such file or directory\n"
+    assert work == []

@@ -332,3 +332,16 @@ def test_safe_load_in_a_fresh_process(python, converted):
     )
     out = run([python, "-c", code, str(converted)], env={"ULTRALYTICS_SAFE_LOAD": "1"}).stdout
     assert out.split()[-3:] == ["DetectionModel", "ILIF", "755"]
+
+
+def test_spikeyolo_data_that_expands_without_end_is_refused(ckpt):
+    # battery 26, K31: a tuple shared at every level (t = (t, t), 1 KB in a file) expands to 2**(k+1) - 1 values;
+    # `_plain` walked SpikeYOLO's train_args once per use (2**39 times for 39 levels). Refused by name over a million
+    # values, as our own checkpoints are; t(19) = 1,048,575 is the first over it.
+    value = "leaf"
+    for _ in range(20):
+        value = (value, value)
+    ckpt["train_args"] = {"classes": value}
+    says = r"^tiny\.pt: its train_args\['classes'\]\[0\] data expands to 1,048,575 values through shared references"
+    with pytest.raises(CheckpointError, match=says):
+        model_from_checkpoint(ckpt, source="tiny.pt", verbose=False)

@@ -183,13 +183,18 @@ def model_from_checkpoint(ckpt, neuron=None, source: str = "checkpoint", verbose
         (dict): Provenance (source, SpikeYOLO version and date, trained and running neuron, scale, T, tensors).
 
     Raises:
-        CheckpointError: Not such a checkpoint, or a tensor that does not fit (named).
+        CheckpointError: Not such a checkpoint, a tensor that does not fit (named), or data that expands to over a
+            million values through shared references (``ibra_yolo.nesting.check_expanded_size``).
     """
     from ibra_yolo.plugin import register
 
     register()
     from ultralytics.nn.tasks import DetectionModel
 
+    from ibra_yolo.nesting import check_expanded_size
+
+    if isinstance(ckpt, dict):  # a tuple shared at every level: _plain, deepcopy and printing walk it once per use
+        check_expanded_size(ckpt, source)
     root = _model_entry(ckpt, source)
     d = to_our_model_dict(root, resolve_neuron(neuron))
     model = DetectionModel(d, ch=d["ch"], verbose=False)
