@@ -229,6 +229,7 @@ def check_layer_settings(model: nn.Module, path: str | Path) -> None:
                 f"its model dict builds {setting}={want[key]:.80}: the file was altered after it was saved, and "
                 f"training or resuming from it would rebuild the dict's layers"
             )
+    _check_order(layers, built, path)
     _check_tensors(layers, built, path)
     check_plain_attributes(layers, built, path, RUN_TIME_SETTINGS)  # tensors outside the state_dict, extra settings
     for name, m in layers.named_modules(prefix="model"):  # a setting the class holds, shadowed in the file's layer
@@ -244,6 +245,21 @@ def check_layer_settings(model: nn.Module, path: str | Path) -> None:
                     f"{key}={default!r} and its model dict sets no other: the file was altered after it was saved "
                     f"(e.g. xyxy=True decodes every box in another format)"
                 )
+
+
+def _check_order(layers: nn.Module, built: nn.Module, path: str | Path) -> None:
+    """Each layer holds its children in the order the model dict builds them: a Sequential (and a block looping over
+    its children) runs them in the order held, so blocks swapped in the file -- same names, settings and weights --
+    ran in another order and scored other boxes (battery 27, Q09/Q39/Q40), in the ema too."""
+    want = dict(built.named_modules(prefix="model", remove_duplicate=False))
+    for name, m in layers.named_modules(prefix="model", remove_duplicate=False):
+        held, builds = list(m._modules), list(want[name]._modules) if name in want else None
+        if builds is not None and held != builds:
+            raise CheckpointError(
+                f"{path}: {name} ({type(m).__name__}) holds its layers in the order {', '.join(held)[:120]}, but its "
+                f"model dict builds {', '.join(builds)[:120]}: they run in the order held; the file was altered "
+                f"after it was saved"
+            )
 
 
 def _check_tensors(layers: nn.Module, built: nn.Module, path: str | Path) -> None:

@@ -1134,6 +1134,34 @@ def test_a_layer_other_than_its_model_dict_builds_is_refused(tmp_path, spiking_c
             "fused": "bn", "deployed": "all", "spikes": None}[name]  # fmt: skip
 
 
+def test_layers_held_in_another_order_than_the_model_dict_builds_are_refused(tmp_path, spiking_ckpt):
+    # A Sequential runs its children in the order held: a file whose block holds them reversed or rotated (same names,
+    # settings and state_dict) ran them in that order and scored other boxes (battery 27, Q09/Q39; Q40 in the ema
+    # only, the copy YOLO() runs). Expected: both loaders refuse it, naming the block and both orders.
+    from collections import OrderedDict
+
+    def reorder(key, turn):
+        def edit(ckpt):
+            seq = next(m for m in ckpt[key].modules() if isinstance(m, torch.nn.Sequential) and 2 <= len(m) < 20)
+            items = list(seq._modules.items())
+            seq._modules = OrderedDict(items[turn:] + items[:turn])
+
+        return edit
+
+    ck = torch.load(spiking_ckpt, weights_only=False)
+    seq = next(m for m in ck["model"].modules() if isinstance(m, torch.nn.Sequential) and 2 <= len(m) < 20)
+    n = len(seq)
+    rotated = ", ".join(str(i) for i in [*range(1, n), 0])
+    for key in ("model", "ema"):
+        ckpt = torch.load(spiking_ckpt, weights_only=False)
+        if key == "ema":
+            ckpt["ema"] = copy.deepcopy(ckpt["model"])
+        reorder(key, 1)(ckpt)
+        path = tmp_path / f"{key}.pt"
+        torch.save(ckpt, path)
+        _refused_by_both_loaders(path, rf"holds its layers in the order {rotated}, but its model dict builds 0, 1")
+
+
 def test_a_plain_attribute_hiding_a_tensor_or_setting_is_refused(tmp_path, spiking_ckpt):
     # Python finds a layer's instance __dict__ before nn.Module.__getattr__ looks in _parameters/_buffers/_modules: a
     # file whose conv held `weight = zeros` (or a BN `running_var * 1000`, or a `bias` where the conv has none) as a
