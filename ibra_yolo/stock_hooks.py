@@ -27,6 +27,7 @@ from pathlib import Path
 
 from ibra_yolo.training_checks import (
     check_checkpoint_dataset,
+    check_checkpoint_dataset_here,
     check_freeze,
     check_pretrained,
     check_pretrained_file,
@@ -125,6 +126,8 @@ def checkpoint_data_guarded(original, self, *args, **kwargs):
     named = "data" not in kwargs and getattr(self, "ckpt", None) and isinstance(data, (str, Path))
     if named and getattr(original, "__name__", "") in ("train", "val"):  # export reads it only for int8 calibration
         check_checkpoint_dataset(data)  # a URL: before the validator or trainer makes a run folder
+    if named and getattr(original, "__name__", "") == "val":
+        check_checkpoint_dataset_here(data)  # else Ultralytics validates on coco8.yaml instead (and downloads it)
     _FROM_CHECKPOINT.names = outer | {str(data)} if named else outer
     try:
         return original(self, *args, **kwargs)

@@ -915,6 +915,30 @@ def test_a_url_dataset_named_by_a_checkpoint_is_never_fetched(tmp_path, spiking_
     assert fetched and fetched[0].startswith("https://example.com/mine.yaml")
 
 
+def test_a_checkpoint_dataset_not_on_this_machine_is_named_not_replaced_by_coco8(tmp_path, spiking_ckpt, monkeypatch):
+    # battery 27, U08/U04: train_args data that does not resolve here (a path from another machine, a scheme-relative
+    # //host/x.yaml) made stock Model.val warn and validate on coco8.yaml instead, downloading it (offline: five
+    # chained tracebacks and an empty run folder; online: a score on another dataset). Expected: one MissingFileError
+    # naming the checkpoint's dataset, before any run folder, nothing fetched.
+    from ultralytics import YOLO
+    from ultralytics.data import utils as data_utils
+    from ultralytics.utils import downloads
+
+    fetched = []
+    monkeypatch.setattr(downloads, "safe_download", lambda url="", *a, **k: fetched.append(str(url)))
+    monkeypatch.setattr(data_utils, "safe_download", lambda url="", *a, **k: fetched.append(str(url)))
+    ckpt = torch.load(spiking_ckpt, weights_only=False)
+    for data in (str(tmp_path / "gone" / "data.yaml"), "//example.com/e.yaml"):
+        ckpt["train_args"] = {"data": data, "imgsz": 32, "task": "detect"}
+        path = tmp_path / "ck.pt"
+        torch.save(ckpt, path)
+        says = rf"^dataset {re.escape(data)} comes from the checkpoint \(its train_args data=, not your command\) and "
+        says += r"is not on this machine: pass data= with the dataset to validate on"
+        with pytest.raises(MissingFileError, match=says):
+            YOLO(path).val(imgsz=32, batch=2, device="cpu", plots=False, project=str(tmp_path / "runs"), name="v")
+        assert fetched == [] and not (tmp_path / "runs").exists()
+
+
 def test_resume_does_not_write_into_another_run_folder(tmp_path, spiking_ckpt):
     # Stock resume writes into the checkpoint's train_args save_dir, wherever it is: a last.pt naming another run's
     # folder replaced that run's weights/last.pt and results.csv (battery 18, R02). A resumed run writes beside its
