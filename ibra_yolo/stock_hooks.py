@@ -124,9 +124,10 @@ def checkpoint_data_guarded(original, self, *args, **kwargs):
     outer = getattr(_FROM_CHECKPOINT, "names", frozenset())
     data = (getattr(self, "overrides", None) or {}).get("data")
     named = "data" not in kwargs and getattr(self, "ckpt", None) and isinstance(data, (str, Path))
-    if named and getattr(original, "__name__", "") in ("train", "val"):  # export reads it only for int8 calibration
+    call = getattr(original, "__name__", "")
+    if named and call in ("train", "val"):  # export reads it only for int8 calibration
         check_checkpoint_dataset(data)  # a URL: before the validator or trainer makes a run folder
-    if named and getattr(original, "__name__", "") == "val":
+    if named and call == "val":
         check_checkpoint_dataset_here(data)  # else Ultralytics validates on coco8.yaml instead (and downloads it)
     _FROM_CHECKPOINT.names = outer | {str(data)} if named else outer
     try:
@@ -141,9 +142,10 @@ def scriptless_dataset_check(original, dataset, autodownload=True, *args, **kwar
     are missing: a file must not choose code to run. The user's own ``data=`` behaves as in stock Ultralytics."""
     from ibra_yolo.errors import MissingFileError
 
-    if str(dataset) in getattr(_FROM_CHECKPOINT, "names", ()):
+    named = str(dataset) in getattr(_FROM_CHECKPOINT, "names", ())
+    if named:
         check_checkpoint_dataset(dataset)  # check_file downloads a URL whatever autodownload says
-    if not (autodownload and str(dataset) in getattr(_FROM_CHECKPOINT, "names", ())):
+    if not (autodownload and named):
         return original(dataset, autodownload, *args, **kwargs)
     try:
         return original(dataset, False, *args, **kwargs)
