@@ -12,6 +12,7 @@ __all__ = (
     "CheckpointError",
     "UnsafePickleError",
     "MissingFileError",
+    "DatasetError",
     "OutputExistsError",
     "FoldedModelError",
     "NonFiniteError",
@@ -49,6 +50,10 @@ class UnsafePickleError(CheckpointError):
 
 class MissingFileError(IbraYoloError, FileNotFoundError):
     """An input file (weights, dataset, annotations, predictions, images) that does not exist."""
+
+
+class DatasetError(IbraYoloError, ValueError):
+    """A dataset YAML that Ultralytics cannot use (a key missing, ``names`` and ``nc`` that disagree, a wrong type)."""
 
 
 class OutputExistsError(IbraYoloError, FileExistsError):

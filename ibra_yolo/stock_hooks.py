@@ -11,8 +11,8 @@ Each takes the stock callable as its first argument (``replacement(original, sel
   (NMS would drop them and report no detections);
 - `stock_safe_load` (``tasks.torch_safe_load``): the file's calls and hooks checked first, refusals in one line;
 - `checkpoint_data_guarded` (``Model.train/val/export/benchmark``) and `scriptless_dataset_check`
-  (``check_det_dataset``): a dataset named by the checkpoint, not the user, is never downloaded (a URL is refused)
-  nor runs its YAML's script;
+  (``check_det_dataset``), from `ibra_yolo.dataset_guard`: a dataset is checked before the run folder is made, one
+  named by the checkpoint, not the user, is never downloaded (a URL is refused) nor runs its YAML's script;
 - `resume_in_place` (``BaseTrainer.check_resume``): a resumed run writes beside its checkpoint, nowhere else.
 """
 
@@ -21,13 +21,17 @@ from __future__ import annotations
 import functools
 import os
 import sys
-import threading
 from collections.abc import Mapping
 from pathlib import Path
 
-from ibra_yolo.training_checks import (
+from ibra_yolo.dataset_guard import (
+    add_checkpoint_named,
     check_checkpoint_dataset,
-    check_checkpoint_dataset_here,
+    checkpoint_data_guarded,
+    scriptless_dataset_check,
+    wrap_check_det_dataset,
+)
+from ibra_yolo.training_checks import (
     check_freeze,
     check_pretrained,
     check_pretrained_file,
@@ -113,51 +117,6 @@ def unfolded_training(original, self, *args, **kwargs):
     return checkpoint_data_guarded(original, self, *args, **kwargs)
 
 
-# the dataset names (``data=``) that the running Model call took from its checkpoint's train_args, not from the user
-_FROM_CHECKPOINT = threading.local()
-
-
-def checkpoint_data_guarded(original, self, *args, **kwargs):
-    """``Model.train``/``val``/``export``/``benchmark``: a dataset that the call takes from the loaded checkpoint's
-    ``train_args`` (the user gave no ``data=``) is checked without running its YAML's ``download`` (see
-    `scriptless_dataset_check`): the checkpoint chose that YAML, and a ``download:`` is Python or bash."""
-    outer = getattr(_FROM_CHECKPOINT, "names", frozenset())
-    data = (getattr(self, "overrides", None) or {}).get("data")
-    named = "data" not in kwargs and getattr(self, "ckpt", None) and isinstance(data, (str, Path))
-    call = getattr(original, "__name__", "")
-    if named and call in ("train", "val"):  # export reads it only for int8 calibration
-        check_checkpoint_dataset(data)  # a URL: before the validator or trainer makes a run folder
-    if named and call == "val":
-        check_checkpoint_dataset_here(data)  # else Ultralytics validates on coco8.yaml instead (and downloads it)
-    _FROM_CHECKPOINT.names = outer | {str(data)} if named else outer
-    try:
-        return original(self, *args, **kwargs)
-    finally:
-        _FROM_CHECKPOINT.names = outer
-
-
-def scriptless_dataset_check(original, dataset, autodownload=True, *args, **kwargs):
-    """``ultralytics.data.utils.check_det_dataset`` that does not download a dataset named by a checkpoint (not by the
-    user) nor run its YAML's ``download`` script, which Ultralytics runs with ``exec`` (or ``bash``) when the images
-    are missing: a file must not choose code to run. The user's own ``data=`` behaves as in stock Ultralytics."""
-    from ibra_yolo.errors import MissingFileError
-
-    named = str(dataset) in getattr(_FROM_CHECKPOINT, "names", ())
-    if named:
-        check_checkpoint_dataset(dataset)  # check_file downloads a URL whatever autodownload says
-    if not (autodownload and named):
-        return original(dataset, autodownload, *args, **kwargs)
-    try:
-        return original(dataset, False, *args, **kwargs)
-    except FileNotFoundError as e:
-        missing = str(e).splitlines()[0] if str(e) else type(e).__name__
-        raise MissingFileError(
-            f"dataset {dataset} comes from the checkpoint (its train_args data=, not your command) and is not here "
-            f"({missing}): a checkpoint does not get to download data or run a dataset YAML's download script, so "
-            f"nothing was run; pass data={dataset} yourself to let Ultralytics fetch it, or the dataset you mean"
-        ) from None
-
-
 def resume_in_place(original, self, overrides, *args, **kwargs):
     """``BaseTrainer.check_resume``: a resumed run writes into the run folder its checkpoint lies in. Stock
     Ultralytics writes into the checkpoint's ``train_args`` ``save_dir``, wherever that is: a file that names another
@@ -171,7 +130,7 @@ def resume_in_place(original, self, overrides, *args, **kwargs):
     result = original(self, overrides, *args, **kwargs)
     if getattr(self.args, "resume", None) and not given and isinstance(self.args.data, (str, Path)):
         check_checkpoint_dataset(self.args.data)  # a URL: before the trainer writes args.yaml
-        _FROM_CHECKPOINT.names = getattr(_FROM_CHECKPOINT, "names", frozenset()) | {str(self.args.data)}
+        add_checkpoint_named(self.args.data)
     last, stored = getattr(self.args, "resume", None), getattr(self.args, "save_dir", None)
     if last and isinstance(last, (str, Path)) and "save_dir" not in (overrides or {}):
         here = Path(last).resolve().parent  # a run saves save_dir/weights/last.pt
@@ -322,20 +281,6 @@ def check_predictions_before_nms() -> None:
     after_import(val, functools.partial(wrap_methods, val, "DetectionValidator", _VALIDATOR))
 
 
-def _wrap_check_det_dataset() -> None:
-    """Replace ``check_det_dataset`` in ``ultralytics.data.utils`` and in every Ultralytics module that imported it."""
-    current = getattr(sys.modules.get("ultralytics.data.utils"), "check_det_dataset", None)
-    if current is None:
-        return
-    stock = getattr(current, "__ibra_yolo_original__", current)
-    if current is stock:
-        current = functools.wraps(stock)(functools.partial(scriptless_dataset_check, stock))
-        current.__ibra_yolo_original__ = stock
-    for name, loaded in list(sys.modules.items()):
-        if name.partition(".")[0] == "ultralytics" and getattr(loaded, "check_det_dataset", None) is stock:
-            loaded.check_det_dataset = current
-
-
 def guard_checkpoint_named_data() -> None:
     """Install `scriptless_dataset_check` (in ``ultralytics.data.utils`` and the modules that import it) and
     `resume_in_place` (``BaseTrainer.check_resume``) as their modules are imported."""
@@ -345,7 +290,7 @@ def guard_checkpoint_named_data() -> None:
                  "ultralytics.engine.exporter", "ultralytics.utils.benchmarks",
                  "ultralytics.models.yolo.world.train_world", "ultralytics.models.yolo.world.val",
                  "ultralytics.models.yolo.yoloe.val"):  # fmt: skip
-        after_import(name, _wrap_check_det_dataset)
+        after_import(name, wrap_check_det_dataset)
     trainer = "ultralytics.engine.trainer"
     trainer_hooks = {"check_resume": resume_in_place, "_load_checkpoint_state": checked_training_state}
     after_import(trainer, functools.partial(wrap_methods, trainer, "BaseTrainer", trainer_hooks))

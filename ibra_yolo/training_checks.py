@@ -14,8 +14,6 @@ __all__ = (
     "check_freeze",
     "check_resumable",
     "checked_training_state",
-    "check_checkpoint_dataset",
-    "check_checkpoint_dataset_here",
 )
 
 
@@ -240,38 +238,6 @@ def _check_dataset_classes(model, data, name) -> None:
             f"{name}: its model detects {held} classes, but its dataset {path} names {nc}: resume=True continues the "
             f"same model on the same classes; to train these weights on the {nc}-class data, start a new run without "
             f"resume=True (yolo train model={name} data={path})"
-        )
-
-
-def check_checkpoint_dataset(data) -> None:
-    """A dataset the checkpoint chose (its ``train_args`` data, not the user's ``data=``) is never fetched: Ultralytics'
-    ``check_file`` downloads a name starting ``https://``, ``http://``, ``gs://``, ``ul://`` (and more) before any
-    ``autodownload`` is asked, and unpacks an archive into its datasets folder (battery 26, X-N28/K37). Any
-    ``scheme://`` is refused, which covers every scheme Ultralytics reads as remote; no local path holds one."""
-    from ibra_yolo.errors import CheckpointError
-
-    if "://" in str(data):
-        raise CheckpointError(
-            f"dataset {str(data)[:200]} comes from the checkpoint (its train_args data=, not your command) and is a "
-            f"URL: a checkpoint does not get to make Ultralytics download anything, so nothing was fetched; pass "
-            f"data= yourself (that URL to let Ultralytics fetch it, or the dataset you mean)"
-        )
-
-
-def check_checkpoint_dataset_here(data) -> None:
-    """A dataset the checkpoint chose resolves on this machine (Ultralytics' ``check_data_portable``: a bare name such
-    as ``coco8.yaml``, or a file that is here). Otherwise stock ``Model.val`` warns and validates on the task's default
-    ``coco8.yaml`` instead, downloading it (battery 27, U04/U08: offline, five chained tracebacks and an empty run
-    folder; online, a score on another dataset)."""
-    from ultralytics.utils.checks import check_data_portable
-
-    from ibra_yolo.errors import MissingFileError
-
-    if not check_data_portable(data):
-        raise MissingFileError(
-            f"dataset {str(data)[:200]} comes from the checkpoint (its train_args data=, not your command) and is not "
-            f"on this machine: pass data= with the dataset to validate on (Ultralytics would otherwise score its "
-            f"default coco8.yaml, downloading it)"
         )
 
 

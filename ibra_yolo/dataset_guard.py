@@ -1,0 +1,172 @@
+"""Datasets in the stock pipeline (installed through `ibra_yolo.stock_hooks` by ``ibra_yolo.plugin.register``).
+
+- `checkpoint_data_guarded` (``Model.train/val/export/benchmark``): the dataset YAML of a ``train`` or ``val`` call is
+  checked before the trainer or validator makes its run folder, so a missing or broken dataset is one line that
+  leaves nothing behind; in ``val``, a dataset taken from the loaded checkpoint's ``train_args`` (the user gave no
+  ``data=``) must be named, local and on this machine (stock Ultralytics scores its default ``coco8.yaml`` instead).
+- `scriptless_dataset_check` (``check_det_dataset``): a dataset named by the checkpoint, not the user, is never
+  downloaded nor runs its YAML's ``download`` script; every failure of a dataset check (a missing file or images, a
+  failed download, a YAML Ultralytics refuses) is one error of ours naming the dataset.
+"""
+
+from __future__ import annotations
+
+import functools
+import sys
+import threading
+from pathlib import Path
+
+__all__ = (
+    "checkpoint_data_guarded",
+    "scriptless_dataset_check",
+    "wrap_check_det_dataset",
+    "check_checkpoint_dataset",
+    "check_checkpoint_dataset_here",
+    "add_checkpoint_named",
+)
+
+# the dataset names (``data=``) that the running Model call took from its checkpoint's train_args, not from the user
+_FROM_CHECKPOINT = threading.local()
+
+
+def add_checkpoint_named(data) -> None:
+    """Mark ``data`` as chosen by the checkpoint (a resumed run's train_args) for the rest of this thread's call."""
+    _FROM_CHECKPOINT.names = getattr(_FROM_CHECKPOINT, "names", frozenset()) | {str(data)}
+
+
+def checkpoint_data_guarded(original, self, *args, **kwargs):
+    """``Model.train``/``val``/``export``/``benchmark``: the dataset is checked before the stock call makes a run
+    folder (see the module docstring). A dataset taken from the checkpoint is checked without running its YAML's
+    ``download`` (`scriptless_dataset_check`): the checkpoint chose that YAML, and a ``download:`` is Python or bash."""
+    from ibra_yolo.errors import MissingFileError
+
+    outer = getattr(_FROM_CHECKPOINT, "names", frozenset())
+    overrides = getattr(self, "overrides", None) or {}
+    call = getattr(original, "__name__", "")
+    from_file = kwargs.get("data") is None and bool(getattr(self, "ckpt", None))  # Model.val's own test for a data=
+    data = overrides.get("data") if from_file else kwargs.get("data")
+    named = from_file and isinstance(data, (str, Path))
+    if from_file and call == "val" and not named:
+        name = getattr(self, "ckpt_path", None) or "the checkpoint"
+        raise MissingFileError(
+            f"{name} names no dataset (its train_args data= is {data!r:.60}) and your command gives none: pass data= "
+            f"with the dataset YAML to validate on (Ultralytics would otherwise score its default coco8.yaml, "
+            f"downloading it)"
+        )
+    if named and call in ("train", "val"):  # export reads it only for int8 calibration
+        check_checkpoint_dataset(data)  # a URL: before the validator or trainer makes a run folder
+    if named and call == "val":
+        check_checkpoint_dataset_here(data)
+    if call == "val" and kwargs.get("data") is None and callable(getattr(self, "_val_data", None)):
+        kwargs["data"] = data = self._val_data()  # what stock Model.val picks (warning as it does), checked below
+    _FROM_CHECKPOINT.names = outer | {str(data)} if named else outer
+    try:
+        resumed = call == "train" and {**overrides, **kwargs}.get("resume")
+        if call == "val" or (call == "train" and not resumed and "data" in kwargs):
+            _check_dataset_yaml(data, kwargs.get("split") or overrides.get("split") or "val", self)
+        return original(self, *args, **kwargs)
+    finally:
+        _FROM_CHECKPOINT.names = outer
+
+
+def _check_dataset_yaml(data, split: str, model) -> None:
+    """The dataset YAML a detector's run reads, checked as its trainer/validator will check it (the same function),
+    but before they make the run folder. Other forms (a folder, a zip, an ndjson file, a classification dataset) are
+    left to the stock code, whose failures `scriptless_dataset_check` words."""
+    if getattr(model, "task", None) == "classify" or not isinstance(data, (str, Path)):
+        return
+    if str(data).rsplit(".", 1)[-1] not in ("yaml", "yml"):
+        return
+    from ultralytics.data import utils
+
+    utils.check_det_dataset(data, split=split)
+
+
+def scriptless_dataset_check(original, dataset, autodownload=True, *args, **kwargs):
+    """``ultralytics.data.utils.check_det_dataset`` that does not download a dataset named by a checkpoint (not by the
+    user) nor run its YAML's ``download`` script, which Ultralytics runs with ``exec`` (or ``bash``) when the images
+    are missing: a file must not choose code to run. The user's own ``data=`` behaves as in stock Ultralytics, but a
+    failure is one error naming the dataset: `MissingFileError` for a file, images or a download that is not there,
+    `DatasetError` for a YAML Ultralytics refuses."""
+    from ibra_yolo.errors import IbraYoloError, MissingFileError
+
+    named = str(dataset) in getattr(_FROM_CHECKPOINT, "names", ())
+    if named:
+        check_checkpoint_dataset(dataset)  # check_file downloads a URL whatever autodownload says
+    try:
+        return original(dataset, autodownload and not named, *args, **kwargs)
+    except IbraYoloError:
+        raise
+    except FileNotFoundError as e:
+        if named:
+            raise MissingFileError(
+                f"dataset {dataset} comes from the checkpoint (its train_args data=, not your command) and is not "
+                f"here ({_first_line(e)}): a checkpoint does not get to download data or run a dataset YAML's "
+                f"download script, so nothing was run; pass data={dataset} yourself to let Ultralytics fetch it, or "
+                f"the dataset you mean"
+            ) from None
+        raise MissingFileError(
+            f"dataset {dataset} is not usable: {_first_line(e)}; pass data= with a dataset YAML whose images are on "
+            f"this machine"
+        ) from e
+    except ConnectionError as e:
+        raise MissingFileError(
+            f"dataset {dataset} is not on this machine and downloading it failed ({_first_line(e)}); pass data= with "
+            f"a dataset YAML whose images are here (or run online)"
+        ) from e
+    except (SyntaxError, TypeError, ValueError, KeyError, AttributeError) as e:
+        from ibra_yolo.errors import DatasetError
+
+        raise DatasetError(f"dataset {dataset} cannot be used: {_first_line(e)}") from e
+
+
+def _first_line(error: BaseException) -> str:
+    """The first line of Ultralytics' message (its later lines are hints about settings files), without its emoji."""
+    text = str(error).splitlines()[0].replace("❌", "").strip() if str(error).strip() else ""
+    return text.rstrip(" .") or type(error).__name__
+
+
+def wrap_check_det_dataset() -> None:
+    """Replace ``check_det_dataset`` in ``ultralytics.data.utils`` and in every Ultralytics module that imported it."""
+    current = getattr(sys.modules.get("ultralytics.data.utils"), "check_det_dataset", None)
+    if current is None:
+        return
+    stock = getattr(current, "__ibra_yolo_original__", current)
+    if current is stock:
+        current = functools.wraps(stock)(functools.partial(scriptless_dataset_check, stock))
+        current.__ibra_yolo_original__ = stock
+    for name, loaded in list(sys.modules.items()):
+        if name.partition(".")[0] == "ultralytics" and getattr(loaded, "check_det_dataset", None) is stock:
+            loaded.check_det_dataset = current
+
+
+def check_checkpoint_dataset(data) -> None:
+    """A dataset the checkpoint chose (its ``train_args`` data, not the user's ``data=``) is never fetched: Ultralytics'
+    ``check_file`` downloads a name starting ``https://``, ``http://``, ``gs://``, ``ul://`` (and more) before any
+    ``autodownload`` is asked, and unpacks an archive into its datasets folder (battery 26, X-N28/K37). Any
+    ``scheme://`` is refused, which covers every scheme Ultralytics reads as remote; no local path holds one."""
+    from ibra_yolo.errors import CheckpointError
+
+    if "://" in str(data):
+        raise CheckpointError(
+            f"dataset {str(data)[:200]} comes from the checkpoint (its train_args data=, not your command) and is a "
+            f"URL: a checkpoint does not get to make Ultralytics download anything, so nothing was fetched; pass "
+            f"data= yourself (that URL to let Ultralytics fetch it, or the dataset you mean)"
+        )
+
+
+def check_checkpoint_dataset_here(data) -> None:
+    """A dataset the checkpoint chose resolves on this machine (Ultralytics' ``check_data_portable``: a bare name such
+    as ``coco8.yaml``, or a file that is here). Otherwise stock ``Model.val`` warns and validates on the task's default
+    ``coco8.yaml`` instead, downloading it (battery 27, U04/U08: offline, five chained tracebacks and an empty run
+    folder; online, a score on another dataset)."""
+    from ultralytics.utils.checks import check_data_portable
+
+    from ibra_yolo.errors import MissingFileError
+
+    if not check_data_portable(data):
+        raise MissingFileError(
+            f"dataset {str(data)[:200]} comes from the checkpoint (its train_args data=, not your command) and is not "
+            f"on this machine: pass data= with the dataset to validate on (Ultralytics would otherwise score its "
+            f"default coco8.yaml, downloading it)"
+        )

@@ -1,0 +1,122 @@
+"""The dataset of a stock ``train``/``val`` call (``ibra_yolo.dataset_guard``): checked before the run folder is made,
+every failure one error of ours naming the dataset, and a checkpoint's own dataset never replaced by coco8."""
+
+import re
+
+import pytest
+import torch
+from conftest import yolo_model
+
+from ibra_yolo.errors import DatasetError, MissingFileError
+
+RUN = {"imgsz": 32, "batch": 2, "device": "cpu", "plots": False, "name": "run"}
+
+
+@pytest.fixture
+def offline(monkeypatch):
+    """Every download fails as it does offline; the list records what was asked for."""
+    from ultralytics.data import utils as data_utils
+    from ultralytics.utils import downloads
+
+    fetched = []
+
+    def no_network(url="", *args, **kwargs):
+        fetched.append(str(url))
+        raise ConnectionError(f"Download failure for {url}. Environment may be offline.")
+
+    monkeypatch.setattr(downloads, "safe_download", no_network)
+    monkeypatch.setattr(data_utils, "safe_download", no_network)
+    return fetched
+
+
+@pytest.fixture
+def checkpoint(tmp_path):
+    """A saved tiny spiking model whose train_args the test sets."""
+
+    def save(train_args: dict):
+        path = tmp_path / "ck.pt"
+        model = yolo_model("ibra")
+        torch.save({"model": model.model, "train_args": {"imgsz": 32, "task": "detect", **train_args}}, path)
+        return path
+
+    return save
+
+
+def test_a_checkpoint_naming_no_dataset_is_refused_not_scored_on_coco8(tmp_path, checkpoint, offline):
+    # battery 27, U09: train_args data=None (or no data key): stock Model.val warned "'data' argument is missing" and
+    # validated on coco8.yaml, downloading it (offline: five chained tracebacks and an empty run folder; online: a
+    # score on a dataset the model never saw). Expected: one MissingFileError naming the file, no folder, no fetch.
+    from ultralytics import YOLO
+
+    for stored in ({"data": None}, {}):
+        path = checkpoint(stored)
+        says = rf"^{re.escape(str(path))} names no dataset \(its train_args data= is None\) and your command gives "
+        with pytest.raises(MissingFileError, match=says + "none: pass data= with the dataset YAML to validate on"):
+            YOLO(path).val(project=str(tmp_path / "runs"), **RUN)
+    assert offline == [] and not (tmp_path / "runs").exists()
+
+
+def test_a_checkpoint_dataset_with_missing_images_leaves_no_run_folder(tmp_path, checkpoint, offline):
+    # battery 27, U06: the checkpoint's dataset YAML is here but its images are not (and it names a download URL): the
+    # one-line refusal came only after the validator had made runs/<name>/, left empty. Expected: the same refusal
+    # (nothing downloaded, no script run) before any folder.
+    from ultralytics import YOLO
+
+    yaml = tmp_path / "d.yaml"
+    yaml.write_text(f"path: {tmp_path / 'gone'}\ntrain: images/train\nval: images/val\nnames: {{0: a}}\n"
+                    "download: https://example.com/evil.zip\n")  # fmt: skip
+    path = checkpoint({"data": str(yaml)})
+    says = rf"^dataset {re.escape(str(yaml))} comes from the checkpoint \(its train_args data=, not your command\) "
+    says += rf"and is not here \(Dataset '{re.escape(str(yaml))}' images not found, missing path "
+    with pytest.raises(MissingFileError, match=says):
+        YOLO(path).val(project=str(tmp_path / "runs"), **RUN)
+    assert offline == [] and not (tmp_path / "runs").exists()
+
+
+@pytest.mark.parametrize("call", ["val", "train"])
+def test_a_dataset_the_user_names_is_checked_before_the_run_folder(tmp_path, call, offline):
+    # `yolo val/train data=<missing or broken YAML>` was a raw traceback (FileNotFoundError, SyntaxError, or the
+    # trainer's RuntimeError around them) after the run folder (and for train args.yaml and weights/) was made.
+    # Expected: one error of ours naming the dataset and Ultralytics' own reason, before any folder.
+
+    model = yolo_model("ibra")
+    gone = tmp_path / "gone.yaml"
+    no_images = tmp_path / "no_images.yaml"
+    no_images.write_text(f"path: {tmp_path / 'nowhere'}\ntrain: images/train\nval: images/val\nnames: {{0: a}}\n")
+    no_val = tmp_path / "no_val.yaml"
+    no_val.write_text(f"path: {tmp_path}\ntrain: images/train\nnames: {{0: a}}\n")
+    mismatch = tmp_path / "mismatch.yaml"
+    mismatch.write_text(f"path: {tmp_path}\ntrain: a\nval: a\nnc: 2\nnames: {{0: a}}\n")
+    cases = [
+        (gone, MissingFileError, f"is not usable: '{gone}' does not exist; pass data= with a dataset YAML whose"),
+        (no_images, MissingFileError, f"is not usable: Dataset '{no_images}' images not found, missing path "),
+        (no_val, DatasetError, f"cannot be used: {no_val} 'val:' key missing"),
+        (mismatch, DatasetError, f"cannot be used: {mismatch} 'names' length 1 and 'nc: 2' must match"),
+    ]
+    extra = {"epochs": 1} if call == "train" else {}
+    for data, error, says in cases:
+        with pytest.raises(error, match=re.escape(f"dataset {data} {says}")):
+            getattr(model, call)(data=str(data), project=str(tmp_path / "runs"), **RUN, **extra)
+    assert offline == [] and not (tmp_path / "runs").exists()
+
+
+def test_a_default_dataset_that_cannot_be_downloaded_is_one_line(tmp_path, offline):
+    # `yolo val model=x.yaml` without data= makes Ultralytics take coco8.yaml and download it; offline that was the
+    # ConnectionError traceback of safe_download. Expected: MissingFileError naming coco8.yaml and the failed download
+    # (the download itself is still attempted, as in stock Ultralytics), before any run folder.
+    from ultralytics import YOLO
+
+    says = r"^dataset coco8\.yaml is not on this machine and downloading it failed \(Download failure for https://"
+    with pytest.raises(MissingFileError, match=says):
+        YOLO("spike-yolo-ibra-n.yaml").val(project=str(tmp_path / "runs"), **RUN)
+    assert len(offline) == 1 and offline[0].endswith("/coco8.zip") and not (tmp_path / "runs").exists()
+
+
+def test_a_good_dataset_still_validates(tmp_path, shapes_data, checkpoint):
+    # the early check runs the function the validator runs: a complete dataset named by the checkpoint validates
+    # without an error, into its run folder (16 val images of the shapes dataset, one class list of 3 names)
+    from ultralytics import YOLO
+
+    path = checkpoint({"data": str(shapes_data)})
+    metrics = YOLO(path).val(project=str(tmp_path / "runs"), **RUN)
+    assert 0.0 <= metrics.box.map <= 1.0 and (tmp_path / "runs" / "run").is_dir()
