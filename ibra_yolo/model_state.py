@@ -19,7 +19,7 @@ import torch
 from torch import nn
 
 from ibra_yolo.errors import CheckpointError, NonFiniteError
-from ibra_yolo.plain_attributes import check_plain_attributes, check_shadowing
+from ibra_yolo.plain_attributes import check_plain_attributes, check_shadowing, with_saving_version
 
 __all__ = (
     "check_model_state",
@@ -423,8 +423,16 @@ def check_model_state(model: nn.Module, path: str | Path, ckpt: dict | None = No
 
     Raises:
         NonFiniteError: A NaN or infinite weight or buffer.
-        CheckpointError: Anything else, naming the file, the layer and the value.
+        CheckpointError: Anything else, naming the file, the layer and the value (and the Ultralytics version that
+            saved the file, where it is not this one).
     """
+    try:
+        _check_model_state(model, path, ckpt)
+    except CheckpointError as e:
+        raise with_saving_version(e, ckpt) from None
+
+
+def _check_model_state(model: nn.Module, path: str | Path, ckpt: dict | None) -> None:
     if ckpt is not None and ckpt.get("train_args") is not None and not isinstance(ckpt["train_args"], dict):
         kind = type(ckpt["train_args"]).__name__
         raise CheckpointError(f"{path}: train_args is a {kind}, not a dict of arguments (the file was altered)")

@@ -18,7 +18,7 @@ from torch import nn
 
 from ibra_yolo.errors import CheckpointError
 
-__all__ = ("check_shadowing", "check_plain_attributes")
+__all__ = ("check_shadowing", "check_plain_attributes", "with_saving_version")
 
 # the head's anchor cache: ``SpikeDetect.__setstate__`` resets its ``shape`` on load, so a file's anchors and strides
 # are never used (rebuilt at the first forward); its ``stride`` is checked against the layers by ``_check_structure``
@@ -95,3 +95,18 @@ def check_plain_attributes(layers: nn.Module, built: nn.Module, path: str | Path
                 f"{path}: {name} ({type(m).__name__}) holds the plain attribute {key!r} ({_what(value)}), but its "
                 f"model dict builds {builds} there ({why}): the file was altered after it was saved"
             )
+
+
+def with_saving_version(error: CheckpointError, ckpt) -> CheckpointError:
+    """``error`` (a refused layer, setting or tensor), with the Ultralytics version that saved the file where it is not
+    the installed one: a layer whose class set another attribute or default in that version (``Detect.__init__`` of
+    another 8.4 release) reads like an altered file, and the message must not blame the user's file alone."""
+    import ultralytics
+
+    saved = ckpt.get("version") if isinstance(ckpt, dict) else None
+    if not isinstance(saved, str) or saved == ultralytics.__version__:
+        return error
+    return type(error)(
+        f"{error} (or: the file was saved by Ultralytics {saved[:20]!r} and this is {ultralytics.__version__}, whose "
+        f"layers may hold other settings; load it with Ultralytics {saved[:20]}, or retrain)"
+    )

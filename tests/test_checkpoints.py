@@ -1263,6 +1263,27 @@ def test_a_plain_attribute_hiding_a_tensor_or_setting_is_refused(tmp_path, spiki
         assert YOLO(tmp_path / name).names == {0: "0", 1: "1", 2: "2"}
 
 
+def test_a_refusal_names_the_ultralytics_version_that_saved_the_file(tmp_path, spiking_ckpt):
+    # A layer whose class sets another attribute in another Ultralytics release (a Detect.__init__ of another 8.4)
+    # reads like an altered file; a refusal of a file that another version saved says so, one of this version does
+    # not (the files Ultralytics saves carry its version under "version").
+    import ultralytics
+
+    ckpt = torch.load(spiking_ckpt, weights_only=False)
+    ckpt["model"].model[-1].__dict__["legacy_flag"] = True  # what an older Detect.__init__ could have set
+    says = r"model\.\d+ \(SpikeDetect\) holds the plain attribute 'legacy_flag' \(True\), but its model dict builds"
+    for saved, hint in (("8.4.150", True), (ultralytics.__version__, False), (None, False)):
+        ckpt["version"] = saved
+        torch.save(ckpt, tmp_path / "other.pt")
+        tail = (
+            rf"the file was altered after it was saved \(or: the file was saved by Ultralytics '{saved}' and this is "
+        )
+        tail += rf"{re.escape(ultralytics.__version__)}, whose layers may hold other settings; load it with Ultralytics"
+        _refused_by_both_loaders(
+            tmp_path / "other.pt", says + ".*" + (tail if hint else r"the file was altered after it was saved$")
+        )
+
+
 def test_a_refused_pretrained_file_leaves_no_run_folder(tmp_path, spiking_ckpt, shapes_data):
     # The stock trainer applies pretrained= after writing its run folder (args.yaml, weights/): a refused file left
     # that folder behind, and the corrected rerun went to train2 (battery 19, K17p). It is checked before the trainer.
