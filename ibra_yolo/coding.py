@@ -45,7 +45,12 @@ MAX_PLANES = 2**24  # the most virtual timesteps plane_weights lists: unary code
 
 def is_number(v) -> bool:
     """A finite real number, Python or numpy (not a bool): the argument checks of the neurons and these helpers."""
-    return isinstance(v, Real) and not isinstance(v, bool) and math.isfinite(v)
+    if not isinstance(v, Real) or isinstance(v, bool):
+        return False
+    try:
+        return math.isfinite(v)
+    except OverflowError:  # an int beyond float64 (10**400): not a number the neurons can hold
+        return False
 
 
 def plain_number(v):

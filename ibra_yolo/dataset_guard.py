@@ -93,6 +93,7 @@ def scriptless_dataset_check(original, dataset, autodownload=True, *args, **kwar
     named = str(dataset) in getattr(_FROM_CHECKPOINT, "names", ())
     if named:
         check_checkpoint_dataset(dataset)  # check_file downloads a URL whatever autodownload says
+    _check_not_special(dataset)
     try:
         return original(dataset, autodownload and not named, *args, **kwargs)
     except IbraYoloError:
@@ -114,10 +115,30 @@ def scriptless_dataset_check(original, dataset, autodownload=True, *args, **kwar
             f"dataset {dataset} is not on this machine and downloading it failed ({_first_line(e)}); pass data= with "
             f"a dataset YAML whose images are here (or run online)"
         ) from e
-    except (SyntaxError, TypeError, ValueError, KeyError, AttributeError) as e:
+    except (SyntaxError, TypeError, ValueError, KeyError, AttributeError, AssertionError) as e:
         from ibra_yolo.errors import DatasetError
 
         raise DatasetError(f"dataset {dataset} cannot be used: {_first_line(e)}") from e
+
+
+def _check_not_special(dataset) -> None:
+    """A dataset path that is here must be a file or a folder: Ultralytics opens a FIFO and waits for a writer
+    forever (battery 28, D04), and reads a device until it ends."""
+    import stat
+
+    from ibra_yolo.errors import PathError
+
+    if not isinstance(dataset, (str, Path)) or "://" in str(dataset):
+        return
+    try:
+        mode = Path(dataset).stat().st_mode
+    except (OSError, ValueError):
+        return  # not here (or not a path): the stock check names it
+    if not (stat.S_ISREG(mode) or stat.S_ISDIR(mode)):
+        raise PathError(
+            f"dataset {dataset} is not a regular file or folder (a FIFO, socket or device, which Ultralytics would "
+            f"wait on or read without end): pass data= with a dataset YAML file"
+        )
 
 
 def _first_line(error: BaseException) -> str:

@@ -121,6 +121,9 @@ BAD_ANNOTATIONS = [
      f"annotation id {GT['annotations'][0]['id']!r} is used more than once: every box needs its own id"),
     # no boxes at all: COCOeval printed -100.0 % as the result
     ({**GT, "annotations": []}, IbraYoloError, " has no annotations (an empty 'annotations' list)"),
+    # an image id listed twice (battery 28, E07: the message named neither the id nor how often)
+    ({**GT, "images": [*GT["images"], GT["images"][0]]}, IbraYoloError,
+     f"images id {GT['images'][0]['id']!r} is listed 2 times: each id must be listed once"),
     # COCOeval ignores crowd regions: with only those every metric was -1, printed as -100.0 %
     ({**GT, "annotations": [{**a, "iscrowd": 1} for a in GT["annotations"]]}, IbraYoloError,
      "every annotation is a crowd region (iscrowd 1)"),

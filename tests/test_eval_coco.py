@@ -284,6 +284,18 @@ def test_model_classes_must_fit_categories():
         c91, "by order")  # fmt: skip
     with pytest.raises(IbraYoloError, match="the model has 80 classes but the annotation file has 3"):
         coco.match_categories({i: f"n{i}" for i in range(80)}, cats)
+    # a model class name listed as two categories (battery 28, E08m): with as many categories as classes the match fell
+    # back to id order, and 'square' took the boxes of the second 'circle'; with more, the error said 'circle' was
+    # not among the names. Either way the file is refused, naming the name and its ids.
+    twice = [*cats[:2], {"id": 4, "name": "circle"}]
+    for listed in (twice, [*twice, cats[2]]):
+        with pytest.raises(
+            IbraYoloError,
+            match=r"^the annotation file lists the model's class name 'circle' as 2 "
+            r"categories \(ids 1, 4\): each category name must be listed once",
+        ):
+            coco.match_categories(names, listed)
+    assert coco.match_categories({0: "circle"}, [*cats, {"id": 9, "name": "circle"}][1:]) == ([9], "by name")
 
 
 def test_never_overwrite_without_flag(tmp_path, capsys):

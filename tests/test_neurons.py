@@ -266,6 +266,9 @@ def test_torchscript_trace():
         # N = 1.2e-38 fits float32, but M / N = 2**24 / 1.2e-38 = 1.4e45 does not: the top output would be inf
         (lambda: IntegerLIF(max_code=2**24, scale=1.2e-38), r"M / N"),
         (lambda: ILIF(D=2**25), "D"),
+        # an int beyond float64: math.isfinite raised OverflowError, naming no parameter (battery 28, PA04)
+        (lambda: IBRALIF(D=10**400), "D"),
+        (lambda: IBRALIF(N=10**400), "N"),
         (lambda: IBRALIF(ste_above=-0.1), "ste_above"),
         (lambda: IBRALIF(ste_above=1.5), "ste_above"),
         (lambda: ILIF(ste_above=float("nan")), "ste_above"),

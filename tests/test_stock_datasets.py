@@ -120,3 +120,22 @@ def test_a_good_dataset_still_validates(tmp_path, shapes_data, checkpoint):
     path = checkpoint({"data": str(shapes_data)})
     metrics = YOLO(path).val(project=str(tmp_path / "runs"), **RUN)
     assert 0.0 <= metrics.box.map <= 1.0 and (tmp_path / "runs" / "run").is_dir()
+
+
+def test_a_dataset_path_that_is_no_yaml_file_is_one_line(tmp_path, offline):
+    # battery 28, D04/D05: data= a FIFO named like a YAML blocked `yolo val` forever (Ultralytics opens it and waits
+    # for a writer); a folder named like one was AssertionError "No YAML file found" from inside Ultralytics. Expected:
+    # PathError for the FIFO (never opened), DatasetError for the folder, both naming it, before any run folder.
+    import os
+
+    from ibra_yolo.errors import PathError
+
+    model = yolo_model("ibra")
+    fifo, folder = tmp_path / "fifo.yaml", tmp_path / "dir.yaml"
+    os.mkfifo(fifo)
+    folder.mkdir()
+    with pytest.raises(PathError, match=rf"^dataset {re.escape(str(fifo))} is not a regular file or folder \(a FIFO"):
+        model.val(data=str(fifo), project=str(tmp_path / "runs"), **RUN)
+    with pytest.raises(DatasetError, match=rf"^dataset {re.escape(str(folder))} cannot be used: No YAML file found"):
+        model.val(data=str(folder), project=str(tmp_path / "runs"), **RUN)
+    assert not (tmp_path / "runs").exists()

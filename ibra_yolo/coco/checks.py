@@ -132,7 +132,11 @@ def check_annotation_ids(gt: dict, name) -> None:
         ids[key] = [plain(x["id"]) for x in gt[key]]
         _id_type_check(ids[key], key[:-1] if key == "images" else "category", name)
         if len(set(ids[key])) != len(ids[key]):
-            raise IbraYoloError(f"{name}: duplicate {key} ids")
+            seen: set = set()
+            twice = next(i for i in ids[key] if i in seen or seen.add(i))
+            raise IbraYoloError(
+                f"{name}: {key} id {twice!r:.40} is listed {ids[key].count(twice)} times: each id must be listed once"
+            )
     if not gt["annotations"]:
         raise IbraYoloError(
             f"{name} has no annotations (an empty 'annotations' list): there is nothing to score against"
@@ -390,6 +394,13 @@ def match_categories(names: dict[int, str], categories: list[dict]) -> tuple[lis
     by_name: dict[str, list] = {}
     for c in categories:
         by_name.setdefault(_norm(c.get("name", "")), []).append(c["id"])
+    twice = next((n for n in names.values() if len(by_name.get(_norm(n), ())) > 1), None)
+    if twice is not None:  # by order, the model's next class would take the second one's boxes (battery 28, E08m)
+        raise IbraYoloError(
+            f"the annotation file lists the model's class name {twice!r:.60} as {len(by_name[_norm(twice)])} "
+            f"categories (ids {_examples(by_name[_norm(twice)])}): each category name must be listed once to match "
+            f"the model's classes"
+        )
     if all(len(by_name.get(_norm(n), ())) == 1 for n in names.values()):
         return [by_name[_norm(names[i])][0] for i in sorted(names)], "by name"
     if len(categories) == len(names):
