@@ -23,6 +23,7 @@ __all__ = (
     "check_checkpoint_dataset",
     "check_checkpoint_dataset_here",
     "add_checkpoint_named",
+    "images_listed",
 )
 
 # the dataset names (``data=``) that the running Model call took from its checkpoint's train_args, not from the user
@@ -69,17 +70,52 @@ def checkpoint_data_guarded(original, self, *args, **kwargs):
         _FROM_CHECKPOINT.names = outer
 
 
+ARCHIVES = (".zip", ".tar", ".gz", ".tgz", ".xz", ".txz", ".bz2", ".tbz2")
+
+
 def _check_dataset_yaml(data, split: str, model) -> None:
-    """The dataset YAML a detector's run reads, checked as its trainer/validator will check it (the same function),
-    but before they make the run folder. Other forms (a folder, a zip, an ndjson file, a classification dataset) are
-    left to the stock code, whose failures `scriptless_dataset_check` words."""
-    if getattr(model, "task", None) == "classify" or not isinstance(data, (str, Path)):
+    """The dataset a detector's run reads, checked as its trainer/validator will check it (the same function), but
+    before they make the run folder. An archive is only checked to be one (unpacking it twice would cost minutes); a
+    URL, an ndjson file and a classification dataset are left to the stock code, whose failures
+    `scriptless_dataset_check` words."""
+    from ibra_yolo.errors import DatasetError
+
+    if getattr(model, "task", None) == "classify" or not isinstance(data, (str, Path)) or "://" in str(data):
         return
-    if str(data).rsplit(".", 1)[-1] not in ("yaml", "yml"):
+    suffix = Path(str(data)).suffix.lower()
+    if suffix == ".ndjson":
+        return
+    if suffix in ARCHIVES:
+        import tarfile
+        import zipfile
+
+        path = Path(data)
+        if path.is_file() and not (zipfile.is_zipfile(path) or tarfile.is_tarfile(path)):
+            raise DatasetError(f"dataset {data} is not a zip or tar archive (its bytes are not one): pass data= with a "
+                               f"dataset YAML, or the archive Ultralytics should unpack")  # fmt: skip
         return
     from ultralytics.data import utils
 
     utils.check_det_dataset(data, split=split)
+
+
+def images_listed(original, self, img_path, *args, **kwargs):
+    """``BaseDataset.get_img_files``: a split that lists no images (a file that is no list of image paths, an empty
+    folder, a path that is not there) is one `MissingFileError` naming it (battery 28, D14: the split ``/etc/passwd``
+    was two chained tracebacks)."""
+    from ibra_yolo.errors import IbraYoloError, MissingFileError
+
+    try:
+        return original(self, img_path, *args, **kwargs)
+    except IbraYoloError:
+        raise
+    except (FileNotFoundError, AssertionError) as e:
+        why = _first_line(e.__cause__ or e).removeprefix(getattr(self, "prefix", "") or "")
+        why = why.split(". Supported formats")[0]  # the list of suffixes follows on other lines
+        raise MissingFileError(
+            f"dataset images {str(img_path)[:200]}: {why}; a split must be a folder of images, a .txt file listing "
+            f"image paths, or a list of those"
+        ) from e
 
 
 def scriptless_dataset_check(original, dataset, autodownload=True, *args, **kwargs):

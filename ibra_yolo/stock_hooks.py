@@ -28,6 +28,7 @@ from ibra_yolo.dataset_guard import (
     add_checkpoint_named,
     check_checkpoint_dataset,
     checkpoint_data_guarded,
+    images_listed,
     scriptless_dataset_check,
     wrap_check_det_dataset,
 )
@@ -291,6 +292,8 @@ def guard_checkpoint_named_data() -> None:
                  "ultralytics.models.yolo.world.train_world", "ultralytics.models.yolo.world.val",
                  "ultralytics.models.yolo.yoloe.val"):  # fmt: skip
         after_import(name, wrap_check_det_dataset)
+    base = "ultralytics.data.base"
+    after_import(base, functools.partial(wrap_methods, base, "BaseDataset", {"get_img_files": images_listed}))
     trainer = "ultralytics.engine.trainer"
     trainer_hooks = {"check_resume": resume_in_place, "_load_checkpoint_state": checked_training_state}
     after_import(trainer, functools.partial(wrap_methods, trainer, "BaseTrainer", trainer_hooks))

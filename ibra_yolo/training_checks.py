@@ -294,22 +294,27 @@ def check_freeze(model, freeze, where: str = "", error: type | None = None) -> N
 
 
 def checked_training_state(original, self, ckpt):
-    """``BaseTrainer._load_checkpoint_state`` (resume) for our models: every optimizer moment loaded has its
+    """``BaseTrainer._load_checkpoint_state`` (resume) for our models: the optimizer settings are the ones the trainer
+    built, the learning rates and moments ones a run can hold (`ibra_yolo.optimizer_state`), every moment has its
     parameter's shape (battery 23, N20/N40: moments of two parameters swapped, or one flattened, passed the count check
     and ended the first resumed epoch in a traceback from torch's Adam)."""
     import torch
 
     from ibra_yolo.errors import CheckpointError
+    from ibra_yolo.optimizer_state import built_groups, check_loaded_optimizer
 
+    built = built_groups(self.optimizer)
     original(self, ckpt)
     if not is_ours(getattr(self, "model", None)):
         return
+    name = self.args.resume
+    check_loaded_optimizer(self.optimizer, built, getattr(self.args, "warmup_bias_lr", 0.0), name)
     for group in self.optimizer.param_groups:
         for p in group["params"]:
             for key, v in self.optimizer.state.get(p, {}).items():
                 if isinstance(v, torch.Tensor) and v.dim() > 0 and v.shape != p.shape:
                     raise CheckpointError(
-                        f"{self.args.resume}: its optimizer state holds {key} of shape {tuple(v.shape)} for a "
+                        f"{name}: its optimizer state holds {key} of shape {tuple(v.shape)} for a "
                         f"parameter of shape {tuple(p.shape)}: the file was altered, and training cannot resume from it"
                     )
 

@@ -1076,6 +1076,62 @@ def test_resumed_optimizer_moments_must_fit_their_parameters(spiking_ckpt):
     check_freeze(model, list(range(26)))
 
 
+def test_resumed_optimizer_settings_are_the_ones_the_trainer_builds(spiking_ckpt):
+    # torch's load_state_dict takes every group setting from the file: a last.pt with maximize=True resumed by
+    # ascending the loss, eps=1e10 shrank every Adam step, lr = initial_lr = 1e30 trained at 4e29 (the warmup reads
+    # initial_lr), all silently; amsgrad=True without its moments and step=-5 were torch tracebacks, negative
+    # exp_avg_sq trained silently (battery 28, K2b/K2e/K3a/K3b/K3d/K3e). What the trainer builds from the run's
+    # arguments must come back; the learning rate may be anywhere a run puts it, the weight decay may differ (it
+    # scales with a batch= given at resume), and so may the betas (optimizer=auto records lr0 but not its momentum).
+    import copy
+    from types import SimpleNamespace
+
+    from ibra_yolo.training_checks import checked_training_state
+
+    model = torch.load(spiking_ckpt, weights_only=False)["model"]
+    params = list(model.parameters())
+
+    def trainer():  # what _setup_train built before it loads the file: AdamW groups, LambdaLR's initial_lr
+        groups = [{"params": params[:5], "weight_decay": 5e-4}, {"params": params[5:], "weight_decay": 0.0}]
+        opt = torch.optim.AdamW(groups, lr=0.001429, betas=(0.9, 0.999))
+        torch.optim.lr_scheduler.LambdaLR(opt, lambda e: 1.0)
+        return SimpleNamespace(model=model, optimizer=opt, args=SimpleNamespace(resume="last.pt", warmup_bias_lr=0.1))
+
+    saved = trainer().optimizer
+    for p in params:
+        p.grad = torch.ones_like(p)
+    saved.step()  # moments for every parameter: step 1, exp_avg, exp_avg_sq
+    for p in params:
+        p.grad = None
+    good = copy.deepcopy(saved.state_dict())
+    good["param_groups"][0]["lr"] = 0.05  # in warmup, between the bias rate 0.1 and lr0
+    good["param_groups"][1]["weight_decay"] = 0.0  # as built
+    good["param_groups"][0]["weight_decay"] = 1e-3  # batch= at resume scales it: taken
+    good["param_groups"][1]["betas"] = (0.937, 0.999)  # optimizer=auto's AdamW was built with 0.9, resume with 0.937
+    checked_training_state(lambda self, ck: self.optimizer.load_state_dict(ck), trainer(), copy.deepcopy(good))
+
+    def group(**kv):
+        return lambda sd: sd["param_groups"][1].update(kv)
+
+    def moment(key, value):
+        return lambda sd: [s.__setitem__(key, torch.full_like(s[key], value)) for s in sd["state"].values()]
+
+    for edit, says in (
+        (group(maximize=True), r"parameter group 1 holds maximize=True, but the trainer builds maximize=False"),
+        (group(eps=1e10), r"parameter group 1 holds eps=10000000000\.0, but the trainer builds eps=1e-08"),
+        (group(amsgrad=True), r"parameter group 1 holds amsgrad=True, but the trainer builds amsgrad=False"),
+        (group(initial_lr=1e30), r"parameter group 1 holds initial_lr=1e\+30, but a run's learning rate lies in "),
+        (group(lr=0.5), r"parameter group 1 holds lr=0\.5, but a run's learning rate lies in \[0, 0\.1\]"),
+        (group(lr=-0.001), r"parameter group 1 holds lr=-0\.001, but a run's learning rate lies in \[0, 0\.1\]"),
+        (moment("exp_avg_sq", -1.0), r"state holds a negative exp_avg_sq \(-1\) for a parameter of shape"),
+        (moment("step", -5.0), r"state holds a negative step \(-5\) for a parameter of shape"),
+    ):  # fmt: skip
+        bad = copy.deepcopy(good)
+        edit(bad)
+        with pytest.raises(CheckpointError, match=r"^last\.pt: its optimizer.*" + says.removeprefix("state ")):
+            checked_training_state(lambda self, ck: self.optimizer.load_state_dict(ck), trainer(), bad)
+
+
 def test_a_checkpoint_whose_ema_is_another_model_is_refused(tmp_path, spiking_ckpt):
     # Ultralytics loads `ema` when a file holds one: a file whose `ema` is a stock yolov8n beside our spiking `model`
     # loaded the stock detector without a word (battery 18, H26a), and `pretrained=` took 6 of its tensors (H26p).

@@ -139,3 +139,22 @@ def test_a_dataset_path_that_is_no_yaml_file_is_one_line(tmp_path, offline):
     with pytest.raises(DatasetError, match=rf"^dataset {re.escape(str(folder))} cannot be used: No YAML file found"):
         model.val(data=str(folder), project=str(tmp_path / "runs"), **RUN)
     assert not (tmp_path / "runs").exists()
+
+
+def test_an_archive_that_is_none_and_a_split_without_images_are_one_line(tmp_path, offline):
+    # battery 28, D11: data= a .zip holding text was AssertionError "Not a YAML file" after the validator made its run
+    # folder; D14: a split that is a file listing no image paths (train/val: /etc/passwd) was two chained tracebacks
+    # from the dataset builder. Expected: DatasetError before any folder; MissingFileError naming the split.
+    model = yolo_model("ibra")
+    fake = tmp_path / "bad.zip"
+    fake.write_text("not a zip")
+    with pytest.raises(DatasetError, match=rf"^dataset {re.escape(str(fake))} is not a zip or tar archive"):
+        model.val(data=str(fake), project=str(tmp_path / "runs"), **RUN)
+    assert not (tmp_path / "runs").exists()
+    notes = tmp_path / "notes.md"
+    notes.write_text("# my notes\nno image paths here\n")
+    yaml = tmp_path / "d.yaml"
+    yaml.write_text(f"path: {tmp_path}\ntrain: notes.md\nval: notes.md\nnames: {{0: a}}\n")
+    says = rf"^dataset images {re.escape(str(notes))}: No images found in {re.escape(str(notes))}; a split must be "
+    with pytest.raises(MissingFileError, match=says + r"a folder of images, a \.txt file listing image paths"):
+        model.val(data=str(yaml), project=str(tmp_path / "runs"), **RUN)
