@@ -143,13 +143,12 @@ def scriptless_dataset_check(original, dataset, autodownload=True, *args, **kwar
                 f"the dataset you mean"
             ) from None
         raise MissingFileError(
-            f"dataset {dataset} is not usable: {_first_line(e)}; pass data= with a dataset YAML whose images are on "
-            f"this machine"
+            f"dataset {dataset} is not usable: {_first_line(e)}; name a dataset YAML whose images are on this machine"
         ) from e
     except ConnectionError as e:
         raise MissingFileError(
-            f"dataset {dataset} is not on this machine and downloading it failed ({_first_line(e)}); pass data= with "
-            f"a dataset YAML whose images are here (or run online)"
+            f"dataset {dataset} is not on this machine and downloading it failed ({_first_line(e)}); name a dataset "
+            f"YAML whose images are here (or run online)"
         ) from e
     except (SyntaxError, TypeError, ValueError, KeyError, AttributeError, AssertionError) as e:
         from ibra_yolo.errors import DatasetError

@@ -23,7 +23,8 @@ __all__ = ("built_groups", "check_loaded_optimizer")
 # resume=True may override), the momentum and betas (optimizer=auto builds AdamW with momentum 0.9 but records only
 # its choice and lr0, so the resumed trainer builds train_args' momentum; both lie in [0, 1] by
 # ``training_checks._check_param_groups``), and how torch runs the step on this device
-FREE = frozenset({"params", "lr", "initial_lr", "weight_decay", "momentum", "betas", "fused", "foreach", "capturable"})
+FREE = frozenset({"params", "lr", "initial_lr", "weight_decay", "momentum", "betas", "fused", "foreach"})
+KIND = ("betas", "momentum")  # Adam's family holds betas, SGD and RMSprop a momentum: which optimizer the state is
 NON_NEGATIVE = ("exp_avg_sq", "max_exp_avg_sq", "square_avg", "sum", "step")  # squares, sums of squares, counts
 
 
@@ -49,6 +50,14 @@ def check_loaded_optimizer(optimizer: torch.optim.Optimizer, built: list[dict], 
         CheckpointError: Naming the file, the group and the setting (or the moment).
     """
     for i, (group, want) in enumerate(zip(optimizer.param_groups, built)):
+        other = next((k for k in KIND if (k in group) != (k in want)), None)
+        if other is not None:  # train_args name another optimizer than the state is of (battery 28, K3i)
+            held = "holds" if other in group else "lacks"
+            raise CheckpointError(
+                f"{name}: its optimizer's parameter group {i} {held} {other!r}, but the trainer builds "
+                f"{type(optimizer).__name__} from the run's arguments: the state is another optimizer's (the file was "
+                f"altered); start a new training to change the optimizer"
+            )
         for key, value in want.items():
             if key in FREE or key not in group or _same(group[key], value):
                 continue

@@ -15,6 +15,7 @@ Every failure is one ``IbraYoloError`` line naming the bad value.
 from __future__ import annotations
 
 import glob
+import os
 from collections.abc import Iterator
 from pathlib import Path
 
@@ -52,6 +53,8 @@ def load_dataset(data: str | Path, split: str = "val") -> dict:
         raise IbraYoloError(f"dataset {data} is not a regular file (a FIFO or a device): name a data YAML")
     try:
         return check_det_dataset(str(data), autodownload=False, split=split)
+    except IbraYoloError:
+        raise  # the plugin's dataset check words it already (ibra_yolo.dataset_guard)
     except FileNotFoundError as e:
         raise MissingFileError(f"dataset {data}: {_one_line(e)}") from None
     except (SyntaxError, TypeError, ValueError, KeyError) as e:
@@ -113,6 +116,12 @@ def list_images(source: str | Path | list | tuple, split: str = "val") -> list[s
         files = _loader_files(str(source), "source")
     if not files:
         raise IbraYoloError(f"no images found in {source}")
+    special = next((f for f in files if not os.path.isfile(f)), None)  # Ultralytics' reader: "does not exist"
+    if special is not None:
+        raise IbraYoloError(
+            f"image {special} of {source} is not a regular file (a device, FIFO or socket, or a link to one): remove "
+            f"it from the source"
+        )
     return files
 
 

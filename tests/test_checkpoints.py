@@ -1120,6 +1120,7 @@ def test_resumed_optimizer_settings_are_the_ones_the_trainer_builds(spiking_ckpt
         (group(maximize=True), r"parameter group 1 holds maximize=True, but the trainer builds maximize=False"),
         (group(eps=1e10), r"parameter group 1 holds eps=10000000000\.0, but the trainer builds eps=1e-08"),
         (group(amsgrad=True), r"parameter group 1 holds amsgrad=True, but the trainer builds amsgrad=False"),
+        (group(capturable=True), r"group 1 holds capturable=True, but the trainer builds capturable=False"),  # K3g
         (group(initial_lr=1e30), r"parameter group 1 holds initial_lr=1e\+30, but a run's learning rate lies in "),
         (group(lr=0.5), r"parameter group 1 holds lr=0\.5, but a run's learning rate lies in \[0, 0\.1\]"),
         (group(lr=-0.001), r"parameter group 1 holds lr=-0\.001, but a run's learning rate lies in \[0, 0\.1\]"),
@@ -1130,6 +1131,14 @@ def test_resumed_optimizer_settings_are_the_ones_the_trainer_builds(spiking_ckpt
         edit(bad)
         with pytest.raises(CheckpointError, match=r"^last\.pt: its optimizer.*" + says.removeprefix("state ")):
             checked_training_state(lambda self, ck: self.optimizer.load_state_dict(ck), trainer(), bad)
+    # train_args naming SGD beside AdamW's state (K3i: KeyError 'momentum' from torch at the first step)
+    sgd = trainer()
+    sgd.optimizer = torch.optim.SGD(
+        [{"params": params[:5]}, {"params": params[5:]}], lr=0.01, momentum=0.9, nesterov=True
+    )
+    says = r"^last\.pt: its optimizer's parameter group 0 holds 'betas', but the trainer builds SGD from the run's "
+    with pytest.raises(CheckpointError, match=says):
+        checked_training_state(lambda self, ck: self.optimizer.load_state_dict(ck), sgd, copy.deepcopy(good))
 
 
 def test_a_checkpoint_whose_ema_is_another_model_is_refused(tmp_path, spiking_ckpt):

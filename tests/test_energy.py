@@ -2,6 +2,7 @@
 
 import json
 import math
+import re
 from pathlib import Path
 from types import SimpleNamespace
 
@@ -476,6 +477,22 @@ def test_a_file_named_like_a_glob_is_measured_once(tmp_path):
     assert list_images(str(folder)) == [str(folder / "img[1]*.png")]
     (tmp_path / "d.yaml").write_text(f"path: {tmp_path / 'set[1]'}\ntrain: x*\nval: x*\nnames: {{0: a}}\n")
     assert list_images(tmp_path / "d.yaml") == [str(folder / "img[1]*.png")]
+
+
+def test_sources_holding_a_device_or_a_missing_split_are_named(tmp_path, shapes_data):
+    # battery 28, N20: an image in the source folder that is a link to /dev/zero was "error: .../zero.png does not
+    # exist" (Ultralytics' reader tests isfile); E20: a split the dataset lacks was worded twice ("dataset X: dataset X
+    # is not usable: ..."), the plugin's dataset check wrapped again by ours.
+    folder = tmp_path / "src"
+    folder.mkdir()
+    cv2.imwrite(str(folder / "a.png"), np.zeros((8, 8, 3), np.uint8))
+    (folder / "zero.png").symlink_to("/dev/zero")
+    says = rf"^image {re.escape(str(folder / 'zero.png'))} of {re.escape(str(folder))} is not a regular file \(a dev"
+    with pytest.raises(IbraYoloError, match=says):
+        list_images(folder)
+    says = rf"^dataset {re.escape(str(shapes_data))} is not usable: {re.escape(str(shapes_data))} 'test:' images not"
+    with pytest.raises(MissingFileError, match=says):
+        list_images(shapes_data, split="test")
 
 
 # ----------------------------------------------------------------------------------------------------------------------

@@ -88,7 +88,7 @@ def test_a_dataset_the_user_names_is_checked_before_the_run_folder(tmp_path, cal
     mismatch = tmp_path / "mismatch.yaml"
     mismatch.write_text(f"path: {tmp_path}\ntrain: a\nval: a\nnc: 2\nnames: {{0: a}}\n")
     cases = [
-        (gone, MissingFileError, f"is not usable: '{gone}' does not exist; pass data= with a dataset YAML whose"),
+        (gone, MissingFileError, f"is not usable: '{gone}' does not exist; name a dataset YAML whose"),
         (no_images, MissingFileError, f"is not usable: Dataset '{no_images}' images not found, missing path "),
         (no_val, DatasetError, f"cannot be used: {no_val} 'val:' key missing"),
         (mismatch, DatasetError, f"cannot be used: {mismatch} 'names' length 1 and 'nc: 2' must match"),
