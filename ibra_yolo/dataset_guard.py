@@ -64,7 +64,8 @@ def checkpoint_data_guarded(original, self, *args, **kwargs):
     try:
         resumed = call == "train" and {**overrides, **kwargs}.get("resume")
         if call == "val" or (call == "train" and not resumed and "data" in kwargs):
-            _check_dataset_yaml(data, kwargs.get("split") or overrides.get("split") or "val", self)
+            split = kwargs.get("split") or overrides.get("split") or "val"
+            _check_dataset_yaml(data, split, self, ("train", "val") if call == "train" else (split,))
         return original(self, *args, **kwargs)
     finally:
         _FROM_CHECKPOINT.names = outer
@@ -73,11 +74,12 @@ def checkpoint_data_guarded(original, self, *args, **kwargs):
 ARCHIVES = (".zip", ".tar", ".gz", ".tgz", ".xz", ".txz", ".bz2", ".tbz2")
 
 
-def _check_dataset_yaml(data, split: str, model) -> None:
-    """The dataset a detector's run reads, checked as its trainer/validator will check it (the same function), but
-    before they make the run folder. An archive is only checked to be one (unpacking it twice would cost minutes); a
-    URL, an ndjson file and a classification dataset are left to the stock code, whose failures
-    `scriptless_dataset_check` words."""
+def _check_dataset_yaml(data, split: str, model, reads: tuple) -> None:
+    """The dataset a detector's run reads, checked as its trainer/validator will check it (the same function), and
+    its splits ``reads`` to list an image each (`_lists_an_image`), before they make the run folder (battery 29,
+    RE-D14: a split listing no image was refused after the trainer wrote args.yaml). An archive is only checked to be
+    one (unpacking it twice would cost minutes); a URL, an ndjson file and a classification dataset are left to the
+    stock code, whose failures `scriptless_dataset_check` words."""
     from ibra_yolo.errors import DatasetError
 
     if getattr(model, "task", None) == "classify" or not isinstance(data, (str, Path)) or "://" in str(data):
@@ -96,7 +98,33 @@ def _check_dataset_yaml(data, split: str, model) -> None:
         return
     from ultralytics.data import utils
 
-    utils.check_det_dataset(data, split=split)
+    from ibra_yolo.errors import MissingFileError
+
+    found = utils.check_det_dataset(data, split=split)
+    for key in reads:
+        entries = found.get(key) if isinstance(found, dict) else None
+        for entry in entries if isinstance(entries, list) else [entries] if entries else []:
+            if not _lists_an_image(str(entry)):
+                raise MissingFileError(
+                    f"dataset images {str(entry)[:200]}: No images found in {str(entry)[:200]} (the {key} split of "
+                    f"{data}); a split must be a folder of images, a .txt file listing image paths, or a list of those"
+                )
+
+
+def _lists_an_image(entry: str) -> bool:
+    """Whether a split entry lists an image as ``BaseDataset.get_img_files`` reads it: a folder holding one (at any
+    depth; the walk stops at the first), a file with a line naming one; a glob pattern is left to it."""
+    from ultralytics.data.utils import IMG_FORMATS
+
+    path = Path(entry)
+    if "*" in entry:
+        return True
+    if path.is_dir():
+        return any(f.suffix[1:].lower() in IMG_FORMATS for f in path.rglob("*.*"))
+    if path.is_file():
+        with open(path, errors="replace") as lines:
+            return any(line.strip().rsplit(".", 1)[-1].lower() in IMG_FORMATS for line in lines)
+    return True  # not there: the stock reader names it (check_det_dataset found the val split)
 
 
 def images_listed(original, self, img_path, *args, **kwargs):

@@ -155,6 +155,17 @@ def test_an_archive_that_is_none_and_a_split_without_images_are_one_line(tmp_pat
     notes.write_text("# my notes\nno image paths here\n")
     yaml = tmp_path / "d.yaml"
     yaml.write_text(f"path: {tmp_path}\ntrain: notes.md\nval: notes.md\nnames: {{0: a}}\n")
-    says = rf"^dataset images {re.escape(str(notes))}: No images found in {re.escape(str(notes))}; a split must be "
-    with pytest.raises(MissingFileError, match=says + r"a folder of images, a \.txt file listing image paths"):
+    says = rf"^dataset images {re.escape(str(notes))}: No images found in {re.escape(str(notes))} \(the val split of "
+    with pytest.raises(MissingFileError, match=says + rf"{re.escape(str(yaml))}\); a split must be a folder of images"):
         model.val(data=str(yaml), project=str(tmp_path / "runs"), **RUN)
+    with pytest.raises(MissingFileError, match=says.replace("val split", "train split")):  # battery 29, RE-D14
+        model.train(data=str(yaml), epochs=1, project=str(tmp_path / "runs"), **RUN)
+    assert not (tmp_path / "runs").exists()  # the trainer had written args.yaml and weights/
+    # what the dataset builder itself says, for the forms checked only as it reads them (a glob pattern)
+    from types import SimpleNamespace
+
+    from ultralytics.data.base import BaseDataset
+
+    says = rf"^dataset images {re.escape(str(notes))}: No images found in {re.escape(str(notes))}; a split must be "
+    with pytest.raises(MissingFileError, match=says):
+        BaseDataset.get_img_files(SimpleNamespace(prefix="val: ", fraction=1.0), str(notes))
