@@ -110,6 +110,9 @@ BAD_ANNOTATIONS = [
     (_bad_gt(2, bbox=[0, 0, NAN, 10]), NonFiniteError, "annotation 2 has bbox[2] (w)=nan: every number must be finite"),
     (_bad_gt(1, bbox=[0, 0, 10, -10]), IbraYoloError, "annotation 1 has bbox[3] (h)=-10: it must be >= 0"),
     (_bad_gt(3, area=INF), NonFiniteError, "annotation 3 has area=inf: every number must be finite"),
+    # COCOeval ignores a box whose area is beyond its "all" range [0, 1e10]: a missed box of area 2e10 scored 100 %
+    # instead of 93.4 %, and with every area so the result was -100 % (battery 29, E01b/E02)
+    (_bad_gt(3, area=2e10), IbraYoloError, "annotation 3 has area=20000000000.0: above 1e+10 (1e5 px squared"),
     (_bad_gt(0, iscrowd=2), IbraYoloError, "annotation 0 has iscrowd=2: expected 0 or 1"),
     # without these pycocotools fails with KeyError, or silently leaves the box out of every metric
     ({**GT, "annotations": [{k: v for k, v in a.items() if k != "area"} for a in GT["annotations"]]},

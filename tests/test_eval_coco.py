@@ -202,7 +202,7 @@ def test_errors_missing_files(tmp_path, capsys):
     assert err == f"error: weights file {tmp_path / 'best.pt'} does not exist\n"
     (tmp_path / "best.pt").write_bytes(b"")  # never loaded: the data check comes first
     err = _error(["--weights", tmp_path / "best.pt", "--data", tmp_path / "nope.yaml"], capsys)
-    assert err.startswith(f"error: dataset {tmp_path / 'nope.yaml'}: ") and "does not exist" in err
+    assert err.startswith(f"error: dataset {tmp_path / 'nope.yaml'} is not usable: ") and "does not exist" in err
 
 
 def test_error_dataset_without_images(tmp_path, capsys):

@@ -16,6 +16,7 @@ from ibra_yolo.errors import IbraYoloError, NonFiniteError
 __all__ = ("DETECTION_KEYS", "ANNOTATION_KEYS", "check_detections", "check_annotations", "plain")
 
 DETECTION_KEYS = ("image_id", "category_id", "bbox", "score")
+COCO_MAX_AREA = 1e5**2  # the upper bound of COCOeval's area range "all" (pycocotools Params.areaRng)
 ANNOTATION_KEYS = ("id", "image_id", "category_id", "bbox", "area", "iscrowd")  # the keys COCOeval reads
 _BOX = ("x", "y", "w", "h")
 
@@ -108,7 +109,7 @@ def check_annotations(annotations: list, source: str) -> None:
     Raises:
         NonFiniteError: A NaN or infinite number.
         IbraYoloError: A record without the keys COCOeval reads, an id that is not an integer (or, for images, a
-            string), a bad box, a negative area or an ``iscrowd`` other than 0 or 1.
+            string), a bad box, a negative area or one above `COCO_MAX_AREA`, or an ``iscrowd`` other than 0 or 1.
     """
     for i, a in enumerate(annotations):
         where = f"{source}: annotation {i}"
@@ -118,5 +119,10 @@ def check_annotations(annotations: list, source: str) -> None:
         _id(where, "category_id", a["category_id"], strings=False)
         _box(where, a["bbox"])
         _number(where, "area", a["area"], 0)
+        if plain(a["area"]) > COCO_MAX_AREA:  # COCOeval's widest range, "all": a box beyond it is in no metric
+            raise IbraYoloError(
+                f"{where} has area={_short(a['area'])}: above {COCO_MAX_AREA:.0e} (1e5 px squared, the largest area "
+                f"COCOeval scores), so every metric would ignore the box"
+            )
         if not (_is_int(plain(a["iscrowd"])) and plain(a["iscrowd"]) in (0, 1)):
             raise IbraYoloError(f"{where} has iscrowd={_short(a['iscrowd'])}: expected 0 or 1")
