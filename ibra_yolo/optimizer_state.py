@@ -28,6 +28,15 @@ KIND = ("betas", "momentum")  # Adam's family holds betas, SGD and RMSprop a mom
 NON_NEGATIVE = ("exp_avg_sq", "max_exp_avg_sq", "square_avg", "sum", "step")  # squares, sums of squares, counts
 
 
+# Ultralytics scales weight_decay by batch * accumulate / 64 (accumulate = round(64 / batch), at least 1): the file's
+# and the resumed trainer's differ by their batch sizes' ratio, up to 64 for batch sizes up to 4096
+DECAY_SCALE = 64
+
+
+def _is_rate(v) -> bool:
+    return isinstance(v, (int, float)) and not isinstance(v, bool) and 0 <= v < math.inf
+
+
 def built_groups(optimizer: torch.optim.Optimizer) -> list[dict]:
     """The settings of each parameter group of the optimizer the trainer built (copied: loading replaces them)."""
     return [{k: v for k, v in g.items() if k != "params"} for g in optimizer.param_groups]
@@ -44,7 +53,8 @@ def _same(a, b) -> bool:
 def check_loaded_optimizer(optimizer: torch.optim.Optimizer, built: list[dict], warmup_bias_lr, name) -> None:
     """The file's optimizer state, loaded into ``optimizer``, against ``built`` (`built_groups` before loading): every
     setting the trainer builds is the one it built (but `FREE`), ``lr`` and ``initial_lr`` lie between 0 and the larger
-    of the built learning rate and the warmup bias rate, and no moment that is a square or a count is negative.
+    of the built learning rate and the warmup bias rate, the weight decay within `DECAY_SCALE` of the built one (0
+    where the trainer builds 0), and no moment that is a square or a count is negative.
 
     Raises:
         CheckpointError: Naming the file, the group and the setting (or the moment).
@@ -66,10 +76,23 @@ def check_loaded_optimizer(optimizer: torch.optim.Optimizer, built: list[dict], 
                 f"{key}={value!r:.60} from the run's arguments: resuming would train with the file's setting (the file "
                 f"was altered); start a new training to change it"
             )
+        missing = next((k for k in ("lr", "initial_lr") if k in want and k not in group), None)
+        if missing is not None:  # the warmup reads initial_lr: KeyError from the trainer (battery 29, KO6)
+            raise CheckpointError(
+                f"{name}: its optimizer's parameter group {i} lacks {missing!r}, which every saved run holds and the "
+                f"trainer reads (the file was altered)"
+            )
+        decay, built_decay = group.get("weight_decay", 0.0), float(want.get("weight_decay", 0.0))
+        if not (_is_rate(decay) and decay <= built_decay * DECAY_SCALE * (1 + 1e-6)):
+            raise CheckpointError(
+                f"{name}: its optimizer's parameter group {i} holds weight_decay={decay!r:.60}, but the trainer builds "
+                f"{built_decay!r} (a batch= given at resume scales it, at most {DECAY_SCALE}x): resuming would decay "
+                f"the weights as the file chose (the file was altered)"
+            )
         top = max(float(want.get("lr", 0.0)), float(want.get("initial_lr", 0.0)), float(warmup_bias_lr or 0.0))
         for key in ("initial_lr", "lr"):
             rate = group.get(key, 0.0)
-            if not (isinstance(rate, (int, float)) and not isinstance(rate, bool) and 0 <= rate <= top * (1 + 1e-6)):
+            if not (_is_rate(rate) and rate <= top * (1 + 1e-6)):
                 raise CheckpointError(
                     f"{name}: its optimizer's parameter group {i} holds {key}={rate!r:.60}, but a run's learning rate "
                     f"lies in [0, {top!r}] (the trainer's lr0 or warmup bias rate): resuming would train at the "

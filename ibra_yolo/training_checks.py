@@ -182,7 +182,7 @@ def _check_run_state(ckpt: dict, name, args: dict, optimizer: dict, overrides: d
     from numbers import Integral
 
     from torch import nn
-    from ultralytics.cfg import check_cfg
+    from ultralytics.cfg import DEFAULT_CFG_DICT, check_cfg
 
     from ibra_yolo.errors import CheckpointError
 
@@ -190,6 +190,12 @@ def _check_run_state(ckpt: dict, name, args: dict, optimizer: dict, overrides: d
         check_cfg(dict(args), hard=True)  # a copy: the check converts values in place
     except (TypeError, ValueError) as e:
         raise CheckpointError(f"{name}: its train_args cannot be resumed: {str(e).splitlines()[0][:200]}") from None
+    unknown = [k for k in args if k not in DEFAULT_CFG_DICT and k != "save_dir"]  # save_dir: resume_in_place
+    if unknown:  # the validator's argument check would stop the resumed run with a SyntaxError (battery 29, KO10)
+        raise CheckpointError(
+            f"{name}: its train_args hold {unknown[0]!r:.40}, which is not an Ultralytics argument (a run saves only "
+            f"those): the file was altered"
+        )
     if str(args.get("optimizer", "auto")).lower() not in {o.lower() for o in OPTIMIZERS}:  # as Ultralytics matches
         raise CheckpointError(
             f"{name}: its train_args name optimizer={args['optimizer']!r:.40}, which Ultralytics does not build "

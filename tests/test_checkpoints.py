@@ -1010,6 +1010,9 @@ def test_resume_takes_only_the_training_state_a_run_saves(tmp_path, spiking_ckpt
          r"its train_args cannot be resumed: 'batch=abc' is of invalid type str"),
         ({"epoch": 1, "optimizer": opt, "train_args": {**ckpt["train_args"], "lr0": -1.0}}, CheckpointError,
          r"its train_args cannot be resumed: 'lr0=-1\.0' is an invalid value"),
+        # battery 29, KO10: a key Ultralytics does not know stopped the resumed run at validator set-up (SyntaxError)
+        ({"epoch": 1, "optimizer": opt, "train_args": {**ckpt["train_args"], "evil_key": 1}}, CheckpointError,
+         r"its train_args hold 'evil_key', which is not an Ultralytics argument \(a run saves only those\)"),
         ({"epoch": 1, "optimizer": opt, "ema": ckpt["model"], "updates": float("nan")}, CheckpointError,
          r"its EMA update count is nan, not a count"),
         # battery 23: an id repeated in place of another (N41: another parameter's moments), Adam betas torch refuses
@@ -1106,7 +1109,7 @@ def test_resumed_optimizer_settings_are_the_ones_the_trainer_builds(spiking_ckpt
     good = copy.deepcopy(saved.state_dict())
     good["param_groups"][0]["lr"] = 0.05  # in warmup, between the bias rate 0.1 and lr0
     good["param_groups"][1]["weight_decay"] = 0.0  # as built
-    good["param_groups"][0]["weight_decay"] = 1e-3  # batch= at resume scales it: taken
+    good["param_groups"][0]["weight_decay"] = 5e-4 * 60  # batch= at resume scales it (up to 64x): taken
     good["param_groups"][1]["betas"] = (0.937, 0.999)  # optimizer=auto's AdamW was built with 0.9, resume with 0.937
     checked_training_state(lambda self, ck: self.optimizer.load_state_dict(ck), trainer(), copy.deepcopy(good))
 
@@ -1121,6 +1124,10 @@ def test_resumed_optimizer_settings_are_the_ones_the_trainer_builds(spiking_ckpt
         (group(eps=1e10), r"parameter group 1 holds eps=10000000000\.0, but the trainer builds eps=1e-08"),
         (group(amsgrad=True), r"parameter group 1 holds amsgrad=True, but the trainer builds amsgrad=False"),
         (group(capturable=True), r"group 1 holds capturable=True, but the trainer builds capturable=False"),  # K3g
+        # battery 29, KO2/KO7: weight_decay 1e30 decayed every weight to zero, silently; KO6: no initial_lr, KeyError
+        (group(weight_decay=1e-4), r"group 1 holds weight_decay=0\.0001, but the trainer builds 0\.0 \(a batch= given"),
+        (lambda sd: sd["param_groups"][0].update(weight_decay=1e30), r"group 0 holds weight_decay=1e\+30, but the "),
+        (lambda sd: sd["param_groups"][1].pop("initial_lr"), r"group 1 lacks 'initial_lr', which every saved run"),
         (group(initial_lr=1e30), r"parameter group 1 holds initial_lr=1e\+30, but a run's learning rate lies in "),
         (group(lr=0.5), r"parameter group 1 holds lr=0\.5, but a run's learning rate lies in \[0, 0\.1\]"),
         (group(lr=-0.001), r"parameter group 1 holds lr=-0\.001, but a run's learning rate lies in \[0, 0\.1\]"),
