@@ -242,6 +242,15 @@ def plane_weights(max_code: int, encoding: str, scale: float = 1.0) -> list[floa
     return [(2**j if encoding == "binary" else 1) / scale for j in range(p)]
 
 
+def with_values(t: torch.Tensor, what: str) -> torch.Tensor:
+    """``t``, refused on the meta device: it holds shapes only (a forward runs on it), and counting codes reads values
+    (battery 29, PA09: torch's "Tensor.item() cannot be called on meta tensors")."""
+    if t.is_meta:
+        raise ValueError(f"{what}: the tensor is on the meta device, which holds no values to count: pass a cpu or "
+                         f"cuda tensor")  # fmt: skip
+    return t
+
+
 def check_codes(codes: torch.Tensor, max_code: int, what: str = "codes") -> tuple[int, int]:
     """``(min, max)`` of ``codes``, checked to be whole numbers in ``0..max_code`` (one host sync).
 
@@ -253,6 +262,7 @@ def check_codes(codes: torch.Tensor, max_code: int, what: str = "codes") -> tupl
 
     if codes.is_complex() or codes.dtype == torch.bool:
         raise ValueError(f"{what} must be a real integer or float tensor of codes 0..{max_code}, got {codes.dtype}")
+    with_values(codes, what)
     if codes.is_floating_point():
         if not torch.isfinite(codes).all():
             raise NonFiniteError(f"{what} hold NaN or inf; valid codes are integers 0..{max_code}")

@@ -12,6 +12,7 @@
 from __future__ import annotations
 
 import functools
+import os
 import sys
 import threading
 from pathlib import Path
@@ -104,6 +105,7 @@ def _check_dataset_yaml(data, split: str, model, reads: tuple) -> None:
     for key in reads:
         entries = found.get(key) if isinstance(found, dict) else None
         for entry in entries if isinstance(entries, list) else [entries] if entries else []:
+            _check_not_special(entry)  # a FIFO named fifo.png in a split list: the reader says "does not exist"
             if not _lists_an_image(str(entry)):
                 raise MissingFileError(
                     f"dataset images {str(entry)[:200]}: No images found in {str(entry)[:200]} (the {key} split of "
@@ -113,7 +115,7 @@ def _check_dataset_yaml(data, split: str, model, reads: tuple) -> None:
 
 def _lists_an_image(entry: str) -> bool:
     """Whether a split entry lists an image as ``BaseDataset.get_img_files`` reads it: a folder holding one (at any
-    depth; the walk stops at the first), a file with a line naming one; a glob pattern is left to it."""
+    depth; the walk stops at the first), a file with a line naming one that is here; a glob pattern is left to it."""
     from ultralytics.data.utils import IMG_FORMATS
 
     path = Path(entry)
@@ -121,9 +123,15 @@ def _lists_an_image(entry: str) -> bool:
         return True
     if path.is_dir():
         return any(f.suffix[1:].lower() in IMG_FORMATS for f in path.rglob("*.*"))
-    if path.is_file():
+    if path.is_file():  # one line naming an image file that is here, read as the stock reader reads ./ and a/b
+        parent = str(path.parent) + os.sep
         with open(path, errors="replace") as lines:
-            return any(line.strip().rsplit(".", 1)[-1].lower() in IMG_FORMATS for line in lines)
+            named = (x.strip() for x in lines)
+            return any(
+                x.rsplit(".", 1)[-1].lower() in IMG_FORMATS
+                and os.path.isfile(x.replace("./", parent) if x.startswith("./") else x)
+                for x in named
+            )  # battery 29, DS-txtmiss: two missing images were "No valid images found" after the run folder
     return True  # not there: the stock reader names it (check_det_dataset found the val split)
 
 

@@ -19,6 +19,7 @@ import torch
 from torch import nn
 
 from ibra_yolo.errors import CheckpointError, NonFiniteError
+from ibra_yolo.neuron_state import check_neuron_settings, check_yaml_neuron
 from ibra_yolo.plain_attributes import check_plain_attributes, check_shadowing, with_saving_version
 
 __all__ = (
@@ -55,39 +56,6 @@ def check_finite_weights(model: nn.Module, path: str | Path) -> None:
 # make two names print alike (zero-width space, word joiner, BOM). Other Cf characters spell words (ZWNJ in Persian,
 # ZWJ in emoji, soft hyphen) and are left to the name.
 HIDING = frozenset("\u200b\u2060\ufeff" + "".join(map(chr, [*range(0x202A, 0x202F), *range(0x2066, 0x206A)])))
-
-
-def _settings(neuron: nn.Module) -> dict:
-    """A neuron's settings: its public attributes (``max_code``, ``scale``, ``beta``, ...; class defaults included)."""
-    keys = [k for k in vars(neuron) if not k.startswith("_") and k != "training"]
-    return {k: getattr(neuron, k) for k in keys}
-
-
-def check_neuron_settings(model: nn.Module, path: str | Path) -> None:
-    """Refuse a neuron whose settings no YAML gives: each is rebuilt from its own ``config()`` (every rule of
-    ``make_neuron``) and must hold exactly what the rebuilt one holds (the same values, of the same types).
-
-    Raises:
-        CheckpointError: Naming the layer, the setting and its value.
-    """
-    from ibra_yolo.neurons import NEURON_KINDS, Activation, make_neuron
-
-    kinds = (*NEURON_KINDS.values(), Activation)
-    for name, m in model.named_modules():
-        if type(m) not in kinds:
-            continue
-        where = f"{path}: {name} ({type(m).__name__})"
-        try:
-            fresh = make_neuron(m.config(), T=m.T)
-        except (AttributeError, TypeError, ValueError) as e:  # a setting outside its rules, or one that is missing
-            raise CheckpointError(f"{where} holds an invalid setting: {str(e).splitlines()[0][:300]}") from None
-        for key, value in _settings(fresh).items():
-            held = getattr(m, key, None)
-            if type(held) is not type(value) or held != value:
-                raise CheckpointError(
-                    f"{where} holds {key}={held!r:.80}, but its settings {fresh.config()} give {key}={value!r}: "
-                    "the file was altered after it was saved"
-                )
 
 
 def _check_strides(model: nn.Module, path: str | Path) -> None:
@@ -131,32 +99,6 @@ def _check_names(model: nn.Module, path: str | Path) -> None:
             raise CheckpointError(
                 f"{path}: the model's class names have the key {k!r:.40}: class names are keyed by class indices 0, "
                 "1, ... (the file was altered)"
-            )
-
-
-def check_yaml_neuron(model: nn.Module, path: str | Path) -> None:
-    """Refuse a model whose layers hold another neuron than its model dict gives: ``yolo train model=x.pt`` and
-    ``resume`` rebuild the model from that dict and load the weights into it, so an edited ``neuron:`` (I-LIF D 4 in
-    a file of IBRA-LIF layers) would train another network than the one that was evaluated, without a word.
-
-    Raises:
-        CheckpointError: Naming the layer, what it holds and what the model dict gives.
-    """
-    from ibra_yolo.errors import ModelConfigError
-    from ibra_yolo.neurons import NEURON_KINDS, Activation, make_neuron
-    from ibra_yolo.nn.builder import dict_name
-    from ibra_yolo.nn.rows import plan_model
-
-    try:
-        plan = plan_model(model.yaml, model.yaml.get("channels", 3), dict_name(model.yaml))
-    except ModelConfigError as e:
-        raise CheckpointError(f"{path}: its model dict is invalid (the file was altered?): {e}") from None
-    expected = make_neuron(plan.neuron, plan.T)
-    for name, m in model.named_modules():
-        if type(m) in (*NEURON_KINDS.values(), Activation) and _settings(m) != _settings(expected):
-            raise CheckpointError(
-                f"{path}: {name} holds {m.config()} (T {m.T}), but the model dict gives {expected.config()} (T "
-                f"{plan.T}): the file was altered, and training or resuming from it would rebuild the dict's neuron"
             )
 
 

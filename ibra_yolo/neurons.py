@@ -42,12 +42,10 @@ from ibra_yolo.coding import (  # the functional core, re-exported here
     plane_weights,
     quantize_codes,
     to_planes,
+    with_values,
 )
-from ibra_yolo.errors import NonFiniteError
-from ibra_yolo.yaml_files import (  # a NaN membrane has no code; also ibra_yolo.neurons.NonFiniteError
-    looks_numeric,
-    yaml_number_hint,
-)
+from ibra_yolo.errors import NonFiniteError  # a NaN membrane has no code; also ibra_yolo.neurons.NonFiniteError
+from ibra_yolo.yaml_files import looks_numeric, yaml_number_hint
 
 __all__ = (
     "IntegerLIF",
@@ -204,7 +202,7 @@ class IntegerLIF(nn.Module):
         Raises:
             NonFiniteError: A membrane potential is NaN or infinite (it has no code).
         """
-        codes = self.spike_codes(x)
+        codes = with_values(self.spike_codes(x), f"{type(self).__name__}.codes")
         bad = int((codes < 0).sum())
         if bad:
             raise NonFiniteError(

@@ -114,6 +114,9 @@ def check_dict_describes_layers(built, source) -> None:
         )
 
 
+MAX_EPOCHS = 100_000  # more is a typo or an altered file: over a day of training even at a second per epoch
+
+
 def check_resumable(ckpt: dict, name, overrides: dict) -> None:
     """``resume=True`` on one of our checkpoints: the training state it continues is one a run saves. Stock
     Ultralytics started a *new* training on its default dataset (coco8, downloading it) when the file held no
@@ -147,6 +150,11 @@ def check_resumable(ckpt: dict, name, overrides: dict) -> None:
             f"{name} is not a resumable checkpoint: it holds epoch {epoch} and {'an' if optimizer else 'no'} optimizer "
             f"state (a finished run strips both from best.pt and last.pt); resume=True continues an interrupted run "
             f"from its weights/last.pt: to train again from these weights, leave out resume=True"
+        )
+    if isinstance(epochs, int) and epochs > MAX_EPOCHS:  # a file-chosen endless run (battery 29, F10: 10**9)
+        raise CheckpointError(
+            f"{name}: its train_args ask for epochs={epochs}, above {MAX_EPOCHS:,}, which resuming would run without "
+            f"end (the file was altered); to train on from these weights, leave out resume=True and set epochs="
         )
     if isinstance(epochs, int) and epoch + 1 >= epochs:
         raise CheckpointError(

@@ -366,12 +366,12 @@ ALTERED = {  # a file changed after saving: each failed deep in torch (100-line 
     # would rebuild I-LIF D 4 from the dict and train that
     "the dict's neuron": (
         lambda c: c["model"].yaml.__setitem__("neuron", {"kind": "ILIF", "D": 4}),
-        r"model\.2\.sep\.pw1\.neuron holds \{'kind': 'IBRALIF', .*\} \(T 1\), but the model dict gives \{'kind': "
-        r"'ILIF', 'D': 4, 'beta': 0\.25\} \(T 1\): the file was altered",
+        r"model\.2\.sep\.pw1\.neuron holds encoding='binary' \(\{'kind': 'IBRALIF', .*\}, T 1\), but the model dict "
+        r"gives encoding='unary' \(\{'kind': 'ILIF', 'D': 4, 'beta': 0\.25\}, T 1\): the file was altered",
     ),
     "the dict's T": (  # every layer holds T 1; the dict's T 2 would rebuild a two-timestep model
         lambda c: c["model"].yaml.__setitem__("T", 2),
-        r"holds \{'kind': 'IBRALIF', .*\} \(T 1\), but the model dict gives .* \(T 2\)",
+        r"holds T=1 \(\{'kind': 'IBRALIF', .*\}, T 1\), but the model dict gives T=2 \(.*, T 2\)",
     ),
     "the dict's rows": (
         lambda c: c["model"].yaml.__setitem__("head", []),
@@ -1010,6 +1010,9 @@ def test_resume_takes_only_the_training_state_a_run_saves(tmp_path, spiking_ckpt
          r"its train_args cannot be resumed: 'batch=abc' is of invalid type str"),
         ({"epoch": 1, "optimizer": opt, "train_args": {**ckpt["train_args"], "lr0": -1.0}}, CheckpointError,
          r"its train_args cannot be resumed: 'lr0=-1\.0' is an invalid value"),
+        # battery 29, F10: epochs=10**9 resumed a run without end
+        ({"epoch": 1, "optimizer": opt, "train_args": {**ckpt["train_args"], "epochs": 10**9}}, CheckpointError,
+         r"its train_args ask for epochs=1000000000, above 100,000, which resuming would run without end"),
         # battery 29, KO10: a key Ultralytics does not know stopped the resumed run at validator set-up (SyntaxError)
         ({"epoch": 1, "optimizer": opt, "train_args": {**ckpt["train_args"], "evil_key": 1}}, CheckpointError,
          r"its train_args hold 'evil_key', which is not an Ultralytics argument \(a run saves only those\)"),

@@ -631,3 +631,13 @@ def test_clipped_relu_twin():
         says = rf"^D={re.escape(repr(D))} is invalid: D must be a number in \[1\.175e-38, 3\.403e\+38\]"
         with pytest.raises(ValueError, match=says):
             make_neuron({"kind": "ReLU", "D": D})
+
+
+def test_codes_of_a_meta_tensor_are_refused_forward_runs():
+    # battery 29, PA09: codes() of a meta tensor was torch's "Tensor.item() cannot be called on meta tensors"; a meta
+    # tensor holds shapes only: forward (shape inference) still runs on it, counting is refused in one line
+    n = IBRALIF()
+    x = torch.zeros(1, 2, 3, device="meta")
+    assert n(x).shape == (1, 2, 3) and n(x).is_meta
+    with pytest.raises(ValueError, match=r"^IBRALIF\.codes: the tensor is on the meta device, which holds no values"):
+        n.codes(x)

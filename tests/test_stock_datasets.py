@@ -169,3 +169,26 @@ def test_an_archive_that_is_none_and_a_split_without_images_are_one_line(tmp_pat
     says = rf"^dataset images {re.escape(str(notes))}: No images found in {re.escape(str(notes))}; a split must be "
     with pytest.raises(MissingFileError, match=says):
         BaseDataset.get_img_files(SimpleNamespace(prefix="val: ", fraction=1.0), str(notes))
+
+
+def test_a_split_list_naming_missing_images_or_a_fifo_is_refused_before_the_run(tmp_path, offline):
+    # battery 29, DS-txtmiss: a .txt split listing two images that are not there was "RuntimeError: No valid images
+    # found" from the dataset builder after the run folder; DS-listfifo: a FIFO named fifo.png in a split list was
+    # "does not exist". Expected: MissingFileError / PathError naming them, no run folder.
+    import os
+
+    from ibra_yolo.errors import PathError
+
+    model = yolo_model("ibra")
+    (tmp_path / "list.txt").write_text("./images/a.png\n./images/b.png\n")
+    yaml = tmp_path / "d.yaml"
+    yaml.write_text(f"path: {tmp_path}\ntrain: list.txt\nval: list.txt\nnames: {{0: a}}\n")
+    says = rf"^dataset images {re.escape(str(tmp_path / 'list.txt'))}: No images found in .* \(the val split of "
+    with pytest.raises(MissingFileError, match=says):
+        model.val(data=str(yaml), project=str(tmp_path / "runs"), **RUN)
+    (tmp_path / "images").mkdir()
+    os.mkfifo(tmp_path / "images" / "fifo.png")
+    yaml.write_text(f"path: {tmp_path}\ntrain: [images/fifo.png]\nval: [images/fifo.png]\nnames: {{0: a}}\n")
+    with pytest.raises(PathError, match=rf"^dataset {re.escape(str(tmp_path / 'images' / 'fifo.png'))} is not a "):
+        model.val(data=str(yaml), project=str(tmp_path / "runs"), **RUN)
+    assert not (tmp_path / "runs").exists()
