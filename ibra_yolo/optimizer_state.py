@@ -16,7 +16,7 @@ import torch
 
 from ibra_yolo.errors import CheckpointError
 
-__all__ = ("built_groups", "check_loaded_optimizer")
+__all__ = ("built_groups", "check_optimizer_kind", "check_loaded_optimizer")
 
 # settings a resumed trainer may build otherwise than the run did, or a run changes, each range-checked instead: the
 # learning rate (warmup and scheduler move it; bounded below), the weight decay (scaled by the batch size, which
@@ -50,6 +50,19 @@ def _same(a, b) -> bool:
     return type(a) is type(b) and a == b
 
 
+def check_optimizer_kind(groups: list, built: list[dict], kind: str, name) -> None:
+    """The saved parameter groups are of the optimizer the trainer built (``kind``): run before torch loads them too,
+    whose Adam rebuilds an SGD state with a KeyError (battery 29, KO12), and after (battery 28, K3i: the first step)."""
+    for i, (group, want) in enumerate(zip(groups, built)):
+        other = next((k for k in KIND if isinstance(group, dict) and (k in group) != (k in want)), None)
+        if other is not None:  # train_args name another optimizer than the state is of
+            raise CheckpointError(
+                f"{name}: its optimizer's parameter group {i} {'holds' if other in group else 'lacks'} {other!r}, but "
+                f"the trainer builds {kind} from the run's arguments: the state is another optimizer's (the file was "
+                f"altered); start a new training to change the optimizer"
+            )
+
+
 def check_loaded_optimizer(optimizer: torch.optim.Optimizer, built: list[dict], warmup_bias_lr, name) -> None:
     """The file's optimizer state, loaded into ``optimizer``, against ``built`` (`built_groups` before loading): every
     setting the trainer builds is the one it built (but `FREE`), ``lr`` and ``initial_lr`` lie between 0 and the larger
@@ -59,15 +72,8 @@ def check_loaded_optimizer(optimizer: torch.optim.Optimizer, built: list[dict], 
     Raises:
         CheckpointError: Naming the file, the group and the setting (or the moment).
     """
+    check_optimizer_kind(optimizer.param_groups, built, type(optimizer).__name__, name)
     for i, (group, want) in enumerate(zip(optimizer.param_groups, built)):
-        other = next((k for k in KIND if (k in group) != (k in want)), None)
-        if other is not None:  # train_args name another optimizer than the state is of (battery 28, K3i)
-            held = "holds" if other in group else "lacks"
-            raise CheckpointError(
-                f"{name}: its optimizer's parameter group {i} {held} {other!r}, but the trainer builds "
-                f"{type(optimizer).__name__} from the run's arguments: the state is another optimizer's (the file was "
-                f"altered); start a new training to change the optimizer"
-            )
         for key, value in want.items():
             if key in FREE or key not in group or _same(group[key], value):
                 continue

@@ -315,9 +315,12 @@ def checked_training_state(original, self, ckpt):
     import torch
 
     from ibra_yolo.errors import CheckpointError
-    from ibra_yolo.optimizer_state import built_groups, check_loaded_optimizer
+    from ibra_yolo.optimizer_state import built_groups, check_loaded_optimizer, check_optimizer_kind
 
     built = built_groups(self.optimizer)
+    saved = (ckpt.get("optimizer") or {}) if isinstance(ckpt, dict) else {}
+    if is_ours(getattr(self, "model", None)) and isinstance(saved.get("param_groups"), list):
+        check_optimizer_kind(saved["param_groups"], built, type(self.optimizer).__name__, self.args.resume)
     original(self, ckpt)
     if not is_ours(getattr(self, "model", None)):
         return

@@ -1103,6 +1103,9 @@ def test_resumed_optimizer_settings_are_the_ones_the_trainer_builds(spiking_ckpt
         torch.optim.lr_scheduler.LambdaLR(opt, lambda e: 1.0)
         return SimpleNamespace(model=model, optimizer=opt, args=SimpleNamespace(resume="last.pt", warmup_bias_lr=0.1))
 
+    def load(self, ckpt):  # the stock _load_checkpoint_state, as far as the optimizer goes
+        self.optimizer.load_state_dict(ckpt["optimizer"])
+
     saved = trainer().optimizer
     for p in params:
         p.grad = torch.ones_like(p)
@@ -1114,7 +1117,7 @@ def test_resumed_optimizer_settings_are_the_ones_the_trainer_builds(spiking_ckpt
     good["param_groups"][1]["weight_decay"] = 0.0  # as built
     good["param_groups"][0]["weight_decay"] = 5e-4 * 60  # batch= at resume scales it (up to 64x): taken
     good["param_groups"][1]["betas"] = (0.937, 0.999)  # optimizer=auto's AdamW was built with 0.9, resume with 0.937
-    checked_training_state(lambda self, ck: self.optimizer.load_state_dict(ck), trainer(), copy.deepcopy(good))
+    checked_training_state(load, trainer(), {"optimizer": copy.deepcopy(good)})
 
     def group(**kv):
         return lambda sd: sd["param_groups"][1].update(kv)
@@ -1140,7 +1143,7 @@ def test_resumed_optimizer_settings_are_the_ones_the_trainer_builds(spiking_ckpt
         bad = copy.deepcopy(good)
         edit(bad)
         with pytest.raises(CheckpointError, match=r"^last\.pt: its optimizer.*" + says.removeprefix("state ")):
-            checked_training_state(lambda self, ck: self.optimizer.load_state_dict(ck), trainer(), bad)
+            checked_training_state(load, trainer(), {"optimizer": bad})
     # train_args naming SGD beside AdamW's state (K3i: KeyError 'momentum' from torch at the first step)
     sgd = trainer()
     sgd.optimizer = torch.optim.SGD(
@@ -1148,7 +1151,18 @@ def test_resumed_optimizer_settings_are_the_ones_the_trainer_builds(spiking_ckpt
     )
     says = r"^last\.pt: its optimizer's parameter group 0 holds 'betas', but the trainer builds SGD from the run's "
     with pytest.raises(CheckpointError, match=says):
-        checked_training_state(lambda self, ck: self.optimizer.load_state_dict(ck), sgd, copy.deepcopy(good))
+        checked_training_state(load, sgd, {"optimizer": copy.deepcopy(good)})
+    # the reverse, SGD's state where train_args' optimizer=auto builds AdamW (battery 29, KO12): torch's Adam failed
+    # inside load_state_dict (KeyError 'step'), so the kind is checked before torch loads the state
+    plain = torch.optim.SGD([{"params": params[:5]}, {"params": params[5:]}], lr=0.01, momentum=0.9, nesterov=True)
+    for p in params:
+        p.grad = torch.ones_like(p)
+    plain.step()  # momentum buffers: what Adam's loader then looked up a 'step' in
+    for p in params:
+        p.grad = None
+    says = r"^last\.pt: its optimizer's parameter group 0 lacks 'betas', but the trainer builds AdamW from the run's "
+    with pytest.raises(CheckpointError, match=says):
+        checked_training_state(load, trainer(), {"optimizer": plain.state_dict()})
 
 
 def test_a_checkpoint_whose_ema_is_another_model_is_refused(tmp_path, spiking_ckpt):
