@@ -39,6 +39,7 @@ from ibra_yolo.training_checks import (
     check_resumable,
     checked_training_state,
     is_ours,
+    one_line_batch_refusal,
     warn_if_few_fit,
 )
 
@@ -295,7 +296,11 @@ def guard_checkpoint_named_data() -> None:
     base = "ultralytics.data.base"
     after_import(base, functools.partial(wrap_methods, base, "BaseDataset", {"get_img_files": images_listed}))
     trainer = "ultralytics.engine.trainer"
-    trainer_hooks = {"check_resume": resume_in_place, "_load_checkpoint_state": checked_training_state}
+    trainer_hooks = {
+        "check_resume": resume_in_place,
+        "_load_checkpoint_state": checked_training_state,
+        "_build_train_pipeline": one_line_batch_refusal,
+    }
     after_import(trainer, functools.partial(wrap_methods, trainer, "BaseTrainer", trainer_hooks))
 
 

@@ -14,6 +14,7 @@ __all__ = (
     "check_freeze",
     "check_resumable",
     "checked_training_state",
+    "one_line_batch_refusal",
 )
 
 
@@ -348,3 +349,23 @@ def is_ours(model) -> bool:
             return True
         model = getattr(model, "model", None)
     return False
+
+
+def one_line_batch_refusal(original, self, *args, **kwargs):
+    """``BaseTrainer._build_train_pipeline`` for our models: the stock refusal of a last training batch of one image
+    at a small size (BatchNorm would see one value per channel) is a ``ValueError`` traceback; it becomes one
+    `DatasetError` that also says how many images the split gave (battery 29, Q08: train_args ``fraction=1e-9`` in a
+    resumed run left one image, and the message named neither the fraction nor the count)."""
+    from ibra_yolo.errors import DatasetError
+
+    try:
+        return original(self, *args, **kwargs)
+    except ValueError as e:
+        if not (str(e).startswith("final batch=1") and is_ours(getattr(self, "model", None))):
+            raise
+        loader = getattr(self, "train_loader", None)
+        images = len(loader.sampler) if loader is not None else "?"
+        raise DatasetError(
+            f"{e} (the training split gives {images} image(s) at fraction={getattr(self.args, 'fraction', 1.0)!r:.20}, "
+            f"in batches of {getattr(loader, 'batch_size', '?')})"
+        ) from e

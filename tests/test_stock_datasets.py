@@ -192,3 +192,15 @@ def test_a_split_list_naming_missing_images_or_a_fifo_is_refused_before_the_run(
     with pytest.raises(PathError, match=rf"^dataset {re.escape(str(tmp_path / 'images' / 'fifo.png'))} is not a "):
         model.val(data=str(yaml), project=str(tmp_path / "runs"), **RUN)
     assert not (tmp_path / "runs").exists()
+
+
+def test_a_last_training_batch_of_one_image_is_one_line(tmp_path, shapes_data):
+    # The stock trainer refuses a last batch of one image at a size below two strides (BatchNorm would see one value
+    # per channel) with a ValueError traceback that names neither the image count nor the fraction (battery 29, Q08:
+    # train_args fraction=1e-9 in a resumed run). 48 training images in batches of 47 leave one; expected: one
+    # DatasetError with Ultralytics' reason and the count.
+    model = yolo_model("ibra")
+    says = r"^final batch=1 training at imgsz=32 gives BatchNorm a single value per channel; .* \(the training split "
+    with pytest.raises(DatasetError, match=says + r"gives 48 image\(s\) at fraction=1\.0, in batches of 47\)$"):
+        model.train(data=str(shapes_data), epochs=1, imgsz=32, batch=47, device="cpu", workers=0, plots=False,
+                    project=str(tmp_path / "runs"), name="run")  # fmt: skip
