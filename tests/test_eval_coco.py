@@ -192,6 +192,22 @@ def _error(argv, capsys):
     return err
 
 
+def test_weights_that_are_no_model_file_are_one_line(tmp_path, capsys):
+    # battery 30, Z04/Z08/Z09: --weights a run's weights/ folder, a FIFO or best.weights was Ultralytics' "not a
+    # supported model format" traceback after the run folder was made; refused by name before any work
+    import os
+
+    ann = write(tmp_path / "gt.json", GT)
+    (tmp_path / "weights").mkdir()
+    os.mkfifo(tmp_path / "fifo")
+    (tmp_path / "best.weights").write_bytes(b"PK")
+    for name, what in (("weights", "a folder"), ("fifo", "not a regular file"), ("best.weights", "a file")):
+        args = ["--weights", tmp_path / name, "--data", "x.yaml", "--ann", ann, "--project", tmp_path / "runs"]
+        err = _error(args, capsys)
+        assert err.startswith(f"error: --weights {tmp_path / name} is {what}") and "pass the .pt checkpoint" in err
+    assert not (tmp_path / "runs").exists()
+
+
 def test_errors_missing_files(tmp_path, capsys):
     ann, pred = write(tmp_path / "gt.json", GT), write(tmp_path / "pred.json", PRED)
     err = _error(["--pred", pred, "--ann", tmp_path / "nope.json"], capsys)
@@ -296,6 +312,9 @@ def test_model_classes_must_fit_categories():
         ):
             coco.match_categories(names, listed)
     assert coco.match_categories({0: "circle"}, [*cats, {"id": 9, "name": "circle"}][1:]) == ([9], "by name")
+    # a model whose names repeat one (battery 30, H41): classes 0 and 1 both scored as 'circle', 'square' as none
+    with pytest.raises(IbraYoloError, match=r"^the model names classes 0 and 1 both 'circle': its class names must"):
+        coco.match_categories({0: "circle", 1: "circle", 2: "triangle"}, cats)
 
 
 def test_never_overwrite_without_flag(tmp_path, capsys):

@@ -171,6 +171,24 @@ def _annotations_for(args: argparse.Namespace, data: dict, run) -> tuple[dict, P
     return gt, ann, "built from YOLO labels"
 
 
+def _check_model_path(path: Path) -> None:
+    """``--weights`` that Ultralytics can load: a file or an export folder whose name ends as one of its formats
+    (``best.pt``, ``best.onnx``, ``best_openvino_model/``). A run's ``weights/`` folder, a FIFO or ``best.weights`` was
+    Ultralytics' "not a supported model format" traceback after the run folder was made (battery 30, Z04/Z08/Z09)."""
+    from ultralytics.engine.exporter import export_formats
+
+    from ibra_yolo.errors import CheckpointError
+
+    loads = any(path.name.endswith(suffix) for suffix in export_formats()["Suffix"])
+    if path.is_file() and loads or path.is_dir() and loads and path.suffix != ".pt":
+        return
+    what = "a folder" if path.is_dir() else "a file" if path.is_file() else "not a regular file (a FIFO or device)"
+    raise CheckpointError(
+        f"--weights {path} is {what} Ultralytics does not load as a model: pass the .pt checkpoint (a run keeps it as "
+        f"weights/best.pt) or an export such as best.onnx"
+    )
+
+
 def _dataset_inputs(args: argparse.Namespace, data: dict) -> list:
     """What model mode reads from the dataset: the annotation file it finds itself (``--out`` naming it with
     ``--overwrite`` replaced it, battery 14), the split's images and their YOLO label files."""
@@ -199,8 +217,10 @@ def _evaluate_model(args: argparse.Namespace) -> dict:
     if args.ann and not Path(args.ann).is_file():
         raise MissingFileError(f"annotation file {args.ann} does not exist")
     is_yaml = Path(args.weights).suffix.lower() in (".yaml", ".yml")  # a shipped model name resolves without a file
-    if not is_yaml and not Path(args.weights).exists():  # a folder is named by the loader
+    if not is_yaml and not Path(args.weights).exists():
         raise MissingFileError(f"weights file {args.weights} does not exist")
+    if not is_yaml:
+        _check_model_path(Path(args.weights))
     if args.device:
         from ibra_yolo.sources import select_device
 

@@ -391,6 +391,13 @@ def match_categories(names: dict[int, str], categories: list[dict]) -> tuple[lis
     Raises:
         IbraYoloError: Neither names nor counts match.
     """
+    seen: dict[str, int] = {}
+    for i in sorted(names):  # two classes of one name would both score as that category (battery 30, H41)
+        if seen.setdefault(_norm(names[i]), i) != i:
+            raise IbraYoloError(
+                f"the model names classes {seen[_norm(names[i])]} and {i} both {names[i]!r:.60}: its class names must "
+                f"differ to be matched to the annotation file's categories (the checkpoint's names were edited?)"
+            )
     by_name: dict[str, list] = {}
     for c in categories:
         by_name.setdefault(_norm(c.get("name", "")), []).append(c["id"])
