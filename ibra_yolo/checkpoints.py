@@ -20,14 +20,20 @@ import warnings
 import zipfile
 from pathlib import Path
 
-import torch
 from torch import nn
 
 from ibra_yolo.errors import CheckpointError, IbraYoloError, MissingFileError, UnsafePickleError
 from ibra_yolo.files import as_path
 from ibra_yolo.model_state import check_finite_weights, check_model_state, layer_settings
 from ibra_yolo.nesting import check_nesting
-from ibra_yolo.pickle_checks import check_calls, check_zip_crc, file_kind
+from ibra_yolo.pickle_checks import (
+    check_calls,
+    check_zip_crc,
+    file_kind,
+    old_protocol,
+    pickle_protocol,
+    protocol_refusal,
+)
 
 __all__ = (
     "load_checkpoint",
@@ -79,15 +85,6 @@ def _refused_globals(e: BaseException) -> tuple[bool, list[str], str]:
     return True, list(dict.fromkeys(re.findall(r"GLOBAL ([\w.]+)", text))), reason.group(1).strip() if reason else ""
 
 
-def _pickle_protocol(path) -> int | None:
-    """The pickle protocol of a torch.save zip file's ``data.pkl`` (its PROTO opcode), or None."""
-    try:
-        head = torch._C.PyTorchFileReader(str(path)).get_record("data.pkl")[:2]
-    except (RuntimeError, OSError):
-        return None
-    return head[1] if len(head) == 2 and head[0] == 0x80 else None
-
-
 def refusal_error(path, e: BaseException, hint: str = "") -> CheckpointError | None:
     """The one-line error for a file the restricted loader refused, or None when ``e`` is not such a refusal.
 
@@ -110,13 +107,12 @@ def refusal_error(path, e: BaseException, hint: str = "") -> CheckpointError | N
             f"check{named}: not loaded, nothing in it was run (if you "
             f"trust it, load it once and torch.save it again: torch writes the zip format{hint})"
         )
-    protocol = _pickle_protocol(path)
+    protocol = pickle_protocol(path)
     what = (
-        f"refers to {', '.join(names)}, which a checkpoint may not use"
+        protocol_refusal(protocol)
+        if protocol is not None and protocol != 2 and (not names or old_protocol(path) == (protocol, None))
+        else f"refers to {', '.join(names)}, which a checkpoint may not use"
         if names
-        else f"holds a pickle of protocol {protocol}, which torch's restricted loader does not read (torch.save writes "
-        f"protocol 2 unless told otherwise: save it again without pickle_protocol=)"
-        if protocol and protocol > 2
         else f"holds a pickle that cannot be read safely ({reason or 'not a torch.save file'})"
     )
     return UnsafePickleError(

@@ -7,17 +7,81 @@ hooks stored for torch to call later (``check_calls``). ``ibra_yolo.checkpoints`
 from __future__ import annotations
 
 import inspect
+import pickletools
 import sys
 import zipfile
 from pathlib import Path
 
 import numpy as np
+import torch
 
 from ibra_yolo.errors import CheckpointError, UnsafePickleError
 from ibra_yolo.nn import NUMPY_NUMBERS
-from ibra_yolo.unpickle import ZIP_MAGIC, StandIn, Value, data_call, read_checkpoint
+from ibra_yolo.unpickle import ZIP_MAGIC, StandIn, Value, data_call, read_checkpoint, refuses_global
 
-__all__ = ("check_zip_crc", "check_calls", "file_kind")
+__all__ = (
+    "check_zip_crc",
+    "check_calls",
+    "file_kind",
+    "old_protocol",
+    "pickle_protocol",
+    "protocol_refusal",
+)
+
+# what pickle protocols 0 and 1 name to rebuild any object (protocol 2, torch.save's default, uses NEWOBJ instead):
+# in a file of those protocols these names come from the protocol, not from what the file holds
+_OLD_PROTOCOL_NAMES = frozenset({"copyreg._reconstructor", "builtins.object"})
+_PYTHON2_NAMES = {"copy_reg": "copyreg", "__builtin__": "builtins"}  # how protocols < 3 spell these modules
+
+
+def _data_pickle(path) -> bytes | None:
+    """The pickle (``data.pkl``) of a torch.save zip file, or None when it has none."""
+    try:
+        return torch._C.PyTorchFileReader(str(path)).get_record("data.pkl")
+    except (RuntimeError, OSError):
+        return None
+
+
+def pickle_protocol(path) -> int | None:
+    """The pickle protocol of a torch.save zip file's ``data.pkl``, or None when it has none or cannot be read.
+
+    Protocols 2 and later start with a PROTO opcode; protocols 0 and 1 have none, so their number is the highest
+    protocol among the opcodes the pickle uses.
+    """
+    record = _data_pickle(path)
+    if not record:
+        return None
+    if record[:1] == b"\x80":
+        return record[1] if len(record) > 1 else None
+    try:
+        return max((op.proto for op, _, _ in pickletools.genops(record)), default=None)
+    except ValueError:  # not a pickle at all
+        return None
+
+
+def old_protocol(path) -> tuple[int | None, str | None]:
+    """For a checkpoint pickled with protocol 0 or 1: that protocol and the first global it names that the reader
+    refuses, beyond what the protocol names for any object (``_OLD_PROTOCOL_NAMES``). When there is none, the protocol,
+    not what the file holds, is why it is refused. ``(None, None)`` for any other file."""
+    protocol = pickle_protocol(path)
+    if protocol is None or protocol >= 2:
+        return None, None
+    for op, arg, _ in pickletools.genops(_data_pickle(path)):
+        if op.name != "GLOBAL":  # the one opcode by which protocols 0 and 1 name a global
+            continue
+        module, _, name = str(arg).partition(" ")
+        module = _PYTHON2_NAMES.get(module, module)
+        if f"{module}.{name}" not in _OLD_PROTOCOL_NAMES and refuses_global(module, name, _DATA_CALLS):
+            return protocol, f"{module}.{name}"
+    return protocol, None
+
+
+def protocol_refusal(protocol: int) -> str:
+    """Why a checkpoint pickled with ``protocol`` (not torch.save's 2) is not read, and how to save it again."""
+    return (
+        f"holds a pickle of protocol {protocol}, which torch's restricted loader does not read (torch.save writes "
+        f"protocol 2 unless told otherwise: save it again without pickle_protocol=)"
+    )
 
 
 def check_zip_crc(path) -> None:
@@ -125,10 +189,16 @@ def check_calls(path, hint: str = "") -> None:
         _check_stored_code(read_checkpoint(path, calls=_DATA_CALLS, data=False), path)
     except UnsafePickleError as e:
         name, how = getattr(e, "refused", ("", ""))
+        protocol, other = old_protocol(path) if name in _OLD_PROTOCOL_NAMES else (None, None)
+        if protocol is not None and other is None:  # battery 30, H24: a protocol-1 file was refused as a malicious one
+            raise UnsafePickleError(
+                f"checkpoint {path} {protocol_refusal(protocol)}: not loaded, nothing in it was run (only Ultralytics "
+                f"checkpoints of known models are read{hint})"
+            ) from None
         if how == "names":
             raise UnsafePickleError(
-                f"checkpoint {path} refers to {name}, which a checkpoint may not use: not loaded, nothing in it was "
-                f"run (only Ultralytics checkpoints of known models are read{hint})"
+                f"checkpoint {path} refers to {other or name}, which a checkpoint may not use: not loaded, nothing in "
+                f"it was run (only Ultralytics checkpoints of known models are read{hint})"
             ) from None
         if how == "calls":
             raise UnsafePickleError(

@@ -40,7 +40,7 @@ import torch
 from ibra_yolo.errors import CheckpointError, MissingFileError, UnsafePickleError
 from ibra_yolo.files import as_path
 
-__all__ = ("StandIn", "Value", "ZIP_MAGIC", "data_call", "read_checkpoint")
+__all__ = ("StandIn", "Value", "ZIP_MAGIC", "data_call", "read_checkpoint", "refuses_global")
 
 # Module roots whose names are refused outright: the standard library's ways to run code, and pickling helpers.
 _REFUSED = (
@@ -328,6 +328,16 @@ class _Archive:
         return self.reader.get_record(name)
 
 
+def refuses_global(module: str, name: str, calls=()) -> bool:
+    """Whether this reader refuses the global ``module.name`` (a module that may run code), given allowed ``calls``."""
+    module = "builtins" if module == "__builtin__" else module
+    key = (module, name)
+    if key in _ALLOWED or key in calls or (module == "torch" and (name in _STORAGE_DTYPES or name in _DTYPES)):
+        return False
+    root = module.split(".")[0]
+    return root in _REFUSED_ROOTS or (root == "torch" and not module.startswith("torch.nn.modules."))
+
+
 class _Unpickler(pickle.Unpickler):
     """Unpickler of one torch zip archive that hands out only `_ALLOWED`, ``calls``, dtypes, storage tokens and
     stand-ins."""
@@ -350,9 +360,7 @@ class _Unpickler(pickle.Unpickler):
             return _StorageType(name, _STORAGE_DTYPES[name])
         if module == "torch" and name in _DTYPES:
             return _DTYPES[name]
-        root = module.split(".")[0]
-        is_torch_module = module.startswith("torch.nn.modules.")
-        if root in _REFUSED_ROOTS or (root == "torch" and not is_torch_module):
+        if refuses_global(module, name, self.calls):
             raise _refused(
                 f"{self.source}: the checkpoint's pickle names {module}.{name}, which may run code: refused (this "
                 "reader only rebuilds tensors and plain data; the file may be malicious)",

@@ -32,6 +32,10 @@ class Evil:
         return os.system, (f"touch {self.folder}/MARKER",)
 
 
+class Plain:
+    """An object of a class the reader does not know: protocols 0 and 1 name copyreg._reconstructor to rebuild it."""
+
+
 @pytest.fixture
 def evil(tmp_path):
     """Two hostile files: torch.save's zip format and a plain pickle, each with ``Evil`` where the model goes."""
@@ -634,6 +638,21 @@ def test_a_pickle_protocol_torch_cannot_read_restricted_is_named(tmp_path, spiki
         UnsafePickleError, match=says + r"opcode LONG4 \(an integer of over 255 bytes\), which no saved"
     ):
         load_checkpoint(tmp_path / "long.pt")
+
+
+@pytest.mark.parametrize("protocol", [0, 1])
+def test_a_checkpoint_of_protocol_0_or_1_is_refused_naming_its_protocol(tmp_path, spiking_ckpt, protocol):
+    # protocols 0 and 1 rebuild every object with copyreg._reconstructor(cls, object, ...): torch's restricted loader
+    # and ours refuse those names, and the line blamed builtins.object and a malicious file (battery 30, H24); it
+    # names the protocol and how to save the file again, like protocol 4 above
+    path = tmp_path / f"p{protocol}.pt"
+    torch.save(torch.load(spiking_ckpt, weights_only=False), path, pickle_protocol=protocol)
+    _refused_by_both_loaders(path, rf"p{protocol}\.pt holds a pickle of protocol {protocol}, which torch's restricted")
+    # a hostile file of the same protocol is still named by what it would run, not excused by its protocol
+    evil = tmp_path / f"evil{protocol}.pt"
+    torch.save({"first": Plain(), "model": Evil(tmp_path)}, evil, pickle_protocol=protocol)
+    _refused_by_both_loaders(evil, rf"evil{protocol}\.pt refers to posix\.system, which a checkpoint may not use")
+    assert not (tmp_path / "MARKER").exists()
 
 
 def test_a_checkpoint_that_stores_hooks_is_refused(tmp_path, spiking_ckpt, built):
