@@ -70,3 +70,11 @@ class NonFiniteError(IbraYoloError, ValueError):
 
 class PathError(IbraYoloError, OSError):
     """A path that cannot be used: a file where a folder is needed (or the reverse), no permission, a failed write."""
+
+
+class SourceError(IbraYoloError, TypeError):
+    """A prediction source of a type Ultralytics does not read (``predict(object())``, a list holding a number)."""
+
+
+class StreamError(IbraYoloError, ConnectionError):
+    """A stream or camera source (``rtsp://...``, a webcam index, a ``.streams`` list) that cannot be opened."""

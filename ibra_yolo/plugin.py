@@ -43,6 +43,7 @@ import sys
 import warnings
 from pathlib import Path
 
+from ibra_yolo.source_guard import guard_predict_sources
 from ibra_yolo.stock_hooks import (
     OTHER_TASKS,
     check_predictions_before_nms,
@@ -336,6 +337,7 @@ def register() -> None:
         _replace_everywhere({"torch_safe_load": ((stock_load,), _wrap(stock_load, stock_safe_load))})
     check_predictions_before_nms()
     guard_checkpoint_named_data()
+    guard_predict_sources()
     import ibra_yolo.nn  # noqa: F401 - our classes exist, allow-listed for ULTRALYTICS_SAFE_LOAD=1 (see ibra_yolo.nn)
 
     _install_one_line_errors()
