@@ -78,3 +78,11 @@ class SourceError(IbraYoloError, TypeError):
 
 class StreamError(IbraYoloError, ConnectionError):
     """A stream or camera source (``rtsp://...``, a webcam index, a ``.streams`` list) that cannot be opened."""
+
+
+class ExportError(IbraYoloError, ValueError):
+    """An export that Ultralytics' exporter refuses for its arguments (``half=True`` on the CPU, an unknown format)."""
+
+
+class MissingPackageError(IbraYoloError, ModuleNotFoundError):
+    """A Python package that an export format needs, not installed (Ultralytics installs it only when online)."""

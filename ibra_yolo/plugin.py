@@ -43,6 +43,7 @@ import sys
 import warnings
 from pathlib import Path
 
+from ibra_yolo.export_guard import guard_exports
 from ibra_yolo.source_guard import guard_predict_sources
 from ibra_yolo.stock_hooks import (
     OTHER_TASKS,
@@ -338,6 +339,7 @@ def register() -> None:
     check_predictions_before_nms()
     guard_checkpoint_named_data()
     guard_predict_sources()
+    guard_exports()
     import ibra_yolo.nn  # noqa: F401 - our classes exist, allow-listed for ULTRALYTICS_SAFE_LOAD=1 (see ibra_yolo.nn)
 
     _install_one_line_errors()

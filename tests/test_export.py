@@ -211,3 +211,28 @@ def test_stock_yolo_export_of_deployed_and_spike_driven_checkpoints(tmp_path):
             ref = ref.numpy()
             assert np.abs(out[:, 4:] - ref[:, 4:]).max() <= score_tol, (stem, name)
             assert np.abs(out[:, :4] - ref[:, :4]).max() <= box_tol, (stem, name)
+
+
+def test_the_exporters_refusals_are_one_line():
+    # Ultralytics' exporter refuses arguments with ValueError/assert and imports a format's package where it needs it:
+    # each was a traceback through the exporter (battery 31, X14/X15). Its own refusals are one line of ours, keeping
+    # the stock classes (ValueError, ModuleNotFoundError)
+    from ultralytics import YOLO
+
+    from ibra_yolo.errors import ExportError, MissingPackageError
+
+    model = YOLO("spike-yolo-ibra-n.yaml")
+    cases = [
+        ({"format": "torchscript", "half": True}, ExportError, "format=torchscript: FP16 TorchScript export is only"),
+        ({"format": "nosuch"}, ExportError, r"format=nosuch: Invalid export format='nosuch'\. Valid formats are"),
+    ]
+    try:
+        import openvino  # noqa: F401 - installed: the export would run
+    except ImportError:
+        says = "format=openvino needs the Python package 'openvino', which is not installed"
+        cases.append(({"format": "openvino"}, MissingPackageError, says))
+    for args, error, says in cases:
+        with pytest.raises(error, match=says) as e:
+            model.export(imgsz=32, device="cpu", **args)
+        assert "\n" not in str(e.value)
+    assert issubclass(ExportError, ValueError) and issubclass(MissingPackageError, ModuleNotFoundError)
