@@ -114,25 +114,41 @@ def _check_dataset_yaml(data, split: str, model, reads: tuple) -> None:
 
 
 def _lists_an_image(entry: str) -> bool:
-    """Whether a split entry lists an image as ``BaseDataset.get_img_files`` reads it: a folder holding one (at any
-    depth; the walk stops at the first), a file with a line naming one that is here; a glob pattern is left to it."""
+    """Whether a split entry lists an image that is here, as ``BaseDataset.get_img_files`` reads it: a folder holding
+    one (at any depth), a file with a line naming one; a glob pattern is left to it. Every image it lists that is a
+    FIFO, socket or device is refused (`PathError`): the label cache opens each image and would wait on it forever
+    (battery 31, D01/D03: a FIFO among the val images hung ``yolo val`` before any output)."""
+    import stat
+
     from ultralytics.data.utils import IMG_FORMATS
 
+    from ibra_yolo.errors import PathError
+
     path = Path(entry)
-    if "*" in entry:
-        return True
+    if "*" in entry or not (path.is_dir() or path.is_file()):
+        return True  # a pattern, or not there: the stock reader names it (check_det_dataset found the split)
     if path.is_dir():
-        return any(f.suffix[1:].lower() in IMG_FORMATS for f in path.rglob("*.*"))
-    if path.is_file():  # one line naming an image file that is here, read as the stock reader reads ./ and a/b
+        images = (os.path.join(root, f) for root, _, files in os.walk(path) for f in files)
+    else:  # lines naming images, read as the stock reader reads ./ and a/b
         parent = str(path.parent) + os.sep
         with open(path, errors="replace") as lines:
-            named = (x.strip() for x in lines)
-            return any(
-                x.rsplit(".", 1)[-1].lower() in IMG_FORMATS
-                and os.path.isfile(x.replace("./", parent) if x.startswith("./") else x)
-                for x in named
-            )  # battery 29, DS-txtmiss: two missing images were "No valid images found" after the run folder
-    return True  # not there: the stock reader names it (check_det_dataset found the val split)
+            named = [x.strip() for x in lines]
+        images = (x.replace("./", parent) if x.startswith("./") else x for x in named)
+    found = False
+    for image in images:
+        if image.rsplit(".", 1)[-1].lower() not in IMG_FORMATS:
+            continue
+        try:
+            mode = os.stat(image).st_mode
+        except (OSError, ValueError):
+            continue  # battery 29, DS-txtmiss: listed images that are not here do not count
+        if not (stat.S_ISREG(mode) or stat.S_ISDIR(mode)):
+            raise PathError(
+                f"dataset image {image[:200]} is not a regular file (a FIFO, socket or device, which Ultralytics "
+                f"would wait on or read without end): remove it from the split {entry[:200]}"
+            )
+        found = found or stat.S_ISREG(mode)
+    return found
 
 
 def images_listed(original, self, img_path, *args, **kwargs):

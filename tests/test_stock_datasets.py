@@ -204,3 +204,32 @@ def test_a_last_training_batch_of_one_image_is_one_line(tmp_path, shapes_data):
     with pytest.raises(DatasetError, match=says + r"gives 48 image\(s\) at fraction=1\.0, in batches of 47\)$"):
         model.train(data=str(shapes_data), epochs=1, imgsz=32, batch=47, device="cpu", workers=0, plots=False,
                     project=str(tmp_path / "runs"), name="run")  # fmt: skip
+
+
+@pytest.mark.timeout(180)  # without the check the label cache opens the FIFO and waits forever: the timeout fails it
+def test_a_fifo_among_a_splits_images_is_refused_before_the_run(tmp_path, shapes_data):
+    # battery 31, D01/D03: a FIFO named x.png in the val (or train) images folder hung `yolo val`/`yolo train`, our
+    # models and stock ones alike. Expected: PathError naming it, before the run folder.
+    import os
+    import shutil
+
+    from ibra_yolo.errors import PathError
+
+    data = tmp_path / "shapes"
+    shutil.copytree(shapes_data.parent, data)
+    yaml = data / "data.yaml"
+    yaml.write_text(shapes_data.read_text().replace(str(shapes_data.parent), str(data)))
+    model = yolo_model("ibra")
+    for split in ("val", "train"):
+        fifo = data / "images" / split / "sub" / "x.png"  # at any depth: the stock reader walks the folder
+        fifo.parent.mkdir()
+        os.mkfifo(fifo)
+        says = rf"^dataset image {re.escape(str(fifo))} is not a regular file \(a FIFO, socket or device"
+        with pytest.raises(PathError, match=says):
+            if split == "val":
+                model.val(data=str(yaml), project=str(tmp_path / "runs"), **RUN)
+            else:
+                model.train(data=str(yaml), epochs=1, workers=0, project=str(tmp_path / "runs"), **RUN)
+        assert not (tmp_path / "runs").exists()
+        shutil.rmtree(fifo.parent)
+    model.val(data=str(yaml), project=str(tmp_path / "runs"), **RUN)  # the same dataset without it validates
