@@ -43,7 +43,6 @@ import sys
 import warnings
 from pathlib import Path
 
-from ibra_yolo.export_guard import guard_exports
 from ibra_yolo.source_guard import guard_predict_sources
 from ibra_yolo.stock_hooks import (
     OTHER_TASKS,
@@ -58,6 +57,7 @@ from ibra_yolo.stock_hooks import (
     wrap_methods,
     wrap_model_train,
 )
+from ibra_yolo.stock_refusals import guard_exports_and_tracking
 from ibra_yolo.yaml_files import check_regular, load_yaml, yaml_text_problem
 
 __all__ = ("register", "register_hint", "model_yaml_path", "cfg_dir", "available_models")
@@ -339,7 +339,7 @@ def register() -> None:
     check_predictions_before_nms()
     guard_checkpoint_named_data()
     guard_predict_sources()
-    guard_exports()
+    guard_exports_and_tracking()
     import ibra_yolo.nn  # noqa: F401 - our classes exist, allow-listed for ULTRALYTICS_SAFE_LOAD=1 (see ibra_yolo.nn)
 
     _install_one_line_errors()

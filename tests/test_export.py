@@ -236,3 +236,8 @@ def test_the_exporters_refusals_are_one_line():
             model.export(imgsz=32, device="cpu", **args)
         assert "\n" not in str(e.value)
     assert issubclass(ExportError, ValueError) and issubclass(MissingPackageError, ModuleNotFoundError)
+    try:
+        import lap  # noqa: F401 - installed: tracking would run
+    except ImportError:  # track imports its matcher's lap where it needs it, as export imports a format's package
+        with pytest.raises(MissingPackageError, match="^track needs the Python package 'lap', which is not installed"):
+            model.track(np.zeros((32, 32, 3), np.uint8), imgsz=32, verbose=False)
