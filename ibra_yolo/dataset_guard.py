@@ -261,6 +261,26 @@ def check_checkpoint_dataset(data) -> None:
             f"URL: a checkpoint does not get to make Ultralytics download anything, so nothing was fetched; pass "
             f"data= yourself (that URL to let Ultralytics fetch it, or the dataset you mean)"
         )
+    if _is_archive(data):
+        raise CheckpointError(
+            f"dataset {str(data)[:200]} comes from the checkpoint (its train_args data=, not your command) and is an "
+            f"archive: a checkpoint does not get to make Ultralytics unpack files into its datasets folder (they "
+            f"replace files of the same names there), so nothing was unpacked; pass data= yourself (that archive to "
+            f"let Ultralytics unpack it, or the dataset YAML you mean)"
+        )
+
+
+def _is_archive(data) -> bool:
+    """Whether ``data`` is a local file Ultralytics' ``check_det_dataset`` unpacks: a zip or tar by its bytes, whatever
+    its name (battery 31, K09-K11: a checkpoint's .tar.gz replaced a user's label file in the datasets folder)."""
+    import tarfile
+    import zipfile
+
+    try:
+        path = Path(str(data))
+        return path.is_file() and (zipfile.is_zipfile(path) or tarfile.is_tarfile(path))
+    except (OSError, ValueError):  # unreadable, or not a path: the stock check names it
+        return False
 
 
 def check_checkpoint_dataset_here(data) -> None:

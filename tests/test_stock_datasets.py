@@ -73,6 +73,38 @@ def test_a_checkpoint_dataset_with_missing_images_leaves_no_run_folder(tmp_path,
     assert offline == [] and not (tmp_path / "runs").exists()
 
 
+def test_a_checkpoint_dataset_that_is_an_archive_is_not_unpacked(tmp_path, checkpoint, monkeypatch):
+    # battery 31, K09-K11: train_args data= naming a local .tar.gz (or .zip) made `yolo val model=p` unpack it into
+    # Ultralytics' datasets folder, replacing a user's label file of the same name, before refusing the dataset.
+    # Expected: CheckpointError naming it, nothing unpacked, no run folder. (Unpacking a local file needs no network.)
+    import tarfile
+    import zipfile
+
+    from ultralytics import YOLO
+    from ultralytics.data import utils as data_utils
+
+    from ibra_yolo.errors import CheckpointError
+
+    datasets = tmp_path / "datasets"
+    (datasets / "mydata" / "labels").mkdir(parents=True)
+    mine = datasets / "mydata" / "labels" / "x.txt"
+    mine.write_text("0 0.5 0.5 0.1 0.1\n")
+    monkeypatch.setattr(data_utils, "DATASETS_DIR", datasets)
+    (tmp_path / "src" / "mydata" / "labels").mkdir(parents=True)
+    (tmp_path / "src" / "mydata" / "labels" / "x.txt").write_text("2 0.9 0.9 0.01 0.01\n")
+    with tarfile.open(tmp_path / "ow.tar.gz", "w:gz") as tar:
+        tar.add(tmp_path / "src" / "mydata", arcname="mydata")
+    with zipfile.ZipFile(tmp_path / "z.zip", "w") as z:
+        z.write(tmp_path / "src" / "mydata" / "labels" / "x.txt", "mydata/labels/x.txt")
+    for archive in (tmp_path / "ow.tar.gz", tmp_path / "z.zip"):
+        path = checkpoint({"data": str(archive)})
+        says = rf"^dataset {re.escape(str(archive))} comes from the checkpoint \(its train_args data=, not your "
+        with pytest.raises(CheckpointError, match=says + r"command\) and is an archive: a checkpoint does not get to"):
+            YOLO(path).val(project=str(tmp_path / "runs"), **RUN)
+        assert mine.read_text() == "0 0.5 0.5 0.1 0.1\n" and sorted(p.name for p in datasets.iterdir()) == ["mydata"]
+    assert not (tmp_path / "runs").exists()
+
+
 @pytest.mark.parametrize("call", ["val", "train"])
 def test_a_dataset_the_user_names_is_checked_before_the_run_folder(tmp_path, call, offline):
     # `yolo val/train data=<missing or broken YAML>` was a raw traceback (FileNotFoundError, SyntaxError, or the
