@@ -4,6 +4,7 @@ import contextlib
 import copy
 import io
 import json
+import re
 import shutil
 from pathlib import Path
 
@@ -501,3 +502,22 @@ def test_a_refused_model_run_leaves_no_predictions_behind(checkpoint, tiny_data,
     rc, _, err = cli(common, capsys)
     assert rc == 0, err
     assert (tmp_path / "v" / "predictions.json").is_file()
+
+
+def test_an_export_of_a_fixed_size_is_evaluated_at_that_size_only(tmp_path, shapes_data):
+    # battery 31, X09: a TorchScript export made at 32 px, evaluated with --imgsz 64, ran at 32 (the stock validator
+    # takes the export's size from its metadata) while coco_eval.json said 64. Expected: refused before the run,
+    # naming both sizes; at its own size it evaluates.
+    from ultralytics import YOLO
+
+    from ibra_yolo.coco.validator import predict_split
+
+    model = YOLO("spike-yolo-ibra-n.yaml")
+    model.save(tmp_path / "m.pt")
+    exported = YOLO(tmp_path / "m.pt").export(format="torchscript", imgsz=32, device="cpu")
+    says = rf"^--imgsz 64, but {re.escape(str(exported))} was exported for 32x32 inputs only \(not dynamic\): pass "
+    with pytest.raises(IbraYoloError, match=says + "--imgsz 32"):
+        predict_split(exported, shapes_data, imgsz=64, batch=8, device="cpu", project=tmp_path / "runs", name="v")
+    assert not (tmp_path / "runs").exists()
+    run = predict_split(exported, shapes_data, imgsz=32, batch=8, device="cpu", project=tmp_path / "runs", name="v")
+    assert len(run.im_files) == 16  # the demo dataset's 16 validation images

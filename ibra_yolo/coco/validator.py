@@ -178,6 +178,27 @@ def validation_folder(project: str | Path | None = None, name: str | None = None
     return Path(get_save_dir(args)).resolve()
 
 
+def _check_export_size(weights, imgsz: int, device: str) -> None:
+    """An export with a fixed input shape (not ``dynamic``) runs at that shape whatever ``imgsz`` says: the stock
+    validator takes it from the export's metadata, so ``--imgsz 64`` on a 32-px export ran at 32 while the report said
+    64 (battery 31, X09). Refused before the run; a ``.pt`` checkpoint runs at any size."""
+    if Path(str(weights)).suffix.lower() == ".pt":
+        return
+    from ultralytics.nn.autobackend import AutoBackend
+    from ultralytics.utils.torch_utils import select_device
+
+    try:
+        backend = AutoBackend(str(weights), device=select_device(device, verbose=False), verbose=False)
+    except Exception:  # noqa: BLE001 - not loadable here: the validator's own load reports it
+        return
+    shape = list(getattr(backend, "imgsz", None) or [])
+    if shape and not getattr(backend, "dynamic", False) and shape != [imgsz, imgsz]:
+        raise IbraYoloError(
+            f"--imgsz {imgsz}, but {weights} was exported for {'x'.join(map(str, shape))} inputs only (not dynamic): "
+            f"pass --imgsz {shape[0]} (a square export), or export again at {imgsz} (or with dynamic=True)"
+        )
+
+
 def predict_split(
     weights: str | Path,
     data: str | Path,
@@ -219,6 +240,7 @@ def predict_split(
     from ibra_yolo.spike_mode import set_spike_driven
 
     model = load_yolo(weights)
+    _check_export_size(weights, imgsz, device)
     if spike_driven:
         set_spike_driven(model, True)
     seen = {}
