@@ -23,7 +23,9 @@ __all__ = (
     "check_zip_crc",
     "check_calls",
     "file_kind",
+    "legacy_pickle_names",
     "old_protocol",
+    "old_protocol_error",
     "pickle_protocol",
     "protocol_refusal",
 )
@@ -74,6 +76,18 @@ def old_protocol(path) -> tuple[int | None, str | None]:
         if f"{module}.{name}" not in _OLD_PROTOCOL_NAMES and refuses_global(module, name, _DATA_CALLS):
             return protocol, f"{module}.{name}"
     return protocol, None
+
+
+def old_protocol_error(path, name: str, tail: str = "") -> UnsafePickleError | None:
+    """The error for a refusal of ``name`` in a file of pickle protocol 0 or 1, where ``name`` is one of the names
+    those protocols use for any object (`_OLD_PROTOCOL_NAMES`): the protocol when the file names nothing else that is
+    refused, else the first name that is (battery 30, H24: a legit protocol-1 re-save was refused as a malicious file
+    naming builtins.object). None for any other refusal. ``tail`` follows "nothing in it was run"."""
+    protocol, other = old_protocol(path) if name in _OLD_PROTOCOL_NAMES else (None, None)
+    if protocol is None:
+        return None
+    what = protocol_refusal(protocol) if other is None else f"refers to {other}, which a checkpoint may not use"
+    return UnsafePickleError(f"checkpoint {path} {what}: not loaded, nothing in it was run{tail}")
 
 
 def protocol_refusal(protocol: int) -> str:
@@ -174,9 +188,12 @@ def check_calls(path, hint: str = "") -> None:
     """
     kind = file_kind(path)
     if kind == "pickle":
+        with open(path, "rb") as f:
+            names = legacy_pickle_names(f.read(1 << 20)) or []
+        named = f" (it names {', '.join(names)}, which may run code)" if names else ""
         raise UnsafePickleError(
             f"checkpoint {path} is a pickle in torch's legacy (non-zip) format, which the restricted loader cannot "
-            f"check: not loaded, nothing in it was run (if you trust it, load it once and torch.save it again: "
+            f"check{named}: not loaded, nothing in it was run (if you trust it, load it once and torch.save it again: "
             f"torch writes the zip format{hint})"
         )
     if kind != "zip":
@@ -189,16 +206,13 @@ def check_calls(path, hint: str = "") -> None:
         _check_stored_code(read_checkpoint(path, calls=_DATA_CALLS, data=False), path)
     except UnsafePickleError as e:
         name, how = getattr(e, "refused", ("", ""))
-        protocol, other = old_protocol(path) if name in _OLD_PROTOCOL_NAMES else (None, None)
-        if protocol is not None and other is None:  # battery 30, H24: a protocol-1 file was refused as a malicious one
-            raise UnsafePickleError(
-                f"checkpoint {path} {protocol_refusal(protocol)}: not loaded, nothing in it was run (only Ultralytics "
-                f"checkpoints of known models are read{hint})"
-            ) from None
+        old = old_protocol_error(path, name, f" (only Ultralytics checkpoints of known models are read{hint})")
+        if old is not None:
+            raise old from None
         if how == "names":
             raise UnsafePickleError(
-                f"checkpoint {path} refers to {other or name}, which a checkpoint may not use: not loaded, nothing in "
-                f"it was run (only Ultralytics checkpoints of known models are read{hint})"
+                f"checkpoint {path} refers to {name}, which a checkpoint may not use: not loaded, nothing in it was "
+                f"run (only Ultralytics checkpoints of known models are read{hint})"
             ) from None
         if how == "calls":
             raise UnsafePickleError(
@@ -380,10 +394,29 @@ def _check_stored_code(ckpt, path) -> None:
 
 def file_kind(path) -> str:
     """``"zip"`` (torch.save's format), ``"pickle"`` (a plain pickle: torch's legacy format) or ``"other"``, by torch's
-    own rule: a zip starts with a zip record (a zip appended to something else is read as that something)."""
+    own rule: a zip starts with a zip record (a zip appended to something else is read as that something). A pickle
+    starts with PROTO (protocol 2 and later) or, for protocols 0 and 1, is told by its opcodes parsing up to STOP
+    within the first MiB (battery 31, N-leg0/RE-H24-raw0: such files were called "not a pickle")."""
     try:
         with open(path, "rb") as f:
             head = f.read(4)
-        return "zip" if head == ZIP_MAGIC else "pickle" if head[:1] == b"\x80" else "other"  # \x80: PROTO
+            if head == ZIP_MAGIC or head[:1] == b"\x80":
+                return "zip" if head == ZIP_MAGIC else "pickle"
+            return "pickle" if legacy_pickle_names(head + f.read((1 << 20) - 4)) is not None else "other"
     except OSError:
         return "other"
+
+
+def legacy_pickle_names(head: bytes) -> list[str] | None:
+    """The globals the first pickle in ``head`` names that the reader refuses (``os.system``), or None when ``head``
+    does not start with a whole pickle. pickletools only parses the opcodes: nothing is built or run."""
+    names = []
+    try:
+        for op, arg, _ in pickletools.genops(head):
+            if op.name == "GLOBAL":
+                module, _, name = str(arg).partition(" ")
+                if refuses_global(_PYTHON2_NAMES.get(module, module), name, _DATA_CALLS):
+                    names.append(f"{_PYTHON2_NAMES.get(module, module)}.{name}")
+    except ValueError:  # an unknown opcode, or no STOP in head: not a pickle (or too long to tell)
+        return None
+    return list(dict.fromkeys(names))

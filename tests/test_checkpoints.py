@@ -595,9 +595,10 @@ def test_files_that_show_torch_another_pickle_are_refused(tmp_path, built):
     for load in (load_checkpoint, YOLO):
         with pytest.raises(UnsafePickleError, match=r"poly\.pt is a pickle in torch's legacy \(non-zip\) format"):
             load(str(poly))
-    # a protocol-0 pickle (no PROTO byte first) is read by torch's legacy loader as well: refused before it
+    # a protocol-0 pickle (no PROTO byte first) is read by torch's legacy loader as well: refused before it, as the
+    # pickle it is (battery 31, N-leg0: it was called "not a torch.save file")
     (tmp_path / "p0.pt").write_bytes(pickle.dumps({"model": BuildsAModel("spike-yolo-ilif-n.yaml")}, protocol=0))
-    with pytest.raises(CheckpointError, match=r"p0\.pt: it is not a torch\.save file \(neither torch's zip format"):
+    with pytest.raises(UnsafePickleError, match=r"p0\.pt is a pickle in torch's legacy \(non-zip\) format, which"):
         load_checkpoint(tmp_path / "p0.pt")
     assert built == []
 
@@ -652,6 +653,34 @@ def test_a_checkpoint_of_protocol_0_or_1_is_refused_naming_its_protocol(tmp_path
     evil = tmp_path / f"evil{protocol}.pt"
     torch.save({"first": Plain(), "model": Evil(tmp_path)}, evil, pickle_protocol=protocol)
     _refused_by_both_loaders(evil, rf"evil{protocol}\.pt refers to posix\.system, which a checkpoint may not use")
+    assert not (tmp_path / "MARKER").exists()
+
+
+@pytest.mark.parametrize("protocol", [0, 1])
+def test_old_protocol_pickles_outside_the_zip_format_and_in_the_spikeyolo_reader(tmp_path, spiking_ckpt, protocol):
+    # battery 31, N-leg0/RE-H24-raw0: torch's legacy (non-zip) format and plain pickles of protocol 0 or 1 have no
+    # PROTO byte and were called "neither torch's zip format nor a pickle"; W07: the SpikeYOLO reader refused a
+    # protocol-0/1 file naming builtins.object. Expected: the legacy-format line (naming what a hostile file would
+    # run), and in the SpikeYOLO reader the protocol, or the call a hostile file would make
+    from ibra_yolo.spikeyolo import load_spikeyolo
+
+    ckpt = torch.load(spiking_ckpt, weights_only=False)
+    legacy = tmp_path / "legacy.pt"
+    torch.save(ckpt, legacy, pickle_protocol=protocol, _use_new_zipfile_serialization=False)
+    _refused_by_both_loaders(
+        legacy, r"legacy\.pt is a pickle in torch's legacy \(non-zip\) format, which the restricted"
+    )
+    hostile = tmp_path / "hostile.pt"
+    hostile.write_bytes(pickle.dumps({"model": Evil(tmp_path)}, protocol=protocol))
+    says = r"hostile\.pt is a pickle in torch's legacy \(non-zip\) format, .* \(it names posix\.system, which may run"
+    _refused_by_both_loaders(hostile, says)
+    zipped = tmp_path / f"p{protocol}.pt"
+    torch.save(ckpt, zipped, pickle_protocol=protocol)
+    with pytest.raises(UnsafePickleError, match=rf"p{protocol}\.pt holds a pickle of protocol {protocol}, which"):
+        load_spikeyolo(zipped)
+    torch.save({"first": Plain(), "model": Evil(tmp_path)}, zipped, pickle_protocol=protocol)
+    with pytest.raises(UnsafePickleError, match=rf"p{protocol}\.pt refers to posix\.system, which a checkpoint may"):
+        load_spikeyolo(zipped)
     assert not (tmp_path / "MARKER").exists()
 
 

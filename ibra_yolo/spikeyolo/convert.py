@@ -18,7 +18,7 @@ from pathlib import Path
 import torch
 from torch import nn
 
-from ibra_yolo.errors import CheckpointError, IbraYoloError, ModelConfigError
+from ibra_yolo.errors import CheckpointError, IbraYoloError, ModelConfigError, UnsafePickleError
 from ibra_yolo.files import as_path, check_output, write_atomic
 from ibra_yolo.spikeyolo.architecture import spikeyolo_neuron, to_our_model_dict
 from ibra_yolo.spikeyolo.names import ModulePair, module_pairs
@@ -249,7 +249,21 @@ def load_spikeyolo(path: str | Path, neuron=None, verbose: bool = True) -> nn.Mo
         >>> model = load_spikeyolo("69M_best.pt")
         >>> boxes_and_scores = model(torch.rand(1, 3, 640, 640))[0]  # [1, 4 + 80, 8400]
     """
-    return model_from_checkpoint(read_checkpoint(path), neuron, Path(path).name, verbose)[0]
+    return model_from_checkpoint(_read(path), neuron, Path(path).name, verbose)[0]
+
+
+def _read(path):
+    """`read_checkpoint`, whose refusal of a file of pickle protocol 0 or 1 names the protocol (or what else the file
+    names), not the names those protocols use for any object (battery 31, W07)."""
+    from ibra_yolo.pickle_checks import old_protocol_error
+
+    try:
+        return read_checkpoint(path)
+    except UnsafePickleError as e:
+        old = old_protocol_error(path, getattr(e, "refused", ("", ""))[0])
+        if old is None:
+            raise
+        raise old from None
 
 
 def _check_output(dst: Path, src: Path, overwrite: bool) -> None:
@@ -283,7 +297,7 @@ def convert_spikeyolo(src: str | Path, dst: str | Path, neuron=None, overwrite: 
     src, dst = as_path(src, "src"), as_path(dst, "dst")
     _check_output(dst, src, overwrite)
     neuron = resolve_neuron(neuron)  # a bad --neuron fails before the checkpoint is read
-    model, info = model_from_checkpoint(read_checkpoint(src), neuron, src.name)
+    model, info = model_from_checkpoint(_read(src), neuron, src.name)
     saved = copy.deepcopy(model)
     if info["float_dtypes"] == ["torch.float16"]:
         saved.half()
