@@ -30,11 +30,12 @@ def _special(path) -> bool:
     return os.path.exists(path) and not (os.path.isfile(path) or os.path.isdir(path))
 
 
-def _refuse_special(path, what: str) -> None:
+def _refuse_special(path, what: str, source=None) -> None:
     if _special(path):
+        of = f" of {source}" if source is not None else ""
         raise PathError(
-            f"{what} {path} is not a regular file (a device, FIFO or socket, or a link to one): reading it would wait "
-            f"forever; pass images, videos or a folder of them"
+            f"{what} {path}{of} is not a regular file (a device, FIFO or socket, or a link to one): reading it would "
+            f"wait forever; {'remove it from the source' if of else 'pass images, videos or a folder of them'}"
         )
 
 
@@ -52,7 +53,7 @@ def images_and_videos(original, self, path, *args, **kwargs):
     except (UnicodeDecodeError, IsADirectoryError) as e:  # a .txt/.csv list that is not text, or a folder named so
         raise PathError(f"source {path} is not a text list of sources ({type(e).__name__}: {_first_line(e)})") from None
     for f in self.files[: self.ni]:  # images are read only when iterated; videos are checked as they are opened
-        _refuse_special(f, "image")
+        _refuse_special(f, "image", path)
 
 
 def video_opened(original, self, path, *args, **kwargs):

@@ -38,7 +38,7 @@ def test_a_fifo_in_any_source_is_refused_before_it_is_read(model, folder):
     os.mkfifo(folder / "b.png")
     fifo = str(folder / "b.png")
     says = "is not a regular file \\(a device, FIFO or socket, or a link to one\\): reading it would wait forever"
-    _refused(model, str(folder), PathError, f"image {fifo} {says}")
+    _refused(model, str(folder), PathError, f"image {fifo} of {folder} {says}; remove it from the source")
     _refused(model, fifo, PathError, f"source {fifo} {says}")
     _refused(model, [fifo], PathError, f"image {fifo} {says}")
     os.mkfifo(folder.parent / "v.mp4")  # a video is opened by OpenCV as the loader is made
@@ -79,4 +79,4 @@ def test_the_yolo_command_prints_the_one_line(python, folder, tmp_path, model):
     out = run([yolo, *args], check=False, timeout=300)
     text = out.stdout + out.stderr
     assert out.returncode != 0 and "Traceback" not in text, text[-2000:]
-    assert f"PathError: image {folder / 'b.png'} is not a regular file" in text
+    assert f"PathError: image {folder / 'b.png'} of {folder} is not a regular file" in text
