@@ -248,6 +248,20 @@ def _a(name: str) -> str:
     return f"{'an' if name[:1] in 'AEIOU' else 'a'} {name}"
 
 
+def _check_task(model: nn.Module, path: str | Path) -> None:
+    """The task a loader reads from the model (its own ``task``, else ``args['task']``) is detect when it is set:
+    Ultralytics picks the predictor and validator by it, and a segmentation one failed deep inside on our boxes
+    (battery 32, C16: ``model.task = 'segment'``)."""
+    args = model.__dict__.get("args")
+    held = {"task": model.__dict__.get("task"), "args['task']": args.get("task") if isinstance(args, dict) else None}
+    for where, task in held.items():
+        if task not in (None, "detect"):
+            raise CheckpointError(
+                f"{path}: the model's {where} is {task!r:.40}, but ibra-yolo models are detectors (task detect): the "
+                f"file was altered"
+            )
+
+
 def _check_structure(model: nn.Module, path: str | Path) -> None:
     """The model dict is there, there is a class name per class, and the model runs on one blank image: a layer
     altered out of step with its neighbours (a neuron's ``T``, a head's ``nc`` or ``reg_max``, a conv stride of 0)
@@ -385,6 +399,7 @@ def _check_model_state(model: nn.Module, path: str | Path, ckpt: dict | None) ->
     check_neuron_settings(model, path)
     _check_strides(model, path)
     _check_names(model, path)
+    _check_task(model, path)
     _check_structure(model, path)
     check_yaml_neuron(model, path)  # after _check_structure, which checks that the model dict is a dict
     check_layer_settings(model, path)

@@ -32,7 +32,7 @@ def _special(path) -> bool:
 
 def _refuse_special(path, what: str, source=None) -> None:
     if _special(path):
-        of = f" of {source}" if source is not None else ""
+        of = f" of {str(source)[:200]}" if source is not None else ""  # a list of paths is quoted in bounded size
         raise PathError(
             f"{what} {path}{of} is not a regular file (a device, FIFO or socket, or a link to one): reading it would "
             f"wait forever; {'remove it from the source' if of else 'pass images, videos or a folder of them'}"
@@ -115,7 +115,7 @@ def source_checked(original, source, *args, **kwargs):
         return original(source, *args, **kwargs)
     except IbraYoloError:
         raise
-    except TypeError as e:  # "type int is not a supported Ultralytics prediction source type. \nSee ..."
+    except TypeError as e:
         if isinstance(source, (list, tuple)):  # "type int is not a supported Ultralytics prediction source type."
             raise SourceError(f"source list: {_first_line(e).rstrip('. ')} ({_HELP})") from None
         raise SourceError(f"source of type {type(source).__name__} is not one Ultralytics reads ({_HELP})") from None

@@ -328,6 +328,15 @@ ALTERED = {  # a file changed after saving: each failed deep in torch (100-line 
         lambda c: setattr(c["model"].model[1].conv.op, "stride", (0, 0)),
         r"cannot run on a blank 64x64 image .*: RuntimeError: non-positive stride is not supported",
     ),
+    # battery 32, C16: Ultralytics picked the segmentation predictor and validator by it and failed deep inside
+    "a task other than detect": (
+        lambda c: setattr(c["model"], "task", "segment"),
+        r"the model's task is 'segment', but ibra-yolo models are detectors \(task detect\): the file was altered",
+    ),
+    "an args task other than detect": (
+        lambda c: setattr(c["model"], "args", {"task": "pose", "imgsz": 64}),
+        r"the model's args\['task'\] is 'pose', but ibra-yolo models are detectors",
+    ),
     "no model dict": (
         lambda c: setattr(c["model"], "yaml", None),
         r"the model's YAML dict is a NoneType, not a dict",
