@@ -73,11 +73,16 @@ def _initializing(module: str) -> bool:
 
 
 def run_pending() -> None:
-    """Call the `after_import` callbacks whose module has finished executing since they were asked for."""
+    """Call the `after_import` callbacks whose module has finished executing since they were asked for. A module whose
+    import failed meanwhile (Ctrl-C, an error) is gone from ``sys.modules``: its callback waits for its next import
+    (battery 32: a Ctrl-C during the first import ended in a KeyError traceback from the callback at exit)."""
     for item in list(_PENDING):
         if item in _PENDING and not _initializing(item[0]):
             _PENDING.remove(item)
-            item[1]()
+            if item[0] in sys.modules:
+                item[1]()
+            else:
+                after_import(*item)
 
 
 class _PendingFinder(importlib.abc.MetaPathFinder):

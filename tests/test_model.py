@@ -449,3 +449,31 @@ def test_our_error_wrapped_by_ultralytics_is_one_line_in_the_yolo_cli(capsys, mo
     other.__cause__ = FileNotFoundError("'x.yaml' does not exist")
     hook(RuntimeError, other, None)
     assert handed_on == [other] and capsys.readouterr().err == ""
+
+
+def test_a_callback_whose_module_failed_to_import_waits_for_its_next_import(tmp_path, monkeypatch):
+    # battery 32: Ctrl-C while a module that had a pending after_import callback was executing removed the module from
+    # sys.modules; at the next import anywhere (torch's atexit handler) the callback ran and wrap_methods raised
+    # KeyError: 'ultralytics.data.base'. Expected: nothing is called until the module is imported again, then once.
+    import importlib
+    import sys
+    import types
+    from importlib.machinery import ModuleSpec
+
+    from ibra_yolo import _autoload
+
+    monkeypatch.setattr(_autoload, "_PENDING", [])
+    calls = []
+    half = types.ModuleType("ibra_pending_probe")
+    half.__spec__ = ModuleSpec("ibra_pending_probe", None)
+    half.__spec__._initializing = True  # as importlib marks a module whose code is still running
+    monkeypatch.setitem(sys.modules, "ibra_pending_probe", half)
+    _autoload.after_import("ibra_pending_probe", lambda: calls.append(sys.modules["ibra_pending_probe"].VALUE))
+    del sys.modules["ibra_pending_probe"]  # its import failed (interrupted): importlib removes it
+    _autoload.run_pending()
+    assert calls == []
+    (tmp_path / "ibra_pending_probe.py").write_text("VALUE = 7\n")
+    monkeypatch.syspath_prepend(str(tmp_path))
+    importlib.import_module("ibra_pending_probe")
+    assert calls == [7]  # the callback ran once, after the module's code
+    sys.modules.pop("ibra_pending_probe", None)
