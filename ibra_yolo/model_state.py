@@ -393,6 +393,12 @@ def _check_model_state(model: nn.Module, path: str | Path, ckpt: dict | None) ->
         kind = type(ckpt["train_args"]).__name__
         raise CheckpointError(f"{path}: train_args is a {kind}, not a dict of arguments (the file was altered)")
     _check_train_args((ckpt or {}).get("train_args") or {}, path)
+    if (ckpt or {}).get("modelopt"):  # battery 32, Q01-Q04: Ultralytics' loader restored it with a package we lack
+        raise CheckpointError(
+            f"{path}: the checkpoint holds a 'modelopt' quantization-aware-training state, which no ibra-yolo run "
+            f"writes (our neurons are integer by construction; Ultralytics would apply it with nvidia-modelopt): the "
+            f"file was altered"
+        )
     others = {f"the {k}'s ": v for k, v in (ckpt or {}).items() if k in ("model", "ema") and isinstance(v, nn.Module)}
     check_shadowing({"": model, **{k: v for k, v in others.items() if v is not model}}, path)
     check_finite_weights(model, path)

@@ -337,6 +337,11 @@ ALTERED = {  # a file changed after saving: each failed deep in torch (100-line 
         lambda c: setattr(c["model"], "args", {"task": "pose", "imgsz": 64}),
         r"the model's args\['task'\] is 'pose', but ibra-yolo models are detectors",
     ),
+    # battery 32, Q01-Q04: Ultralytics' loader applied it with nvidia-modelopt (not installed: a traceback)
+    "a quantization-aware-training state": (
+        lambda c: c.__setitem__("modelopt", {"quantizer_state": {}}),
+        r"the checkpoint holds a 'modelopt' quantization-aware-training state, which no ibra-yolo run writes",
+    ),
     "no model dict": (
         lambda c: setattr(c["model"], "yaml", None),
         r"the model's YAML dict is a NoneType, not a dict",
