@@ -44,6 +44,7 @@ def checkpoint_data_guarded(original, self, *args, **kwargs):
 
     outer = getattr(_FROM_CHECKPOINT, "names", frozenset())
     overrides = getattr(self, "overrides", None) or {}
+    _check_project({**overrides, **kwargs}.get("project"))
     call = getattr(original, "__name__", "")
     from_file = kwargs.get("data") is None and bool(getattr(self, "ckpt", None))  # Model.val's own test for a data=
     data = overrides.get("data") if from_file else kwargs.get("data")
@@ -70,6 +71,21 @@ def checkpoint_data_guarded(original, self, *args, **kwargs):
         return original(self, *args, **kwargs)
     finally:
         _FROM_CHECKPOINT.names = outer
+
+
+def _check_project(project) -> None:
+    """The runs folder (``project=``) is a folder, or can be made: a file there (or above it) was a NotADirectoryError
+    traceback from the trainer's ``mkdir`` (battery 32, DS02)."""
+    from ibra_yolo.errors import PathError
+
+    if not isinstance(project, (str, Path)) or not str(project):
+        return
+    for folder in (Path(project), *Path(project).parents):
+        if folder.exists() or folder.is_symlink():
+            if not folder.is_dir():
+                raise PathError(f"project={project}: {folder} is not a folder (a file, FIFO or device, or a broken "
+                                f"link): name a folder for the runs")  # fmt: skip
+            return
 
 
 ARCHIVES = (".zip", ".tar", ".gz", ".tgz", ".xz", ".txz", ".bz2", ".tbz2")

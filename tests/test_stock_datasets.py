@@ -265,3 +265,19 @@ def test_a_fifo_among_a_splits_images_is_refused_before_the_run(tmp_path, shapes
         assert not (tmp_path / "runs").exists()
         shutil.rmtree(fifo.parent)
     model.val(data=str(yaml), project=str(tmp_path / "runs"), **RUN)  # the same dataset without it validates
+
+
+def test_a_project_that_is_not_a_folder_is_one_line(tmp_path, shapes_data):
+    # battery 32, DS02: `yolo train project=<a file>` was NotADirectoryError from the trainer's mkdir (a traceback).
+    # Expected: PathError naming the project and the file in its way, before anything is written.
+    from ibra_yolo.errors import PathError
+
+    (tmp_path / "afile").write_text("mine\n")
+    model = yolo_model("ibra")
+    for project in (tmp_path / "afile", tmp_path / "afile" / "sub"):
+        says = rf"^project={re.escape(str(project))}: {re.escape(str(tmp_path / 'afile'))} is not a folder"
+        with pytest.raises(PathError, match=says):
+            model.train(data=str(shapes_data), epochs=1, workers=0, project=str(project), **RUN)
+        with pytest.raises(PathError, match=says):
+            model.val(data=str(shapes_data), project=str(project), **RUN)
+    assert (tmp_path / "afile").read_text() == "mine\n"
