@@ -8,6 +8,7 @@ billions of values, nesting too deep for the parser, a value PyYAML cannot conve
 
 from __future__ import annotations
 
+import re
 from pathlib import Path
 
 __all__ = (
@@ -79,9 +80,13 @@ def yaml_text_problem(path: Path) -> Exception | None:
     return None
 
 
+_OCTAL = re.compile(r"0[0-7]+")  # YAML 1.1's octal integers (sign and underscores removed)
+
+
 def check_unique_keys(text: str, where: str) -> None:
     """Refuse YAML text that repeats a key in one mapping (PyYAML silently keeps the last, e.g. a second ``nc``), or
-    that writes a number with a colon (YAML 1.1 reads ``D: 1:30`` as the base-60 number 90, without a word).
+    that writes a number with a colon or a leading zero (YAML 1.1 reads ``D: 1:30`` as the base-60 number 90, and
+    ``T: 010`` as the octal number 8, without a word).
 
     Merge keys (``<<: *base``) are YAML's way to override on purpose and are left to PyYAML.
 
@@ -109,17 +114,20 @@ def check_unique_keys(text: str, where: str) -> None:
                 seen.add(key)
             return super().construct_mapping(node, deep)
 
-        def construct_base60(self, node):
+        def construct_number(self, node):
             value = (super().construct_yaml_int if node.tag.endswith(":int") else super().construct_yaml_float)(node)
-            if ":" in str(node.value):
+            text = str(node.value).replace("_", "").lstrip("+-")
+            octal = _OCTAL.fullmatch(text) is not None and int(text) != int(text, 8)  # 07 is 7 either way
+            kind = "base-60" if ":" in text else "octal" if octal else None
+            if kind:  # battery 32, Y01-Y15: `T: 010` built 8 timesteps
                 raise ModelConfigError(
                     f"{where}: {node.value!r:.40} at line {node.start_mark.line + 1} is read by YAML 1.1 as the "
-                    f"base-60 number {value!r:.40}: write the number you mean (or quote it if it is text)"
+                    f"{kind} number {value!r:.40}: write the number you mean (or quote it if it is text)"
                 )
             return value
 
-    _Unique.add_constructor("tag:yaml.org,2002:int", _Unique.construct_base60)
-    _Unique.add_constructor("tag:yaml.org,2002:float", _Unique.construct_base60)
+    _Unique.add_constructor("tag:yaml.org,2002:int", _Unique.construct_number)
+    _Unique.add_constructor("tag:yaml.org,2002:float", _Unique.construct_number)
     yaml.load(text, Loader=_Unique)  # noqa: S506 - a SafeLoader subclass
 
 

@@ -264,6 +264,25 @@ def test_a_number_written_with_a_colon_is_refused(tmp_path):
         )
 
 
+def test_a_number_written_with_a_leading_zero_is_refused(tmp_path):
+    # YAML 1.1 reads `T: 010` as the octal number 8: the model was built with 8 timesteps (and `nc: 010` with 8
+    # classes, N 0100 as 64) without a word (battery 32, Y01-Y15). Named like the base-60 case; 07 and 00 mean the
+    # same number either way and are kept.
+    text = (CFG / "spike-yolo-ibra.yaml").read_text()
+    rows = text.splitlines()
+    for key, written, read in (("T", "010", "8"), ("nc", "0100", "64"), ("T", "-010", "-8")):
+        line = next(i for i, row in enumerate(rows) if row.startswith(f"{key}:")) + 1
+        bad = re.sub(rf"(?m)^{key}:.*$", f"{key}: {written}", text)
+        msg = yolo_error(write(tmp_path, text=bad))
+        assert msg == (
+            f"{tmp_path / 'bad.yaml'}: {written!r} at line {line} is read by YAML 1.1 as the octal number {read}: "
+            f"write the number you mean (or quote it if it is text)"
+        )
+    from ultralytics import YOLO
+
+    assert YOLO(write(tmp_path, text=re.sub(r"(?m)^T:.*$", "T: 04", text))).model.yaml["T"] == 4
+
+
 def test_files_whose_text_cannot_be_a_model(tmp_path):
     # Each hung, exhausted memory, or escaped as a multi-line or unnamed error before.
     good = (CFG / "spike-yolo-ibra.yaml").read_text()
