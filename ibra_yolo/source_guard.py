@@ -42,10 +42,15 @@ def _refuse_special(path, what: str, source=None) -> None:
 def images_and_videos(original, self, path, *args, **kwargs):
     """``LoadImagesAndVideos.__init__``: the source and every image it lists checked (a FIFO refused), and a source
     that names nothing readable one line of ours."""
+    from ibra_yolo.sources import literal_path
+
     if isinstance(path, (str, Path)):
         _refuse_special(path, "source")  # a FIFO named x.txt is opened as a list of sources
+    # a name holding * that matches nothing but is an image or folder (img[1]*.png) is that file, as ibra-yolo energy
+    # reads it (battery 32, S02g: "No images or videos found")
+    named = [literal_path(str(p)) for p in path] if isinstance(path, (list, tuple)) else literal_path(str(path))
     try:
-        original(self, path, *args, **kwargs)
+        original(self, named, *args, **kwargs)
     except IbraYoloError:
         raise
     except FileNotFoundError as e:  # "x does not exist", "No images or videos found in x. <formats>"

@@ -70,14 +70,16 @@ def _loader_files(source: str | list[str], what: str) -> list[str]:
     if isinstance(source, str) and Path(source).exists() and not (Path(source).is_file() or Path(source).is_dir()):
         raise IbraYoloError(f"{what} {source} is not a file or folder (a device or FIFO): pass images")
     try:
-        loader = LoadImagesAndVideos([_literal(x) for x in source] if isinstance(source, list) else _literal(source))
+        loader = LoadImagesAndVideos(
+            [literal_path(x) for x in source] if isinstance(source, list) else literal_path(source)
+        )
     except FileNotFoundError as e:
         raise MissingFileError(f"{what} {source}: {_one_line(e)}") from None
     loader.close()  # a video capture opened on construction
     return loader.files[: loader.ni]  # images come first
 
 
-def _literal(path: str) -> str:
+def literal_path(path: str) -> str:
     """``path`` for ``LoadImagesAndVideos``, which takes a name holding ``*`` as a glob pattern (as ``yolo predict``
     does, and so do we): a pattern that matches nothing but names an existing image or folder (``img[1]*.png``: the
     ``[1]`` matches only ``1``) was "No images or videos found"; that name is escaped to be read as it is."""

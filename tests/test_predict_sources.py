@@ -80,3 +80,14 @@ def test_the_yolo_command_prints_the_one_line(python, folder, tmp_path, model):
     text = out.stdout + out.stderr
     assert out.returncode != 0 and "Traceback" not in text, text[-2000:]
     assert f"PathError: image {folder / 'b.png'} of {folder} is not a regular file" in text
+
+
+def test_an_image_whose_name_reads_as_a_pattern_is_that_image(model, folder):
+    # battery 32, S02g: `yolo predict source='img[1]*.png'` (an image of that name) was "No images or videos found":
+    # the loader reads a name holding * as a glob, whose [1] matches only "1". A pattern matching nothing that names
+    # an existing image is that image, as ibra-yolo energy reads it; a real pattern still globs.
+    odd = folder / "img[1]*.png"
+    odd.write_bytes((folder / "a.png").read_bytes())
+    results = model.predict(str(odd), imgsz=32, verbose=False, save=False)
+    assert [r.path for r in results] == [str(odd)]
+    assert len(model.predict(str(folder / "*.png"), imgsz=32, verbose=False, save=False)) == 2
