@@ -90,6 +90,20 @@ def old_protocol_error(path, name: str, tail: str = "") -> UnsafePickleError | N
     return UnsafePickleError(f"checkpoint {path} {what}: not loaded, nothing in it was run{tail}")
 
 
+def _saved_model_object(path) -> str | None:
+    """The name of the Ultralytics ``Model`` class (``YOLO``) a checkpoint's pickle names, if any: what
+    ``torch.save(YOLO(...))`` writes. Only classes of modules already imported are looked at (nothing is imported on a
+    file's word); pickletools only parses the opcodes."""
+    model = getattr(sys.modules.get("ultralytics.engine.model"), "Model", None)
+    try:
+        named = [str(arg).partition(" ") for op, arg, _ in pickletools.genops(_data_pickle(path) or b"") if
+                 op.name == "GLOBAL"] if model is not None else []  # fmt: skip
+    except ValueError:
+        return None
+    classes = (getattr(sys.modules.get(module), name, None) for module, _, name in named)
+    return next((c.__name__ for c in classes if isinstance(c, type) and issubclass(c, model)), None)
+
+
 def protocol_refusal(protocol: int) -> str:
     """Why a checkpoint pickled with ``protocol`` (not torch.save's 2) is not read, and how to save it again."""
     return (
@@ -209,6 +223,13 @@ def check_calls(path, hint: str = "") -> None:
         old = old_protocol_error(path, name, f" (only Ultralytics checkpoints of known models are read{hint})")
         if old is not None:
             raise old from None
+        wrapper = _saved_model_object(path) if how == "names" else None
+        if wrapper:  # battery 32, K03: torch.save(YOLO(...)) was refused naming only builtins.list
+            raise UnsafePickleError(
+                f"checkpoint {path} holds an Ultralytics {wrapper} object saved with torch.save, not a checkpoint "
+                f"(it refers to {name}, which a checkpoint may not use): not loaded, nothing in it was run (save a "
+                f"model with model.save('x.pt'), which writes a checkpoint{hint})"
+            ) from None
         if how == "names":
             raise UnsafePickleError(
                 f"checkpoint {path} refers to {name}, which a checkpoint may not use: not loaded, nothing in it was "

@@ -698,6 +698,16 @@ def test_old_protocol_pickles_outside_the_zip_format_and_in_the_spikeyolo_reader
     assert not (tmp_path / "MARKER").exists()
 
 
+def test_a_yolo_object_saved_with_torch_save_is_named(tmp_path, spiking_ckpt):
+    # battery 32, K03: torch.save(YOLO(...)) (the wrapper, not a checkpoint) was refused naming only builtins.list.
+    # Expected: still refused (the file is not a checkpoint), naming the wrapper and how to save a checkpoint
+    from ultralytics import YOLO
+
+    torch.save(YOLO(spiking_ckpt), tmp_path / "wrapper.pt")
+    says = r"wrapper\.pt holds an Ultralytics YOLO object saved with torch\.save, not a checkpoint \(it refers to "
+    _refused_by_both_loaders(tmp_path / "wrapper.pt", says + r".*\(save a model with model\.save\('x\.pt'\)")
+
+
 def test_a_checkpoint_that_stores_hooks_is_refused(tmp_path, spiking_ckpt, built):
     # torch's loader restores a module's hook dicts and a tensor's backward hooks as saved, and torch calls them later
     # (every forward, state_dict(), load_state_dict(), backward): a file stored IBRALIF or DetectionModel there and
