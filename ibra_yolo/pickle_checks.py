@@ -44,13 +44,25 @@ def _data_pickle(path) -> bytes | None:
         return None
 
 
-def pickle_protocol(path) -> int | None:
-    """The pickle protocol of a torch.save zip file's ``data.pkl``, or None when it has none or cannot be read.
+def _globals(record: bytes) -> list[tuple[str, str]]:
+    """The ``(module, name)`` pairs the GLOBAL opcodes of the first pickle in ``record`` name, in order, with Python 2
+    spellings as Python 3's (pickletools only parses: nothing is built or run). ValueError: not a whole pickle."""
+    named = []
+    for op, arg, _ in pickletools.genops(record):
+        if op.name == "GLOBAL":  # STACK_GLOBAL (protocol 4+) names come off the stack: torch.save writes protocol 2
+            module, _, name = str(arg).partition(" ")
+            named.append((_PYTHON2_NAMES.get(module, module), name))
+    return named
 
-    Protocols 2 and later start with a PROTO opcode; protocols 0 and 1 have none, so their number is the highest
-    protocol among the opcodes the pickle uses.
-    """
-    record = _data_pickle(path)
+
+def _refused_names(named: list[tuple[str, str]]) -> list[str]:
+    """The ``module.name`` of each global in ``named`` that the reader refuses (``os.system``), once each."""
+    return list(dict.fromkeys(f"{m}.{n}" for m, n in named if refuses_global(m, n, _DATA_CALLS)))
+
+
+def _protocol(record: bytes | None) -> int | None:
+    """The pickle protocol of ``record``: its PROTO opcode (protocols 2 and later), else the highest protocol among the
+    opcodes it uses (protocols 0 and 1 have no PROTO); None when it is empty or not a pickle."""
     if not record:
         return None
     if record[:1] == b"\x80":
@@ -61,21 +73,21 @@ def pickle_protocol(path) -> int | None:
         return None
 
 
+def pickle_protocol(path) -> int | None:
+    """The pickle protocol of a torch.save zip file's ``data.pkl`` (`_protocol`), or None."""
+    return _protocol(_data_pickle(path))
+
+
 def old_protocol(path) -> tuple[int | None, str | None]:
     """For a checkpoint pickled with protocol 0 or 1: that protocol and the first global it names that the reader
     refuses, beyond what the protocol names for any object (``_OLD_PROTOCOL_NAMES``). When there is none, the protocol,
     not what the file holds, is why it is refused. ``(None, None)`` for any other file."""
-    protocol = pickle_protocol(path)
+    record = _data_pickle(path)
+    protocol = _protocol(record)
     if protocol is None or protocol >= 2:
         return None, None
-    for op, arg, _ in pickletools.genops(_data_pickle(path)):
-        if op.name != "GLOBAL":  # the one opcode by which protocols 0 and 1 name a global
-            continue
-        module, _, name = str(arg).partition(" ")
-        module = _PYTHON2_NAMES.get(module, module)
-        if f"{module}.{name}" not in _OLD_PROTOCOL_NAMES and refuses_global(module, name, _DATA_CALLS):
-            return protocol, f"{module}.{name}"
-    return protocol, None
+    others = [n for n in _refused_names(_globals(record)) if n not in _OLD_PROTOCOL_NAMES]
+    return protocol, others[0] if others else None
 
 
 def old_protocol_error(path, name: str, tail: str = "") -> UnsafePickleError | None:
@@ -96,11 +108,10 @@ def _saved_model_object(path) -> str | None:
     file's word); pickletools only parses the opcodes."""
     model = getattr(sys.modules.get("ultralytics.engine.model"), "Model", None)
     try:
-        named = [str(arg).partition(" ") for op, arg, _ in pickletools.genops(_data_pickle(path) or b"") if
-                 op.name == "GLOBAL"] if model is not None else []  # fmt: skip
+        named = _globals(_data_pickle(path) or b"") if model is not None else []
     except ValueError:
         return None
-    classes = (getattr(sys.modules.get(module), name, None) for module, _, name in named)
+    classes = (getattr(sys.modules.get(module), name, None) for module, name in named)
     return next((c.__name__ for c in classes if isinstance(c, type) and issubclass(c, model)), None)
 
 
@@ -431,13 +442,7 @@ def file_kind(path) -> str:
 def legacy_pickle_names(head: bytes) -> list[str] | None:
     """The globals the first pickle in ``head`` names that the reader refuses (``os.system``), or None when ``head``
     does not start with a whole pickle. pickletools only parses the opcodes: nothing is built or run."""
-    names = []
     try:
-        for op, arg, _ in pickletools.genops(head):
-            if op.name == "GLOBAL":
-                module, _, name = str(arg).partition(" ")
-                if refuses_global(_PYTHON2_NAMES.get(module, module), name, _DATA_CALLS):
-                    names.append(f"{_PYTHON2_NAMES.get(module, module)}.{name}")
+        return _refused_names(_globals(head))
     except ValueError:  # an unknown opcode, or no STOP in head: not a pickle (or too long to tell)
         return None
-    return list(dict.fromkeys(names))

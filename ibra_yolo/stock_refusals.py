@@ -12,6 +12,7 @@ tracer, onnx) is a failure of the export itself and keeps its traceback.
 
 from __future__ import annotations
 
+import contextlib
 import functools
 from pathlib import Path
 
@@ -41,33 +42,36 @@ def _missing_package(e: ImportError, what: str, alternative: str = "") -> Missin
     )
 
 
-def track_checked(original, self, *args, **kwargs):
-    """``Model.track``: a tracker package that is missing (``lap``) is one line."""
+@contextlib.contextmanager
+def _one_line_refusals(what: str, alternative: str = "", arguments: bool = False):
+    """Inside: Ultralytics' own ``ImportError`` of a missing package becomes `MissingPackageError`, and with
+    ``arguments`` its ``ValueError``/``assert`` refusing an argument becomes `ExportError`, each one line naming
+    ``what``. Errors raised outside Ultralytics' code pass unchanged."""
     try:
-        return original(self, *args, **kwargs)
+        yield
     except IbraYoloError:
         raise
     except ImportError as e:
         if not _raised_by_ultralytics(e):
             raise
-        raise _missing_package(e, "track") from None
+        raise _missing_package(e, what, alternative) from None
+    except (ValueError, AssertionError) as e:
+        if not (arguments and _raised_by_ultralytics(e)):
+            raise
+        raise ExportError(f"{what}: {_one_line(e)}") from None
+
+
+def track_checked(original, self, *args, **kwargs):
+    """``Model.track``: a tracker package that is missing (``lap``) is one line."""
+    with _one_line_refusals("track"):
+        return original(self, *args, **kwargs)
 
 
 def export_checked(original, self, *args, **kwargs):
     """``Exporter.__call__``: Ultralytics' own refusal of the export's arguments or environment is one line."""
     fmt = getattr(getattr(self, "args", None), "format", "?")
-    try:
+    with _one_line_refusals(f"export format={fmt}", "or choose another format", arguments=True):
         return original(self, *args, **kwargs)
-    except IbraYoloError:
-        raise
-    except ImportError as e:
-        if not _raised_by_ultralytics(e):
-            raise
-        raise _missing_package(e, f"export format={fmt}", "or choose another format") from None
-    except (ValueError, AssertionError) as e:
-        if not _raised_by_ultralytics(e):
-            raise
-        raise ExportError(f"export format={fmt}: {_one_line(e)}") from None
 
 
 def guard_exports_and_tracking() -> None:
